@@ -1,0 +1,143 @@
+"""The in-memory broker: ids, the last-N buffer, cursors and run snapshots.
+
+Sans-IO: no sockets, no Flask, no waiting; the clock is injected. Subscribers
+do not get a queue each: they read the one shared buffer by cursor, so a
+publish costs the same for 1 or 10,000 subscribers, and a slow reader only
+falls behind itself. A cursor that has fallen out of the buffer (or comes
+from another epoch, i.e. before a restart) reads as a *reset*: the caller
+sends the current snapshots and continues from the head.
+
+The same small interface (publish, read, head, snapshots) is what a Redis
+Streams broker implements to replace this one.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from . import events as ev
+from . import sse, state
+
+Cursor = tuple[int, int]
+
+
+@dataclass(slots=True)
+class ReadResult:
+    events: list[ev.Event]
+    cursor: Cursor
+    reset: bool = False
+
+
+@dataclass(slots=True)
+class Filter:
+    runs: frozenset[str] | None = None
+    types: frozenset[str] | None = None
+
+    def __call__(self, e: ev.Event) -> bool:
+        return (self.runs is None or e.run in self.runs) and (self.types is None or e.type in self.types)
+
+    @property
+    def everything(self) -> bool:
+        return self.runs is None and self.types is None
+
+
+@dataclass(slots=True)
+class PublishResult:
+    events: list[ev.Event]
+    finished: list[str] = field(default_factory=list)  # runs this publish finished
+
+
+class MemoryBroker:
+    def __init__(self, capacity: int = 100, epoch: int | None = None,
+                 clock: Callable[[], float] = time.time, keep_finished: int = 50):
+        self.capacity = max(1, int(capacity))
+        self.clock = clock
+        self.epoch = epoch if epoch is not None else int(clock() * 1000)
+        self.seq = 0
+        self.buffer: deque[ev.Event] = deque(maxlen=self.capacity)
+        self.runs: dict[str, dict] = {}        # run -> snapshot, most recently updated last
+        self.keep_finished = keep_finished
+
+    # -- writing -----------------------------------------------------------
+    def publish(self, drafts: Iterable[ev.Draft]) -> PublishResult:
+        """Give drafts ids and times, append them to the buffer, fold them into runs."""
+        now = round(self.clock(), 3)
+        out: list[ev.Event] = []
+        finished: list[str] = []
+        for d in drafts:
+            self.seq += 1
+            e = ev.Event(self.epoch, self.seq, d.type, d.run, now, d.data)
+            e.json = ev.dumps(e.as_dict())
+            e.frame = sse.frame(e.id, e.type, e.json)
+            self.buffer.append(e)
+            out.append(e)
+            if self._fold(e):
+                finished.append(e.run)
+        if finished:
+            self._forget_old_finished()
+        return PublishResult(out, finished)
+
+    def restore(self, snapshot: dict) -> None:
+        """Adopt a run snapshot recovered from history (at start-up)."""
+        self.runs[snapshot["run"]] = snapshot
+
+    def _fold(self, e: ev.Event) -> bool:
+        before = self.runs.pop(e.run, None)
+        was_live = before is None or state.is_live(before) or before["status"] == "interrupted"
+        snap = state.apply(before, {"id": e.id, "type": e.type, "run": e.run, "ts": e.ts, "data": e.data})
+        self.runs[e.run] = snap  # re-insert: dict order is recency
+        return was_live and snap["status"] in state.FINISHED
+
+    def _forget_old_finished(self) -> None:
+        finished = [r for r, s in self.runs.items() if not state.is_live(s)]
+        for r in finished[: max(0, len(finished) - self.keep_finished)]:
+            del self.runs[r]
+
+    # -- reading -----------------------------------------------------------
+    @property
+    def head(self) -> Cursor:
+        return (self.epoch, self.seq)
+
+    @property
+    def tail(self) -> Cursor:
+        """The cursor that reads the whole buffer."""
+        first = self.buffer[0].seq if self.buffer else self.seq + 1
+        return (self.epoch, first - 1)
+
+    def read(self, cursor: Cursor | None, flt: Filter | None = None, limit: int = 1000) -> ReadResult:
+        """Events after ``cursor`` that pass ``flt``, at most ``limit``; or a reset."""
+        if cursor is None:
+            return ReadResult([], self.head)
+        epoch, seq = cursor
+        if epoch != self.epoch or seq > self.seq or seq < self.tail[1]:
+            return ReadResult([], self.head, reset=True)
+        if seq == self.seq:
+            return ReadResult([], cursor)
+        start = seq - self.tail[1]  # index of the first unseen event
+        buf = self.buffer
+        if flt is None or flt.everything:
+            stop = min(len(buf), start + limit)
+            picked = [buf[i] for i in range(start, stop)]
+            return ReadResult(picked, (epoch, buf[stop - 1].seq))
+        picked = []
+        last = seq
+        for i in range(start, len(buf)):
+            e = buf[i]
+            last = e.seq
+            if flt(e):
+                picked.append(e)
+                if len(picked) >= limit:
+                    break
+        return ReadResult(picked, (epoch, last))
+
+    def snapshot(self, run: str) -> dict | None:
+        return self.runs.get(run)
+
+    def snapshots(self, flt: Filter | None = None, recent: int = 10) -> list[dict]:
+        """Live runs in full, and the ``recent`` latest finished runs, oldest first."""
+        wanted = [s for r, s in self.runs.items() if flt is None or flt.runs is None or r in flt.runs]
+        live = [s for s in wanted if state.is_live(s)]
+        done = [s for s in wanted if not state.is_live(s)][-recent:] if recent else []
+        return done + live

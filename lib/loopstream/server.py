@@ -1,0 +1,412 @@
+"""create_app(config): the HTTP routes, glue between Flask and the broker.
+
+Everything that decides (validation, ids, buffer, cursors, state, rate
+limits, framing) lives in the pure modules; this file only parses requests,
+calls them and writes responses. It runs under gunicorn's gevent worker
+(``loop serve``), where ``threading`` is monkey-patched, so waiting on a
+``threading.Event`` parks one greenlet, not the worker.
+"""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flask import Flask, Response, request, send_from_directory
+from werkzeug.exceptions import HTTPException
+
+from . import __version__, sse, state
+from . import events as ev
+from .broker import Filter, MemoryBroker
+from .history import History
+from .ratelimit import TokenBuckets
+
+MAX_BODY = 64 * 1024
+CONTROL_ACTIONS = {"stop": "stop_requested", "pause": "pause_requested", "resume": "resume_requested"}
+
+
+@dataclass
+class Config:
+    buffer: int = 100
+    rate: float = 10.0
+    burst: int = 20
+    heartbeat: float = 15.0
+    db: str | None = None              # history file; None = no history
+    token: str | None = None
+    cors: list[str] = field(default_factory=list)
+    max_streams_per_client: int = 32
+    max_streams: int = 20_000
+    retry_ms: int = 2000
+    default_run: str = ev.DEFAULT_RUN
+
+
+class Signal:
+    """Wakes every waiting subscriber on publish: one Event per generation."""
+
+    def __init__(self):
+        self._event = threading.Event()
+
+    def waiter(self) -> threading.Event:
+        return self._event
+
+    def fire(self) -> None:
+        old, self._event = self._event, threading.Event()
+        old.set()
+
+
+class Metrics:
+    def __init__(self):
+        self.accepted = 0
+        self.rejected: dict[str, int] = {}
+        self.rate_limited = 0
+        self.resets = 0
+        self.subscribers = 0
+        self.streams_by_client: dict[str, int] = {}
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+
+def dashboard_dir() -> Path:
+    """dashboard/ beside lib/ in a checkout, or loopstream/dashboard in a wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "dashboard", here.parent.parent / "dashboard"):
+        if (candidate / "index.html").exists():
+            return candidate
+    return here / "dashboard"
+
+
+def error(status: int, code: str, message: str, field: str | None = None, headers=None) -> Response:
+    body = {"error": code, "message": message}
+    if field:
+        body["field"] = field
+    return Response(ev.dumps(body), status=status, mimetype="application/json", headers=headers or {})
+
+
+def json_response(obj, status: int = 200) -> Response:
+    return Response(ev.dumps(obj), status=status, mimetype="application/json")
+
+
+def create_app(config: Config | None = None, clock=time.time) -> Flask:
+    cfg = config or Config()
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+
+    history = History(cfg.db) if cfg.db else None
+    epoch = int(clock() * 1000)
+    restored: list[dict] = []
+    if history:
+        floor, restored = history.open()
+        epoch = max(epoch, floor + 1)
+        history.save_epoch(epoch)
+        history.start_writer()
+    broker = MemoryBroker(cfg.buffer, epoch=epoch, clock=clock)
+    for snap in restored:
+        broker.restore(snap)
+    limiter = TokenBuckets(cfg.rate, cfg.burst)
+    signal = Signal()
+    metrics = Metrics()
+    app.extensions["loop"] = {"broker": broker, "history": history, "metrics": metrics, "config": cfg}
+    static_root = dashboard_dir()
+
+    # -- helpers ---------------------------------------------------------------
+    def client_addr() -> str:
+        return request.remote_addr or "?"
+
+    def authorized() -> bool:
+        if not cfg.token:
+            return True
+        header = request.headers.get("Authorization", "")
+        given = header[7:] if header.startswith("Bearer ") else None
+        if given is None and request.method == "GET":
+            given = request.args.get("token")
+        return given is not None and hmac.compare_digest(given.encode(), cfg.token.encode())
+
+    def parse_filter() -> Filter:
+        runs = [r for v in request.args.getlist("run") for r in v.split(",") if r]
+        types = [t for v in request.args.getlist("types") for t in v.split(",") if t]
+        for r in runs:
+            if not ev.RUN_RE.match(r):
+                raise BadParam("run", f"'{r[:70]}' is not a run name ([A-Za-z0-9._-]{{1,64}})")
+        for t in types:
+            if not ev.TYPE_RE.match(t):
+                raise BadParam("types", f"'{t[:70]}' is not an event type")
+        return Filter(frozenset(runs) or None, frozenset(types) or None)
+
+    def parse_cursor(name: str, value: str | None):
+        if value is None or value == "":
+            return None
+        cur = ev.parse_id(value)
+        if cur is None:
+            raise BadParam(name, "must be an event id like 1700000000000-42")
+        return cur
+
+    def publish(drafts: list[ev.Draft]) -> list[ev.Event]:
+        result = broker.publish(drafts)
+        if history:
+            history.record(result.events)
+            for run in result.finished:
+                history.finished(broker.snapshot(run))
+        metrics.accepted += len(result.events)
+        signal.fire()
+        return result.events
+
+    def cursor_id(cur) -> str:
+        return f"{cur[0]}-{cur[1]}"
+
+    # -- errors, auth, CORS --------------------------------------------------------
+    class BadParam(Exception):
+        def __init__(self, field_name: str, message: str):
+            self.field, self.message = field_name, message
+
+    @app.errorhandler(BadParam)
+    def bad_param(e: BadParam):
+        metrics.reject("bad_param")
+        return error(400, "bad_request", e.message, e.field)
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException):
+        if e.code == 413:
+            metrics.reject("too_large")
+            return error(413, "too_large", f"the body is larger than {MAX_BODY // 1024} KB; "
+                                           "send fewer events per request", "body")
+        return error(e.code or 500, (e.name or "error").lower().replace(" ", "_"), e.description or "")
+
+    @app.errorhandler(Exception)
+    def unexpected(e: Exception):  # a bug, never a user's fault: say so without a traceback
+        app.logger.exception("unexpected error")
+        return error(500, "internal", f"internal error ({type(e).__name__}); the event was not stored")
+
+    open_paths = ("/healthz",)
+
+    @app.before_request
+    def guard():
+        origin = request.headers.get("Origin")
+        if request.method == "OPTIONS":
+            if origin and origin in cfg.cors:
+                return Response(status=204)
+            return error(403, "cors", "this origin is not allowed (see --cors)")
+        is_static = request.method == "GET" and not request.path.startswith(("/api/", "/stream/", "/emit", "/metrics"))
+        if not is_static and request.path not in open_paths and not authorized():
+            metrics.reject("unauthorized")
+            return error(401, "unauthorized", "a token is required: send 'Authorization: Bearer TOKEN'"
+                                              " (or ?token= on GET)", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.after_request
+    def cors(resp: Response):
+        origin = request.headers.get("Origin")
+        if origin and origin in cfg.cors:
+            resp.headers["Access-Control-Allow-Origin"] = origin
+            resp.headers["Vary"] = "Origin"
+            resp.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Last-Event-ID"
+            resp.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        return resp
+
+    # -- events in -------------------------------------------------------------------
+    @app.post("/api/events")
+    @app.post("/emit")
+    def post_events():
+        try:
+            body = ev.loads(request.get_data(cache=False, parse_form_data=False))
+            drafts = ev.validate_body(body, cfg.default_run)
+        except ev.EventError as e:
+            metrics.reject("invalid")
+            return Response(ev.dumps({**e.as_json(), "error": "bad_request"}), status=400,
+                            mimetype="application/json")
+        explicit_run = isinstance(body, dict) and "run" in body or isinstance(body, list) and "run" in body[0]
+        key = f"run:{drafts[0].run}" if explicit_run else f"addr:{client_addr()}"
+        wait = limiter.take(key, len(drafts))
+        if wait:
+            metrics.rate_limited += 1
+            metrics.reject("rate_limited")
+            retry_after = max(1, int(wait + 0.999))
+            resp = error(429, "rate_limited", f"over {cfg.rate:g} events/s (burst {cfg.burst}) for {key}; "
+                                              f"retry after {wait:.2f}s", headers={"Retry-After": str(retry_after)})
+            return resp
+        published = publish(drafts)
+        return json_response({"ids": [e.id for e in published]}, 201)
+
+    # -- events out: SSE ------------------------------------------------------------------
+    @app.get("/stream/progress")
+    def stream():
+        flt = parse_filter()
+        q = parse_cursor("last_event_id", request.args.get("last_event_id"))
+        header = request.headers.get("Last-Event-ID")
+        # A browser resends whatever id it last saw: an unreadable one is a reset, not an error.
+        cursor = (ev.parse_id(header) or (0, 0)) if header else q
+        addr = client_addr()
+        if metrics.streams_by_client.get(addr, 0) >= cfg.max_streams_per_client:
+            metrics.reject("too_many_streams")
+            return error(429, "too_many_streams", f"at most {cfg.max_streams_per_client} streams per client",
+                         headers={"Retry-After": "5"})
+        if metrics.subscribers >= cfg.max_streams:
+            metrics.reject("server_full")
+            return error(503, "server_full", f"the server holds {cfg.max_streams} streams already",
+                         headers={"Retry-After": "5"})
+        metrics.subscribers += 1
+        metrics.streams_by_client[addr] = metrics.streams_by_client.get(addr, 0) + 1
+
+        def release():
+            metrics.subscribers -= 1
+            n = metrics.streams_by_client.get(addr, 1) - 1
+            if n:
+                metrics.streams_by_client[addr] = n
+            else:
+                metrics.streams_by_client.pop(addr, None)
+
+        def frames():
+            yield sse.retry(cfg.retry_ms)
+            pos = cursor
+            hello = {"epoch": broker.epoch, "version": __version__, "heartbeat": cfg.heartbeat,
+                     "buffer": broker.capacity, "resumed": pos is not None}
+            if pos is None:
+                pos = broker.head
+                hello["runs"] = broker.snapshots(flt)
+            hello["cursor"] = cursor_id(pos)
+            yield sse.frame(cursor_id(pos), "hello", ev.dumps(hello))
+            while True:
+                waiter = signal.waiter()
+                res = broker.read(pos, flt, limit=500)
+                if res.reset:
+                    metrics.resets += 1
+                    reason = "restart" if pos[0] != broker.epoch else "evicted"
+                    pos = res.cursor
+                    data = {"epoch": broker.epoch, "cursor": cursor_id(pos), "reason": reason,
+                            "runs": broker.snapshots(flt)}
+                    yield sse.frame(cursor_id(pos), "reset", ev.dumps(data))
+                    continue
+                pos = res.cursor
+                if res.events:
+                    yield b"".join(e.frame for e in res.events)
+                    continue
+                if not waiter.wait(cfg.heartbeat):
+                    yield sse.frame(cursor_id(pos), "heartbeat", ev.dumps({"ts": round(clock(), 3)}))
+
+        resp = Response(frames(), mimetype="text/event-stream", headers={
+            "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        resp.call_on_close(release)
+        return resp
+
+    # -- events out: polling ---------------------------------------------------------------
+    @app.get("/api/events")
+    def poll():
+        flt = parse_filter()
+        since = parse_cursor("since", request.args.get("since"))
+        raw_limit = request.args.get("limit", "1000")
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+            raise BadParam("limit", "must be a whole number from 1 to 1000")
+        res = broker.read(since if since is not None else broker.tail, flt, int(raw_limit))
+        head = f'{{"epoch":{broker.epoch},"cursor":"{cursor_id(res.cursor)}","reset":{"true" if res.reset else "false"}'
+        if res.reset:
+            metrics.resets += 1
+            head += ',"runs":' + ev.dumps(broker.snapshots(flt))
+        body = head + ',"events":[' + ",".join(e.json for e in res.events) + "]}"
+        return Response(body, mimetype="application/json", headers={"Cache-Control": "no-cache"})
+
+    # -- runs -------------------------------------------------------------------------------
+    def check_run(run: str) -> None:
+        if not ev.RUN_RE.match(run):
+            raise BadParam("run", "must match [A-Za-z0-9._-]{1,64}")
+
+    @app.get("/api/runs")
+    def runs():
+        rows = {r: state.summarize(s) for r, s in broker.runs.items()}
+        if history:
+            for r, summary in history.index.items():
+                rows.setdefault(r, summary)
+        ordered = sorted(rows.values(), key=lambda s: s.get("updated_at") or 0, reverse=True)
+        return json_response({"runs": ordered})
+
+    @app.get("/api/runs/<run>")
+    def run_state(run: str):
+        check_run(run)
+        snap = broker.snapshot(run) or (history.snapshot(run) if history else None)
+        if snap is None:
+            return error(404, "not_found", f"no run named '{run}'", "run")
+        return json_response(snap)
+
+    @app.get("/api/runs/<run>/transcript")
+    def transcript(run: str):
+        check_run(run)
+        if history:
+            events = history.transcript(run)
+            complete = True
+        else:
+            events = [e.as_dict() for e in broker.buffer if e.run == run]
+            complete = False
+        if not events:
+            return error(404, "not_found", f"no recorded events for run '{run}'", "run")
+        return json_response({"run": run, "complete": complete, "events": events})
+
+    @app.post("/api/runs/<run>/<action>")
+    def control(run: str, action: str):
+        check_run(run)
+        if action not in CONTROL_ACTIONS:
+            return error(404, "not_found", f"unknown action '{action}'; use stop, pause or resume", "action")
+        try:
+            raw = request.get_data(cache=False, parse_form_data=False)
+            body = ev.loads(raw) if raw.strip() else {}
+        except ev.EventError as e:
+            return error(400, "bad_request", e.message, "body")
+        if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str):
+            return error(400, "bad_request", 'send {"reason": "text"} or nothing', "reason")
+        snap = broker.snapshot(run)
+        if snap is None:
+            return error(404, "not_found", f"no live run named '{run}'", "run")
+        c = snap["control"]
+        already = (not state.is_live(snap)
+                   or action == "stop" and c["stop_requested"] is not None
+                   or action == "pause" and (c["pause_requested"] or snap["status"] == "paused")
+                   or action == "resume" and not c["pause_requested"] and snap["status"] != "paused")
+        if already:
+            return json_response({"run": run, "action": action, "requested": False, "status": snap["status"]}, 202)
+        data = {"reason": body["reason"][:500]} if body.get("reason") else {}
+        (e,) = publish([ev.Draft(CONTROL_ACTIONS[action], run, data)])
+        return json_response({"run": run, "action": action, "requested": True, "id": e.id}, 202)
+
+    # -- operations ---------------------------------------------------------------------------
+    @app.get("/healthz")
+    def healthz():
+        return json_response({"ok": True, "version": __version__, "epoch": broker.epoch,
+                              "subscribers": metrics.subscribers, "buffered": len(broker.buffer)})
+
+    @app.get("/metrics")
+    def prometheus():
+        lines = [
+            "# TYPE loop_events_accepted_total counter", f"loop_events_accepted_total {metrics.accepted}",
+            "# TYPE loop_events_rejected_total counter",
+            *[f'loop_events_rejected_total{{reason="{r}"}} {n}' for r, n in sorted(metrics.rejected.items())],
+            "# TYPE loop_rate_limited_total counter", f"loop_rate_limited_total {metrics.rate_limited}",
+            "# TYPE loop_resets_total counter", f"loop_resets_total {metrics.resets}",
+            "# TYPE loop_subscribers gauge", f"loop_subscribers {metrics.subscribers}",
+            "# TYPE loop_buffer_events gauge", f"loop_buffer_events {len(broker.buffer)}",
+            "# TYPE loop_buffer_capacity gauge", f"loop_buffer_capacity {broker.capacity}",
+            "# TYPE loop_runs_live gauge", f"loop_runs_live {sum(state.is_live(s) for s in broker.runs.values())}",
+        ]
+        if history:
+            lines += ["# TYPE loop_history_write_errors_total counter",
+                      f"loop_history_write_errors_total {history.write_errors}"]
+        return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+
+    # -- the dashboard -----------------------------------------------------------------------------
+    @app.get("/")
+    def index():
+        return send_from_directory(static_root, "index.html", max_age=0)
+
+    @app.get("/<path:name>")
+    def static_file(name: str):
+        return send_from_directory(static_root, name, max_age=0)
+
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,342 @@
+"""The run-state reducer: events -> snapshot (pure, shared by server and CLI).
+
+``apply(snapshot, event)`` folds one event (a dict as on the wire) into a run's
+snapshot, a plain JSON-able dict, and returns it. The dashboard's JS reducer
+(dashboard/state.js) mirrors this function and both are pinned by the golden
+fixtures in tests/fixtures/. Keep the two in step, and keep this pure: no
+clock (times come from the events), no I/O.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+OUTPUT_TAIL = 100_000   # characters of output kept per run
+LOG_TAIL = 100          # log lines (unknown types, errors) kept per run
+LAST_OUTPUT = 240       # characters of a story's latest output shown on its card
+FINISHED = ("passed", "failed", "stopped")
+LIVE = ("running", "paused")
+STORY_DONE = ("passed", "failed", "skipped", "cancelled")
+
+
+def new_run(run: str) -> dict:
+    return {
+        "run": run, "task_id": None, "task_name": None, "status": "running",
+        "started_at": None, "updated_at": None, "finished_at": None,
+        "elapsed_s": 0, "eta_s": None, "estimated_duration": None, "story_count": None,
+        "stories": [], "current_story": None,
+        "counts": {"total": 0, "completed": 0, "running": 0, "queued": 0,
+                   "failed": 0, "skipped": 0, "cancelled": 0},
+        "success_rate": None, "percent": 0,
+        "progress": None, "output": "", "output_truncated": False,
+        "log": [], "last_error": None, "error_count": 0,
+        "control": {"stop_requested": None, "pause_requested": False},
+        "summary": None, "event_count": 0, "last_event_id": None,
+    }
+
+
+def _story(snap: dict, story_id: Any) -> dict:
+    sid = str(story_id) if story_id is not None else "?"
+    for s in snap["stories"]:
+        if s["id"] == sid:
+            return s
+    s = {"id": sid, "title": "", "status": "queued", "priority": None, "attempt": 0,
+         "attempts": 0, "acceptance_criteria": [], "duration_ms": None,
+         "started_at": None, "last_output": ""}
+    snap["stories"].append(s)
+    return s
+
+
+def _criterion_text(item: Any) -> str:
+    if isinstance(item, dict):
+        return str(item.get("text", ""))
+    return str(item)
+
+
+def _criterion(story: dict, index: Any, text: Any) -> dict | None:
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0 or index > 1000:
+        return None
+    acs = story["acceptance_criteria"]
+    while len(acs) <= index:
+        acs.append({"text": "", "status": "pending", "duration_ms": None, "error": None})
+    ac = acs[index]
+    if text is not None and not ac["text"]:
+        ac["text"] = str(text)
+    return ac
+
+
+def _mark_next_running(story: dict) -> None:
+    """While a story runs, the first criterion not yet decided is the one in progress."""
+    acs = story["acceptance_criteria"]
+    for ac in acs:
+        if ac["status"] == "running":
+            ac["status"] = "pending"
+    if story["status"] != "running":
+        return
+    for ac in acs:
+        if ac["status"] == "pending":
+            ac["status"] = "running"
+            return
+
+
+def _log(snap: dict, etype: str, ts: Any, text: str) -> None:
+    snap["log"].append({"type": etype, "ts": ts, "text": text})
+    if len(snap["log"]) > LOG_TAIL:
+        del snap["log"][0]
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    return None
+
+
+def apply(snap: dict | None, event: dict) -> dict:
+    """Fold one event into its run's snapshot (created when None)."""
+    etype = event.get("type")
+    data = event.get("data") or {}
+    ts = event.get("ts")
+    if snap is None:
+        snap = new_run(event.get("run", "default"))
+    elif etype == "task_started" and snap["status"] in FINISHED:
+        snap = new_run(snap["run"])  # a finished run's id used again starts afresh
+    if snap["status"] == "interrupted" and etype not in ("task_completed", "task_stopped"):
+        snap["status"] = "running"  # its runner came back
+    snap["event_count"] += 1
+    snap["last_event_id"] = event.get("id")
+    if snap["started_at"] is None:
+        snap["started_at"] = ts
+    snap["updated_at"] = ts
+    handler = _HANDLERS.get(etype)
+    if handler:
+        handler(snap, data, ts)
+    else:
+        text = data.get("message") if isinstance(data.get("message"), str) else json.dumps(data, sort_keys=True)
+        _log(snap, etype, ts, text)
+    _derive(snap)
+    return snap
+
+
+def _task_started(snap: dict, data: dict, ts: Any) -> None:
+    snap["status"] = "running"
+    snap["started_at"] = ts
+    snap["finished_at"] = None
+    snap["task_id"] = data.get("task_id")
+    snap["task_name"] = data.get("task_name")
+    snap["story_count"] = _num(data.get("story_count"))
+    snap["estimated_duration"] = _num(data.get("estimated_duration"))
+    for item in data.get("stories") or []:
+        if isinstance(item, dict) and item.get("id") is not None:
+            s = _story(snap, item["id"])
+            s["title"] = str(item.get("title") or s["title"])
+            s["priority"] = item.get("priority", s["priority"])
+            if item.get("status") in STORY_DONE:
+                s["status"] = item["status"]
+
+
+def _story_started(snap: dict, data: dict, ts: Any) -> None:
+    s = _story(snap, data.get("story_id"))
+    s["status"] = "running"
+    s["started_at"] = ts
+    s["duration_ms"] = None
+    if data.get("title") is not None:
+        s["title"] = str(data["title"])
+    if data.get("priority") is not None:
+        s["priority"] = data["priority"]
+    attempt = _num(data.get("attempt"))
+    s["attempt"] = attempt if attempt is not None else s["attempt"] + 1
+    criteria = data.get("acceptance_criteria")
+    if isinstance(criteria, list):
+        s["acceptance_criteria"] = [
+            {"text": _criterion_text(c), "status": "pending", "duration_ms": None, "error": None}
+            for c in criteria]
+    else:
+        for ac in s["acceptance_criteria"]:
+            ac.update(status="pending", duration_ms=None, error=None)
+    snap["current_story"] = s["id"]
+    _mark_next_running(s)
+
+
+def _ac_event(passed: bool):
+    def handle(snap: dict, data: dict, ts: Any) -> None:
+        s = _story(snap, data.get("story_id"))
+        ac = _criterion(s, data.get("ac_index"), data.get("ac_text"))
+        if ac is None:
+            return
+        ac["status"] = "passed" if passed else "failed"
+        if passed:
+            ac["duration_ms"] = _num(data.get("duration_ms"))
+            ac["error"] = None
+        else:
+            ac["error"] = str(data.get("error") or "failed")
+        _mark_next_running(s)
+    return handle
+
+
+def _story_completed(snap: dict, data: dict, ts: Any) -> None:
+    s = _story(snap, data.get("story_id"))
+    status = data.get("status")
+    s["status"] = status if status in STORY_DONE else "passed"
+    s["duration_ms"] = _num(data.get("duration_ms"))
+    attempts = _num(data.get("attempts"))
+    s["attempts"] = attempts if attempts is not None else max(s["attempt"], 1)
+    for ac in s["acceptance_criteria"]:
+        if ac["status"] == "running":
+            ac["status"] = "pending"
+        if s["status"] == "passed" and ac["status"] == "pending":
+            ac["status"] = "passed"
+    if snap["current_story"] == s["id"]:
+        running = [x["id"] for x in snap["stories"] if x["status"] == "running"]
+        snap["current_story"] = running[-1] if running else None
+
+
+def _finish(status: str):
+    def handle(snap: dict, data: dict, ts: Any) -> None:
+        if status == "completed":
+            failed = any(x["status"] == "failed" for x in snap["stories"])
+            explicit = data.get("status")
+            snap["status"] = explicit if explicit in FINISHED else ("failed" if failed else "passed")
+            snap["summary"] = data.get("summary") if isinstance(data.get("summary"), dict) else {
+                k: data[k] for k in ("passed", "failed", "skipped", "duration_ms") if k in data} or None
+        else:
+            snap["status"] = "stopped"
+            snap["control"]["stop_requested"] = None
+            for x in snap["stories"]:
+                if x["status"] in ("running", "queued"):
+                    x["status"] = "cancelled"
+                    for ac in x["acceptance_criteria"]:
+                        if ac["status"] == "running":
+                            ac["status"] = "pending"
+            if data.get("reason"):
+                _log(snap, "task_stopped", ts, f"stopped: {data['reason']}")
+        snap["finished_at"] = ts
+        snap["current_story"] = None
+    return handle
+
+
+def _output(snap: dict, data: dict, ts: Any) -> None:
+    text = data.get("text")
+    if not isinstance(text, str) or not text:
+        return
+    out = snap["output"] + text
+    if len(out) > OUTPUT_TAIL:
+        out = out[-OUTPUT_TAIL:]
+        snap["output_truncated"] = True
+    snap["output"] = out
+    if data.get("story_id") is not None:
+        s = _story(snap, data["story_id"])
+        s["last_output"] = (s["last_output"] + text)[-LAST_OUTPUT:]
+
+
+def _progress(snap: dict, data: dict, ts: Any) -> None:
+    p = snap["progress"] or {"percent": None, "current": None, "total": None, "message": None}
+    for k in ("percent", "current", "total"):
+        if _num(data.get(k)) is not None:
+            p[k] = data[k]
+    if isinstance(data.get("message"), str):
+        p["message"] = data["message"]
+    snap["progress"] = p
+
+
+def _error(snap: dict, data: dict, ts: Any) -> None:
+    snap["last_error"] = {k: data.get(k) for k in ("story_id", "error_type", "error_message", "retryable")}
+    snap["error_count"] += 1
+    _log(snap, "error_occurred", ts, f"{data.get('error_type') or 'error'}: {data.get('error_message') or ''}")
+
+
+def _control(kind: str):
+    def handle(snap: dict, data: dict, ts: Any) -> None:
+        c = snap["control"]
+        if kind == "stop_requested":
+            c["stop_requested"] = str(data.get("reason") or "requested")
+        elif kind == "pause_requested":
+            c["pause_requested"] = True
+        elif kind == "resume_requested":
+            c["pause_requested"] = False
+        elif kind == "task_paused":
+            c["pause_requested"] = False
+            if snap["status"] == "running":
+                snap["status"] = "paused"
+        elif kind == "task_resumed":
+            c["pause_requested"] = False
+            if snap["status"] == "paused":
+                snap["status"] = "running"
+        _log(snap, kind, ts, kind.replace("_", " ") + (f": {data['reason']}" if data.get("reason") else ""))
+    return handle
+
+
+_HANDLERS = {
+    "task_started": _task_started,
+    "story_started": _story_started,
+    "ac_completed": _ac_event(True),
+    "ac_failed": _ac_event(False),
+    "story_completed": _story_completed,
+    "task_completed": _finish("completed"),
+    "task_stopped": _finish("stopped"),
+    "output": _output,
+    "progress": _progress,
+    "error_occurred": _error,
+    **{k: _control(k) for k in ("stop_requested", "pause_requested", "resume_requested",
+                                "task_paused", "task_resumed")},
+}
+
+
+def _derive(snap: dict) -> None:
+    """Counts, percent, elapsed and ETA: all from the events' own times."""
+    stories = snap["stories"]
+    c = {"total": 0, "completed": 0, "running": 0, "queued": 0, "failed": 0, "skipped": 0, "cancelled": 0}
+    for s in stories:
+        key = {"passed": "completed"}.get(s["status"], s["status"])
+        if key in c:
+            c[key] += 1
+    c["total"] = max(len(stories), int(snap["story_count"] or 0))
+    c["queued"] = c["total"] - c["completed"] - c["running"] - c["failed"] - c["skipped"] - c["cancelled"]
+    snap["counts"] = c
+    decided = c["completed"] + c["failed"]
+    snap["success_rate"] = c["completed"] / decided if decided else None
+
+    started, end = snap["started_at"], snap["finished_at"] or snap["updated_at"]
+    elapsed = end - started if _num(started) is not None and _num(end) is not None else 0
+    snap["elapsed_s"] = max(0, elapsed)
+
+    progress = snap["progress"] or {}
+    if c["total"]:
+        done = c["completed"] + c["failed"] + c["skipped"] + c["cancelled"]
+        percent = done * 100 / c["total"]
+    elif _num(progress.get("percent")) is not None:
+        percent = progress["percent"]
+    elif _num(progress.get("current")) is not None and _num(progress.get("total")):
+        percent = progress["current"] * 100 / progress["total"]
+    else:
+        percent = 0
+    snap["percent"] = min(100, max(0, percent))
+    if snap["status"] in ("passed", "failed") and snap["percent"] < 100 and not c["total"]:
+        snap["percent"] = 100
+
+    snap["eta_s"] = None
+    if snap["status"] not in LIVE:
+        return
+    durations = [s["duration_ms"] for s in stories
+                 if s["status"] in ("passed", "failed") and _num(s["duration_ms"]) is not None]
+    remaining = c["queued"] + c["running"]
+    if durations and remaining:
+        snap["eta_s"] = sum(durations) / len(durations) / 1000 * remaining
+    elif _num(snap["estimated_duration"]) is not None:
+        snap["eta_s"] = max(0, snap["estimated_duration"] - snap["elapsed_s"])
+    elif 0 < snap["percent"] < 100:
+        snap["eta_s"] = snap["elapsed_s"] * (100 - snap["percent"]) / snap["percent"]
+
+
+def reduce(events: Iterable[dict], snap: dict | None = None) -> dict | None:
+    for e in events:
+        snap = apply(snap, e)
+    return snap
+
+
+def is_live(snap: dict) -> bool:
+    return snap["status"] in LIVE
+
+
+def summarize(snap: dict) -> dict:
+    """The run-list view of a snapshot: everything but stories, output and log."""
+    return {k: v for k, v in snap.items() if k not in ("stories", "output", "log")}
