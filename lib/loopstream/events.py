@@ -103,7 +103,7 @@ def dumps(value: Any) -> str:
 def validate_one(obj: Any, where: str = "", default_run: str = DEFAULT_RUN) -> Draft:
     """Check one client event and return it as a Draft; raise EventError naming the field."""
     if not isinstance(obj, dict):
-        raise EventError(where or "body", "an event must be a JSON object")
+        raise EventError(where.rstrip(".") or "body", "an event must be a JSON object")
     unknown = sorted(set(obj) - CLIENT_FIELDS)
     if unknown:
         raise EventError(f"{where}{unknown[0]}", "unknown field; put extra fields inside \"data\"")

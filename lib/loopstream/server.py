@@ -90,7 +90,8 @@ def json_response(obj, status: int = 200) -> Response:
     return Response(ev.dumps(obj), status=status, mimetype="application/json")
 
 
-def create_app(config: Config | None = None, clock=time.time) -> Flask:
+def create_app(config: Config | None = None, clock=time.time, monotonic=time.monotonic) -> Flask:
+    """The sidecar's WSGI app. ``clock`` stamps events; ``monotonic`` drives the rate limiter."""
     cfg = config or Config()
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
@@ -106,7 +107,7 @@ def create_app(config: Config | None = None, clock=time.time) -> Flask:
     broker = MemoryBroker(cfg.buffer, epoch=epoch, clock=clock)
     for snap in restored:
         broker.restore(snap)
-    limiter = TokenBuckets(cfg.rate, cfg.burst)
+    limiter = TokenBuckets(cfg.rate, cfg.burst, clock=monotonic)
     signal = Signal()
     metrics = Metrics()
     app.extensions["loop"] = {"broker": broker, "history": history, "metrics": metrics, "config": cfg}

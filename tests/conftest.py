@@ -1,0 +1,172 @@
+"""Real-server fixtures: `loop serve` (gunicorn + gevent) as a subprocess on a free port."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, message: str = "condition"):
+    """Poll until predicate() is truthy; return its value. No fixed sleeps."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+class Server:
+    """A `loop serve` subprocess."""
+
+    def __init__(self, tmp: Path, port: int | None = None, db: Path | None = None, args=(), env=None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.db = db if db is not None else tmp / "history.json"
+        self.args = list(args)
+        self.log = tmp / f"server-{self.port}.log"
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 15.0) -> "Server":
+        cmd = [sys.executable, "-m", "loopstream", "serve", "--port", str(self.port),
+               "--db", str(self.db), *self.args]
+        self._logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self._logf, stderr=subprocess.STDOUT, env=self.env,
+                                     start_new_session=True)
+
+        def up():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                return requests.get(self.url + "/healthz", timeout=1).ok
+            except requests.ConnectionError:
+                return False
+
+        wait_for(up, timeout, message="the sidecar to answer /healthz")
+        return self
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._logf.close()
+        code, self.proc = self.proc.returncode, None
+        return code
+
+    def kill9(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self._logf.close()
+        self.proc = None
+
+    def post(self, events, **kw):
+        return requests.post(self.url + "/api/events", data=json.dumps(events), timeout=5, **kw)
+
+    def get(self, path, **kw):
+        return requests.get(self.url + path, timeout=5, **kw)
+
+
+@pytest.fixture
+def make_server(tmp_path):
+    servers: list[Server] = []
+
+    def make(*args, **kw) -> Server:
+        s = Server(tmp_path, args=args, **kw).start()
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture
+def server(make_server) -> Server:
+    """A sidecar with the rate limit off and a short heartbeat."""
+    return make_server("--rate", "0", "--heartbeat", "1")
+
+
+def fixture_files():
+    return sorted(FIXTURES.glob("*.json"))
+
+
+def load_fixture(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+class Subscriber:
+    """An SSE subscriber: sseclient-py over a streaming requests response."""
+
+    def __init__(self, url: str, params=None, headers=None, read_timeout: float = 10.0):
+        import sseclient
+
+        self.response = requests.get(url + "/stream/progress", params=params, headers=headers or {},
+                                     stream=True, timeout=(3, read_timeout))
+        self.response.raise_for_status()
+        self._events = sseclient.SSEClient(self.response).events()
+
+    def next(self):
+        e = next(self._events)
+        return e.id, e.event, json.loads(e.data)
+
+    def take(self, n: int, skip=("heartbeat",)):
+        """The next n events, leaving out heartbeats."""
+        out = []
+        while len(out) < n:
+            eid, name, data = self.next()
+            if name not in skip:
+                out.append((eid, name, data))
+        return out
+
+    def until(self, predicate, skip=("heartbeat",)):
+        out = []
+        while True:
+            item = self.next()
+            if item[1] in skip:
+                continue
+            out.append(item)
+            if predicate(item):
+                return out
+
+    def close(self):
+        self.response.close()
+
+
+@pytest.fixture
+def subscribe():
+    subs: list[Subscriber] = []
+
+    def make(server, **kw) -> Subscriber:
+        s = Subscriber(server.url, **kw)
+        subs.append(s)
+        return s
+
+    yield make
+    for s in subs:
+        s.close()
