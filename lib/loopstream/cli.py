@@ -78,6 +78,13 @@ def serve(host, port, buffer, rate, burst, heartbeat, db, no_history, token, cor
     config = Config(buffer=buffer, rate=rate, burst=burst, heartbeat=heartbeat, token=token or None,
                     db=None if no_history else str(db or default_db_path()), cors=cors_origins,
                     max_streams=max_streams, max_streams_per_client=max_streams_per_client)
+    from .history import History
+
+    if config.db:
+        try:
+            History(config.db).check()
+        except (ValueError, OSError) as e:
+            raise click.ClickException(str(e)) from e
     try:
         app = Sidecar(config, host, port, workers=workers, log_level=log_level, access_log=access_log)
     except WorkerCountError as e:

@@ -105,6 +105,17 @@ class History:
         self._done = None
 
     # -- start-up ------------------------------------------------------------
+    def check(self) -> None:
+        """Fail early, with a message, when the history cannot be used (before forking workers)."""
+        try:
+            self.journal_dir.mkdir(parents=True, exist_ok=True)
+            AtomicJSONStorage(self.path).read()
+        except ValueError as e:
+            raise ValueError(f"the history file {self.path} is not valid JSON ({e}); "
+                             f"move it away or pass another --db") from e
+        except OSError as e:
+            raise OSError(f"cannot use the history at {self.path}: {e.strerror}; pass another --db") from e
+
     def open(self) -> tuple[int, list[dict]]:
         """Load the index, recover interrupted runs; return (epoch floor, snapshots to restore)."""
         try:

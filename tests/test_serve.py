@@ -1,0 +1,86 @@
+"""`loop serve`: gunicorn + one gevent worker, its refusals, shutdown and clean-up."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import Server, Subscriber, free_port, wait_for
+
+
+def pids_in_group(pgid: int) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat = open(f"/proc/{name}/stat").read()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                found.append(int(name))
+    return found
+
+
+def loop_cmd(*args, env=None, timeout=20):
+    return subprocess.run([sys.executable, "-m", "loopstream", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_runs_gunicorn_with_one_gevent_worker(server):
+    master = server.proc.pid
+    children = [p for p in pids_in_group(master) if p != master]
+    assert len(children) == 1   # exactly one worker
+    cmdline = open(f"/proc/{master}/cmdline").read()
+    assert "loopstream" in cmdline
+    assert server.get("/healthz").json()["ok"] is True
+
+
+def test_sigterm_with_open_streams_exits_within_3s_and_leaves_nothing(tmp_path):
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    env = {"HOME": str(tmp_path), "XDG_RUNTIME_DIR": str(runtime)}
+    server = Server(tmp_path, env=env).start()
+    subs = [Subscriber(server.url) for _ in range(3)]
+    for s in subs:
+        s.next()
+    pgid = server.proc.pid
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    server.proc.wait(10)
+    assert time.monotonic() - started < 3.0
+    wait_for(lambda: not pids_in_group(pgid), timeout=3, message="every process of the sidecar to exit")
+    assert not (runtime / "gunicorn.ctl").exists() and not (tmp_path / ".gunicorn").exists()
+    for s in subs:
+        s.close()
+    server.stop()
+
+
+def test_more_than_one_worker_is_refused_with_a_reason():
+    r = loop_cmd("serve", "--workers", "2", "--port", str(free_port()), "--no-history")
+    assert r.returncode == 2
+    assert "split the stream" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_non_loopback_bind_without_token_is_refused():
+    r = loop_cmd("serve", "--host", "0.0.0.0", "--port", str(free_port()), "--no-history")
+    assert r.returncode == 1
+    assert "--token" in r.stderr and "--insecure" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_token_from_environment_guards_the_running_server(make_server):
+    server = make_server(env={"LOOP_TOKEN": "t0k"})
+    assert server.post({"type": "x"}).status_code == 401
+    assert server.post({"type": "x"}, headers={"Authorization": "Bearer t0k"}).status_code == 201
+    assert server.get("/stream/progress?token=wrong").status_code == 401
+    sub = Subscriber(server.url, params={"token": "t0k"})
+    assert sub.next()[1] == "hello"
+    sub.close()
+
+
+def test_corrupt_history_file_is_one_clear_line_not_a_traceback(tmp_path):
+    db = tmp_path / "h.json"
+    db.write_text("{oops")
+    r = loop_cmd("serve", "--port", str(free_port()), "--db", str(db))
+    assert r.returncode == 1
+    assert "not valid JSON" in r.stderr and "Traceback" not in r.stderr
