@@ -93,6 +93,423 @@ def serve(host, port, buffer, rate, burst, heartbeat, db, no_history, token, cor
     app.run()
 
 
+# -- running a PRD -------------------------------------------------------------------
+
+def _new_run_id(prd_path: str) -> str:
+    import re
+    import secrets
+    from datetime import datetime
+    from pathlib import Path
+
+    stem = re.sub(r"[^A-Za-z0-9._-]", "-", Path(prd_path).stem)[:32] or "run"
+    return f"{stem}-{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def _estimate(server: str | None, token: str | None, task_id: str, stories: int) -> float | None:
+    """Seconds the stories took in this PRD's latest finished run, scaled to this run."""
+    if not server or not stories:
+        return None
+    from .client import SidecarError, request
+
+    try:
+        runs = request("GET", server + "/api/runs", token, timeout=1).json()["runs"]
+    except (SidecarError, ValueError, KeyError):
+        return None
+    for r in runs:
+        c = r.get("counts") or {}
+        decided = c.get("completed", 0) + c.get("failed", 0)
+        if r.get("task_id") == task_id and r.get("status") in ("passed", "failed") and decided:
+            return round(r["elapsed_s"] / decided * stories, 1)
+    return None
+
+
+@cli.command()
+@click.argument("prd_path", metavar="PRD", type=click.Path(dir_okay=False))
+@server_option
+@token_option
+@click.option("--run", "run_id", envvar="LOOP_RUN", help="Name of this run [default: PRD name + time].")
+@click.option("--stream", is_flag=True, help="Show the live view in place (plain lines when piped).")
+@click.option("--max-attempts", default=1, show_default=True, type=click.IntRange(1, 20),
+              help="Tries per story before it counts as failed.")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 10),
+              help="Independent stories run at once.")
+@click.option("--grace", default=5.0, show_default=True, type=click.FloatRange(0, 600),
+              help="Seconds between SIGINT and SIGKILL when stopping a story.")
+@click.option("--no-update", is_flag=True, help="Do not write passes: true back to the PRD.")
+@click.option("--no-embed", is_flag=True, help="Do not start a sidecar when none answers.")
+def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_update, no_embed) -> None:
+    """Run a PRD's open stories and report every step to the sidecar.
+
+    Stories with "passes": false run by priority, after their dependencies,
+    each as its own process group. Exit 0 when all passed, 1 when any
+    failed, 130 when stopped (Ctrl-C, `loop stop`, the dashboard).
+    """
+    import signal
+    import threading
+
+    from . import prd as prd_mod
+    from . import state
+    from .client import Outbox, healthy
+    from .embedded import EmbeddedSidecar
+    from .runner import RunOptions, Runner
+    from .view import LiveView, plain_line
+
+    try:
+        prd = prd_mod.load(prd_path)
+    except prd_mod.PrdError as e:
+        for problem in e.problems:
+            click.echo(f"{e.path}: {problem}", err=True)
+        raise click.exceptions.Exit(ExitStatus.USAGE) from None
+    if run_id is not None and not _valid_run(run_id):
+        raise click.BadParameter("must match [A-Za-z0-9._-]{1,64}", param_hint="--run")
+    run_id = run_id or _new_run_id(prd_path)
+    server = server.rstrip("/")
+    embedded = None
+    if not healthy(server):
+        if no_embed:
+            click.echo(f"loop: no sidecar at {server}; running without one (--no-embed)", err=True)
+            server = None
+        else:
+            embedded = EmbeddedSidecar.start(server)
+            if embedded:
+                server = embedded.url
+            else:
+                click.echo(f"loop: no sidecar at {server} and none could be started; running without one",
+                           err=True)
+                server = None
+    click.echo(f"loop: run {run_id}" + (f" — dashboard: {server}/" if server else ""), err=True)
+
+    live_view = stream and sys.stdout.isatty()
+    lock = threading.Lock()
+    snap: dict = {}
+    outbox = Outbox(server, token)
+
+    def sink(event: dict) -> None:
+        outbox.put(event)
+        with lock:
+            snap["s"] = state.apply(snap.get("s"), event)
+        if not live_view and not (event["type"] == "output" and not event["data"].get("text")):
+            click.echo(plain_line(event))
+
+    estimate = _estimate(server, token, prd.path.stem, sum(1 for s in prd.stories if not s.passes))
+    runner = Runner(prd, RunOptions(run_id=run_id, server=server, max_attempts=max_attempts, jobs=jobs,
+                                    grace=grace, update=not no_update, estimated_duration=estimate), sink)
+    done = threading.Event()
+    if server:
+        threading.Thread(target=_listen_for_control, args=(server, token, run_id, runner, done),
+                         daemon=True).start()
+
+    interrupts = []
+
+    def on_sigint(signum, frame):
+        interrupts.append(signum)
+        if len(interrupts) == 1:
+            runner.request_stop("interrupted (Ctrl-C)")
+        else:
+            runner.force_kill()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        if live_view:
+            def connection() -> str:
+                st = outbox.status
+                where = server or "none"
+                return f"{st.state} {where}" + (f" ({st.queued} queued)" if st.queued > 1 else "")
+
+            with LiveView(lambda: snap.get("s"), connection):
+                code = runner.run()
+        else:
+            code = runner.run()
+    finally:
+        done.set()
+        signal.signal(signal.SIGINT, previous)
+        delivered = outbox.close(timeout=30)
+        if not delivered:
+            click.echo(f"loop: {outbox.status.dropped} events could not be delivered to {server} "
+                       f"({outbox.status.last_error})", err=True)
+        if embedded:
+            embedded.stop()
+    summary = {k: v for k, v in (snap["s"]["counts"] if snap.get("s") else {}).items() if v}
+    click.echo(f"loop: run {run_id} {['passed', 'failed'][code == 1] if code != 130 else 'stopped'} "
+               f"{summary}", err=True)
+    sys.exit(code)
+
+
+def _valid_run(name: str) -> bool:
+    from .events import RUN_RE
+
+    return bool(RUN_RE.match(name))
+
+
+def _listen_for_control(server, token, run_id, runner, done) -> None:
+    """Act on stop/pause/resume requests for this run, from its snapshot and live events."""
+    from .client import SidecarError, stream
+
+    def from_snapshot(runs) -> None:
+        for s in runs or []:
+            if s.get("run") == run_id:
+                c = s.get("control") or {}
+                if c.get("stop_requested"):
+                    runner.request_stop(c["stop_requested"])
+                elif c.get("pause_requested"):
+                    runner.request_pause("requested")
+
+    try:
+        for _, name, data in stream(server, token, runs=[run_id], stop=done,
+                                    types=["stop_requested", "pause_requested", "resume_requested"]):
+            if name in ("hello", "reset"):
+                from_snapshot(data.get("runs"))
+            elif name == "stop_requested":
+                runner.request_stop((data.get("data") or {}).get("reason") or "stop requested")
+            elif name == "pause_requested":
+                runner.request_pause((data.get("data") or {}).get("reason"))
+            elif name == "resume_requested":
+                runner.request_resume((data.get("data") or {}).get("reason"))
+    except SidecarError as e:
+        click.echo(f"loop: control from the sidecar is off: {e}", err=True)
+
+
+@cli.command()
+@click.argument("prd_path", metavar="PRD", type=click.Path(dir_okay=False))
+def validate(prd_path) -> None:
+    """Check a PRD and name every problem with its JSON path."""
+    from . import prd as prd_mod
+
+    try:
+        prd = prd_mod.load(prd_path)
+    except prd_mod.PrdError as e:
+        for problem in e.problems:
+            click.echo(f"{e.path}: {problem}", err=True)
+        raise click.exceptions.Exit(ExitStatus.FAILURE) from None
+    todo = sum(1 for s in prd.stories if not s.passes)
+    click.echo(f"{prd_path}: ok — {len(prd.stories)} stories, {todo} to run")
+
+
+# -- talking to a sidecar --------------------------------------------------------------
+
+def _parse_items(items: tuple[str, ...], data_json: str | None) -> dict:
+    import json
+
+    data: dict = {}
+    if data_json:
+        try:
+            parsed = json.loads(data_json)
+        except json.JSONDecodeError as e:
+            raise click.BadParameter(f"not JSON: {e}", param_hint="--data") from e
+        if not isinstance(parsed, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--data")
+        data.update(parsed)
+    for item in items:
+        if ":=" in item and ("=" not in item or item.index(":=") < item.index("=")):
+            key, raw = item.split(":=", 1)
+            try:
+                data[key] = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise click.BadParameter(f"{item!r}: the value after := must be JSON ({e})") from e
+        elif "=" in item:
+            key, value = item.split("=", 1)
+            data[key] = value
+        else:
+            raise click.BadParameter(f"{item!r}: use key=text or key:=JSON")
+        if not key:
+            raise click.BadParameter(f"{item!r}: the key is empty")
+    return data
+
+
+@cli.command()
+@click.argument("event_type", metavar="TYPE")
+@click.argument("items", nargs=-1, metavar="[KEY=TEXT | KEY:=JSON]...")
+@click.option("--data", "data_json", help="A JSON object of data fields (items are added to it).")
+@click.option("--run", "run_id", envvar="LOOP_RUN", help="The run this event belongs to.")
+@server_option
+@token_option
+def emit(event_type, items, data_json, run_id, server, token) -> None:
+    """Send one event; waits and retries when rate-limited.
+
+    \b
+      loop emit progress percent:=40 message="compiling"
+      loop emit ac_completed story_id=US-1 ac_index:=0 --run build-7
+    """
+    import json
+    import time
+
+    from .client import SidecarError, request
+
+    body = {"type": event_type, "data": _parse_items(items, data_json)}
+    if run_id:
+        body["run"] = run_id
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            r = request("POST", server.rstrip("/") + "/api/events", token, data=json.dumps(body),
+                        headers={"Content-Type": "application/json"})
+            break
+        except SidecarError as e:
+            if str(e).startswith("429") and time.monotonic() < deadline:
+                time.sleep(0.5)
+                continue
+            raise click.ClickException(str(e)) from e
+    click.echo(r.json()["ids"][0])
+
+
+@cli.command()
+@server_option
+@token_option
+@click.option("--json", "as_json", is_flag=True, help="JSON even on a terminal.")
+def runs(server, token, as_json) -> None:
+    """List runs: live ones and history (a table on a terminal, JSON when piped)."""
+    import json
+
+    from .client import SidecarError, request
+    from .view import clean, duration
+
+    try:
+        rows = request("GET", server.rstrip("/") + "/api/runs", token).json()["runs"]
+    except SidecarError as e:
+        raise click.ClickException(str(e)) from e
+    if as_json or not sys.stdout.isatty():
+        click.echo(json.dumps(rows, indent=None))
+        return
+    if not rows:
+        click.echo("no runs yet")
+        return
+    click.echo(f"{'RUN':40} {'STATUS':12} {'DONE':>9} {'ELAPSED':>9}  TASK")
+    for r in rows:
+        c = r.get("counts") or {}
+        done = f"{c.get('completed', 0) + c.get('failed', 0)}/{c.get('total', 0)}" if c.get("total") else \
+            f"{r.get('percent', 0):.0f}%"
+        click.echo(f"{clean(r['run'])[:40]:40} {r['status']:12} {done:>9} {duration(r.get('elapsed_s')):>9}  "
+                   f"{clean(r.get('task_name') or '')[:40]}")
+
+
+def _control_command(action: str):
+    @click.argument("run_id", metavar="RUN", envvar="LOOP_RUN")
+    @click.option("--reason", default=None, help="Why; shown on the dashboard and in the transcript.")
+    @server_option
+    @token_option
+    def command(run_id, reason, server, token) -> None:
+        import json
+
+        from .client import SidecarError, request
+
+        try:
+            r = request("POST", f"{server.rstrip('/')}/api/runs/{run_id}/{action}", token,
+                        data=json.dumps({"reason": reason} if reason else {}),
+                        headers={"Content-Type": "application/json"}).json()
+        except SidecarError as e:
+            raise click.ClickException(str(e)) from e
+        if r["requested"]:
+            click.echo(f"{action} requested for {run_id}")
+        else:
+            click.echo(f"{action}: nothing to do for {run_id} (status {r['status']}, or already requested)")
+
+    command.__doc__ = {"stop": "Stop a run: its runner interrupts the running story and cancels the rest.",
+                       "pause": "Pause a run: running stories finish, no new one starts.",
+                       "resume": "Resume a paused run."}[action]
+    return cli.command(name=action)(command)
+
+
+for _action in ("stop", "pause", "resume"):
+    _control_command(_action)
+
+
+@cli.command()
+@click.argument("run_id", metavar="[RUN]", required=False)
+@server_option
+@token_option
+@click.option("--json", "as_json", is_flag=True, help="Print raw events as JSON lines.")
+def watch(run_id, server, token, as_json) -> None:
+    """Follow a run live, from anywhere it is emitted (the latest live run if none is named).
+
+    Exits when the named run finishes: 0 passed, 1 failed, 130 stopped.
+    """
+    import json
+    import threading
+
+    from . import state
+    from .client import SidecarError, stream
+    from .view import LiveView, plain_line
+
+    server = server.rstrip("/")
+    snaps: dict[str, dict] = {}
+    conn = {"state": "connecting"}
+    followed = {"run": run_id}
+    live_view = not as_json and sys.stdout.isatty()
+    stop = threading.Event()
+
+    def current():
+        r = followed["run"]
+        return snaps.get(r) if r else None
+
+    def follow_latest():
+        if run_id:
+            return
+        live = [s for s in snaps.values() if state.is_live(s)]
+        if live:
+            followed["run"] = max(live, key=lambda s: s.get("updated_at") or 0)["run"]
+
+    def finished_code():
+        s = current()
+        if run_id and s and s["status"] in state.FINISHED + ("interrupted",):
+            return {"passed": 0, "failed": 1, "stopped": 130}.get(s["status"], 1)
+        return None
+
+    def consume():
+        for eid, name, data in stream(server, token, runs=[run_id] if run_id else (), stop=stop,
+                                      on_state=lambda st: conn.update(state=st)):
+            if name == "heartbeat":
+                continue
+            if as_json:
+                click.echo(json.dumps(data if name not in ("hello", "reset") else
+                                      {"id": eid, "type": name, "data": data}))
+            if name in ("hello", "reset"):
+                if name == "reset" or not data.get("resumed"):
+                    if name == "reset":
+                        snaps.clear()
+                    for s in data.get("runs") or []:
+                        snaps[s["run"]] = s
+            else:
+                snaps[data["run"]] = state.apply(snaps.get(data["run"]), data)
+                if not as_json and not live_view:
+                    click.echo(plain_line(data))
+            follow_latest()
+            if finished_code() is not None:
+                return
+
+    if run_id and not _valid_run(run_id):
+        raise click.BadParameter("must match [A-Za-z0-9._-]{1,64}", param_hint="RUN")
+    if run_id:
+        from .client import request
+
+        try:
+            r = request("GET", f"{server}/api/runs/{run_id}", token, timeout=3)
+            snaps[run_id] = r.json()
+        except SidecarError as e:
+            if not str(e).startswith("404"):
+                raise click.ClickException(str(e)) from e
+    try:
+        if finished_code() is None:
+            if live_view:
+                with LiveView(current, lambda: f"{conn['state']} {server}"):
+                    consume()
+            else:
+                consume()
+        elif live_view:
+            with LiveView(current, lambda: f"finished {server}"):
+                pass
+    except SidecarError as e:
+        raise click.ClickException(str(e)) from e
+    except KeyboardInterrupt:
+        stop.set()
+        sys.exit(ExitStatus.INTERRUPTED)
+    if not live_view and not as_json and current():
+        from .view import render_box
+
+        click.echo("\n".join(render_box(current(), 80)))
+    code = finished_code()
+    sys.exit(code if code is not None else 0)
+
+
 def main() -> None:
     try:
         cli(prog_name="loop")

@@ -1,0 +1,356 @@
+"""The story loop: run a PRD's stories as children in their own process groups.
+
+The runner reports through ``emit`` (a callable taking one event dict) and
+never waits on the sidecar: delivery is the outbox's business. Control
+(stop, pause, resume) arrives through ``request_*`` from any thread: the
+CLI's Ctrl-C handler or the listener on the sidecar's stream.
+"""
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .prd import Prd, Story, mark_passed
+
+ERROR_TAIL = 600  # characters of a failing command's output kept in the error
+
+
+@dataclass
+class RunOptions:
+    run_id: str
+    server: str | None = None
+    max_attempts: int = 1
+    jobs: int = 1
+    grace: float = 5.0
+    update: bool = True
+    cwd: str | None = None
+    estimated_duration: float | None = None
+
+
+@dataclass
+class StoryResult:
+    status: str           # passed | failed | skipped | cancelled
+    attempts: int
+    duration_ms: int
+
+
+class Child:
+    """A shell command in its own process group; output is handed on as it comes."""
+
+    def __init__(self, command: str, stdin: str, env: dict, cwd: str | None,
+                 on_output: Callable[[str, str], None] | None):
+        self.on_output = on_output
+        self.captured: list[str] = []
+        self.proc = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, cwd=cwd, env=env, start_new_session=True)
+        self.pgid = self.proc.pid
+        self._readers = [threading.Thread(target=self._read, args=(pipe, name), daemon=True)
+                         for pipe, name in ((self.proc.stdout, "stdout"), (self.proc.stderr, "stderr"))]
+        for t in self._readers:
+            t.start()
+        threading.Thread(target=self._write, args=(stdin,), daemon=True).start()
+
+    def _write(self, text: str) -> None:
+        try:
+            self.proc.stdin.write(text.encode())
+            self.proc.stdin.close()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+
+    def _read(self, pipe, name: str) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        fd = pipe.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            text = decoder.decode(chunk, final=not chunk)
+            if text:
+                self.captured.append(text)
+                if len(self.captured) > 64:
+                    self.captured[:] = ["".join(self.captured)[-ERROR_TAIL:]]
+                if self.on_output:
+                    self.on_output(name, text)
+            if not chunk:
+                break
+        pipe.close()
+
+    def wait(self) -> int:
+        code = self.proc.wait()
+        for t in self._readers:
+            t.join(2)   # a grandchild holding the pipe open must not hang the run
+        return code
+
+    def signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def tail(self) -> str:
+        return "".join(self.captured)[-ERROR_TAIL:].strip()
+
+
+class Runner:
+    def __init__(self, prd: Prd, options: RunOptions, emit: Callable[[dict], None]):
+        self.prd = prd
+        self.opts = options
+        self._emit = emit
+        self.stop_reason: str | None = None
+        self._stop = threading.Event()
+        self._paused = threading.Event()
+        self._wake = threading.Condition()
+        self._children: set[Child] = set()
+        self._children_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self.results: dict[str, StoryResult] = {}
+
+    # -- events ----------------------------------------------------------------
+    def emit(self, type_: str, **data) -> None:
+        self._emit({"type": type_, "run": self.opts.run_id, "ts": round(time.time(), 3), "data": data})
+
+    # -- control (any thread) ----------------------------------------------------
+    def request_stop(self, reason: str = "requested") -> None:
+        if self._stop.is_set():
+            return
+        self.stop_reason = reason
+        self._stop.set()
+        with self._children_lock:
+            children = list(self._children)
+        for c in children:
+            c.signal_group(signal.SIGINT)
+        with self._wake:
+            self._wake.notify_all()
+
+    def force_kill(self) -> None:
+        with self._children_lock:
+            for c in self._children:
+                c.signal_group(signal.SIGKILL)
+
+    def request_pause(self, reason: str | None = None) -> None:
+        if self._paused.is_set() or self._stop.is_set():
+            return
+        self._paused.set()
+        self.emit("task_paused", reason=reason or "requested")
+
+    def request_resume(self, reason: str | None = None) -> None:
+        if not self._paused.is_set():
+            return
+        self._paused.clear()
+        self.emit("task_resumed", reason=reason or "requested")
+        with self._wake:
+            self._wake.notify_all()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # -- the loop --------------------------------------------------------------------
+    def run(self) -> int:
+        started = time.monotonic()
+        todo = [s for s in self.prd.stories if not s.passes]
+        todo.sort(key=lambda s: (s.priority, s.index))
+        passed_before = {s.id for s in self.prd.stories if s.passes}
+        self.emit("task_started", task_id=self.prd.path.stem, task_name=self.prd.project,
+                  story_count=len(todo), estimated_duration=self.opts.estimated_duration,
+                  prd=str(self.prd.path), jobs=self.opts.jobs,
+                  stories=[{"id": s.id, "title": s.title, "priority": s.priority} for s in todo])
+        running: dict[str, threading.Thread] = {}
+        pending = list(todo)
+        paused_announced = False
+        while pending or running:
+            with self._wake:
+                for sid in [sid for sid, t in running.items() if not t.is_alive()]:
+                    del running[sid]
+                if self._stop.is_set():
+                    if not running:
+                        break
+                    self._wake.wait(0.1)
+                    continue
+                started_one = False
+                if not self._paused.is_set():
+                    for s in list(pending):
+                        if len(running) >= self.opts.jobs:
+                            break
+                        state = self._dependency_state(s, passed_before)
+                        if state == "blocked":
+                            pending.remove(s)
+                            self._skip(s)
+                            started_one = True
+                        elif state == "ready":
+                            pending.remove(s)
+                            t = threading.Thread(target=self._story_thread, args=(s,), daemon=True)
+                            running[s.id] = t
+                            t.start()
+                            started_one = True
+                if not started_one:
+                    if pending and not running and not self._paused.is_set():
+                        # Nothing runs and nothing can start: dependencies wait on skipped stories.
+                        for s in pending:
+                            self._skip(s)
+                        pending.clear()
+                        continue
+                    self._wake.wait(0.1)
+        for s in pending:
+            self._finish_story(s, "cancelled", attempts=0, duration_ms=0)
+        duration_ms = int((time.monotonic() - started) * 1000)
+        counts = {k: sum(1 for r in self.results.values() if r.status == k)
+                  for k in ("passed", "failed", "skipped", "cancelled")}
+        if self._stop.is_set():
+            self.emit("task_stopped", reason=self.stop_reason, summary=counts, duration_ms=duration_ms)
+            return 130
+        self.emit("task_completed", summary={**counts, "duration_ms": duration_ms}, duration_ms=duration_ms)
+        return 1 if counts["failed"] or counts["skipped"] else 0
+
+    def _dependency_state(self, story: Story, passed_before: set[str]) -> str:
+        for d in story.dependencies:
+            if d in passed_before:
+                continue
+            r = self.results.get(d)
+            if r is None:
+                return "waiting"
+            if r.status != "passed":
+                return "blocked"
+        return "ready"
+
+    def _skip(self, story: Story) -> None:
+        self._finish_story(story, "skipped", attempts=0, duration_ms=0)
+
+    def _finish_story(self, story: Story, status: str, attempts: int, duration_ms: int) -> None:
+        self.results[story.id] = StoryResult(status, attempts, duration_ms)
+        self.emit("story_completed", story_id=story.id, status=status, duration_ms=duration_ms, attempts=attempts)
+
+    def _story_thread(self, story: Story) -> None:
+        t0 = time.monotonic()
+        status, attempt = "failed", 0
+        try:
+            for attempt in range(1, self.opts.max_attempts + 1):
+                if self._stop.is_set():
+                    status = "cancelled"
+                    break
+                status = self._attempt(story, attempt)
+                if status != "failed":
+                    break
+                if attempt < self.opts.max_attempts:
+                    self.emit("error_occurred", story_id=story.id, error_type="attempt_failed",
+                              error_message=f"attempt {attempt} of {self.opts.max_attempts} failed; retrying",
+                              retryable=True)
+        except Exception as e:  # a bug in the runner must not leave the story hanging
+            self.emit("error_occurred", story_id=story.id, error_type="runner_error",
+                      error_message=f"{type(e).__name__}: {e}", retryable=False)
+            status = "failed"
+        if status == "passed" and self.opts.update:
+            try:
+                with self._write_lock:
+                    mark_passed(self.prd.path, story.id)
+            except (OSError, ValueError) as e:
+                self.emit("error_occurred", story_id=story.id, error_type="prd_write_failed",
+                          error_message=f"could not write passes: true to {self.prd.path}: {e}", retryable=False)
+        self._finish_story(story, status, attempts=attempt, duration_ms=int((time.monotonic() - t0) * 1000))
+        with self._wake:
+            self._wake.notify_all()
+
+    def _env(self, story: Story) -> dict:
+        env = dict(os.environ)
+        env.update(LOOP_RUN=self.opts.run_id, LOOP_STORY=story.id, LOOP_PRD=str(self.prd.path))
+        if self.opts.server:
+            env["LOOP_SERVER"] = self.opts.server
+        return env
+
+    def _spawn(self, command: str, stdin: str, env: dict, on_output=None) -> tuple[int, Child]:
+        child = Child(command, stdin, env, self.opts.cwd, on_output)
+        with self._children_lock:
+            self._children.add(child)
+        if self._stop.is_set():
+            child.signal_group(signal.SIGINT)
+        killer = threading.Thread(target=self._reap_after_grace, args=(child,), daemon=True)
+        killer.start()
+        try:
+            code = child.wait()
+        finally:
+            with self._children_lock:
+                self._children.discard(child)
+        if self._stop.is_set():
+            child.signal_group(signal.SIGKILL)   # whatever of the group outlived its leader
+        return code, child
+
+    def _reap_after_grace(self, child: Child) -> None:
+        """Once a stop is asked for: SIGINT went out; SIGKILL the group after the grace period."""
+        while child.proc.poll() is None:
+            if self._stop.wait(0.2):
+                deadline = time.monotonic() + self.opts.grace
+                while child.proc.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if child.proc.poll() is None:
+                    child.signal_group(signal.SIGKILL)
+                return
+
+    def _command_for(self, story: Story, prompt_file: str) -> str:
+        if story.command:
+            return story.command
+        return self.prd.agent.format(prompt_file=prompt_file, story_id=story.id, title=story.title,
+                                     prd=str(self.prd.path))
+
+    def _attempt(self, story: Story, attempt: int) -> str:
+        self.emit("story_started", story_id=story.id, title=story.title,
+                  acceptance_criteria=[c.text for c in story.criteria], priority=story.priority,
+                  attempt=attempt, description=story.description)
+        env = self._env(story)
+        prompt = story.prompt(self.prd)
+        with tempfile.NamedTemporaryFile("w", prefix=f"loop-{story.id}-", suffix=".md", delete=False) as f:
+            f.write(prompt)
+            prompt_file = f.name
+        try:
+            try:
+                command = self._command_for(story, prompt_file)
+            except (KeyError, IndexError, ValueError) as e:
+                self.emit("error_occurred", story_id=story.id, error_type="bad_agent_template",
+                          error_message=f"the agent template has an unknown placeholder: {e}", retryable=False)
+                return "failed"
+
+            def on_output(stream: str, text: str) -> None:
+                self.emit("output", story_id=story.id, stream=stream, text=text)
+
+            stdin = json.dumps({**story.as_json(), "prompt": prompt, "run": self.opts.run_id})
+            code, child = self._spawn(command, stdin, env, on_output)
+        finally:
+            os.unlink(prompt_file)
+        self.emit("output", story_id=story.id, stream="stdout", text="", final=True, exit_code=code)
+        if self._stop.is_set():
+            return "cancelled"
+        ok = code == 0
+        if not ok:
+            self.emit("error_occurred", story_id=story.id, error_type="command_failed",
+                      error_message=f"exit {code}: {child.tail()}", retryable=attempt < self.opts.max_attempts)
+        for index, criterion in enumerate(story.criteria):
+            if criterion.check is None:
+                continue
+            t0 = time.monotonic()
+            ccode, cchild = self._spawn(criterion.check, "", env)
+            if self._stop.is_set():
+                return "cancelled"
+            if ccode == 0:
+                self.emit("ac_completed", story_id=story.id, ac_index=index, ac_text=criterion.text,
+                          duration_ms=int((time.monotonic() - t0) * 1000))
+            else:
+                ok = False
+                self.emit("ac_failed", story_id=story.id, ac_index=index, ac_text=criterion.text,
+                          error=f"check exited {ccode}" + (f": {cchild.tail()}" if cchild.tail() else ""))
+        for name, command in self.prd.verification.items():
+            vcode, vchild = self._spawn(command, "", env)
+            if self._stop.is_set():
+                return "cancelled"
+            if vcode != 0:
+                ok = False
+                self.emit("error_occurred", story_id=story.id, error_type="verification_failed",
+                          error_message=f"{name} ({command}) exited {vcode}: {vchild.tail()}", retryable=False)
+        return "passed" if ok else "failed"

@@ -1,0 +1,192 @@
+"""Terminal rendering of a run snapshot: the boxed live view and plain lines.
+
+``render_box`` is pure (snapshot, width, now -> lines); ``LiveView`` redraws
+it in place with rich (at most 10 times a second, at the terminal's current
+width, cursor restored on exit). Event text is never trusted: control
+characters and escape sequences are stripped before anything is printed.
+"""
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+
+from rich.cells import cell_len
+
+ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]")
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+MARK = {"passed": "✅", "running": "⏳", "pending": "○", "failed": "❌"}
+STORY_MARK = {"passed": "✅", "running": "⏳", "queued": "○", "failed": "❌", "skipped": "⏭", "cancelled": "⛔"}
+
+
+def clean(text: object) -> str:
+    """Printable text: escape sequences and control characters removed, tabs as spaces."""
+    s = ANSI.sub("", str(text)).replace("\t", "    ").replace("\r\n", "\n")
+    s = s.split("\r")[-1] if "\r" in s and "\n" not in s else s.replace("\r", "")
+    return CONTROL.sub("", s)
+
+
+def fit(text: str, width: int) -> str:
+    """Cut to ``width`` terminal cells (with an ellipsis) and pad to exactly ``width``."""
+    text = clean(text).replace("\n", " ")
+    if cell_len(text) > width:
+        out, used = [], 0
+        for ch in text:
+            w = cell_len(ch)
+            if used + w > width - 1:
+                break
+            out.append(ch)
+            used += w
+        text = "".join(out) + "…"
+    return text + " " * max(0, width - cell_len(text))
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = int(max(0, seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+def live_times(snap: dict, now: float) -> tuple[float, float | None]:
+    """Elapsed and remaining seconds as of ``now`` (the snapshot's are as of its last event)."""
+    elapsed, eta = snap.get("elapsed_s") or 0, snap.get("eta_s")
+    if snap.get("status") in ("running", "paused") and isinstance(snap.get("started_at"), (int, float)):
+        elapsed = max(elapsed, now - snap["started_at"])
+        if eta is not None and isinstance(snap.get("updated_at"), (int, float)):
+            eta = max(0.0, eta - (now - snap["updated_at"]))
+    return elapsed, eta
+
+
+def bar(percent: float, width: int) -> str:
+    filled = int(round(width * max(0, min(100, percent)) / 100))
+    return "█" * filled + "░" * (width - filled)
+
+
+def render_box(snap: dict, width: int = 80, now: float | None = None, connection: str | None = None,
+               output_lines: int = 4) -> list[str]:
+    now = time.time() if now is None else now
+    width = max(40, min(width, 120))
+    inner = width - 4
+    top, mid, bottom = "╔" + "═" * (width - 2) + "╗", "╠" + "═" * (width - 2) + "╣", "╚" + "═" * (width - 2) + "╝"
+    row = lambda text: "║ " + fit(text, inner) + " ║"  # noqa: E731
+
+    c = snap.get("counts") or {}
+    total = c.get("total") or 0
+    done = (c.get("completed", 0) + c.get("failed", 0) + c.get("skipped", 0) + c.get("cancelled", 0))
+    status = snap.get("status", "running")
+    title = snap.get("task_name") or snap.get("run")
+    lines = [top, row(f"Task: {title}   [{status.upper()}]" if status != "running" else f"Task: {title}")]
+    percent = snap.get("percent") or 0
+    counts_text = f"{done}/{total} stories" if total else f"{percent:.0f}%"
+    bar_width = max(10, min(40, inner - 12 - len(counts_text) - 3))
+    lines.append(row(f"Progress: [{bar(percent, bar_width)}] {counts_text}"))
+    if total:
+        lines.append(row(f"✅ {c.get('completed', 0)} passed  ❌ {c.get('failed', 0)} failed  "
+                         f"⏳ {c.get('running', 0)} running  ○ {c.get('queued', 0)} queued"))
+    lines.append(mid)
+
+    stories = snap.get("stories") or []
+    current = next((s for s in stories if s["id"] == snap.get("current_story")), None)
+    running = [s for s in stories if s["status"] == "running"]
+    if current:
+        lines.append(row(f"Current Story: {current['id']} - {current.get('title') or ''}"))
+    elif status in ("running", "paused") and not running:
+        lines.append(row("Current Story: (none running)" if total else
+                         f"Progress: {(snap.get('progress') or {}).get('message') or ''}"))
+    elapsed, eta = live_times(snap, now)
+    remaining = "" if status not in ("running", "paused") else (
+        f" | ~{duration(eta)} remaining" if eta is not None else " | estimating…")
+    lines.append(row(f"Time: {duration(elapsed)} elapsed{remaining}"))
+    if len(running) > 1:
+        lines.append(row("Running: " + ", ".join(s["id"] for s in running)))
+    if current and current.get("acceptance_criteria"):
+        lines.append(row("Acceptance Criteria:"))
+        for ac in current["acceptance_criteria"]:
+            lines.append(row(f"  {MARK.get(ac['status'], '○')} {ac.get('text') or ''}"))
+    elif not current and stories and status not in ("running", "paused"):
+        for s in stories[-8:]:
+            lines.append(row(f"  {STORY_MARK.get(s['status'], '○')} {s['id']} - {s.get('title') or ''}"))
+    out = [ln for ln in clean(snap.get("output") or "").split("\n") if ln.strip()][-output_lines:]
+    for ln in out:
+        lines.append(row(f"> {ln}"))
+    if snap.get("last_error") and status not in ("passed",):
+        e = snap["last_error"]
+        lines.append(row(f"! {e.get('error_type') or 'error'}: {e.get('error_message') or ''}"))
+    control = snap.get("control") or {}
+    if control.get("stop_requested"):
+        lines.append(row(f"Stopping: {control['stop_requested']}"))
+    elif control.get("pause_requested"):
+        lines.append(row("Pausing after the running stories…"))
+    if connection:
+        lines.append(row(f"Sidecar: {connection}"))
+    lines.append(bottom)
+    return lines
+
+
+def plain_line(event: dict) -> str:
+    """One line per event, for pipes and logs."""
+    d = event.get("data") or {}
+    ts = event.get("ts")
+    stamp = datetime.fromtimestamp(ts).strftime("%H:%M:%S") if isinstance(ts, (int, float)) else "--:--:--"
+    t = event.get("type", "?")
+    sid = d.get("story_id")
+    if t == "task_started":
+        text = f"{d.get('task_name')} ({d.get('story_count')} stories)"
+    elif t == "story_started":
+        text = f"{sid} {d.get('title', '')} (attempt {d.get('attempt', 1)})"
+    elif t in ("ac_completed", "ac_failed"):
+        text = f"{sid} [{d.get('ac_index')}] {d.get('ac_text', '')}" + (
+            f" — {d.get('error')}" if t == "ac_failed" else "")
+    elif t == "story_completed":
+        text = f"{sid} {d.get('status')} in {duration((d.get('duration_ms') or 0) / 1000)}"
+    elif t == "output":
+        text = f"{sid or ''} {d.get('stream', '')}: " + " ⏎ ".join(
+            ln for ln in clean(d.get("text", "")).split("\n") if ln)
+    elif t == "error_occurred":
+        text = f"{sid or ''} {d.get('error_type')}: {d.get('error_message')}"
+    elif t in ("task_completed", "task_stopped"):
+        text = " ".join(f"{k}={v}" for k, v in (d.get("summary") or {}).items()) + (
+            f" reason={d['reason']}" if d.get("reason") else "")
+    elif t == "progress":
+        text = " ".join(f"{k}={d[k]}" for k in ("percent", "current", "total", "message") if k in d)
+    else:
+        text = d.get("message") if isinstance(d.get("message"), str) else str(d)
+    return clean(f"{stamp} {event.get('run', '')} {t} {text}".rstrip()).replace("\n", " ")
+
+
+class LiveView:
+    """The box, redrawn in place on a TTY (rich Live), from whatever snapshot is current."""
+
+    def __init__(self, get_snapshot, get_connection=lambda: None, refresh_per_second: float = 10):
+        from rich.console import Console
+        from rich.live import Live
+
+        self.get_snapshot = get_snapshot
+        self.get_connection = get_connection
+        self.console = Console(highlight=False, soft_wrap=False)
+        self.live = Live(self, console=self.console, refresh_per_second=refresh_per_second,
+                         auto_refresh=True, transient=False, redirect_stdout=False, redirect_stderr=False)
+
+    def __rich_console__(self, console, options):
+        from rich.text import Text
+
+        snap = self.get_snapshot()
+        if snap is None:
+            yield Text("waiting for the first event…")
+            return
+        width = min(options.max_width, 100)
+        yield Text("\n".join(render_box(snap, width, connection=self.get_connection())), no_wrap=True,
+                   overflow="crop")
+
+    def __enter__(self):
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.live.refresh()
+        return self.live.__exit__(*exc)
