@@ -450,7 +450,7 @@ def watch(run_id, server, token, as_json) -> None:
 
     def finished_code():
         s = current()
-        if run_id and s and s["status"] in state.FINISHED + ("interrupted",):
+        if run_id and s and s["status"] in state.FINISHED:  # "interrupted" may yet come back
             return {"passed": 0, "failed": 1, "stopped": 130}.get(s["status"], 1)
         return None
 

@@ -168,9 +168,15 @@ class LiveView:
 
         self.get_snapshot = get_snapshot
         self.get_connection = get_connection
-        self.console = Console(highlight=False, soft_wrap=False)
-        self.live = Live(self, console=self.console, refresh_per_second=refresh_per_second,
-                         auto_refresh=True, transient=False, redirect_stdout=False, redirect_stderr=False)
+        import os
+
+        # The terminal's own size, read on every refresh: an inherited COLUMNS would pin the width.
+        environ = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+        self.console = Console(highlight=False, soft_wrap=False, _environ=environ)
+        # The alternate screen: redrawn in place whatever the terminal does on a resize (a normal
+        # screen reflows the old frame and leaves pieces behind); the final frame is printed on exit.
+        self.live = Live(self, console=self.console, refresh_per_second=refresh_per_second, screen=True,
+                         auto_refresh=True, transient=True, redirect_stdout=False, redirect_stderr=False)
 
     def __rich_console__(self, console, options):
         from rich.text import Text
@@ -188,5 +194,6 @@ class LiveView:
         return self
 
     def __exit__(self, *exc):
-        self.live.refresh()
-        return self.live.__exit__(*exc)
+        result = self.live.__exit__(*exc)
+        self.console.print(self)   # the last state stays on the normal screen, once
+        return result
