@@ -224,3 +224,9 @@ def test_no_input_ever_gives_a_500(client, app, path, body, query, hdrs):
     for get in ("/api/events", "/api/runs", "/api/runs/r", "/api/runs/r/transcript"):
         g = client.get(get, query_string=query, headers={k: v for k, v in hdrs.items() if k != "Origin"})
         assert g.status_code < 500, g.get_data(as_text=True)
+
+
+def test_the_dashboard_is_served_at_the_root(client):
+    r = client.get("/")
+    assert r.status_code == 200 and b"<title>loop</title>" in r.data
+    assert client.get("/missing.js").status_code == 404

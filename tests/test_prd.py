@@ -77,3 +77,11 @@ def test_mark_passed_rewrites_atomically_keeping_everything_else(tmp_path):
     assert raw["userStories"][1]["passes"] is True and raw["userStories"][0]["passes"] is False
     assert raw["extra"] == {"keep": "me ✅"}
     assert [p.name for p in tmp_path.iterdir()] == ["p.json"]
+
+
+@pytest.mark.parametrize("name", ["demo.json", "progress-streaming.json"])
+def test_shipped_prds_are_valid(name):
+    from conftest import ROOT
+
+    loaded = prd.load(ROOT / "prds" / name)
+    assert loaded.stories and not any(s.passes for s in loaded.stories)

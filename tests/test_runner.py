@@ -260,3 +260,23 @@ def test_plain_lines_when_not_a_terminal(tmp_path, server):
     assert any("task_started" in ln for ln in lines) and any("story_completed PL passed" in ln for ln in lines)
     assert "\033" not in r.stdout and "ared" in r.stdout
     assert "╔" not in r.stdout
+
+
+def test_the_demo_prd_from_the_readme_passes_after_one_retry_with_real_output(server):
+    path = ROOT / "prds" / "demo.json"
+    before = path.read_text()
+    r = loop_run(path, server, "--run", "demo", "--no-update", "--max-attempts", "2", timeout=120)
+    assert r.returncode == 0, r.stderr
+    events = transcript(server, "demo")
+    kinds = types(events)
+    assert kinds.count("ac_failed") == 1 and kinds.count("story_completed") == 4
+    assert "compiling core" in "".join(e["data"].get("text", "") for e in events if e["type"] == "output")
+    assert path.read_text() == before
+
+
+def test_the_shell_example_reports_a_whole_task(server):
+    r = subprocess.run([str(ROOT / "examples" / "nightly-build.sh")], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "LOOP_SERVER": server.url, "LOOP_RUN": "nightly"})
+    assert r.returncode == 0, r.stderr
+    snap = server.get("/api/runs/nightly").json()
+    assert snap["status"] == "failed" and snap["counts"]["completed"] == 1 and snap["counts"]["failed"] == 2
