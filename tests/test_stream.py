@@ -1,12 +1,9 @@
 """The SSE stream against a real `loop serve` (gunicorn + gevent) with real clients."""
 import json
-import signal
 import socket
 import subprocess
 import threading
-import time
 
-import pytest
 import requests
 
 from conftest import Server, Subscriber, wait_for

@@ -2,7 +2,6 @@
 import json
 import shutil
 import subprocess
-import time
 import uuid
 
 from rich.cells import cell_len

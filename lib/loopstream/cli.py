@@ -147,19 +147,13 @@ def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_u
     import signal
     import threading
 
-    from . import prd as prd_mod
     from . import state
     from .client import Outbox, healthy
     from .embedded import EmbeddedSidecar
     from .runner import RunOptions, Runner
     from .view import LiveView, plain_line
 
-    try:
-        prd = prd_mod.load(prd_path)
-    except prd_mod.PrdError as e:
-        for problem in e.problems:
-            click.echo(f"{e.path}: {problem}", err=True)
-        raise click.exceptions.Exit(ExitStatus.USAGE) from None
+    prd = _load_prd(prd_path, ExitStatus.USAGE)
     if run_id is not None and not _valid_run(run_id):
         raise click.BadParameter("must match [A-Za-z0-9._-]{1,64}", param_hint="--run")
     run_id = run_id or _new_run_id(prd_path)
@@ -235,6 +229,18 @@ def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_u
     sys.exit(code)
 
 
+def _load_prd(path: str, failure: ExitStatus):
+    """The PRD, or every problem on stderr (one per line, with its JSON path) and exit."""
+    from . import prd as prd_mod
+
+    try:
+        return prd_mod.load(path)
+    except prd_mod.PrdError as e:
+        for problem in e.problems:
+            click.echo(f"{e.path}: {problem}", err=True)
+        raise click.exceptions.Exit(failure) from None
+
+
 def _valid_run(name: str) -> bool:
     from .events import RUN_RE
 
@@ -273,14 +279,7 @@ def _listen_for_control(server, token, run_id, runner, done) -> None:
 @click.argument("prd_path", metavar="PRD", type=click.Path(dir_okay=False))
 def validate(prd_path) -> None:
     """Check a PRD and name every problem with its JSON path."""
-    from . import prd as prd_mod
-
-    try:
-        prd = prd_mod.load(prd_path)
-    except prd_mod.PrdError as e:
-        for problem in e.problems:
-            click.echo(f"{e.path}: {problem}", err=True)
-        raise click.exceptions.Exit(ExitStatus.FAILURE) from None
+    prd = _load_prd(prd_path, ExitStatus.FAILURE)
     todo = sum(1 for s in prd.stories if not s.passes)
     click.echo(f"{prd_path}: ok — {len(prd.stories)} stories, {todo} to run")
 

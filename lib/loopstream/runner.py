@@ -166,7 +166,6 @@ class Runner:
                   stories=[{"id": s.id, "title": s.title, "priority": s.priority} for s in todo])
         running: dict[str, threading.Thread] = {}
         pending = list(todo)
-        paused_announced = False
         while pending or running:
             with self._wake:
                 for sid in [sid for sid, t in running.items() if not t.is_alive()]:
