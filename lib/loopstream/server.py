@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -71,12 +72,12 @@ class Metrics:
 
 
 def dashboard_dir() -> Path:
-    """dashboard/ beside lib/ in a checkout, or loopstream/dashboard in a wheel."""
+    """dashboard/ beside lib/ in a checkout, or share/loop/dashboard where a wheel put it."""
     here = Path(__file__).resolve().parent
-    for candidate in (here / "dashboard", here.parent.parent / "dashboard"):
+    for candidate in (here.parent.parent / "dashboard", Path(sys.prefix) / "share" / "loop" / "dashboard"):
         if (candidate / "index.html").exists():
             return candidate
-    return here / "dashboard"
+    return here.parent.parent / "dashboard"
 
 
 def error(status: int, code: str, message: str, field: str | None = None, headers=None) -> Response:

@@ -111,7 +111,8 @@ def apply(snap: dict | None, event: dict) -> dict:
     if handler:
         handler(snap, data, ts)
     else:
-        text = data.get("message") if isinstance(data.get("message"), str) else json.dumps(data, sort_keys=True)
+        text = data.get("message") if isinstance(data.get("message"), str) else json.dumps(
+            data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)  # as JS can write it too
         _log(snap, etype, ts, text)
     _derive(snap)
     return snap

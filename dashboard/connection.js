@@ -1,0 +1,190 @@
+// One EventSource per page, with a polling fallback that carries the cursor over.
+// Pure of the DOM: the page passes callbacks. Backoff arithmetic is tested in
+// tests/js/connection.test.mjs.
+
+export const BACKOFF_STEPS = [1, 2, 4, 8, 16, 30];
+
+// Seconds to wait before stream attempt n (0-based): 1, 2, 4, 8, 16, then 30 for ever.
+export function backoffDelay(attempt) {
+  const n = Math.max(0, Math.floor(attempt));
+  return Math.min(30, 2 ** n);   // a power, not XOR (htmx once wrote 2 ^ n)
+}
+
+export const KNOWN_TYPES = [
+  "task_started", "story_started", "ac_completed", "ac_failed", "story_completed", "task_completed",
+  "error_occurred", "output", "progress", "stop_requested", "pause_requested", "resume_requested",
+  "task_stopped", "task_paused", "task_resumed",
+];
+
+export function parseId(id) {
+  const m = /^(\d+)-(\d+)$/.exec(id || "");
+  return m ? [Number(m[1]), Number(m[2])] : null;
+}
+
+export class Connection {
+  // options: {server, token, transport: "sse"|"poll", pollInterval (s), onEvent(e), onSnapshots(runs, {reset}),
+  //           onStatus(state), fetchImpl, EventSourceImpl, setTimeoutImpl, clearTimeoutImpl}
+  constructor(options) {
+    this.o = { pollInterval: 2, transport: "sse", fetchImpl: (...a) => fetch(...a),
+      EventSourceImpl: globalThis.EventSource, setTimeoutImpl: (...a) => setTimeout(...a),
+      clearTimeoutImpl: (t) => clearTimeout(t), ...options };
+    this.cursor = null;       // the last event id applied (or the cursor a hello/reset gave)
+    this.attempt = 0;
+    this.es = null;
+    this.pollTimer = null;
+    this.retryTimer = null;
+    this.polling = false;
+    this.status = null;
+    this.filling = null;
+  }
+
+  url(path, params = {}) {
+    const u = new URL(path, this.o.server || location.href);
+    for (const [k, v] of Object.entries(params)) if (v !== null && v !== undefined) u.searchParams.set(k, v);
+    if (this.o.token) u.searchParams.set("token", this.o.token);
+    return u.toString();
+  }
+
+  setStatus(state) {
+    if (state !== this.status) {
+      this.status = state;
+      this.o.onStatus?.(state);
+    }
+  }
+
+  start() {
+    if (this.o.transport === "poll" || !this.o.EventSourceImpl) {
+      this.startPolling();
+    } else {
+      this.openStream();
+    }
+  }
+
+  stop() {
+    this.es?.close();
+    this.es = null;
+    this.stopPolling();
+    if (this.retryTimer) this.o.clearTimeoutImpl(this.retryTimer);
+  }
+
+  // -- the stream ---------------------------------------------------------------
+  openStream() {
+    this.retryTimer = null;
+    const es = new this.o.EventSourceImpl(this.url("/stream/progress", { last_event_id: this.cursor }));
+    this.es = es;
+    es.onopen = () => {
+      this.attempt = 0;
+      this.stopPolling();
+      this.setStatus("live");
+    };
+    es.onerror = () => {
+      if (this.es !== es) return;
+      es.close();                      // our own backoff, not the browser's fixed retry
+      this.es = null;
+      this.setStatus("reconnecting");
+      this.startPolling();
+      const delay = backoffDelay(this.attempt++);
+      this.retryTimer = this.o.setTimeoutImpl(() => this.openStream(), delay * 1000);
+    };
+    es.addEventListener("hello", (m) => {
+      const data = JSON.parse(m.data);
+      if (!data.resumed) this.o.onSnapshots?.(data.runs || [], { reset: true });
+      this.cursor = data.cursor;
+    });
+    es.addEventListener("reset", (m) => {
+      const data = JSON.parse(m.data);
+      this.o.onSnapshots?.(data.runs || [], { reset: true, reason: data.reason });
+      this.cursor = data.cursor;
+    });
+    es.addEventListener("heartbeat", (m) => this.checkGap(m.lastEventId));
+    for (const type of KNOWN_TYPES) {
+      es.addEventListener(type, (m) => this.receive(JSON.parse(m.data)));
+    }
+  }
+
+  // An event from either transport: apply it once, in order.
+  receive(event) {
+    const id = parseId(event.id);
+    const cur = parseId(this.cursor);
+    if (id && cur && id[0] === cur[0] && id[1] <= cur[1]) return;    // seen already
+    if (id && cur && id[0] === cur[0] && id[1] > cur[1] + 1) {
+      // Ids are sequential within an epoch: the ones between were types this page has no
+      // listener for. Fetch them, then this one, keeping the order.
+      this.fill(event);
+      return;
+    }
+    this.cursor = event.id;
+    this.o.onEvent?.(event);
+  }
+
+  checkGap(lastEventId) {
+    const id = parseId(lastEventId);
+    const cur = parseId(this.cursor);
+    if (id && cur && id[0] === cur[0] && id[1] > cur[1]) this.fill(null);
+  }
+
+  async fill(pending) {
+    if (this.filling) {
+      await this.filling;
+      if (pending) this.receive(pending);
+      return;
+    }
+    this.filling = this.pollOnce(pending ? parseId(pending.id)[1] : Infinity);
+    try {
+      await this.filling;
+    } finally {
+      this.filling = null;
+    }
+    if (pending) this.receive(pending);
+  }
+
+  // -- polling --------------------------------------------------------------------
+  startPolling() {
+    if (this.polling) return;
+    this.polling = true;
+    const tick = async () => {
+      if (!this.polling) return;
+      const ok = await this.pollOnce(Infinity);
+      if (!this.polling) return;
+      if (this.o.transport === "poll" || !this.es) this.setStatus(ok ? "polling" : "reconnecting");
+      this.pollTimer = this.o.setTimeoutImpl(tick, this.o.pollInterval * 1000);
+    };
+    tick();
+  }
+
+  stopPolling() {
+    this.polling = false;
+    if (this.pollTimer) this.o.clearTimeoutImpl(this.pollTimer);
+    this.pollTimer = null;
+  }
+
+  // Read /api/events from the cursor (a first read asks from "0-0", which answers with a
+  // reset carrying every snapshot and the head cursor). Applies events below `beforeSeq`.
+  async pollOnce(beforeSeq) {
+    try {
+      for (let pages = 0; pages < 20; pages++) {
+        const response = await this.o.fetchImpl(this.url("/api/events", { since: this.cursor || "0-0" }));
+        if (!response.ok) return false;
+        const page = await response.json();
+        if (page.reset) {
+          this.o.onSnapshots?.(page.runs || [], { reset: true, reason: "poll" });
+          this.cursor = page.cursor;
+          return true;
+        }
+        for (const event of page.events) {
+          const id = parseId(event.id);
+          if (id && id[1] >= beforeSeq) return true;
+          const cur = parseId(this.cursor);
+          if (!(id && cur && id[0] === cur[0] && id[1] <= cur[1])) {
+            this.cursor = event.id;
+            this.o.onEvent?.(event);
+          }
+        }
+        if (page.events.length < 1000) return true;   // a full page: there may be more
+      }
+      return true;
+    } catch {
+      return false;
+    }
+  }
+}

@@ -1,0 +1,317 @@
+// The run-state reducer: events -> snapshot. A line-for-line mirror of
+// lib/loopstream/state.py; both are pinned by the golden fixtures in
+// tests/fixtures/ (tests/js/reducer.test.mjs runs them here). Pure: no clock, no DOM.
+
+export const OUTPUT_TAIL = 100_000;
+export const LOG_TAIL = 100;
+export const LAST_OUTPUT = 240;
+export const FINISHED = ["passed", "failed", "stopped"];
+export const LIVE = ["running", "paused"];
+const STORY_DONE = ["passed", "failed", "skipped", "cancelled"];
+
+export function newRun(run) {
+  return {
+    run, task_id: null, task_name: null, status: "running",
+    started_at: null, updated_at: null, finished_at: null,
+    elapsed_s: 0, eta_s: null, estimated_duration: null, story_count: null,
+    stories: [], current_story: null,
+    counts: { total: 0, completed: 0, running: 0, queued: 0, failed: 0, skipped: 0, cancelled: 0 },
+    success_rate: null, percent: 0,
+    progress: null, output: "", output_truncated: false,
+    log: [], last_error: null, error_count: 0,
+    control: { stop_requested: null, pause_requested: false },
+    summary: null, event_count: 0, last_event_id: null,
+  };
+}
+
+const isNum = (v) => typeof v === "number" && Number.isFinite(v);
+const num = (v) => (isNum(v) ? v : null);
+const truthy = (v) => !(v === null || v === undefined || v === false || v === 0 || v === "" ||
+  (Array.isArray(v) && v.length === 0) || (isObject(v) && Object.keys(v).length === 0));
+const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
+const get = (obj, key) => (obj[key] === undefined ? null : obj[key]);
+const str = (v) => (v === null || v === undefined ? "None" : typeof v === "boolean" ? (v ? "True" : "False") : String(v));
+
+// json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+export function pyJson(value) {
+  if (Array.isArray(value)) return `[${value.map(pyJson).join(",")}]`;
+  if (isObject(value)) {
+    return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${pyJson(value[k])}`).join(",")}}`;
+  }
+  if (value === true) return "true";
+  if (value === false) return "false";
+  return JSON.stringify(value ?? null);
+}
+
+function story(snap, storyId) {
+  const sid = storyId !== null && storyId !== undefined ? str(storyId) : "?";
+  let s = snap.stories.find((x) => x.id === sid);
+  if (!s) {
+    s = { id: sid, title: "", status: "queued", priority: null, attempt: 0, attempts: 0,
+      acceptance_criteria: [], duration_ms: null, started_at: null, last_output: "" };
+    snap.stories.push(s);
+  }
+  return s;
+}
+
+const criterionText = (item) => (isObject(item) ? str(item.text ?? "") : str(item));
+
+function criterion(s, index, text) {
+  if (!Number.isInteger(index) || index < 0 || index > 1000) return null;
+  const acs = s.acceptance_criteria;
+  while (acs.length <= index) acs.push({ text: "", status: "pending", duration_ms: null, error: null });
+  const ac = acs[index];
+  if (text !== null && text !== undefined && !ac.text) ac.text = str(text);
+  return ac;
+}
+
+function markNextRunning(s) {
+  for (const ac of s.acceptance_criteria) if (ac.status === "running") ac.status = "pending";
+  if (s.status !== "running") return;
+  const next = s.acceptance_criteria.find((ac) => ac.status === "pending");
+  if (next) next.status = "running";
+}
+
+function log(snap, type, ts, text) {
+  snap.log.push({ type, ts, text });
+  if (snap.log.length > LOG_TAIL) snap.log.shift();
+}
+
+export function apply(snap, event) {
+  const type = event.type;
+  const data = truthy(event.data) ? event.data : {};
+  const ts = get(event, "ts");
+  if (snap === null || snap === undefined) {
+    snap = newRun(event.run ?? "default");
+  } else if (type === "task_started" && FINISHED.includes(snap.status)) {
+    snap = newRun(snap.run);
+  }
+  if (snap.status === "interrupted" && type !== "task_completed" && type !== "task_stopped") {
+    snap.status = "running";
+  }
+  snap.event_count += 1;
+  snap.last_event_id = get(event, "id");
+  if (snap.started_at === null) snap.started_at = ts;
+  snap.updated_at = ts;
+  const handler = HANDLERS[type];
+  if (handler) {
+    handler(snap, data, ts);
+  } else {
+    const text = typeof data.message === "string" ? data.message : pyJson(data);
+    log(snap, type, ts, text);
+  }
+  derive(snap);
+  return snap;
+}
+
+function taskStarted(snap, data, ts) {
+  snap.status = "running";
+  snap.started_at = ts;
+  snap.finished_at = null;
+  snap.task_id = get(data, "task_id");
+  snap.task_name = get(data, "task_name");
+  snap.story_count = num(data.story_count);
+  snap.estimated_duration = num(data.estimated_duration);
+  for (const item of Array.isArray(data.stories) ? data.stories : []) {
+    if (isObject(item) && item.id !== null && item.id !== undefined) {
+      const s = story(snap, item.id);
+      s.title = str(truthy(item.title) ? item.title : s.title);
+      s.priority = "priority" in item ? item.priority : s.priority;
+      if (STORY_DONE.includes(item.status)) s.status = item.status;
+    }
+  }
+}
+
+function storyStarted(snap, data, ts) {
+  const s = story(snap, get(data, "story_id"));
+  s.status = "running";
+  s.started_at = ts;
+  s.duration_ms = null;
+  if (get(data, "title") !== null) s.title = str(data.title);
+  if (get(data, "priority") !== null) s.priority = data.priority;
+  const attempt = num(data.attempt);
+  s.attempt = attempt !== null ? attempt : s.attempt + 1;
+  if (Array.isArray(data.acceptance_criteria)) {
+    s.acceptance_criteria = data.acceptance_criteria.map((c) => (
+      { text: criterionText(c), status: "pending", duration_ms: null, error: null }));
+  } else {
+    for (const ac of s.acceptance_criteria) Object.assign(ac, { status: "pending", duration_ms: null, error: null });
+  }
+  snap.current_story = s.id;
+  markNextRunning(s);
+}
+
+const acEvent = (passed) => (snap, data) => {
+  const s = story(snap, get(data, "story_id"));
+  const ac = criterion(s, data.ac_index, get(data, "ac_text"));
+  if (ac === null) return;
+  ac.status = passed ? "passed" : "failed";
+  if (passed) {
+    ac.duration_ms = num(data.duration_ms);
+    ac.error = null;
+  } else {
+    ac.error = str(truthy(data.error) ? data.error : "failed");
+  }
+  markNextRunning(s);
+};
+
+function storyCompleted(snap, data) {
+  const s = story(snap, get(data, "story_id"));
+  s.status = STORY_DONE.includes(data.status) ? data.status : "passed";
+  s.duration_ms = num(data.duration_ms);
+  const attempts = num(data.attempts);
+  s.attempts = attempts !== null ? attempts : Math.max(s.attempt, 1);
+  for (const ac of s.acceptance_criteria) {
+    if (ac.status === "running") ac.status = "pending";
+    if (s.status === "passed" && ac.status === "pending") ac.status = "passed";
+  }
+  if (snap.current_story === s.id) {
+    const running = snap.stories.filter((x) => x.status === "running").map((x) => x.id);
+    snap.current_story = running.length ? running[running.length - 1] : null;
+  }
+}
+
+const finish = (status) => (snap, data, ts) => {
+  if (status === "completed") {
+    const failed = snap.stories.some((x) => x.status === "failed");
+    snap.status = FINISHED.includes(data.status) ? data.status : (failed ? "failed" : "passed");
+    if (isObject(data.summary)) {
+      snap.summary = data.summary;
+    } else {
+      const picked = {};
+      for (const k of ["passed", "failed", "skipped", "duration_ms"]) if (k in data) picked[k] = data[k];
+      snap.summary = Object.keys(picked).length ? picked : null;
+    }
+  } else {
+    snap.status = "stopped";
+    snap.control.stop_requested = null;
+    for (const x of snap.stories) {
+      if (x.status === "running" || x.status === "queued") {
+        x.status = "cancelled";
+        for (const ac of x.acceptance_criteria) if (ac.status === "running") ac.status = "pending";
+      }
+    }
+    if (truthy(data.reason)) log(snap, "task_stopped", ts, `stopped: ${str(data.reason)}`);
+  }
+  snap.finished_at = ts;
+  snap.current_story = null;
+};
+
+function output(snap, data) {
+  const text = data.text;
+  if (typeof text !== "string" || !text) return;
+  let out = snap.output + text;
+  if (out.length > OUTPUT_TAIL) {
+    out = out.slice(-OUTPUT_TAIL);
+    snap.output_truncated = true;
+  }
+  snap.output = out;
+  if (get(data, "story_id") !== null) {
+    const s = story(snap, data.story_id);
+    s.last_output = (s.last_output + text).slice(-LAST_OUTPUT);
+  }
+}
+
+function progress(snap, data) {
+  const p = snap.progress || { percent: null, current: null, total: null, message: null };
+  for (const k of ["percent", "current", "total"]) if (num(data[k]) !== null) p[k] = data[k];
+  if (typeof data.message === "string") p.message = data.message;
+  snap.progress = p;
+}
+
+function error(snap, data, ts) {
+  snap.last_error = {};
+  for (const k of ["story_id", "error_type", "error_message", "retryable"]) snap.last_error[k] = get(data, k);
+  snap.error_count += 1;
+  const type = truthy(data.error_type) ? str(data.error_type) : "error";
+  const message = truthy(data.error_message) ? str(data.error_message) : "";
+  log(snap, "error_occurred", ts, `${type}: ${message}`);
+}
+
+const control = (kind) => (snap, data, ts) => {
+  const c = snap.control;
+  if (kind === "stop_requested") {
+    c.stop_requested = str(truthy(data.reason) ? data.reason : "requested");
+  } else if (kind === "pause_requested") {
+    c.pause_requested = true;
+  } else if (kind === "resume_requested") {
+    c.pause_requested = false;
+  } else if (kind === "task_paused") {
+    c.pause_requested = false;
+    if (snap.status === "running") snap.status = "paused";
+  } else if (kind === "task_resumed") {
+    c.pause_requested = false;
+    if (snap.status === "paused") snap.status = "running";
+  }
+  log(snap, kind, ts, kind.replaceAll("_", " ") + (truthy(data.reason) ? `: ${str(data.reason)}` : ""));
+};
+
+const HANDLERS = {
+  task_started: taskStarted,
+  story_started: storyStarted,
+  ac_completed: acEvent(true),
+  ac_failed: acEvent(false),
+  story_completed: storyCompleted,
+  task_completed: finish("completed"),
+  task_stopped: finish("stopped"),
+  output,
+  progress,
+  error_occurred: error,
+};
+for (const k of ["stop_requested", "pause_requested", "resume_requested", "task_paused", "task_resumed"]) {
+  HANDLERS[k] = control(k);
+}
+
+function derive(snap) {
+  const stories = snap.stories;
+  const c = { total: 0, completed: 0, running: 0, queued: 0, failed: 0, skipped: 0, cancelled: 0 };
+  for (const s of stories) {
+    const key = s.status === "passed" ? "completed" : s.status;
+    if (key in c) c[key] += 1;
+  }
+  c.total = Math.max(stories.length, Math.trunc(snap.story_count || 0));
+  c.queued = c.total - c.completed - c.running - c.failed - c.skipped - c.cancelled;
+  snap.counts = c;
+  const decided = c.completed + c.failed;
+  snap.success_rate = decided ? c.completed / decided : null;
+
+  const started = snap.started_at;
+  const end = snap.finished_at || snap.updated_at;
+  const elapsed = num(started) !== null && num(end) !== null ? end - started : 0;
+  snap.elapsed_s = Math.max(0, elapsed);
+
+  const prog = snap.progress || {};
+  let percent;
+  if (c.total) {
+    percent = (c.completed + c.failed + c.skipped + c.cancelled) * 100 / c.total;
+  } else if (num(prog.percent) !== null) {
+    percent = prog.percent;
+  } else if (num(prog.current) !== null && truthy(num(prog.total))) {
+    percent = prog.current * 100 / prog.total;
+  } else {
+    percent = 0;
+  }
+  snap.percent = Math.min(100, Math.max(0, percent));
+  if ((snap.status === "passed" || snap.status === "failed") && snap.percent < 100 && !c.total) snap.percent = 100;
+
+  snap.eta_s = null;
+  if (!LIVE.includes(snap.status)) return;
+  const durations = stories
+    .filter((s) => (s.status === "passed" || s.status === "failed") && num(s.duration_ms) !== null)
+    .map((s) => s.duration_ms);
+  const remaining = c.queued + c.running;
+  if (durations.length && remaining) {
+    snap.eta_s = durations.reduce((a, b) => a + b, 0) / durations.length / 1000 * remaining;
+  } else if (num(snap.estimated_duration) !== null) {
+    snap.eta_s = Math.max(0, snap.estimated_duration - snap.elapsed_s);
+  } else if (snap.percent > 0 && snap.percent < 100) {
+    snap.eta_s = snap.elapsed_s * (100 - snap.percent) / snap.percent;
+  }
+}
+
+export function reduce(events, snap = null) {
+  for (const e of events) snap = apply(snap, e);
+  return snap;
+}
+
+export const isLive = (snap) => LIVE.includes(snap.status);

@@ -1,0 +1,415 @@
+"""The dashboard in a real headless Chromium (Debian's chromium + chromium-driver, via selenium)
+against a real sidecar. Screenshots of the main states go to artifacts/."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
+
+from conftest import ROOT, Server, free_port, wait_for
+
+ARTIFACTS = ROOT / "artifacts"
+LOOP = [sys.executable, "-m", "loopstream"]
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver, "Chromium and chromedriver are required (bin/test installs them)"
+    downloads = tmp_path_factory.mktemp("downloads")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-quic", "--window-size=1280,1100",
+                f"--user-data-dir={tmp_path_factory.mktemp('chrome-profile')}"):
+        opts.add_argument(arg)
+    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                           "download.prompt_for_download": False})
+    d = webdriver.Chrome(service=Service(driver), options=opts)
+    d.downloads = downloads
+    yield d
+    d.quit()
+
+
+def until(d, predicate, timeout=20, message="the page"):
+    return WebDriverWait(d, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda _: predicate(), message=message)
+
+
+def text(d, css):
+    """The element's rendered text, read in the page (rows are redrawn, so handles go stale)."""
+    return d.execute_script("const e = document.querySelector(arguments[0]); return e ? e.innerText : null;", css)
+
+
+def statuses(d, css):
+    return d.execute_script("return [...document.querySelectorAll(arguments[0])].map(e => e.dataset.status);", css)
+
+
+def status(d):
+    return d.find_element(By.ID, "connection").get_attribute("data-state")
+
+
+def shot(d, name):
+    ARTIFACTS.mkdir(exist_ok=True)
+    d.save_screenshot(str(ARTIFACTS / f"dashboard-{name}.png"))
+
+
+def js(d, script, *args):
+    return d.execute_script(script, *args)
+
+
+def page_snapshot(d, run):
+    return js(d, "const s = window.loopDashboard.runs.get(arguments[0]); return s ? JSON.stringify(s) : null;", run)
+
+
+def open_page(d, url):
+    d.get(url)
+    until(d, lambda: status(d) in ("live", "polling"), message="the connection indicator to settle")
+
+
+def test_a_run_appears_live_with_its_checklist_ticking(browser, server):
+    open_page(browser, server.url + "/")
+    assert status(browser) == "live" and text(browser, "#connection") == "Live"
+    server.post([{"type": "task_started", "run": "live-1", "data": {"task_name": "Live task", "story_count": 2}},
+                 {"type": "story_started", "run": "live-1",
+                  "data": {"story_id": "US-1", "title": "Login", "acceptance_criteria": ["first", "second", "third"]}}])
+    until(browser, lambda: text(browser, "#run-title") == "Live task", message="the run to appear")
+    assert text(browser, "#run-list .badge.live").endswith("Live")
+    assert js(browser, "return getComputedStyle(document.querySelector('#run-list .badge.live')).animationName") == "pulse"
+
+    def marks():
+        return statuses(browser, "#checklist li")
+
+    until(browser, lambda: marks() == ["running", "pending", "pending"])
+    server.post({"type": "ac_completed", "run": "live-1", "data": {"story_id": "US-1", "ac_index": 0}})
+    until(browser, lambda: marks() == ["passed", "running", "pending"], message="the first criterion to tick")
+    assert text(browser, "#checklist li .mark") == "✅"
+    server.post({"type": "ac_failed", "run": "live-1", "data": {"story_id": "US-1", "ac_index": 1, "error": "exit 2"}})
+    until(browser, lambda: marks() == ["passed", "failed", "running"])
+    assert "exit 2" in text(browser, "#checklist")
+    server.post({"type": "output", "run": "live-1", "data": {"story_id": "US-1", "text": "compiling…\n"}})
+    until(browser, lambda: "compiling…" in text(browser, "#output"))
+    assert text(browser, "#c-running") == "1" and text(browser, "#c-queued") == "1"
+    shot(browser, "live")
+    server.post([{"type": "story_completed", "run": "live-1", "data": {"story_id": "US-1", "status": "failed"}},
+                 {"type": "task_completed", "run": "live-1", "data": {}}])
+    until(browser, lambda: browser.find_element(By.ID, "notice").is_displayed(), message="the completion notice")
+    assert text(browser, "#notice").startswith("Run failed")
+    until(browser, lambda: not browser.find_elements(By.CSS_SELECTOR, "#run-list .badge.live:not([hidden])"),
+          message="the Live badge to go")
+
+
+def test_stop_from_the_ui_reaches_a_running_loop_run_and_ends_it(browser, server, tmp_path):
+    prd = tmp_path / "prd.json"
+    prd.write_text(json.dumps({"project": "Stoppable", "userStories": [
+        {"id": "S1", "title": "sleeps", "command": "echo started; sleep 60", "acceptanceCriteria": ["never"]},
+        {"id": "S2", "title": "never runs", "command": "true", "priority": 2}]}))
+    proc = subprocess.Popen([*LOOP, "run", str(prd), "--server", server.url, "--run", "ui-stop", "--no-update",
+                             "--grace", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        open_page(browser, server.url + "/?run=ui-stop")
+        until(browser, lambda: "started" in text(browser, "#output"), message="the story's output")
+        assert browser.find_element(By.ID, "resume").get_attribute("disabled") is not None   # nothing to resume
+        browser.find_element(By.ID, "stop").click()
+        dialog = browser.find_element(By.ID, "stop-dialog")
+        until(browser, lambda: dialog.is_displayed(), message="the confirmation dialog")
+        browser.find_element(By.ID, "stop-reason").send_keys("wrong branch")
+        shot(browser, "stop-dialog")
+        browser.find_element(By.ID, "stop-confirm").click()
+        assert proc.wait(30) == 130
+        until(browser, lambda: text(browser, "#run-status") == "stopped", message="the run to show stopped")
+        assert text(browser, "#notice").startswith("Run stopped")
+        events = server.get("/api/runs/ui-stop/transcript").json()["events"]
+        assert events[-1]["type"] == "task_stopped" and events[-1]["data"]["reason"] == "wrong branch"
+        until(browser, lambda: "task_stopped" in text(browser, "#transcript"), message="the transcript")
+    finally:
+        proc.kill()
+
+
+class CuttableProxy:
+    """An HTTP proxy in front of the sidecar that can cut the stream: one request per
+    connection, and while the stream is "down" /stream/progress is refused with 503."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream = upstream_port
+        self.port = free_port()
+        self.stream_down = False
+        self.streams: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.sock = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def cut_stream(self):
+        with self.lock:
+            self.stream_down = True
+            for s in self.streams:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self.streams.clear()
+
+    def restore_stream(self):
+        self.stream_down = False
+
+    def close(self):
+        self.sock.close()
+        self.cut_stream()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(client,), daemon=True).start()
+
+    def _handle(self, client):
+        with client:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = client.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, body = data.split(b"\r\n\r\n", 1)
+            lines = head.split(b"\r\n")
+            length = next((int(ln.split(b":", 1)[1]) for ln in lines if ln.lower().startswith(b"content-length:")), 0)
+            while len(body) < length:
+                body += client.recv(65536)
+            is_stream = lines[0].split(b" ")[1].startswith(b"/stream/progress")
+            if is_stream and self.stream_down:
+                client.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                return
+            headers = [ln for ln in lines[1:] if not ln.lower().startswith(b"connection:")]
+            request = b"\r\n".join([lines[0], *headers, b"Connection: close"]) + b"\r\n\r\n" + body
+            try:
+                up = socket.create_connection(("127.0.0.1", self.upstream))
+            except OSError:   # the sidecar is gone (the test is over)
+                client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                return
+            with up:
+                if is_stream:
+                    with self.lock:
+                        self.streams += [client, up]
+                up.sendall(request)
+                while True:
+                    try:
+                        chunk = up.recv(65536)
+                        if not chunk:
+                            return
+                        client.sendall(chunk)
+                    except OSError:
+                        return
+
+
+def test_losing_the_stream_switches_to_polling_and_back_without_loss(browser, server):
+    proxy = CuttableProxy(server.port)
+    run = "flaky"
+    expected = []
+
+    def emit(lo, hi):
+        for i in range(lo, hi):
+            server.post({"type": "output", "run": run, "data": {"stream": "stdout", "text": f"line-{i}\n"}})
+            expected.append(f"line-{i}\n")
+
+    server.post({"type": "task_started", "run": run, "data": {"task_name": "Flaky network"}})
+    open_page(browser, proxy.url + f"/?run={run}")
+    assert status(browser) == "live"
+    emit(0, 5)
+    until(browser, lambda: "line-4" in text(browser, "#output"))
+    proxy.cut_stream()
+    until(browser, lambda: status(browser) == "polling", message="the switch to polling")
+    assert text(browser, "#connection") == "Polling"
+    shot(browser, "polling")
+    emit(5, 12)
+    until(browser, lambda: "line-11" in text(browser, "#output"), message="events to arrive by polling")
+    proxy.restore_stream()
+    until(browser, lambda: status(browser) == "live", timeout=40, message="the stream to come back")
+    emit(12, 18)
+    until(browser, lambda: "line-17" in text(browser, "#output"))
+    snap = json.loads(page_snapshot(browser, run))
+    assert snap["output"] == "".join(expected)                # nothing missed, nothing twice
+    assert snap["event_count"] == server.get(f"/api/runs/{run}").json()["event_count"]
+    browser.get("about:blank")
+    proxy.close()
+
+
+def test_forced_polling_transport(browser, server):
+    server.post({"type": "task_started", "run": "polled", "data": {"task_name": "Polled"}})
+    open_page(browser, server.url + "/?transport=poll&run=polled")
+    assert status(browser) == "polling"
+    server.post({"type": "progress", "run": "polled", "data": {"percent": 42}})
+    until(browser, lambda: text(browser, "#percent") == "42%", message="a polled update")
+    assert js(browser, "return window.loopDashboard.connection.es") is None
+
+
+def test_a_late_joiner_sees_the_full_state_at_once(browser, make_server):
+    server = make_server("--rate", "0", "--buffer", "10")
+    events = [{"type": "task_started", "run": "late", "data": {"task_name": "Late", "story_count": 3}}]
+    for n in range(3):
+        events += [{"type": "story_started", "run": "late",
+                    "data": {"story_id": f"S{n}", "title": f"story {n}", "acceptance_criteria": ["a", "b"]}},
+                   {"type": "output", "run": "late", "data": {"story_id": f"S{n}", "text": f"out-{n}\n"}},
+                   {"type": "ac_completed", "run": "late", "data": {"story_id": f"S{n}", "ac_index": 0}}]
+        if n < 2:
+            events.append({"type": "story_completed", "run": "late", "data": {"story_id": f"S{n}", "status": "passed"}})
+    server.post(events)     # 12 events, more than the buffer holds
+    open_page(browser, server.url + "/?run=late")
+    until(browser, lambda: text(browser, "#run-title") == "Late")
+    assert text(browser, "#c-completed") == "2 / 3" and text(browser, "#c-running") == "1"
+    assert text(browser, "#output") == "out-0\nout-1\nout-2\n"
+    assert statuses(browser, "#checklist li") == ["passed", "running"]
+    assert json.loads(page_snapshot(browser, "late")) == server.get("/api/runs/late").json()
+
+
+def test_a_finished_run_shows_its_transcript_and_exports_it(browser, server):
+    server.post([{"type": "task_started", "run": "done", "data": {"task_name": "Finished"}},
+                 {"type": "deploy.step", "run": "done", "data": {"message": "uploaded"}},
+                 {"type": "task_completed", "run": "done", "data": {}}])
+    open_page(browser, server.url + "/?run=done")
+    until(browser, lambda: "deploy.step" in text(browser, "#transcript"), message="the transcript")
+    assert "3 events" in text(browser, "#transcript-note")
+    shot(browser, "finished")
+    browser.find_element(By.ID, "export").click()
+    target = browser.downloads / "loop-done-transcript.json"
+    wait_for(lambda: target.exists() and target.stat().st_size > 0, message="the export download")
+    exported = json.loads(target.read_text())
+    assert [e["type"] for e in exported["events"]] == ["task_started", "deploy.step", "task_completed"]
+
+
+PAYLOADS = ['<img src=x onerror="window.__xss=1">', "<script>window.__xss=1</script>",
+            '"><svg onload="window.__xss=1">']
+
+
+def test_event_text_is_shown_as_text_and_never_executed(browser, server):
+    p = " ".join(PAYLOADS)
+    server.post([
+        {"type": "task_started", "run": "xss", "data": {"task_name": p, "story_count": 1,
+                                                          "stories": [{"id": "X<1>", "title": p}]}},
+        {"type": "story_started", "run": "xss", "data": {"story_id": "X<1>", "title": p, "acceptance_criteria": [p, p]}},
+        {"type": "ac_failed", "run": "xss", "data": {"story_id": "X<1>", "ac_index": 0, "error": p}},
+        {"type": "output", "run": "xss", "data": {"story_id": "X<1>", "text": p + "\n"}},
+        {"type": "error_occurred", "run": "xss", "data": {"error_type": p, "error_message": p}},
+        {"type": "custom.note", "run": "xss", "data": {"message": p}},
+    ])
+    open_page(browser, server.url + "/?run=xss")
+    until(browser, lambda: PAYLOADS[0] in text(browser, "#output"))
+    time.sleep(0.5)   # give any injected handler the chance to run
+    assert js(browser, "return window.__xss") is None
+    assert text(browser, "#run-title") == p
+    assert PAYLOADS[1] in text(browser, "#checklist") and PAYLOADS[2] in text(browser, "#stories")
+    assert PAYLOADS[0] in text(browser, "#log")
+    panel = browser.find_element(By.ID, "panel")
+    assert not panel.find_elements(By.CSS_SELECTOR, "#panel img, #panel svg, #panel script")
+    assert not browser.find_elements(By.CSS_SELECTOR, "#run-list img, #run-list script")
+
+
+def test_a_token_in_the_fragment_is_used_for_the_stream_and_control(browser, make_server):
+    server = make_server("--rate", "0", "--token", "s3cret")
+    auth = {"Authorization": "Bearer s3cret"}
+    server.post({"type": "task_started", "run": "guarded", "data": {"task_name": "Guarded"}}, headers=auth)
+    open_page(browser, server.url + "/?run=guarded#token=s3cret")
+    assert status(browser) == "live"
+    until(browser, lambda: text(browser, "#run-title") == "Guarded")
+    browser.find_element(By.ID, "pause").click()
+    until(browser, lambda: "pause sent" in text(browser, "#action-state"), message="the pause request")
+    kinds = [e["type"] for e in server.get("/api/events?token=s3cret").json()["events"]]
+    assert "pause_requested" in kinds
+
+
+def test_opened_from_another_origin_with_server_param(browser, make_server):
+    page_host = make_server("--rate", "0")
+    api = make_server("--rate", "0", "--cors", page_host.url)
+    api.post({"type": "task_started", "run": "remote", "data": {"task_name": "Remote"}})
+    open_page(browser, page_host.url + f"/?server={api.url}/&run=remote")
+    assert status(browser) == "live"
+    api.post({"type": "progress", "run": "remote", "data": {"percent": 30}})
+    until(browser, lambda: text(browser, "#percent") == "30%", message="a cross-origin update")
+
+
+def test_keyboard_reaches_runs_and_controls_and_status_is_not_colour_alone(browser, server):
+    server.post([{"type": "task_started", "run": "kb-a", "data": {"task_name": "A"}},
+                 {"type": "task_started", "run": "kb-b", "data": {"task_name": "B"}}])
+    open_page(browser, server.url + "/")
+    until(browser, lambda: len(browser.find_elements(By.CSS_SELECTOR, "#run-list button")) >= 2)
+    body = browser.find_element(By.TAG_NAME, "body")
+    focused = set()
+    for _ in range(12):
+        body.send_keys(Keys.TAB) if not focused else browser.switch_to.active_element.send_keys(Keys.TAB)
+        focused.add(browser.switch_to.active_element.get_attribute("id") or
+                    browser.switch_to.active_element.get_attribute("class"))
+    assert "run-row" in focused and "stop" in focused
+    target = [b for b in browser.find_elements(By.CSS_SELECTOR, "#run-list button") if "kb-a" in b.text][0]
+    target.send_keys(Keys.ENTER)
+    until(browser, lambda: text(browser, "#run-title") == "A", message="Enter to select a run")
+    assert text(browser, "#connection") == "Live"          # a word, not only a coloured dot
+    assert browser.find_element(By.ID, "connection").get_attribute("aria-live") == "polite"
+    assert "running" in text(browser, "#run-list")
+
+
+def test_reads_well_at_phone_width(browser, server):
+    server.post({"type": "task_started", "run": "phone", "data": {"task_name": "On a phone", "story_count": 1}})
+    browser.set_window_size(390, 900)
+    try:
+        open_page(browser, server.url + "/?run=phone")
+        until(browser, lambda: text(browser, "#run-title") == "On a phone")
+        overflow = js(browser, "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0
+        shot(browser, "phone")
+    finally:
+        browser.set_window_size(1280, 1100)
+
+
+def test_served_from_an_installed_wheel(tmp_path):
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)],
+                   check=True, timeout=300)
+    (wheel,) = dist.glob("*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run([py, "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True, timeout=300)
+    where = subprocess.run([py, "-c", "import loopstream; print(loopstream.__file__)"], cwd=tmp_path,
+                           capture_output=True, text=True, check=True).stdout
+    assert where.startswith(str(venv))                       # the wheel's copy, not the checkout
+    server = Server(tmp_path, args=["--no-history"])
+    server.env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}"}
+    cmd = [str(py), "-m", "loopstream", "serve", "--port", str(server.port), "--no-history"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import requests
+
+        def up():
+            try:
+                return requests.get(server.url + "/", timeout=1)
+            except requests.ConnectionError:
+                return None
+
+        r = wait_for(up, message="the wheel's sidecar")
+        assert r.status_code == 200 and "<title>loop</title>" in r.text
+        assert requests.get(server.url + "/app.js", timeout=5).status_code == 200
+        assert requests.get(server.url + "/state.js", timeout=5).headers["Content-Type"].startswith(
+            ("text/javascript", "application/javascript"))
+    finally:
+        proc.terminate()
+        proc.wait(10)
