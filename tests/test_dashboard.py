@@ -413,3 +413,54 @@ def test_served_from_an_installed_wheel(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_output_follows_the_end_pauses_when_scrolled_up_and_notes_truncation(browser, server):
+    run = "noisy"
+    server.post({"type": "task_started", "run": run, "data": {"task_name": "Noisy"}})
+    server.post([{"type": "output", "run": run, "data": {"text": f"line {i}\n"}} for i in range(200)])
+    open_page(browser, server.url + f"/?run={run}")
+    until(browser, lambda: "line 199" in text(browser, "#output"))
+    at_bottom = "const o = document.getElementById('output'); return o.scrollTop + o.clientHeight >= o.scrollHeight - 4;"
+    until(browser, lambda: js(browser, at_bottom), message="the output to follow the end")
+    js(browser, "const o = document.getElementById('output'); o.scrollTop = 0; o.dispatchEvent(new Event('scroll'));")
+    until(browser, lambda: browser.find_element(By.ID, "follow").is_displayed(), message="the Follow button")
+    server.post({"type": "output", "run": run, "data": {"text": "line 200\n"}})
+    until(browser, lambda: "line 200" in text(browser, "#output"))
+    assert js(browser, "return document.getElementById('output').scrollTop") == 0     # stays where the reader is
+    browser.find_element(By.ID, "follow").click()
+    until(browser, lambda: js(browser, at_bottom) and not browser.find_element(By.ID, "follow").is_displayed())
+    assert not browser.find_element(By.ID, "truncated").is_displayed()
+    big = "x" * 3900 + "\n"
+    for _ in range(2):
+        server.post([{"type": "output", "run": run, "data": {"text": big}} for _ in range(14)])
+    until(browser, lambda: browser.find_element(By.ID, "truncated").is_displayed(), message="the truncation note")
+    browser.find_element(By.ID, "copy").click()
+    until(browser, lambda: "Copied 100000 characters" in text(browser, "#action-state")
+          or "Output selected" in text(browser, "#action-state"), message="the copy to report")
+
+
+def test_parallel_stories_show_as_cards(browser, server):
+    server.post([{"type": "task_started", "run": "jobs", "data": {"task_name": "Parallel", "story_count": 3}},
+                 {"type": "story_started", "run": "jobs", "data": {"story_id": "J1", "title": "one", "acceptance_criteria": ["a"]}},
+                 {"type": "story_started", "run": "jobs", "data": {"story_id": "J2", "title": "two", "acceptance_criteria": ["b"]}},
+                 {"type": "output", "run": "jobs", "data": {"story_id": "J1", "text": "working on one\n"}}])
+    open_page(browser, server.url + "/?run=jobs")
+    until(browser, lambda: len(browser.find_elements(By.CSS_SELECTOR, "#cards .card")) == 2, message="two cards")
+    assert "working on one" in text(browser, "#cards")
+    shot(browser, "jobs")
+    server.post({"type": "story_completed", "run": "jobs", "data": {"story_id": "J1", "status": "passed"}})
+    until(browser, lambda: not browser.find_elements(By.CSS_SELECTOR, "#cards .card"), message="cards to go at one running")
+
+
+def test_a_failed_control_request_says_why(browser, make_server, tmp_path):
+    server = make_server("--rate", "0")
+    server.post({"type": "task_started", "run": "gone", "data": {"task_name": "Server goes away"}})
+    open_page(browser, server.url + "/?run=gone")
+    until(browser, lambda: text(browser, "#run-title") == "Server goes away")
+    server.stop()
+    browser.find_element(By.ID, "pause").click()
+    until(browser, lambda: "Could not pause gone" in text(browser, "#action-state"), message="the error")
+    assert "error" in browser.find_element(By.ID, "action-state").get_attribute("class")
+    until(browser, lambda: status(browser) == "reconnecting", message="the indicator to say Reconnecting")
+    browser.get("about:blank")
