@@ -1,0 +1,174 @@
+"""The servers under test: how to start each, where to publish, where to subscribe."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=0.5).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up in {timeout}s")
+
+
+def gunicorn(app: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1", "--worker-connections", "30000",
+            "-b", f"127.0.0.1:{port}", "--log-level", "warning", "--graceful-timeout", "1",
+            "--no-control-socket", app]
+
+
+@dataclass
+class Target:
+    name: str
+    stream_path: str = "/stream"
+    publish_path: str = "/publish"
+    batches: bool = False               # accepts an array of events in one POST
+    port: int = 0
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    tmp: str | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict:
+        return {}
+
+    def start(self) -> "Target":
+        self.port = free_port()
+        self.tmp = tempfile.mkdtemp(prefix=f"bench-{self.name.split()[0]}-")
+        self.before_start()
+        log = open(Path(self.tmp) / "server.log", "ab")
+        self.procs.append(subprocess.Popen(self.command(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                           env={**os.environ, **self.env()}, start_new_session=True))
+        wait_http(f"http://127.0.0.1:{self.port}/healthz")
+        return self
+
+    def before_start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+        self.procs.clear()
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server process and its children (gunicorn's master and worker)."""
+        total = 0
+        proc = self.procs[-1]
+        try:
+            p = psutil.Process(proc.pid)
+            for q in [p, *p.children(recursive=True)]:
+                total += q.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+        return total / 2**20
+
+    def body(self, seq: int, sent: float) -> bytes:
+        return json.dumps({"seq": seq, "sent": sent}).encode()
+
+    def batch(self, seqs: range, sent: float) -> bytes:
+        raise NotImplementedError
+
+
+class Loop(Target):
+    def __init__(self, history: bool = False, name: str | None = None):
+        super().__init__(name or ("loop (history on)" if history else "loop"), stream_path="/stream/progress",
+                         publish_path="/api/events", batches=True)
+        self.history = history
+
+    def command(self) -> list[str]:
+        db = ["--db", str(Path(self.tmp) / "history.json")] if self.history else ["--no-history"]
+        return [sys.executable, "-m", "loopstream", "serve", "--port", str(self.port), "--rate", "0",
+                "--max-streams", "100000", "--max-streams-per-client", "100000", *db]
+
+    def body(self, seq: int, sent: float) -> bytes:
+        return json.dumps({"type": "bench", "run": "bench", "data": {"seq": seq, "sent": sent}}).encode()
+
+    def batch(self, seqs: range, sent: float) -> bytes:
+        return json.dumps([{"type": "bench", "run": "bench", "data": {"seq": s, "sent": sent}} for s in seqs]).encode()
+
+
+class Starlette(Target):
+    def __init__(self):
+        super().__init__("sse-starlette + uvicorn")
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(ROOT / "bench" / "peers" / "starlette_hub.py"), "--port", str(self.port)]
+
+
+class FlaskSSE(Target):
+    def __init__(self):
+        super().__init__("Flask-SSE + Redis (gunicorn/gevent)")
+        self.redis_port = 0
+
+    def before_start(self) -> None:
+        self.redis_port = free_port()
+        self.procs.append(subprocess.Popen(
+            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+             "no", "--maxclients", "60000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.redis_port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start (is Debian's redis-server installed?)")
+
+    def env(self) -> dict:
+        return {"REDIS_URL": f"redis://127.0.0.1:{self.redis_port}"}
+
+    def command(self) -> list[str]:
+        return gunicorn("bench.peers.flask_sse_hub:app", self.port)
+
+
+class NaiveQueue(Target):
+    def __init__(self):
+        super().__init__("queue per client (Flask/gevent)")
+
+    def command(self) -> list[str]:
+        return gunicorn("bench.peers.naive_queue:app", self.port)
+
+
+class AsyncioRelay(Target):
+    def __init__(self):
+        super().__init__("asyncio relay (floor)")
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(ROOT / "bench" / "peers" / "asyncio_relay.py"), "--port", str(self.port)]
+
+
+def peers() -> list[Target]:
+    return [Starlette(), FlaskSSE(), NaiveQueue(), AsyncioRelay()]
