@@ -4,6 +4,7 @@
 
 export const OUTPUT_TAIL = 100_000;
 export const LOG_TAIL = 100;
+export const LOG_TEXT = 500;
 export const LAST_OUTPUT = 240;
 export const FINISHED = ["passed", "failed", "stopped"];
 export const LIVE = ["running", "paused"];
@@ -73,7 +74,7 @@ function markNextRunning(s) {
 }
 
 function log(snap, type, ts, text) {
-  snap.log.push({ type, ts, text });
+  snap.log.push({ type, ts, text: text.slice(0, LOG_TEXT) });
   if (snap.log.length > LOG_TAIL) snap.log.shift();
 }
 

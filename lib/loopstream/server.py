@@ -159,6 +159,22 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
     def cursor_id(cur) -> str:
         return f"{cur[0]}-{cur[1]}"
 
+    snapshot_cache: dict = {}
+
+    def snapshots_json(flt: Filter) -> str:
+        """The snapshots as JSON, made once per head position and run filter: a thousand
+        subscribers connecting after one event share one serialisation, not a thousand."""
+        key = (broker.head, flt.runs)
+        text = snapshot_cache.get(key)
+        if text is None:
+            if len(snapshot_cache) > 64 or any(k[0] != broker.head for k in snapshot_cache):
+                snapshot_cache.clear()
+            text = snapshot_cache[key] = ev.dumps(broker.snapshots(flt))
+        return text
+
+    def with_runs(obj: dict, runs_json: str) -> str:
+        return ev.dumps(obj)[:-1] + ',"runs":' + runs_json + "}"
+
     # -- errors, auth, CORS --------------------------------------------------------
     class BadParam(Exception):
         def __init__(self, field_name: str, message: str):
@@ -266,9 +282,11 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
                      "buffer": broker.capacity, "resumed": pos is not None}
             if pos is None:
                 pos = broker.head
-                hello["runs"] = broker.snapshots(flt)
-            hello["cursor"] = cursor_id(pos)
-            yield sse.frame(cursor_id(pos), "hello", ev.dumps(hello))
+                hello["cursor"] = cursor_id(pos)
+                yield sse.frame(cursor_id(pos), "hello", with_runs(hello, snapshots_json(flt)))
+            else:
+                hello["cursor"] = cursor_id(pos)
+                yield sse.frame(cursor_id(pos), "hello", ev.dumps(hello))
             while True:
                 waiter = signal.waiter()
                 res = broker.read(pos, flt, limit=500)
@@ -276,9 +294,8 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
                     metrics.resets += 1
                     reason = "restart" if pos[0] != broker.epoch else "evicted"
                     pos = res.cursor
-                    data = {"epoch": broker.epoch, "cursor": cursor_id(pos), "reason": reason,
-                            "runs": broker.snapshots(flt)}
-                    yield sse.frame(cursor_id(pos), "reset", ev.dumps(data))
+                    data = {"epoch": broker.epoch, "cursor": cursor_id(pos), "reason": reason}
+                    yield sse.frame(cursor_id(pos), "reset", with_runs(data, snapshots_json(flt)))
                     continue
                 pos = res.cursor
                 if res.events:
@@ -304,7 +321,7 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
         head = f'{{"epoch":{broker.epoch},"cursor":"{cursor_id(res.cursor)}","reset":{"true" if res.reset else "false"}'
         if res.reset:
             metrics.resets += 1
-            head += ',"runs":' + ev.dumps(broker.snapshots(flt))
+            head += ',"runs":' + snapshots_json(flt)
         body = head + ',"events":[' + ",".join(e.json for e in res.events) + "]}"
         return Response(body, mimetype="application/json", headers={"Cache-Control": "no-cache"})
 

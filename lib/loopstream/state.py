@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 OUTPUT_TAIL = 100_000   # characters of output kept per run
 LOG_TAIL = 100          # log lines (unknown types, errors) kept per run
+LOG_TEXT = 500          # characters kept of one log line: a snapshot stays small whatever is logged
 LAST_OUTPUT = 240       # characters of a story's latest output shown on its card
 FINISHED = ("passed", "failed", "stopped")
 LIVE = ("running", "paused")
@@ -80,7 +81,7 @@ def _mark_next_running(story: dict) -> None:
 
 
 def _log(snap: dict, etype: str, ts: Any, text: str) -> None:
-    snap["log"].append({"type": etype, "ts": ts, "text": text})
+    snap["log"].append({"type": etype, "ts": ts, "text": text[:LOG_TEXT]})
     if len(snap["log"]) > LOG_TAIL:
         del snap["log"][0]
 

@@ -1,0 +1,28 @@
+"""A smoke run of the benchmark command, so it cannot rot: every server starts, takes load, reports."""
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+NAMES = ["loop", "loop (history on)", "sse-starlette + uvicorn", "Flask-SSE + Redis (gunicorn/gevent)",
+         "queue per client (Flask/gevent)", "asyncio relay (floor)"]
+
+
+def test_the_benchmark_smoke_measures_every_server(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name in NAMES:
+        assert f"| {name} |" in r.stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["latency"]) == set(NAMES)
+    for name, rows in results["latency"].items():
+        assert rows[0]["delivery"] == 1.0, name                     # every event reached every subscriber
+    assert results["ingest"]["loop"]["batch"] > results["ingest"]["loop"]["single"]
+    assert all(v["held"] > 0 for v in results["capacity"].values())
+    assert results["soak"]["back_to_zero"] and results["soak"]["subscribers_after"] == 0
+    faults = results["faults"]
+    assert faults["kill9"]["output_complete"] and faults["kill9"]["ordered"] and faults["kill9"]["finished"]
+    assert faults["storm"]["back_to_zero"] and faults["restart"]["reset_seen"]
+    assert (tmp_path / "latency.png").stat().st_size > 10_000
