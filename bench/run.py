@@ -10,7 +10,6 @@ import os
 import platform
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -122,11 +121,12 @@ def ingest(target: Target, seconds: float, batch: int = 1) -> float:
 def capacity(target: Target, levels: list[int]) -> dict:
     """The most subscribers held with one broadcast reaching all of them within 1 s."""
     base = target.rss_mb()
-    best = {"held": 0, "rss": base, "per_sub_kb": float("nan"), "broadcast_ms": float("nan"), "base": base}
+    best = {"held": 0, "rss": base, "rss_sum": target.rss_sum_mb(), "per_sub_kb": float("nan"),
+            "broadcast_ms": float("nan"), "base": base}
     for n in levels:
         subs = Subscribers(target, n)
         time.sleep(0.5)
-        rss = target.rss_mb()
+        rss, rss_sum = target.rss_mb(), target.rss_sum_mb()
         (seq,) = Seq.take()
         client = KeepAlive(target.port)
         client.post(target.publish_path, target.body(seq, time.time()))
@@ -138,7 +138,7 @@ def capacity(target: Target, levels: list[int]) -> dict:
         if subs.failed or reached < n or worst > 1000:
             best["failed_at"] = f"{n} ({subs.failed} refused, {reached} reached, {worst:.0f} ms)"
             break
-        best.update(held=n, rss=rss, per_sub_kb=(rss - base) * 1024 / n, broadcast_ms=worst)
+        best.update(held=n, rss=rss, rss_sum=rss_sum, per_sub_kb=(rss - base) * 1024 / n, broadcast_ms=worst)
         time.sleep(1.0)
     return best
 
@@ -470,14 +470,15 @@ def report(r: dict, sizes: Sizes) -> str:
         lines += [f"| {k} | {fmt(v['single'], 0)} | {fmt(v['batch'], 0)} |" for k, v in r["ingest"].items()]
     if r["capacity"]:
         lines += ["", f"| server | most subscribers held, one broadcast to all ≤ 1 s (tried {sizes.capacity_levels}) "
-                      "| broadcast to all (ms) | RSS then (MB) | RSS per subscriber (KB) | first failure |",
+                      "| broadcast to all (ms) | resident memory then, PSS (RSS sum) MB | per subscriber (KB) | first failure |",
                   "|---|---|---|---|---|---|"]
-        lines += [f"| {k} | {v['held']} | {fmt(v['broadcast_ms'], 0)} | {fmt(v['rss'], 0)} | {fmt(v['per_sub_kb'], 1)} "
+        lines += [f"| {k} | {v['held']} | {fmt(v['broadcast_ms'], 0)} | {fmt(v['rss'], 0)} ({fmt(v['rss_sum'], 0)}) "
+                  f"| {fmt(v['per_sub_kb'], 1)} "
                   f"| {v.get('failed_at', '—')} |" for k, v in r["capacity"].items()]
     if "soak" in r:
         s = r["soak"]
         lines += ["", f"Soak: {s['events']:,} events in {s['seconds']:.0f} s with subscribers coming and going; "
-                      f"RSS after warm-up grew {s['rss_growth_mb']:+.1f} MB; subscribers after: "
+                      f"resident memory (PSS) after warm-up grew {s['rss_growth_mb']:+.1f} MB; subscribers after: "
                       f"{s['subscribers_after']}; worker file descriptors {s['fd_growth']:+d}."]
     if "faults" in r:
         f = r["faults"]
@@ -490,7 +491,7 @@ def report(r: dict, sizes: Sizes) -> str:
                   f"{f['slow_reader']['stalled_got_reset']}.",
                   f"- Storm of {f['storm']['clients']} clients connecting and dropping: subscribers back to 0: "
                   f"{f['storm']['back_to_zero']}, worker fds {f['storm']['fd_growth']:+d}, "
-                  f"RSS {f['storm']['rss_growth_mb']:+.1f} MB.",
+                  f"resident memory {f['storm']['rss_growth_mb']:+.1f} MB.",
                   f"- Restart: a resumed client got the first new event {f['restart']['resumed_after_up_s']:.2f} s "
                   f"after the new sidecar answered (restart took {f['restart']['restart_s']:.2f} s; "
                   f"reset seen: {f['restart']['reset_seen']})."]

@@ -83,16 +83,25 @@ class Target:
         self.procs.clear()
 
     def rss_mb(self) -> float:
-        """Resident memory of the server process and its children (gunicorn's master and worker)."""
+        """Resident memory of the server's processes (gunicorn's master and worker) as PSS:
+        pages a forked worker shares with its master count once, not twice as a sum of RSS would."""
         total = 0
         proc = self.procs[-1]
         try:
             p = psutil.Process(proc.pid)
             for q in [p, *p.children(recursive=True)]:
-                total += q.memory_info().rss
+                total += q.memory_full_info().pss
         except psutil.NoSuchProcess:
             pass
         return total / 2**20
+
+    def rss_sum_mb(self) -> float:
+        """The plain sum of RSS over the server's processes (counts shared pages once per process)."""
+        try:
+            p = psutil.Process(self.procs[-1].pid)
+            return sum(q.memory_info().rss for q in [p, *p.children(recursive=True)]) / 2**20
+        except psutil.NoSuchProcess:
+            return 0.0
 
     def body(self, seq: int, sent: float) -> bytes:
         return json.dumps({"seq": seq, "sent": sent}).encode()

@@ -66,8 +66,7 @@ def serve(host, port, buffer, rate, burst, heartbeat, db, no_history, token, cor
     Shell hooks and `loop run` POST events to it; browsers and `loop watch`
     stream them from /stream/progress; the dashboard is at /.
     """
-    from .history import default_db_path
-    from .server import Config, is_loopback
+    from .config import Config, check_history, default_db_path, is_loopback
     from .serving import Sidecar, WorkerCountError
 
     if not is_loopback(host) and not token and not insecure:
@@ -78,11 +77,9 @@ def serve(host, port, buffer, rate, burst, heartbeat, db, no_history, token, cor
     config = Config(buffer=buffer, rate=rate, burst=burst, heartbeat=heartbeat, token=token or None,
                     db=None if no_history else str(db or default_db_path()), cors=cors_origins,
                     max_streams=max_streams, max_streams_per_client=max_streams_per_client)
-    from .history import History
-
     if config.db:
         try:
-            History(config.db).check()
+            check_history(config.db)
         except (ValueError, OSError) as e:
             raise click.ClickException(str(e)) from e
     try:

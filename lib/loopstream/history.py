@@ -35,11 +35,6 @@ KEEP_RUNS = 500       # finished runs kept in history (older ones are pruned)
 OPEN_JOURNALS = 64    # journal files kept open at once
 
 
-def default_db_path() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "loop" / "history.json"
-
-
 class AtomicJSONStorage(Storage):
     """TinyDB storage that replaces the file atomically on every write."""
 
@@ -105,17 +100,6 @@ class History:
         self._done = None
 
     # -- start-up ------------------------------------------------------------
-    def check(self) -> None:
-        """Fail early, with a message, when the history cannot be used (before forking workers)."""
-        try:
-            self.journal_dir.mkdir(parents=True, exist_ok=True)
-            AtomicJSONStorage(self.path).read()
-        except ValueError as e:
-            raise ValueError(f"the history file {self.path} is not valid JSON ({e}); "
-                             f"move it away or pass another --db") from e
-        except OSError as e:
-            raise OSError(f"cannot use the history at {self.path}: {e.strerror}; pass another --db") from e
-
     def open(self) -> tuple[int, list[dict]]:
         """Load the index, recover interrupted runs; return (epoch floor, snapshots to restore)."""
         try:

@@ -9,11 +9,9 @@ calls them and writes responses. It runs under gunicorn's gevent worker
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from flask import Flask, Response, request, send_from_directory
@@ -22,26 +20,12 @@ from werkzeug.exceptions import HTTPException
 from . import __version__, sse, state
 from . import events as ev
 from .broker import Filter, MemoryBroker
+from .config import Config
 from .history import History
 from .ratelimit import TokenBuckets
 
 MAX_BODY = 64 * 1024
 CONTROL_ACTIONS = {"stop": "stop_requested", "pause": "pause_requested", "resume": "resume_requested"}
-
-
-@dataclass
-class Config:
-    buffer: int = 100
-    rate: float = 10.0
-    burst: int = 20
-    heartbeat: float = 15.0
-    db: str | None = None              # history file; None = no history
-    token: str | None = None
-    cors: list[str] = field(default_factory=list)
-    max_streams_per_client: int = 32
-    max_streams: int = 20_000
-    retry_ms: int = 2000
-    default_run: str = ev.DEFAULT_RUN
 
 
 class Signal:
@@ -420,12 +404,3 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
         return send_from_directory(static_root, name, max_age=0)
 
     return app
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

@@ -9,7 +9,7 @@ import resource
 
 from gunicorn.app.base import BaseApplication
 
-from .server import Config
+from .config import Config
 
 
 class WorkerCountError(ValueError):

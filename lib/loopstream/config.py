@@ -1,0 +1,58 @@
+"""The sidecar's configuration, and the checks `loop serve` makes before starting.
+
+Light on purpose: gunicorn's master process imports this, not Flask or TinyDB
+(the worker loads the app), so the master stays small.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .events import DEFAULT_RUN
+
+
+@dataclass
+class Config:
+    buffer: int = 100
+    rate: float = 10.0
+    burst: int = 20
+    heartbeat: float = 15.0
+    db: str | None = None              # history file; None = no history
+    token: str | None = None
+    cors: list[str] = field(default_factory=list)
+    max_streams_per_client: int = 32
+    max_streams: int = 20_000
+    retry_ms: int = 2000
+    default_run: str = DEFAULT_RUN
+
+
+def default_db_path() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "loop" / "history.json"
+
+
+def check_history(path: str | Path) -> None:
+    """Fail early, with a message, when the history cannot be used (before forking workers)."""
+    path = Path(path)
+    try:
+        (path.parent / "runs").mkdir(parents=True, exist_ok=True)
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        if text.strip():
+            json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"the history file {path} is not valid JSON ({e}); "
+                         f"move it away or pass another --db") from e
+    except OSError as e:
+        raise OSError(f"cannot use the history at {path}: {e.strerror}; pass another --db") from e
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
