@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hmac
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,25 +20,12 @@ from . import __version__, sse, state
 from . import events as ev
 from .broker import Filter, MemoryBroker
 from .config import Config
+from .fanout import Fanout, Subscriber
 from .history import History
 from .ratelimit import TokenBuckets
 
 MAX_BODY = 64 * 1024
 CONTROL_ACTIONS = {"stop": "stop_requested", "pause": "pause_requested", "resume": "resume_requested"}
-
-
-class Signal:
-    """Wakes every waiting subscriber on publish: one Event per generation."""
-
-    def __init__(self):
-        self._event = threading.Event()
-
-    def waiter(self) -> threading.Event:
-        return self._event
-
-    def fire(self) -> None:
-        old, self._event = self._event, threading.Event()
-        old.set()
 
 
 class Metrics:
@@ -93,7 +79,7 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
     for snap in restored:
         broker.restore(snap)
     limiter = TokenBuckets(cfg.rate, cfg.burst, clock=monotonic)
-    signal = Signal()
+    fanout = Fanout()
     metrics = Metrics()
     app.extensions["loop"] = {"broker": broker, "history": history, "metrics": metrics, "config": cfg}
     static_root = dashboard_dir()
@@ -131,13 +117,14 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
         return cur
 
     def publish(drafts: list[ev.Draft]) -> list[ev.Event]:
+        before = broker.head
         result = broker.publish(drafts)
         if history:
             history.record(result.events)
             for run in result.finished:
                 history.finished(broker.snapshot(run))
         metrics.accepted += len(result.events)
-        signal.fire()
+        fanout.publish(result.events, before, broker.head)
         return result.events
 
     def cursor_id(cur) -> str:
@@ -259,34 +246,50 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
             else:
                 metrics.streams_by_client.pop(addr, None)
 
+        gsock = request.environ.get("gunicorn.socket")
+        chunked = request.environ.get("SERVER_PROTOCOL", "HTTP/1.0") >= "HTTP/1.1" and gsock is not None
+        sub = Subscriber(flt, cursor, gsock, chunked)
+
         def frames():
-            yield sse.retry(cfg.retry_ms)
-            pos = cursor
-            hello = {"epoch": broker.epoch, "version": __version__, "heartbeat": cfg.heartbeat,
-                     "buffer": broker.capacity, "resumed": pos is not None}
-            if pos is None:
-                pos = broker.head
-                hello["cursor"] = cursor_id(pos)
-                yield sse.frame(cursor_id(pos), "hello", with_runs(hello, snapshots_json(flt)))
-            else:
-                hello["cursor"] = cursor_id(pos)
-                yield sse.frame(cursor_id(pos), "hello", ev.dumps(hello))
-            while True:
-                waiter = signal.waiter()
-                res = broker.read(pos, flt, limit=500)
-                if res.reset:
-                    metrics.resets += 1
-                    reason = "restart" if pos[0] != broker.epoch else "evicted"
-                    pos = res.cursor
-                    data = {"epoch": broker.epoch, "cursor": cursor_id(pos), "reason": reason}
-                    yield sse.frame(cursor_id(pos), "reset", with_runs(data, snapshots_json(flt)))
-                    continue
-                pos = res.cursor
-                if res.events:
-                    yield b"".join(e.frame for e in res.events)
-                    continue
-                if not waiter.wait(cfg.heartbeat):
-                    yield sse.frame(cursor_id(pos), "heartbeat", ev.dumps({"ts": round(clock(), 3)}))
+            fanout.add(sub)
+            try:
+                yield sse.retry(cfg.retry_ms)
+                hello = {"epoch": broker.epoch, "version": __version__, "heartbeat": cfg.heartbeat,
+                         "buffer": broker.capacity, "resumed": sub.pos is not None}
+                if sub.pos is None:
+                    sub.pos = broker.head
+                    hello["cursor"] = cursor_id(sub.pos)
+                    yield sse.frame(cursor_id(sub.pos), "hello", with_runs(hello, snapshots_json(flt)))
+                else:
+                    hello["cursor"] = cursor_id(sub.pos)
+                    yield sse.frame(cursor_id(sub.pos), "hello", ev.dumps(hello))
+                while True:
+                    if sub.pending is not None:
+                        sub.flush_pending()
+                    res = broker.read(sub.pos, flt, limit=500)
+                    if res.reset:
+                        metrics.resets += 1
+                        reason = "restart" if sub.pos[0] != broker.epoch else "evicted"
+                        sub.pos = res.cursor
+                        data = {"epoch": broker.epoch, "cursor": cursor_id(sub.pos), "reason": reason}
+                        yield sse.frame(cursor_id(sub.pos), "reset", with_runs(data, snapshots_json(flt)))
+                        continue
+                    sub.pos = res.cursor
+                    if res.events:
+                        yield b"".join(e.frame for e in res.events)
+                        continue
+                    # Parked at the head: publishes write to this socket directly (fanout.py),
+                    # and wake it only when it has to catch up itself.
+                    sub.wake.clear()
+                    sub.parked = True
+                    try:
+                        woken = sub.wake.wait(cfg.heartbeat)
+                    finally:
+                        sub.parked = False
+                    if not woken:
+                        yield sse.frame(cursor_id(sub.pos), "heartbeat", ev.dumps({"ts": round(clock(), 3)}))
+            finally:
+                fanout.discard(sub)
 
         resp = Response(frames(), mimetype="text/event-stream", headers={
             "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
