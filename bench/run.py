@@ -449,7 +449,7 @@ def report(r: dict, sizes: Sizes) -> str:
         cells = [f"{fmt(x['p50'], 2)} / {fmt(x['p99'], 2)} / {fmt(x['max'], 1)} | {x['delivery'] * 100:.1f}%"
                  for x in rows]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    names = [n for n in r["latency"] if not n.startswith("loop")]
+    names = [n for n in r["latency"] if not n.startswith("loop") and "floor" not in n]
     if "loop" in r["latency"] and names:
         lines.append("")
         for i, (n, rate) in enumerate(sizes.latency):
@@ -457,7 +457,7 @@ def report(r: dict, sizes: Sizes) -> str:
             ours = r["latency"]["loop"][i]["p99"]
             floor = r["latency"].get("asyncio relay (floor)", [None] * (i + 1))[i]
             line = (f"- {n} subscribers: loop p99 {fmt(ours, 2)} ms = {ours / r['latency'][best_name][i]['p99']:.2f} × "
-                    f"the best peer ({best_name})")
+                    f"the best peer ({best_name}, {fmt(r['latency'][best_name][i]['p99'], 2)} ms)")
             if floor:
                 line += f", {ours / floor['p99']:.2f} × the asyncio floor"
             lines.append(line + ".")

@@ -65,3 +65,20 @@ def test_a_client_resumes_after_a_restart(make_server, tmp_path):
     finally:
         stop.set()
         again.stop()
+
+
+def test_departed_subscribers_leave_the_fan_out_and_never_slow_publishing(make_server):
+    server = make_server("--rate", "0", "--max-streams-per-client", "1000")
+    socks = []
+    for _ in range(200):
+        s = socket.create_connection(("127.0.0.1", server.port))
+        s.sendall(b"GET /stream/progress HTTP/1.1\r\nHost: x\r\n\r\n")
+        socks.append(s)
+    wait_for(lambda: server.get("/healthz").json()["subscribers"] == 200, message="200 subscribers")
+    for s in socks:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    # Publishing finds them gone (no heartbeat needed) and their streams end.
+    wait_for(lambda: server.post({"type": "progress", "run": "p"}).ok and
+             server.get("/healthz").json()["subscribers"] == 0, timeout=20,
+             message="publishes to clear the departed subscribers")

@@ -16,7 +16,7 @@ from .events import Event
 
 
 class Subscriber:
-    __slots__ = ("flt", "pos", "raw", "gsock", "chunked", "parked", "pending", "wake")
+    __slots__ = ("flt", "pos", "raw", "gsock", "chunked", "parked", "pending", "wake", "gone")
 
     def __init__(self, flt: Filter, pos: Cursor | None, gsock, chunked: bool):
         self.flt = flt
@@ -27,6 +27,7 @@ class Subscriber:
         self.parked = False                             # waiting at the head, nothing being written
         self.pending: bytes | None = None               # bytes a direct write could not finish
         self.wake = threading.Event()
+        self.gone = False                               # its socket failed: the stream must end
 
     def frame_bytes(self, data: bytes) -> bytes:
         """Body bytes as they go on the wire (gunicorn's chunked framing for HTTP/1.1)."""
@@ -78,7 +79,9 @@ class Fanout:
                 sent = sub.raw.send(wire)
             except BlockingIOError:
                 sent = 0
-            except OSError:                        # gone: let its greenlet find out and clean up
+            except OSError:                        # the client has gone: end its stream
+                sub.gone = True
+                self.subscribers.discard(sub)
                 sub.wake.set()
                 continue
             self.direct += 1

@@ -286,6 +286,8 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
                         woken = sub.wake.wait(cfg.heartbeat)
                     finally:
                         sub.parked = False
+                    if sub.gone:
+                        return
                     if not woken:
                         yield sse.frame(cursor_id(sub.pos), "heartbeat", ev.dumps({"ts": round(clock(), 3)}))
             finally:
