@@ -29,6 +29,7 @@ def test_every_subscriber_gets_every_event_in_order(server, subscribe):
         assert [g[0] for g in got] == ids
         assert [g[2]["data"]["i"] for g in got] == list(range(200))
         assert all(g[1] == "progress" for g in got)
+    assert "loop_fanout_direct_total 0" not in server.get("/metrics").text   # the direct path was taken
 
 
 def test_frames_have_id_event_data_retry_and_the_headers(server):

@@ -214,8 +214,8 @@ def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_u
     finally:
         done.set()
         signal.signal(signal.SIGINT, previous)
-        delivered = outbox.close(timeout=30)
-        if not delivered:
+        outbox.close(timeout=30)
+        if outbox.status.dropped:   # still queued at the end, or refused by the sidecar (400/401/413)
             click.echo(f"loop: {outbox.status.dropped} events could not be delivered to {server} "
                        f"({outbox.status.last_error})", err=True)
         if embedded:

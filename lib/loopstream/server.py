@@ -392,6 +392,8 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
             "# TYPE loop_subscribers gauge", f"loop_subscribers {metrics.subscribers}",
             "# TYPE loop_buffer_events gauge", f"loop_buffer_events {len(broker.buffer)}",
             "# TYPE loop_buffer_capacity gauge", f"loop_buffer_capacity {broker.capacity}",
+            "# TYPE loop_fanout_direct_total counter", f"loop_fanout_direct_total {fanout.direct}",
+            "# TYPE loop_fanout_woken_total counter", f"loop_fanout_woken_total {fanout.woken}",
             "# TYPE loop_runs_live gauge", f"loop_runs_live {sum(state.is_live(s) for s in broker.runs.values())}",
         ]
         if history:
