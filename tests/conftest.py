@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,21 +36,92 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, message: 
         time.sleep(interval)
 
 
+class RedisServer:
+    """A real redis-server (Debian's package) on a free port, persisting every write (appendfsync
+    always), so it can be killed and started again with its data, like a production one."""
+
+    def __init__(self, tmp: Path):
+        self.port = free_port()
+        self.dir = tmp
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "RedisServer":
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise AssertionError("redis-server is not installed: run bin/test, which installs it")
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always", "--loglevel", "warning"],
+            stdout=open(self.dir / "redis.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(self.ping, 10, message="redis-server to answer PING")
+        return self
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def command(self, *words: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w.encode()) for w in words))
+            return s.recv(65536)
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    r = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def backend(request):
+    """The broker a test's sidecars use: "memory" unless the test is parametrised over BACKENDS.
+    With "redis" it is the URL of a real redis-server, emptied for the test."""
+    name = getattr(request, "param", "memory")
+    if name == "memory":
+        return None
+    r = request.getfixturevalue("redis_server")
+    if r.proc.poll() is not None:
+        r.start()
+    r.command("FLUSHALL")
+    return r.url
+
+
+BACKENDS = ["memory", "redis"]
+
+
 class Server:
     """A `loop serve` subprocess."""
 
-    def __init__(self, tmp: Path, port: int | None = None, db: Path | None = None, args=(), env=None):
+    def __init__(self, tmp: Path, port: int | None = None, db: Path | None = None, args=(), env=None,
+                 backend: str | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.db = db if db is not None else tmp / "history.json"
-        self.args = list(args)
+        self.args = list(args) + (["--backend", backend] if backend else [])
+        self.backend = backend
         self.log = tmp / f"server-{self.port}.log"
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 15.0) -> "Server":
-        cmd = [sys.executable, "-m", "loopstream", "serve", "--port", str(self.port),
-               "--db", str(self.db), *self.args]
+        cmd = [sys.executable, "-m", "loopstream", "serve", "--port", str(self.port), *self.args]
+        if not self.backend:
+            cmd += ["--db", str(self.db)]
         self._logf = open(self.log, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._logf, stderr=subprocess.STDOUT, env=self.env,
                                      start_new_session=True)
@@ -93,10 +165,11 @@ class Server:
 
 
 @pytest.fixture
-def make_server(tmp_path):
+def make_server(tmp_path, backend):
     servers: list[Server] = []
 
     def make(*args, **kw) -> Server:
+        kw.setdefault("backend", backend)
         s = Server(tmp_path, args=args, **kw).start()
         servers.append(s)
         return s

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import BACKENDS, wait_for
 from loopstream.server import Config, create_app
 
 
@@ -16,9 +17,17 @@ class Clock:
         return self.t
 
 
-@pytest.fixture
-def app(tmp_path):
-    return create_app(Config(rate=0, db=str(tmp_path / "h.json")))
+@pytest.fixture(params=BACKENDS)
+def app(request, tmp_path):
+    """The app on each backend; with Redis, a real redis-server emptied for the test."""
+    backend = None
+    if request.param == "redis":
+        r = request.getfixturevalue("redis_server")
+        r.command("FLUSHALL")
+        backend = r.url
+    a = create_app(Config(rate=0, db=str(tmp_path / "h.json"), backend=backend))
+    yield a
+    a.extensions["loop"]["broker"].close()
 
 
 @pytest.fixture
@@ -26,13 +35,24 @@ def client(app):
     return app.test_client()
 
 
+def settle(app):
+    """With Redis, events reach this worker's replica through its follower: wait until they have."""
+    b = app.extensions["loop"]["broker"]
+    if not b.fans_out_on_publish:
+        target = int(b.client.get(b.prefix + "seq") or 0)
+        wait_for(lambda: b.seq >= target, 5, 0.002, "the follower to catch up")
+
+
 def buffered(app):
+    settle(app)
     return len(app.extensions["loop"]["broker"].buffer)
 
 
 def post(client, body, path="/api/events", **kw):
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return client.post(path, data=data, **kw)
+    r = client.post(path, data=data, **kw)
+    settle(client.application)
+    return r
 
 
 def test_post_one_event_returns_201_with_its_id(client):

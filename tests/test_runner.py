@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Server, wait_for
+from conftest import BACKENDS, ROOT, Server, wait_for
 
 LOOP = [sys.executable, "-m", "loopstream"]
 
@@ -53,6 +53,7 @@ def pid_alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split(") ")[1][0] != "Z"
 
 
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_a_run_reports_every_step_in_order_and_writes_passes_back(tmp_path, server):
     path = write_prd(tmp_path, [
         story("US-2", "echo second", priority=2, deps=["US-1"]),
@@ -149,6 +150,7 @@ def test_jobs_run_independent_stories_at_the_same_time(tmp_path, server):
 STUBBORN = "trap '' INT; echo $$ > {pidfile}; sleep 60 & echo $! > {pidfile}.bg; wait"
 
 
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("how", ["loop stop", "ctrl-c", "dashboard"])
 def test_stop_interrupts_the_group_kills_after_grace_and_leaves_no_orphan(tmp_path, server, how):
     pidfile = tmp_path / "pid"
@@ -202,7 +204,8 @@ def test_pause_lets_the_running_story_finish_and_starts_none_until_resume(tmp_pa
                                           if e["type"] == "story_started"][1]
 
 
-def test_a_sidecar_killed_mid_run_loses_nothing_once_it_is_back(tmp_path, make_server):
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+def test_a_sidecar_killed_mid_run_loses_nothing_once_it_is_back(tmp_path, make_server, backend):
     server = make_server("--rate", "0")
     path = write_prd(tmp_path, [
         story("K1", "for i in $(seq 1 30); do echo line-$i; sleep 0.1; done"),
@@ -212,7 +215,7 @@ def test_a_sidecar_killed_mid_run_loses_nothing_once_it_is_back(tmp_path, make_s
              "line-5" in server.get("/api/runs/survivor").json()["output"], message="output to flow")
     server.kill9()
     time.sleep(1.0)   # the run goes on with the sidecar down
-    again = Server(tmp_path, port=server.port, args=["--rate", "0"]).start()
+    again = Server(tmp_path, port=server.port, args=["--rate", "0"], backend=backend).start()
     try:
         assert proc.wait(60) == 0
         events = transcript(again, "survivor")
@@ -227,6 +230,7 @@ def test_a_sidecar_killed_mid_run_loses_nothing_once_it_is_back(tmp_path, make_s
         again.stop()
 
 
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_a_rate_limit_delays_events_but_loses_none(tmp_path, make_server):
     server = make_server("--rate", "5", "--burst", "3")
     path = write_prd(tmp_path, [story(f"S{i}", f"echo s{i}", [{"text": "ok", "check": "true"}], priority=i)

@@ -84,3 +84,11 @@ def test_corrupt_history_file_is_one_clear_line_not_a_traceback(tmp_path):
     r = loop_cmd("serve", "--port", str(free_port()), "--db", str(db))
     assert r.returncode == 1
     assert "not valid JSON" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_redis_unreachable_at_start_is_one_clear_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "loopstream", "serve", "--port", str(free_port()),
+                          "--backend", f"redis://127.0.0.1:{free_port()}/0"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "cannot reach Redis" in out.stderr and "--backend memory" in out.stderr

@@ -7,8 +7,9 @@ falls behind itself. A cursor that has fallen out of the buffer (or comes
 from another epoch, i.e. before a restart) reads as a *reset*: the caller
 sends the current snapshots and continues from the head.
 
-The same small interface (publish, read, head, snapshots) is what a Redis
-Streams broker implements to replace this one.
+The same small interface (publish, read, head, tail, snapshots, transcript)
+is what the Redis broker (redis_broker.py) keeps: there, this class is each
+worker's local replica of the shared stream.
 """
 from __future__ import annotations
 
@@ -23,11 +24,16 @@ from . import sse, state
 Cursor = tuple[int, int]
 
 
+class BackendDown(RuntimeError):
+    """The shared store (Redis) cannot be reached: the request can be retried later."""
+
+
 @dataclass(slots=True)
 class ReadResult:
     events: list[ev.Event]
     cursor: Cursor
     reset: bool = False
+    reason: str = ""          # with a reset: "restart" (another epoch), "evicted" or "unknown" (a future id)
 
 
 @dataclass(slots=True)
@@ -47,9 +53,16 @@ class Filter:
 class PublishResult:
     events: list[ev.Event]
     finished: list[str] = field(default_factory=list)  # runs this publish finished
+    before: Cursor | None = None                        # the head before and after it
+    after: Cursor | None = None
 
 
 class MemoryBroker:
+    # The server fans a publish out itself; a broker fed by other processes
+    # (Redis) says False and calls ``on_events`` when the events reach it.
+    fans_out_on_publish = True
+    healthy = True
+
     def __init__(self, capacity: int = 100, epoch: int | None = None,
                  clock: Callable[[], float] = time.time, keep_finished: int = 50):
         self.capacity = max(1, int(capacity))
@@ -64,20 +77,26 @@ class MemoryBroker:
     def publish(self, drafts: Iterable[ev.Draft]) -> PublishResult:
         """Give drafts ids and times, append them to the buffer, fold them into runs."""
         now = round(self.clock(), 3)
-        out: list[ev.Event] = []
-        finished: list[str] = []
-        for d in drafts:
-            self.seq += 1
-            e = ev.Event(self.epoch, self.seq, d.type, d.run, now, d.data)
+        before = self.head
+        out = []
+        for seq, d in enumerate(drafts, self.seq + 1):
+            e = ev.Event(self.epoch, seq, d.type, d.run, now, d.data)
             e.json = ev.dumps(e.as_dict())
             e.frame = sse.frame(e.id, e.type, e.json)
-            self.buffer.append(e)
             out.append(e)
+        return PublishResult(out, self.append(out), before, self.head)
+
+    def append(self, events: list[ev.Event]) -> list[str]:
+        """Add events that already have their ids (the next ones in sequence); the runs they finished."""
+        finished = []
+        for e in events:
+            self.seq = e.seq
+            self.buffer.append(e)
             if self._fold(e):
                 finished.append(e.run)
         if finished:
             self._forget_old_finished()
-        return PublishResult(out, finished)
+        return finished
 
     def restore(self, snapshot: dict) -> None:
         """Adopt a run snapshot recovered from history (at start-up)."""
@@ -112,7 +131,8 @@ class MemoryBroker:
             return ReadResult([], self.head)
         epoch, seq = cursor
         if epoch != self.epoch or seq > self.seq or seq < self.tail[1]:
-            return ReadResult([], self.head, reset=True)
+            reason = "restart" if epoch != self.epoch else "unknown" if seq > self.seq else "evicted"
+            return ReadResult([], self.head, reset=True, reason=reason)
         if seq == self.seq:
             return ReadResult([], cursor)
         start = seq - self.tail[1]  # index of the first unseen event
@@ -132,8 +152,22 @@ class MemoryBroker:
                     break
         return ReadResult(picked, (epoch, last))
 
+    def catch_up(self, timeout: float = 2.0) -> None:
+        """Wait until every published event is in this broker (here they always are)."""
+
     def snapshot(self, run: str) -> dict | None:
         return self.runs.get(run)
+
+    def summaries(self) -> dict[str, dict]:
+        """Run name -> its run-list summary, for every run this broker knows."""
+        return {r: state.summarize(s) for r, s in self.runs.items()}
+
+    def transcript(self, run: str) -> tuple[list[dict], bool]:
+        """A run's events and whether that is all of them (here: only what the buffer holds)."""
+        return [e.as_dict() for e in self.buffer if e.run == run], False
+
+    def close(self) -> None:
+        pass
 
     def snapshots(self, flt: Filter | None = None, recent: int = 10) -> list[dict]:
         """Live runs in full, and the ``recent`` latest finished runs, oldest first."""

@@ -48,25 +48,29 @@ def cli() -> None:
 @click.option("--db", envvar="LOOP_DB", default=None, type=click.Path(dir_okay=False),
               help="History file (TinyDB) [default: $XDG_DATA_HOME/loop/history.json].")
 @click.option("--no-history", is_flag=True, help="Keep nothing on disk.")
+@click.option("--backend", envvar="LOOP_BACKEND", default="memory", show_default=True,
+              help="Where the stream lives: memory (one worker), or a Redis URL such as "
+                   "redis://127.0.0.1:6379/0 (shared by any number of workers and hosts; keeps the history).")
 @token_option
 @click.option("--cors", "cors", envvar="LOOP_CORS", multiple=True,
               help="An origin allowed to call the API from a browser (repeatable).")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback bind without a token.")
-@click.option("--workers", default=1, show_default=True, type=int,
-              help="gunicorn workers; the memory backend allows exactly 1.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="gunicorn workers; the memory backend allows exactly 1, Redis any number.")
 @click.option("--max-streams", default=20_000, show_default=True, type=click.IntRange(1))
 @click.option("--max-streams-per-client", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--access-log", is_flag=True, help="Log every request to stderr.")
-def serve(host, port, buffer, rate, burst, heartbeat, db, no_history, token, cors, insecure, workers,
-          max_streams, max_streams_per_client, log_level, access_log) -> None:
-    """Run the sidecar: gunicorn with one gevent worker.
+@click.pass_context
+def serve(ctx, host, port, buffer, rate, burst, heartbeat, db, no_history, backend, token, cors, insecure,
+          workers, max_streams, max_streams_per_client, log_level, access_log) -> None:
+    """Run the sidecar: gunicorn with gevent workers (one, or several on Redis).
 
     Shell hooks and `loop run` POST events to it; browsers and `loop watch`
     stream them from /stream/progress; the dashboard is at /.
     """
-    from .config import Config, check_history, default_db_path, is_loopback
+    from .config import Config, backend_url, check_history, default_db_path, is_loopback
     from .serving import Sidecar, WorkerCountError
 
     if not is_loopback(host) and not token and not insecure:
@@ -74,9 +78,27 @@ def serve(host, port, buffer, rate, burst, heartbeat, db, no_history, token, cor
             f"refusing to bind {host} without a token: anyone who can reach it could post events and "
             "stop runs. Pass --token (or LOOP_TOKEN), or --insecure if the network is trusted.")
     cors_origins = [o for value in cors for o in value.split(",") if o]
+    try:
+        redis_url = backend_url(backend)
+    except ValueError as e:
+        raise click.BadParameter(str(e).split(": ", 1)[1], param_hint="--backend") from e
+    if redis_url:
+        if db and ctx.get_parameter_source("db") == click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError("--db is for the memory backend; with Redis the history is kept in Redis")
+        no_history = True
+        # Checked in a child process: the master must not import redis (and ssl) before
+        # gunicorn's gevent workers monkey-patch.
+        import subprocess
+        import sys
+
+        probe = subprocess.run([sys.executable, "-m", "loopstream.redis_broker", redis_url],
+                               capture_output=True, text=True)
+        if probe.returncode:
+            raise click.ClickException(f"{probe.stderr.strip().rstrip('.')}. Start redis-server, or pass --backend memory.")
     config = Config(buffer=buffer, rate=rate, burst=burst, heartbeat=heartbeat, token=token or None,
                     db=None if no_history else str(db or default_db_path()), cors=cors_origins,
-                    max_streams=max_streams, max_streams_per_client=max_streams_per_client)
+                    max_streams=max_streams, max_streams_per_client=max_streams_per_client,
+                    backend=redis_url)
     if config.db:
         try:
             check_history(config.db)
@@ -86,7 +108,9 @@ def serve(host, port, buffer, rate, burst, heartbeat, db, no_history, token, cor
         app = Sidecar(config, host, port, workers=workers, log_level=log_level, access_log=access_log)
     except WorkerCountError as e:
         raise click.UsageError(str(e)) from e
-    click.echo(f"loop sidecar on http://{host}:{port}/  (history: {config.db or 'off'})", err=True)
+    where = f"backend: {redis_url}, {workers} worker{'s' * (workers > 1)}" if redis_url else \
+        f"history: {config.db or 'off'}"
+    click.echo(f"loop sidecar on http://{host}:{port}/  ({where})", err=True)
     app.run()
 
 

@@ -27,6 +27,7 @@ class Config:
     max_streams: int = 20_000
     retry_ms: int = 2000
     default_run: str = DEFAULT_RUN
+    backend: str | None = None         # a Redis URL; None = the memory backend
 
 
 def default_db_path() -> Path:
@@ -56,3 +57,12 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def backend_url(value: str | None) -> str | None:
+    """``None``/"memory" -> None (the memory backend); a Redis URL as it is; anything else: an error."""
+    if not value or value == "memory":
+        return None
+    if value.startswith(("redis://", "rediss://", "unix://")):
+        return value
+    raise ValueError(f"--backend {value!r}: use 'memory' or a Redis URL like redis://127.0.0.1:6379/0")

@@ -52,6 +52,18 @@ class Fanout:
     def discard(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
 
+    def end_all(self) -> None:
+        """End every stream (the backend is gone): each client reconnects and is told when it is back."""
+        for sub in list(self.subscribers):
+            sub.gone = True
+            sub.wake.set()
+        self.subscribers.clear()
+
+    def wake_all(self) -> None:
+        """Make every parked subscriber read again (the state was reloaded)."""
+        for sub in list(self.subscribers):
+            sub.wake.set()
+
     def publish(self, events: list[Event], before: Cursor, after: Cursor) -> None:
         everything = chunked = None
         for sub in list(self.subscribers):

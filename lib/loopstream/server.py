@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import __version__, sse, state
 from . import events as ev
-from .broker import Filter, MemoryBroker
+from .broker import BackendDown, Filter, MemoryBroker
 from .config import Config
 from .fanout import Fanout, Subscriber
 from .history import History
@@ -67,19 +67,27 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
 
-    history = History(cfg.db) if cfg.db else None
-    epoch = int(clock() * 1000)
-    restored: list[dict] = []
-    if history:
-        floor, restored = history.open()
-        epoch = max(epoch, floor + 1)
-        history.save_epoch(epoch)
-        history.start_writer()
-    broker = MemoryBroker(cfg.buffer, epoch=epoch, clock=clock)
-    for snap in restored:
-        broker.restore(snap)
-    limiter = TokenBuckets(cfg.rate, cfg.burst, clock=monotonic)
     fanout = Fanout()
+    history = None
+    if cfg.backend:  # Redis keeps the stream, the snapshots, the history and the rate limit
+        from .redis_broker import RedisBroker, RedisBuckets
+
+        broker = RedisBroker(cfg.backend, cfg.buffer, clock=clock)
+        broker.on_events, broker.on_down, broker.on_resync = fanout.publish, fanout.end_all, fanout.wake_all
+        limiter = RedisBuckets(broker.client, broker.prefix, cfg.rate, cfg.burst)
+    else:
+        history = History(cfg.db) if cfg.db else None
+        epoch = int(clock() * 1000)
+        restored: list[dict] = []
+        if history:
+            floor, restored = history.open()
+            epoch = max(epoch, floor + 1)
+            history.save_epoch(epoch)
+            history.start_writer()
+        broker = MemoryBroker(cfg.buffer, epoch=epoch, clock=clock)
+        for snap in restored:
+            broker.restore(snap)
+        limiter = TokenBuckets(cfg.rate, cfg.burst, clock=monotonic)
     metrics = Metrics()
     app.extensions["loop"] = {"broker": broker, "history": history, "metrics": metrics, "config": cfg}
     static_root = dashboard_dir()
@@ -117,14 +125,14 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
         return cur
 
     def publish(drafts: list[ev.Draft]) -> list[ev.Event]:
-        before = broker.head
         result = broker.publish(drafts)
         if history:
             history.record(result.events)
             for run in result.finished:
                 history.finished(broker.snapshot(run))
         metrics.accepted += len(result.events)
-        fanout.publish(result.events, before, broker.head)
+        if broker.fans_out_on_publish:
+            fanout.publish(result.events, result.before, result.after)
         return result.events
 
     def cursor_id(cur) -> str:
@@ -155,6 +163,14 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
     def bad_param(e: BadParam):
         metrics.reject("bad_param")
         return error(400, "bad_request", e.message, e.field)
+
+    def unavailable(message: str) -> Response:
+        return error(503, "backend_unavailable", message, headers={"Retry-After": "1"})
+
+    @app.errorhandler(BackendDown)
+    def backend_down(e: BackendDown):
+        metrics.reject("backend_unavailable")
+        return unavailable(f"the shared store is unreachable ({e}); nothing was stored, retry shortly")
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException):
@@ -231,6 +247,8 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
             metrics.reject("too_many_streams")
             return error(429, "too_many_streams", f"at most {cfg.max_streams_per_client} streams per client",
                          headers={"Retry-After": "5"})
+        if not broker.healthy:
+            raise BackendDown("the stream is not available")
         if metrics.subscribers >= cfg.max_streams:
             metrics.reject("server_full")
             return error(503, "server_full", f"the server holds {cfg.max_streams} streams already",
@@ -263,15 +281,14 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
                 else:
                     hello["cursor"] = cursor_id(sub.pos)
                     yield sse.frame(cursor_id(sub.pos), "hello", ev.dumps(hello))
-                while True:
+                while not sub.gone:
                     if sub.pending is not None:
                         sub.flush_pending()
                     res = broker.read(sub.pos, flt, limit=500)
                     if res.reset:
                         metrics.resets += 1
-                        reason = "restart" if sub.pos[0] != broker.epoch else "evicted"
                         sub.pos = res.cursor
-                        data = {"epoch": broker.epoch, "cursor": cursor_id(sub.pos), "reason": reason}
+                        data = {"epoch": broker.epoch, "cursor": cursor_id(sub.pos), "reason": res.reason}
                         yield sse.frame(cursor_id(sub.pos), "reset", with_runs(data, snapshots_json(flt)))
                         continue
                     sub.pos = res.cursor
@@ -306,6 +323,8 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
         raw_limit = request.args.get("limit", "1000")
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
             raise BadParam("limit", "must be a whole number from 1 to 1000")
+        if not broker.healthy:
+            raise BackendDown("the event log is not available")
         res = broker.read(since if since is not None else broker.tail, flt, int(raw_limit))
         head = f'{{"epoch":{broker.epoch},"cursor":"{cursor_id(res.cursor)}","reset":{"true" if res.reset else "false"}'
         if res.reset:
@@ -321,7 +340,7 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
 
     @app.get("/api/runs")
     def runs():
-        rows = {r: state.summarize(s) for r, s in broker.runs.items()}
+        rows = broker.summaries()
         if history:
             for r, summary in history.index.items():
                 rows.setdefault(r, summary)
@@ -339,12 +358,7 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
     @app.get("/api/runs/<run>/transcript")
     def transcript(run: str):
         check_run(run)
-        if history:
-            events = history.transcript(run)
-            complete = True
-        else:
-            events = [e.as_dict() for e in broker.buffer if e.run == run]
-            complete = False
+        events, complete = (history.transcript(run), True) if history else broker.transcript(run)
         if not events:
             return error(404, "not_found", f"no recorded events for run '{run}'", "run")
         return json_response({"run": run, "complete": complete, "events": events})
@@ -361,6 +375,7 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
             return error(400, "bad_request", e.message, "body")
         if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str):
             return error(400, "bad_request", 'send {"reason": "text"} or nothing', "reason")
+        broker.catch_up()
         snap = broker.snapshot(run)
         if snap is None:
             return error(404, "not_found", f"no live run named '{run}'", "run")
@@ -378,8 +393,10 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
     # -- operations ---------------------------------------------------------------------------
     @app.get("/healthz")
     def healthz():
-        return json_response({"ok": True, "version": __version__, "epoch": broker.epoch,
-                              "subscribers": metrics.subscribers, "buffered": len(broker.buffer)})
+        return json_response({"ok": broker.healthy, "version": __version__, "epoch": broker.epoch,
+                              "backend": "redis" if cfg.backend else "memory",
+                              "subscribers": metrics.subscribers, "buffered": len(broker.buffer)},
+                             200 if broker.healthy else 503)
 
     @app.get("/metrics")
     def prometheus():

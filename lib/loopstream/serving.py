@@ -1,7 +1,8 @@
-"""Run the sidecar under gunicorn with one gevent worker, in-process.
+"""Run the sidecar under gunicorn with gevent workers, in-process.
 
 The memory broker lives in one process: a second worker would split the
-buffer and the stream, so ``workers`` other than 1 is refused here.
+buffer and the stream, so ``workers`` other than 1 is refused here unless the
+stream lives in Redis, where every worker follows the same one.
 """
 from __future__ import annotations
 
@@ -32,12 +33,13 @@ def raise_fd_limit() -> int:
 class Sidecar(BaseApplication):
     def __init__(self, config: Config, host: str = "127.0.0.1", port: int = 8765,
                  workers: int = 1, log_level: str = "warning", access_log: bool = False):
-        if workers != 1:
+        if workers != 1 and not config.backend:
             raise WorkerCountError(
                 f"--workers {workers}: the memory backend keeps the buffer in one process, so a second "
                 "worker would split the stream. Use 1 worker (one gevent worker holds thousands of "
                 "streams), or the Redis backend for several.")
         self.config = config
+        self.workers = workers
         self.bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.log_level = log_level
         self.access_log = access_log
@@ -48,7 +50,7 @@ class Sidecar(BaseApplication):
         fds = raise_fd_limit()
         settings = {
             "bind": [self.bind],
-            "workers": 1,
+            "workers": self.workers,
             "worker_class": "gevent",
             "worker_connections": max(1000, min(fds - 64, self.config.max_streams + 256)),
             "graceful_timeout": 1,
@@ -72,6 +74,7 @@ class Sidecar(BaseApplication):
 
     def _worker_exit(self, server, worker) -> None:
         if self.app is not None:
-            history = self.app.extensions["loop"]["history"]
-            if history:
-                history.close()
+            parts = self.app.extensions["loop"]
+            if parts["history"]:
+                parts["history"].close()
+            parts["broker"].close()

@@ -1,0 +1,379 @@
+"""The Redis backend: one event stream shared by every worker on every host.
+
+Redis holds the truth:
+
+- ``<prefix>stream``: a Redis stream of the last N events (``XADD MAXLEN = N``),
+  whose entry ids are the event ids ``EPOCH-SEQ``: the epoch is when the
+  stream began, the sequence counts from 1 without gaps. So ids are unique and
+  totally ordered across workers and hosts, and a cursor from any worker is a
+  cursor on every worker.
+- ``<prefix>epoch``, ``<prefix>seq``: the id counter.
+- ``<prefix>transcript:<run>``: every event of a run (the history).
+- ``<prefix>runs``: the set of run names; ``<prefix>checkpoint`` a run's
+  snapshot as of some event (``<prefix>checkpoint_count``: how many events it
+  has folded). A snapshot is its checkpoint plus the transcript after it.
+- ``<prefix>bucket:<key>``: a rate-limit token bucket (see RedisBuckets).
+
+A publish is one Lua script: it numbers the events and appends each to the
+stream and to its run's transcript, atomically, so a 201 means the event is in
+both. Publishing computes no snapshot, so emitters on different workers never
+conflict.
+
+Each worker keeps a local replica of the stream (the MemoryBroker it extends:
+the last-N ring and the run snapshots, folded by the same reducer), fed by one
+``XREAD BLOCK`` follower. Subscribers read the replica, exactly as with the
+memory backend, so ten thousand streams cost one Redis connection, not ten
+thousand. A gap in the sequence (the follower missed events) or a new epoch
+(Redis lost its data) makes the follower load everything again.
+
+When Redis cannot be reached, publishing raises BackendDown (the server
+answers 503 with Retry-After), open streams are ended so clients reconnect,
+and the follower keeps trying; when Redis is back it loads the state again and
+everything carries on.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Callable, Iterable
+
+import redis
+from redis.exceptions import RedisError
+
+from . import events as ev
+from . import sse, state
+from .broker import BackendDown, Cursor, Filter, MemoryBroker, PublishResult, ReadResult
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_EVERY = 200        # events of a run between two checkpoints of its snapshot
+
+PUBLISH = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  local t = redis.call('TIME')
+  epoch = tostring(t[1] * 1000 + math.floor(t[2] / 1000))
+  redis.call('SET', KEYS[1], epoch)
+  redis.call('SET', KEYS[2], 0)
+end
+local ids = {}
+for i = 3, #ARGV, 2 do
+  local run, payload = ARGV[i], ARGV[i + 1]
+  local id = epoch .. '-' .. redis.call('INCR', KEYS[2])
+  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[1], id, 'e', payload)
+  redis.call('RPUSH', ARGV[2] .. 'transcript:' .. run, '{"id":"' .. id .. '",' .. string.sub(payload, 2))
+  redis.call('SADD', KEYS[4], run)
+  ids[#ids + 1] = id
+end
+return ids
+"""
+
+ENSURE_EPOCH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[1], tostring(t[1] * 1000 + math.floor(t[2] / 1000)))
+  redis.call('SET', KEYS[2], 0)
+end
+return redis.call('GET', KEYS[1])
+"""
+
+# Keep the newest checkpoint whichever worker writes it (every worker folds the same events).
+CHECKPOINT = """
+local have = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '-1')
+if have >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+# A token bucket with debt (the semantics of ratelimit.TokenBuckets), on Redis's clock,
+# so the limit holds across workers and hosts. Returns the seconds to wait, as text.
+TAKE = """
+local rate, burst, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
+local tokens = tonumber(b[1]) or burst
+local stamp = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
+local need = math.min(cost, burst)
+local wait = 0
+if tokens + 1e-9 >= need then tokens = tokens - cost else wait = (need - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'stamp', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
+return tostring(wait)
+"""
+
+
+def connect(url: str, timeout: float = 5.0) -> redis.Redis:
+    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=2,
+                                socket_timeout=timeout, health_check_interval=30)
+
+
+def check(url: str) -> str:
+    """Fail early with a message when Redis at ``url`` cannot be used; its version otherwise."""
+    try:
+        client = connect(url, timeout=2)
+        info = client.info("server")
+    except (RedisError, ValueError, OSError) as e:
+        raise BackendDown(f"cannot reach Redis at {url}: {e}") from e
+    version = info.get("redis_version", "0")
+    if tuple(int(x) for x in version.split(".")[:2]) < (5, 0):
+        raise BackendDown(f"Redis at {url} is {version}; the backend needs streams (Redis 5 or later)")
+    return version
+
+
+class RedisBuckets:
+    """TokenBuckets' interface, kept in Redis: one limit for all workers."""
+
+    def __init__(self, client: redis.Redis, prefix: str, rate: float, burst: int):
+        self.rate = float(rate)
+        self.burst = max(1, int(burst))
+        self.prefix = prefix
+        self._take = client.register_script(TAKE)
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
+
+    def take(self, key: str, cost: int = 1) -> float:
+        if self.rate <= 0:
+            return 0.0
+        try:
+            return float(self._take(keys=[f"{self.prefix}bucket:{key}"], args=[self.rate, self.burst, cost]))
+        except RedisError as e:
+            raise BackendDown(f"Redis: {e}") from e
+
+
+def _event(entry_id: str, payload: str) -> ev.Event:
+    epoch, seq = ev.parse_id(entry_id)
+    d = json.loads(payload)
+    e = ev.Event(epoch, seq, d["type"], d["run"], d["ts"], d["data"])
+    e.json = '{"id":"%s",%s' % (entry_id, payload[1:])
+    e.frame = sse.frame(entry_id, e.type, e.json)
+    return e
+
+
+class RedisBroker(MemoryBroker):
+    fans_out_on_publish = False
+
+    def __init__(self, url: str, capacity: int = 100, clock: Callable[[], float] = time.time,
+                 prefix: str = "loop:", keep_finished: int = 50, retry_s: float = 0.5):
+        super().__init__(capacity, epoch=0, clock=clock, keep_finished=keep_finished)
+        self.url = url
+        self.prefix = prefix
+        self.retry_s = retry_s
+        self.keys = {k: prefix + k for k in ("epoch", "seq", "stream", "runs", "checkpoint", "checkpoint_count")}
+        self.client = connect(url)
+        self._follower_client = connect(url, timeout=15)
+        self._publish = self.client.register_script(PUBLISH)
+        self._ensure_epoch = self.client.register_script(ENSURE_EPOCH)
+        self._checkpoint = self._follower_client.register_script(CHECKPOINT)
+        self.on_events: Callable[[list[ev.Event], Cursor, Cursor], None] | None = None
+        self.on_down: Callable[[], None] | None = None
+        self.on_resync: Callable[[], None] | None = None
+        self.healthy = False
+        self.resyncs = 0
+        self._known_seq = 0                       # the highest sequence number seen in Redis
+        self._checkpointed: dict[str, int] = {}   # run -> event_count of its last checkpoint
+        self._closed = False
+        self._lock = threading.Lock()
+        self._advanced = threading.Condition()
+        try:
+            self._resync()
+        except RedisError:
+            pass                                  # the follower keeps trying
+        self._thread = threading.Thread(target=self._follow, name="loop-redis-follower", daemon=True)
+        self._thread.start()
+
+    # -- writing -------------------------------------------------------------------
+    def publish(self, drafts: Iterable[ev.Draft]) -> PublishResult:
+        """Append to the shared stream; the events reach subscribers through the follower."""
+        now = round(self.clock(), 3)
+        drafts = list(drafts)
+        payloads = [ev.dumps({"type": d.type, "run": d.run, "ts": now, "data": d.data}) for d in drafts]
+        args: list = [self.capacity, self.prefix]
+        for d, p in zip(drafts, payloads):
+            args += (d.run, p)
+        keys = [self.keys["epoch"], self.keys["seq"], self.keys["stream"], self.keys["runs"]]
+        try:
+            ids = self._publish(keys=keys, args=args)
+        except RedisError as e:
+            raise BackendDown(f"Redis: {e}") from e
+        out = [_event(i, p) for i, p in zip(ids, payloads)]
+        self._known_seq = max(self._known_seq, out[-1].seq)
+        return PublishResult(out)
+
+    # -- reading -------------------------------------------------------------------
+    def read(self, cursor: Cursor | None, flt: Filter | None = None, limit: int = 1000) -> ReadResult:
+        if cursor is not None and cursor[0] == self.epoch and cursor[1] > self.seq and self._exists(cursor[1]):
+            return ReadResult([], cursor)         # another worker is ahead of this one's follower: wait
+        return super().read(cursor, flt, limit)
+
+    def _exists(self, seq: int) -> bool:
+        if seq <= self._known_seq:
+            return True
+        try:
+            self._known_seq = max(self._known_seq, int(self.client.get(self.keys["seq"]) or 0))
+        except RedisError:
+            return False
+        return seq <= self._known_seq
+
+    def catch_up(self, timeout: float = 2.0) -> None:
+        """Wait until this worker's replica holds every event Redis holds now (read your writes,
+        and other workers' too): a decision taken on a snapshot then sees them all."""
+        try:
+            target = int(self.client.get(self.keys["seq"]) or 0)
+        except RedisError as e:
+            raise BackendDown(f"Redis: {e}") from e
+        with self._advanced:
+            if not self._advanced.wait_for(lambda: self.seq >= target or not self.healthy, timeout):
+                raise BackendDown("this worker is behind the shared stream")
+
+    def snapshot(self, run: str) -> dict | None:
+        snap = self.runs.get(run)
+        if snap is None:
+            try:
+                snap = self._load_runs([run], (self.epoch, self.seq)).get(run)
+            except RedisError as e:
+                raise BackendDown(f"Redis: {e}") from e
+        return snap
+
+    def summaries(self) -> dict[str, dict]:
+        rows = super().summaries()
+        try:
+            stored = self.client.hgetall(self.keys["checkpoint"])
+        except RedisError as e:
+            raise BackendDown(f"Redis: {e}") from e
+        for run, text in stored.items():
+            if run not in rows:
+                rows[run] = state.summarize(json.loads(text))
+        return rows
+
+    def transcript(self, run: str) -> tuple[list[dict], bool]:
+        try:
+            lines = self.client.lrange(f"{self.prefix}transcript:{run}", 0, -1)
+        except RedisError as e:
+            raise BackendDown(f"Redis: {e}") from e
+        return [json.loads(line) for line in lines], True
+
+    def close(self) -> None:
+        self._closed = True
+        for c in (self.client, self._follower_client):
+            try:
+                c.close()
+            except RedisError:
+                pass
+
+    # -- following -----------------------------------------------------------------
+    def _follow(self) -> None:
+        while not self._closed:
+            try:
+                if not self.healthy:
+                    self._resync()
+                    if self.on_resync:
+                        self.on_resync()
+                reply = self._follower_client.xread({self.keys["stream"]: f"{self.epoch}-{self.seq}"},
+                                                    count=1000, block=5000)
+                if reply:
+                    self._take_in([_event(i, f["e"]) for i, f in reply[0][1]])
+            except Exception as e:
+                if self._closed:
+                    return
+                if not isinstance(e, RedisError):
+                    log.exception("the Redis follower failed; loading the state again")
+                if self.healthy:
+                    self.healthy = False
+                    if self.on_down:
+                        self.on_down()
+                time.sleep(self.retry_s)
+
+    def _take_in(self, events: list[ev.Event]) -> None:
+        """Apply what the follower read; load everything again on a gap or a new epoch."""
+        if events[0].epoch != self.epoch or events[0].seq != self.seq + 1:
+            self.healthy = False
+            return
+        before = self.head
+        with self._lock:
+            finished = set(self.append(events))
+        self._known_seq = max(self._known_seq, self.seq)
+        with self._advanced:
+            self._advanced.notify_all()
+        if self.on_events:
+            self.on_events(events, before, self.head)
+        self._write_checkpoints({e.run for e in events}, finished)
+
+    def _write_checkpoints(self, runs: set[str], finished: set[str]) -> None:
+        for run in runs:
+            snap = self.runs.get(run)
+            if snap is None:
+                continue
+            count = snap["event_count"]
+            if run in finished or count - self._checkpointed.get(run, 0) >= CHECKPOINT_EVERY:
+                self._checkpoint(keys=[self.keys["checkpoint"], self.keys["checkpoint_count"]],
+                                 args=[run, count, ev.dumps(snap)])
+                self._checkpointed[run] = count
+
+    def _resync(self) -> None:
+        """Load the stream, the counter and every run's snapshot as of one moment."""
+        epoch = int(self._ensure_epoch(keys=[self.keys["epoch"], self.keys["seq"]]))
+        with self.client.pipeline(transaction=True) as p:
+            p.get(self.keys["epoch"]).get(self.keys["seq"]).xrange(self.keys["stream"]).smembers(self.keys["runs"])
+            epoch_text, seq_text, entries, names = p.execute()
+        epoch = int(epoch_text or epoch)
+        events = [_event(i, f["e"]) for i, f in entries]
+        events = [e for e in events if e.epoch == epoch]
+        # Only a run of consecutive ids can be read by cursor: keep the newest such run.
+        start = len(events) - 1
+        while start > 0 and events[start - 1].seq == events[start].seq - 1:
+            start -= 1
+        events = events[max(start, 0):]
+        seq = events[-1].seq if events else int(seq_text or 0)
+        runs = self._load_runs(sorted(names), (epoch, seq))
+        with self._lock:
+            self.epoch, self.seq = epoch, seq
+            self.buffer.clear()
+            self.buffer.extend(events)
+            self.runs = dict(sorted(runs.items(), key=lambda kv: kv[1].get("updated_at") or 0))
+            self._forget_old_finished()
+            self._checkpointed = {r: s["event_count"] for r, s in self.runs.items()}
+        self._known_seq = max(self._known_seq, seq)
+        self.resyncs += 1
+        self.healthy = True
+
+    def _load_runs(self, names: list[str], upto: Cursor) -> dict[str, dict]:
+        """Each run's snapshot as of ``upto``: its checkpoint plus the transcript after it."""
+        if not names:
+            return {}
+        bases = []
+        for text in self.client.hmget(self.keys["checkpoint"], names):
+            snap = json.loads(text) if text else None
+            # A checkpoint newer than ``upto`` (written meanwhile) cannot be wound back: fold from the start.
+            if snap and ev.parse_id(snap["last_event_id"] or "0-0") > upto:
+                snap = None
+            bases.append(snap)
+        out: dict[str, dict] = {}
+        with self.client.pipeline(transaction=False) as p:
+            for name, snap in zip(names, bases):
+                p.lrange(f"{self.prefix}transcript:{name}", snap["event_count"] if snap else 0, -1)
+            tails = p.execute()
+        for name, snap, tail in zip(names, bases, tails):
+            for line in tail:
+                e = json.loads(line)
+                if ev.parse_id(e["id"]) > upto:
+                    break
+                snap = state.apply(snap, e)
+            if snap is not None:
+                out[name] = snap
+        return out
+
+
+if __name__ == "__main__":  # `python -m loopstream.redis_broker URL`: the check `loop serve` makes
+    import sys
+
+    try:
+        print(check(sys.argv[1]))
+    except BackendDown as e:
+        sys.exit(str(e))
