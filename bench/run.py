@@ -22,7 +22,7 @@ import psutil
 import requests
 
 from .client import KeepAlive
-from .targets import ROOT, Loop, Target, free_port, peers, wait_http
+from .targets import ROOT, Loop, LoopRedis, Target, free_port, peers, wait_http
 
 
 @dataclass
@@ -408,7 +408,7 @@ def main(argv=None) -> None:
     import resource
     resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
 
-    targets: list[Target] = [Loop(), Loop(history=True), *peers()]
+    targets: list[Target] = [Loop(), Loop(history=True), LoopRedis(), *peers()]
     if args.only:
         wanted = args.only.split(",")
         targets = [t for t in targets if any(w in t.name for w in wanted)]
@@ -424,7 +424,7 @@ def main(argv=None) -> None:
                 single = ingest(t, sizes.ingest_seconds)
                 batched = ingest(t, sizes.ingest_seconds, batch=100) if t.batches else float("nan")
                 results["ingest"][t.name] = {"single": single, "batch": batched}
-                if not args.skip_capacity:
+                if not args.skip_capacity and not isinstance(t, LoopRedis):
                     results["capacity"][t.name] = capacity(t, sizes.capacity_levels)
         finally:
             t.stop()
@@ -464,6 +464,12 @@ def report(r: dict, sizes: Sizes) -> str:
         if "loop (history on)" in r["latency"]:
             on, off = r["latency"]["loop (history on)"][0]["p99"], r["latency"]["loop"][0]["p99"]
             lines.append(f"- History on vs off, p99 ratio: {on / off:.2f} ({fmt(on, 2)} vs {fmt(off, 2)} ms).")
+    redis_row, flask_sse = "loop (Redis, 2 workers)", "Flask-SSE + Redis (gunicorn/gevent)"
+    if redis_row in r["latency"] and flask_sse in r["latency"]:
+        for i, (n, rate) in enumerate(sizes.latency):
+            ours, theirs = r["latency"][redis_row][i]["p99"], r["latency"][flask_sse][i]["p99"]
+            lines.append(f"- {n} subscribers, both through Redis: {redis_row} p99 {fmt(ours, 2)} ms = "
+                         f"{ours / theirs:.2f} × Flask-SSE's {fmt(theirs, 2)} ms.")
     if r["ingest"]:
         lines += ["", "| server | single-event POSTs/s (one keep-alive connection) | events/s in batches of 100 |",
                   "|---|---|---|"]

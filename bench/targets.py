@@ -42,6 +42,23 @@ def gunicorn(app: str, port: int) -> list[str]:
             "--no-control-socket", app]
 
 
+def start_redis(procs: list[subprocess.Popen]) -> int:
+    """A throw-away redis-server (Debian's package) on a free port, appended to ``procs``; its port."""
+    port = free_port()
+    procs.append(subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+         "no", "--maxclients", "60000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return port
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("redis-server did not start (is Debian's redis-server installed?)")
+
+
 @dataclass
 class Target:
     name: str
@@ -128,6 +145,24 @@ class Loop(Target):
         return json.dumps([{"type": "bench", "run": "bench", "data": {"seq": s, "sent": sent}} for s in seqs]).encode()
 
 
+class LoopRedis(Loop):
+    """The Redis backend with several gunicorn workers: subscribers and the emitter land on
+    whichever worker accepts them, so most deliveries cross from one worker to another via Redis."""
+
+    def __init__(self, workers: int = 2):
+        super().__init__(name=f"loop (Redis, {workers} workers)")
+        self.workers = workers
+        self.redis_port = 0
+
+    def before_start(self) -> None:
+        self.redis_port = start_redis(self.procs)
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "loopstream", "serve", "--port", str(self.port), "--rate", "0",
+                "--max-streams", "100000", "--max-streams-per-client", "100000",
+                "--backend", f"redis://127.0.0.1:{self.redis_port}/0", "--workers", str(self.workers)]
+
+
 class Starlette(Target):
     def __init__(self):
         super().__init__("sse-starlette + uvicorn")
@@ -142,19 +177,7 @@ class FlaskSSE(Target):
         self.redis_port = 0
 
     def before_start(self) -> None:
-        self.redis_port = free_port()
-        self.procs.append(subprocess.Popen(
-            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-             "no", "--maxclients", "60000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.redis_port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start (is Debian's redis-server installed?)")
+        self.redis_port = start_redis(self.procs)
 
     def env(self) -> dict:
         return {"REDIS_URL": f"redis://127.0.0.1:{self.redis_port}"}

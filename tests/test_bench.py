@@ -5,7 +5,7 @@ import sys
 
 from conftest import ROOT
 
-NAMES = ["loop", "loop (history on)", "sse-starlette + uvicorn", "Flask-SSE + Redis (gunicorn/gevent)",
+NAMES = ["loop", "loop (history on)", "loop (Redis, 2 workers)", "sse-starlette + uvicorn", "Flask-SSE + Redis (gunicorn/gevent)",
          "queue per client (Flask/gevent)", "asyncio relay (floor)"]
 
 

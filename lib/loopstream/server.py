@@ -249,6 +249,7 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
                          headers={"Retry-After": "5"})
         if not broker.healthy:
             raise BackendDown("the stream is not available")
+        broker.catch_up()   # the hello holds every event accepted before this request, on any worker
         if metrics.subscribers >= cfg.max_streams:
             metrics.reject("server_full")
             return error(503, "server_full", f"the server holds {cfg.max_streams} streams already",
@@ -325,6 +326,7 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
             raise BadParam("limit", "must be a whole number from 1 to 1000")
         if not broker.healthy:
             raise BackendDown("the event log is not available")
+        broker.catch_up()
         res = broker.read(since if since is not None else broker.tail, flt, int(raw_limit))
         head = f'{{"epoch":{broker.epoch},"cursor":"{cursor_id(res.cursor)}","reset":{"true" if res.reset else "false"}'
         if res.reset:
