@@ -142,3 +142,30 @@ def test_losing_redis_gives_503s_and_ends_streams_then_recovers_losing_nothing(m
     transcript = [e["id"] for e in a.get("/api/runs/r/transcript").json()["events"]]
     assert transcript == accepted   # every 201 survived, in order, nothing else
 
+
+
+def test_a_worker_loads_live_and_recent_runs_and_reads_older_ones_from_redis(backend):
+    from loopstream.events import Draft
+    from loopstream.redis_broker import RedisBroker
+
+    first = RedisBroker(backend, keep_finished=2)
+    try:
+        for name in ["old1", "old2", "new1", "new2", "live"]:
+            first.publish([Draft("task_started", name, {"task_name": name})])
+            if name != "live":
+                first.publish([Draft("task_completed", name, {})])
+        wait_for(lambda: first.seq == 9, message="the first worker's follower")
+    finally:
+        first.close()
+    joiner = RedisBroker(backend, keep_finished=2)   # a worker started later
+    try:
+        assert joiner.healthy and joiner.seq == 9
+        assert sorted(joiner.runs) == ["live", "new1", "new2"]
+        old = joiner.snapshot("old1")                  # not held, read from Redis
+        assert old["status"] == "passed" and old["task_name"] == "old1" and old["event_count"] == 2
+        summaries = joiner.summaries()
+        assert sorted(summaries) == ["live", "new1", "new2", "old1", "old2"]
+        assert "output" not in summaries["old2"] and summaries["old2"]["status"] == "passed"
+        assert [e["type"] for e in joiner.transcript("old2")[0]] == ["task_started", "task_completed"]
+    finally:
+        joiner.close()

@@ -86,15 +86,16 @@ class MemoryBroker:
             out.append(e)
         return PublishResult(out, self.append(out), before, self.head)
 
-    def append(self, events: list[ev.Event]) -> list[str]:
-        """Add events that already have their ids (the next ones in sequence); the runs they finished."""
+    def append(self, events: list[ev.Event], forget: bool = True) -> list[str]:
+        """Add events that already have their ids (the next ones in sequence); the runs they finished.
+        ``forget=False`` keeps old finished runs until the caller has used them."""
         finished = []
         for e in events:
             self.seq = e.seq
             self.buffer.append(e)
             if self._fold(e):
                 finished.append(e.run)
-        if finished:
+        if finished and forget:
             self._forget_old_finished()
         return finished
 

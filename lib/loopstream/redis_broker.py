@@ -11,7 +11,8 @@ Redis holds the truth:
 - ``<prefix>transcript:<run>``: every event of a run (the history).
 - ``<prefix>runs``: the set of run names; ``<prefix>checkpoint`` a run's
   snapshot as of some event (``<prefix>checkpoint_count``: how many events it
-  has folded). A snapshot is its checkpoint plus the transcript after it.
+  has folded; ``<prefix>summary``: its run-list summary). A snapshot is its
+  checkpoint plus the transcript after it.
 - ``<prefix>bucket:<key>``: a rate-limit token bucket (see RedisBuckets).
 
 A publish is one Lua script: it numbers the events and appends each to the
@@ -85,6 +86,7 @@ local have = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '-1')
 if have >= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
 return 1
 """
 
@@ -165,7 +167,7 @@ class RedisBroker(MemoryBroker):
         self.url = url
         self.prefix = prefix
         self.retry_s = retry_s
-        self.keys = {k: prefix + k for k in ("epoch", "seq", "stream", "runs", "checkpoint", "checkpoint_count")}
+        self.keys = {k: prefix + k for k in ("epoch", "seq", "stream", "runs", "checkpoint", "checkpoint_count", "summary")}
         self.client = connect(url)
         self._follower_client = connect(url, timeout=15)
         self._publish = self.client.register_script(PUBLISH)
@@ -174,7 +176,8 @@ class RedisBroker(MemoryBroker):
         self.on_events: Callable[[list[ev.Event], Cursor, Cursor], None] | None = None
         self.on_down: Callable[[], None] | None = None
         self.on_resync: Callable[[], None] | None = None
-        self.healthy = False
+        self.healthy = False                      # Redis answers and this replica is loaded
+        self._stale = True                        # the replica must be loaded (again)
         self.resyncs = 0
         self._known_seq = 0                       # the highest sequence number seen in Redis
         self._checkpointed: dict[str, int] = {}   # run -> event_count of its last checkpoint
@@ -244,7 +247,7 @@ class RedisBroker(MemoryBroker):
     def summaries(self) -> dict[str, dict]:
         rows = super().summaries()
         try:
-            stored = self.client.hgetall(self.keys["checkpoint"])
+            stored = self.client.hgetall(self.keys["summary"])
         except RedisError as e:
             raise BackendDown(f"Redis: {e}") from e
         for run, text in stored.items():
@@ -271,7 +274,7 @@ class RedisBroker(MemoryBroker):
     def _follow(self) -> None:
         while not self._closed:
             try:
-                if not self.healthy:
+                if self._stale or not self.healthy:
                     self._resync()
                     if self.on_resync:
                         self.on_resync()
@@ -293,17 +296,19 @@ class RedisBroker(MemoryBroker):
     def _take_in(self, events: list[ev.Event]) -> None:
         """Apply what the follower read; load everything again on a gap or a new epoch."""
         if events[0].epoch != self.epoch or events[0].seq != self.seq + 1:
-            self.healthy = False
+            self._stale = True
             return
         before = self.head
         with self._lock:
-            finished = set(self.append(events))
+            finished = set(self.append(events, forget=False))
         self._known_seq = max(self._known_seq, self.seq)
         with self._advanced:
             self._advanced.notify_all()
         if self.on_events:
             self.on_events(events, before, self.head)
         self._write_checkpoints({e.run for e in events}, finished)
+        if finished:
+            self._forget_old_finished()   # after their final checkpoint
 
     def _write_checkpoints(self, runs: set[str], finished: set[str]) -> None:
         for run in runs:
@@ -312,8 +317,8 @@ class RedisBroker(MemoryBroker):
                 continue
             count = snap["event_count"]
             if run in finished or count - self._checkpointed.get(run, 0) >= CHECKPOINT_EVERY:
-                self._checkpoint(keys=[self.keys["checkpoint"], self.keys["checkpoint_count"]],
-                                 args=[run, count, ev.dumps(snap)])
+                self._checkpoint(keys=[self.keys["checkpoint"], self.keys["checkpoint_count"], self.keys["summary"]],
+                                 args=[run, count, ev.dumps(snap), ev.dumps(state.summarize(snap))])
                 self._checkpointed[run] = count
 
     def _resync(self) -> None:
@@ -331,7 +336,7 @@ class RedisBroker(MemoryBroker):
             start -= 1
         events = events[max(start, 0):]
         seq = events[-1].seq if events else int(seq_text or 0)
-        runs = self._load_runs(sorted(names), (epoch, seq))
+        runs = self._load_runs(self._worth_loading(sorted(names)), (epoch, seq))
         with self._lock:
             self.epoch, self.seq = epoch, seq
             self.buffer.clear()
@@ -341,7 +346,27 @@ class RedisBroker(MemoryBroker):
             self._checkpointed = {r: s["event_count"] for r, s in self.runs.items()}
         self._known_seq = max(self._known_seq, seq)
         self.resyncs += 1
+        self._stale = False
         self.healthy = True
+
+    def _worth_loading(self, names: list[str]) -> list[str]:
+        """The runs a replica holds: live ones, ones without a checkpoint or with events after
+        it, and the latest finished ones. Older finished runs are read from Redis when asked for."""
+        if not names:
+            return []
+        with self.client.pipeline(transaction=False) as p:
+            p.hmget(self.keys["summary"], names)
+            for name in names:
+                p.llen(f"{self.prefix}transcript:{name}")
+            summaries, *lengths = p.execute()
+        load, finished = [], []
+        for name, text, length in zip(names, summaries, lengths):
+            summary = json.loads(text) if text else None
+            if summary is None or state.is_live(summary) or length > summary["event_count"]:
+                load.append(name)
+            else:
+                finished.append((summary.get("updated_at") or 0, name))
+        return load + [name for _, name in sorted(finished)[-self.keep_finished:]]
 
     def _load_runs(self, names: list[str], upto: Cursor) -> dict[str, dict]:
         """Each run's snapshot as of ``upto``: its checkpoint plus the transcript after it."""
