@@ -348,6 +348,8 @@ class RedisBroker(MemoryBroker):
         self.resyncs += 1
         self._stale = False
         self.healthy = True
+        with self._advanced:
+            self._advanced.notify_all()
 
     def _worth_loading(self, names: list[str]) -> list[str]:
         """The runs a replica holds: live ones, ones without a checkpoint or with events after
