@@ -136,10 +136,6 @@ class RedisBuckets:
         self.prefix = prefix
         self._take = client.register_script(TAKE)
 
-    @property
-    def enabled(self) -> bool:
-        return self.rate > 0
-
     def take(self, key: str, cost: int = 1) -> float:
         if self.rate <= 0:
             return 0.0
@@ -182,7 +178,6 @@ class RedisBroker(MemoryBroker):
         self._known_seq = 0                       # the highest sequence number seen in Redis
         self._checkpointed: dict[str, int] = {}   # run -> event_count of its last checkpoint
         self._closed = False
-        self._lock = threading.Lock()
         self._advanced = threading.Condition()
         try:
             self._resync()
@@ -205,7 +200,7 @@ class RedisBroker(MemoryBroker):
             ids = self._publish(keys=keys, args=args)
         except RedisError as e:
             raise BackendDown(f"Redis: {e}") from e
-        out = [_event(i, p) for i, p in zip(ids, payloads)]
+        out = [ev.Event(*ev.parse_id(i), d.type, d.run, now, d.data) for i, d in zip(ids, drafts)]
         self._known_seq = max(self._known_seq, out[-1].seq)
         return PublishResult(out)
 
@@ -299,8 +294,7 @@ class RedisBroker(MemoryBroker):
             self._stale = True
             return
         before = self.head
-        with self._lock:
-            finished = set(self.append(events, forget=False))
+        finished = set(self.append(events, forget=False))
         self._known_seq = max(self._known_seq, self.seq)
         with self._advanced:
             self._advanced.notify_all()
@@ -337,13 +331,13 @@ class RedisBroker(MemoryBroker):
         events = events[max(start, 0):]
         seq = events[-1].seq if events else int(seq_text or 0)
         runs = self._load_runs(self._worth_loading(sorted(names)), (epoch, seq))
-        with self._lock:
-            self.epoch, self.seq = epoch, seq
-            self.buffer.clear()
-            self.buffer.extend(events)
-            self.runs = dict(sorted(runs.items(), key=lambda kv: kv[1].get("updated_at") or 0))
-            self._forget_old_finished()
-            self._checkpointed = {r: s["event_count"] for r, s in self.runs.items()}
+        # Only the follower (or __init__, before it starts) writes the replica: no lock.
+        self.epoch, self.seq = epoch, seq
+        self.buffer.clear()
+        self.buffer.extend(events)
+        self.runs = dict(sorted(runs.items(), key=lambda kv: kv[1].get("updated_at") or 0))
+        self._forget_old_finished()
+        self._checkpointed = {r: s["event_count"] for r, s in self.runs.items()}
         self._known_seq = max(self._known_seq, seq)
         self.resyncs += 1
         self._stale = False

@@ -164,13 +164,11 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
         metrics.reject("bad_param")
         return error(400, "bad_request", e.message, e.field)
 
-    def unavailable(message: str) -> Response:
-        return error(503, "backend_unavailable", message, headers={"Retry-After": "1"})
-
     @app.errorhandler(BackendDown)
     def backend_down(e: BackendDown):
         metrics.reject("backend_unavailable")
-        return unavailable(f"the shared store is unreachable ({e}); nothing was stored, retry shortly")
+        return error(503, "backend_unavailable", f"the shared store is unreachable ({e}); nothing was stored, "
+                                                 "retry shortly", headers={"Retry-After": "1"})
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException):
