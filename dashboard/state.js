@@ -22,6 +22,7 @@ export function newRun(run) {
     log: [], last_error: null, error_count: 0,
     control: { stop_requested: null, pause_requested: false },
     summary: null, event_count: 0, last_event_id: null,
+    stopped_at: null,
   };
 }
 
@@ -186,6 +187,7 @@ const finish = (status) => (snap, data, ts) => {
   } else {
     snap.status = "stopped";
     snap.control.stop_requested = null;
+    snap.stopped_at = stoppedAt(snap);
     for (const x of snap.stories) {
       if (x.status === "running" || x.status === "queued") {
         x.status = "cancelled";
@@ -197,6 +199,13 @@ const finish = (status) => (snap, data, ts) => {
   snap.finished_at = ts;
   snap.current_story = null;
 };
+
+// The story a stop interrupted: the last one running, else the last one cancelled after it started.
+function stoppedAt(snap) {
+  const started = snap.stories.filter((x) => x.status === "running" ||
+    (x.status === "cancelled" && x.started_at !== null)).map((x) => x.id);
+  return started.length ? started[started.length - 1] : null;
+}
 
 function output(snap, data) {
   const text = data.text;
@@ -283,8 +292,8 @@ function derive(snap) {
 
   const prog = snap.progress || {};
   let percent;
-  if (c.total) {
-    percent = (c.completed + c.failed + c.skipped + c.cancelled) * 100 / c.total;
+  if (c.total) {   // finished stories: a cancelled one was never done, so a stopped run shows where it stopped
+    percent = (c.completed + c.failed + c.skipped) * 100 / c.total;
   } else if (num(prog.percent) !== null) {
     percent = prog.percent;
   } else if (num(prog.current) !== null && truthy(num(prog.total))) {

@@ -33,6 +33,7 @@ def new_run(run: str) -> dict:
         "log": [], "last_error": None, "error_count": 0,
         "control": {"stop_requested": None, "pause_requested": False},
         "summary": None, "event_count": 0, "last_event_id": None,
+        "stopped_at": None,
     }
 
 
@@ -203,6 +204,7 @@ def _finish(status: str):
         else:
             snap["status"] = "stopped"
             snap["control"]["stop_requested"] = None
+            snap["stopped_at"] = _stopped_at(snap)
             for x in snap["stories"]:
                 if x["status"] in ("running", "queued"):
                     x["status"] = "cancelled"
@@ -214,6 +216,13 @@ def _finish(status: str):
         snap["finished_at"] = ts
         snap["current_story"] = None
     return handle
+
+
+def _stopped_at(snap: dict) -> str | None:
+    """The story a stop interrupted: the last one running, else the last one cancelled after it started."""
+    started = [x["id"] for x in snap["stories"]
+               if x["status"] == "running" or (x["status"] == "cancelled" and x["started_at"] is not None)]
+    return started[-1] if started else None
 
 
 def _output(snap: dict, data: dict, ts: Any) -> None:
@@ -302,8 +311,8 @@ def _derive(snap: dict) -> None:
     snap["elapsed_s"] = max(0, elapsed)
 
     progress = snap["progress"] or {}
-    if c["total"]:
-        done = c["completed"] + c["failed"] + c["skipped"] + c["cancelled"]
+    if c["total"]:  # finished stories: a cancelled one was never done, so a stopped run shows where it stopped
+        done = c["completed"] + c["failed"] + c["skipped"]
         percent = done * 100 / c["total"]
     elif _num(progress.get("percent")) is not None:
         percent = progress["percent"]
