@@ -6,6 +6,8 @@ export const OUTPUT_TAIL = 100_000;
 export const LOG_TAIL = 100;
 export const LOG_TEXT = 500;
 export const LAST_OUTPUT = 240;
+export const AGENT_TEXT = 300;
+export const AGENT_MAX = 1e12;
 export const FINISHED = ["passed", "failed", "stopped"];
 export const LIVE = ["running", "paused"];
 const STORY_DONE = ["passed", "failed", "skipped", "cancelled"];
@@ -23,6 +25,7 @@ export function newRun(run) {
     control: { stop_requested: null, pause_requested: false },
     summary: null, event_count: 0, last_event_id: null,
     stopped_at: null,
+    agent: null, cost_usd: null, input_tokens: 0, output_tokens: 0,
   };
 }
 
@@ -50,7 +53,8 @@ function story(snap, storyId) {
   let s = snap.stories.find((x) => x.id === sid);
   if (!s) {
     s = { id: sid, title: "", status: "queued", priority: null, attempt: 0, attempts: 0,
-      acceptance_criteria: [], duration_ms: null, started_at: null, last_output: "" };
+      acceptance_criteria: [], duration_ms: null, started_at: null, last_output: "",
+      agent: null, stalled: null };
     snap.stories.push(s);
   }
   return s;
@@ -95,6 +99,7 @@ export function apply(snap, event) {
   snap.last_event_id = get(event, "id");
   if (snap.started_at === null) snap.started_at = ts;
   snap.updated_at = ts;
+  if (type !== "story_stalled") clearStall(snap, get(data, "story_id"));
   const handler = HANDLERS[type];
   if (handler) {
     handler(snap, data, ts);
@@ -104,6 +109,12 @@ export function apply(snap, event) {
   }
   derive(snap);
   return snap;
+}
+
+// Any event of a stalled story shows it is alive again.
+function clearStall(snap, storyId) {
+  if (storyId === null) return;
+  for (const s of snap.stories) if (s.id === str(storyId)) s.stalled = null;
 }
 
 function taskStarted(snap, data, ts) {
@@ -140,6 +151,7 @@ function storyStarted(snap, data, ts) {
     for (const ac of s.acceptance_criteria) Object.assign(ac, { status: "pending", duration_ms: null, error: null });
   }
   snap.current_story = s.id;
+  if (s.agent !== null) s.agent.last_tool = null;
   markNextRunning(s);
 }
 
@@ -157,12 +169,14 @@ const acEvent = (passed) => (snap, data) => {
   markNextRunning(s);
 };
 
-function storyCompleted(snap, data) {
+function storyCompleted(snap, data, ts) {
   const s = story(snap, get(data, "story_id"));
   s.status = STORY_DONE.includes(data.status) ? data.status : "passed";
   s.duration_ms = num(data.duration_ms);
   const attempts = num(data.attempts);
   s.attempts = attempts !== null ? attempts : Math.max(s.attempt, 1);
+  const tool = s.agent !== null ? s.agent.last_tool : null;
+  if (tool !== null && tool.finished_at === null) tool.finished_at = ts;
   for (const ac of s.acceptance_criteria) {
     if (ac.status === "running") ac.status = "pending";
     if (s.status === "passed" && ac.status === "pending") ac.status = "passed";
@@ -256,6 +270,77 @@ const control = (kind) => (snap, data, ts) => {
   log(snap, kind, ts, kind.replaceAll("_", " ") + (truthy(data.reason) ? `: ${str(data.reason)}` : ""));
 };
 
+export function newAgent() {
+  return { model: null, session_id: null, tool_calls: 0, tool_errors: 0, last_tool: null,
+    cost_usd: null, input_tokens: 0, output_tokens: 0, num_turns: null, is_error: null };
+}
+
+const short = (v) => (typeof v === "string" ? v.slice(0, AGENT_TEXT) : null);
+const amount = (v) => { const n = num(v); return n !== null && n >= 0 && n <= AGENT_MAX ? n : null; };
+
+// The agent record an event updates: its story's, or the run's when it names no story.
+function agentOf(snap, data) {
+  const sid = get(data, "story_id");
+  const holder = sid === null ? snap : story(snap, sid);
+  if (holder.agent === null) holder.agent = newAgent();
+  return holder.agent;
+}
+
+function agentInit(snap, data) {
+  const a = agentOf(snap, data);
+  a.model = short(data.model);
+  a.session_id = short(data.session_id);
+}
+
+function agentText(snap, data) {
+  agentOf(snap, data);
+}
+
+function toolCall(snap, data, ts) {
+  const a = agentOf(snap, data);
+  a.tool_calls += 1;
+  a.last_tool = { tool: short(data.tool) || "?", id: short(data.id), summary: short(data.summary) || "",
+    started_at: ts, finished_at: null, is_error: null };
+}
+
+function toolResult(snap, data, ts) {
+  const a = agentOf(snap, data);
+  const failed = data.is_error === true;
+  if (failed) a.tool_errors += 1;
+  const tool = a.last_tool;
+  if (tool !== null && tool.finished_at === null && tool.id === short(data.id)) {
+    tool.finished_at = ts;
+    tool.is_error = failed;
+  }
+}
+
+// Cost and tokens add up over a story's attempts and over the run's stories.
+function agentResult(snap, data) {
+  const a = agentOf(snap, data);
+  const cost = amount(data.cost_usd);
+  if (cost !== null) {
+    a.cost_usd = (a.cost_usd ?? 0) + cost;
+    snap.cost_usd = (snap.cost_usd ?? 0) + cost;
+  }
+  for (const key of ["input_tokens", "output_tokens"]) {
+    const n = amount(data[key]);
+    if (n !== null) {
+      a[key] += n;
+      snap[key] += n;
+    }
+  }
+  a.num_turns = amount(data.num_turns);
+  a.is_error = data.is_error === true;
+}
+
+function storyStalled(snap, data, ts) {
+  const s = story(snap, get(data, "story_id"));
+  const silent = amount(data.silent_s);
+  s.stalled = { silent_s: silent, since: ts };
+  log(snap, "story_stalled", ts, silent !== null ? `${s.id} stalled: nothing from it for ${Math.trunc(silent)} s`
+    : `${s.id} stalled`);
+}
+
 const HANDLERS = {
   task_started: taskStarted,
   story_started: storyStarted,
@@ -267,6 +352,12 @@ const HANDLERS = {
   output,
   progress,
   error_occurred: error,
+  agent_init: agentInit,
+  agent_text: agentText,
+  tool_call: toolCall,
+  tool_result: toolResult,
+  agent_result: agentResult,
+  story_stalled: storyStalled,
 };
 for (const k of ["stop_requested", "pause_requested", "resume_requested", "task_paused", "task_resumed"]) {
   HANDLERS[k] = control(k);

@@ -15,6 +15,8 @@ OUTPUT_TAIL = 100_000   # characters of output kept per run
 LOG_TAIL = 100          # log lines (unknown types, errors) kept per run
 LOG_TEXT = 500          # characters kept of one log line: a snapshot stays small whatever is logged
 LAST_OUTPUT = 240       # characters of a story's latest output shown on its card
+AGENT_TEXT = 300        # characters kept of an agent's tool name, summary, model
+AGENT_MAX = 1e12        # an agent count or cost beyond this is garbage, not a number
 FINISHED = ("passed", "failed", "stopped")
 LIVE = ("running", "paused")
 STORY_DONE = ("passed", "failed", "skipped", "cancelled")
@@ -34,6 +36,7 @@ def new_run(run: str) -> dict:
         "control": {"stop_requested": None, "pause_requested": False},
         "summary": None, "event_count": 0, "last_event_id": None,
         "stopped_at": None,
+        "agent": None, "cost_usd": None, "input_tokens": 0, "output_tokens": 0,
     }
 
 
@@ -44,7 +47,7 @@ def _story(snap: dict, story_id: Any) -> dict:
             return s
     s = {"id": sid, "title": "", "status": "queued", "priority": None, "attempt": 0,
          "attempts": 0, "acceptance_criteria": [], "duration_ms": None,
-         "started_at": None, "last_output": ""}
+         "started_at": None, "last_output": "", "agent": None, "stalled": None}
     snap["stories"].append(s)
     return s
 
@@ -109,6 +112,8 @@ def apply(snap: dict | None, event: dict) -> dict:
     if snap["started_at"] is None:
         snap["started_at"] = ts
     snap["updated_at"] = ts
+    if etype != "story_stalled":
+        _clear_stall(snap, data.get("story_id"))
     handler = _HANDLERS.get(etype)
     if handler:
         handler(snap, data, ts)
@@ -118,6 +123,15 @@ def apply(snap: dict | None, event: dict) -> dict:
         _log(snap, etype, ts, text)
     _derive(snap)
     return snap
+
+
+def _clear_stall(snap: dict, story_id: Any) -> None:
+    """Any event of a stalled story shows it is alive again."""
+    if story_id is None:
+        return
+    for s in snap["stories"]:
+        if s["id"] == str(story_id):
+            s["stalled"] = None
 
 
 def _task_started(snap: dict, data: dict, ts: Any) -> None:
@@ -157,6 +171,8 @@ def _story_started(snap: dict, data: dict, ts: Any) -> None:
         for ac in s["acceptance_criteria"]:
             ac.update(status="pending", duration_ms=None, error=None)
     snap["current_story"] = s["id"]
+    if s["agent"] is not None:
+        s["agent"]["last_tool"] = None   # a new attempt runs no tool yet; counts and cost add up
     _mark_next_running(s)
 
 
@@ -183,6 +199,9 @@ def _story_completed(snap: dict, data: dict, ts: Any) -> None:
     s["duration_ms"] = _num(data.get("duration_ms"))
     attempts = _num(data.get("attempts"))
     s["attempts"] = attempts if attempts is not None else max(s["attempt"], 1)
+    tool = s["agent"]["last_tool"] if s["agent"] is not None else None
+    if tool is not None and tool["finished_at"] is None:
+        tool["finished_at"] = ts   # the story ended while its tool ran (stopped, timed out)
     for ac in s["acceptance_criteria"]:
         if ac["status"] == "running":
             ac["status"] = "pending"
@@ -276,6 +295,82 @@ def _control(kind: str):
     return handle
 
 
+def new_agent() -> dict:
+    return {"model": None, "session_id": None, "tool_calls": 0, "tool_errors": 0, "last_tool": None,
+            "cost_usd": None, "input_tokens": 0, "output_tokens": 0, "num_turns": None, "is_error": None}
+
+
+def _short(value: Any) -> str | None:
+    return value[:AGENT_TEXT] if isinstance(value, str) else None
+
+
+def _amount(value: Any) -> float | None:
+    """A count or a cost from an event: a finite number in [0, AGENT_MAX], else unknown."""
+    n = _num(value)
+    return n if n is not None and 0 <= n <= AGENT_MAX else None
+
+
+def _agent_of(snap: dict, data: dict) -> dict:
+    """The agent record an event updates: its story's, or the run's when it names no story."""
+    holder = snap if data.get("story_id") is None else _story(snap, data["story_id"])
+    if holder["agent"] is None:
+        holder["agent"] = new_agent()
+    return holder["agent"]
+
+
+def _agent_init(snap: dict, data: dict, ts: Any) -> None:
+    a = _agent_of(snap, data)
+    a["model"] = _short(data.get("model"))
+    a["session_id"] = _short(data.get("session_id"))
+
+
+def _agent_text(snap: dict, data: dict, ts: Any) -> None:
+    _agent_of(snap, data)
+
+
+def _tool_call(snap: dict, data: dict, ts: Any) -> None:
+    a = _agent_of(snap, data)
+    a["tool_calls"] += 1
+    a["last_tool"] = {"tool": _short(data.get("tool")) or "?", "id": _short(data.get("id")),
+                      "summary": _short(data.get("summary")) or "", "started_at": ts,
+                      "finished_at": None, "is_error": None}
+
+
+def _tool_result(snap: dict, data: dict, ts: Any) -> None:
+    a = _agent_of(snap, data)
+    failed = data.get("is_error") is True
+    if failed:
+        a["tool_errors"] += 1
+    tool = a["last_tool"]
+    if tool is not None and tool["finished_at"] is None and tool["id"] == _short(data.get("id")):
+        tool["finished_at"] = ts
+        tool["is_error"] = failed
+
+
+def _agent_result(snap: dict, data: dict, ts: Any) -> None:
+    """Cost and tokens add up over a story's attempts and over the run's stories."""
+    a = _agent_of(snap, data)
+    cost = _amount(data.get("cost_usd"))
+    if cost is not None:
+        a["cost_usd"] = (a["cost_usd"] or 0) + cost
+        snap["cost_usd"] = (snap["cost_usd"] or 0) + cost
+    for key in ("input_tokens", "output_tokens"):
+        n = _amount(data.get(key))
+        if n is not None:
+            a[key] += n
+            snap[key] += n
+    a["num_turns"] = _amount(data.get("num_turns"))
+    a["is_error"] = data.get("is_error") is True
+
+
+def _story_stalled(snap: dict, data: dict, ts: Any) -> None:
+    s = _story(snap, data.get("story_id"))
+    silent = _amount(data.get("silent_s"))
+    s["stalled"] = {"silent_s": silent, "since": ts}
+    _log(snap, "story_stalled", ts, f"{s['id']} stalled: nothing from it for {int(silent)} s" if silent is not None
+         else f"{s['id']} stalled")
+
+
 _HANDLERS = {
     "task_started": _task_started,
     "story_started": _story_started,
@@ -287,6 +382,12 @@ _HANDLERS = {
     "output": _output,
     "progress": _progress,
     "error_occurred": _error,
+    "agent_init": _agent_init,
+    "agent_text": _agent_text,
+    "tool_call": _tool_call,
+    "tool_result": _tool_result,
+    "agent_result": _agent_result,
+    "story_stalled": _story_stalled,
     **{k: _control(k) for k in ("stop_requested", "pause_requested", "resume_requested",
                                 "task_paused", "task_resumed")},
 }

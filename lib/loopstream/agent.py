@@ -1,0 +1,355 @@
+"""Claude Code's stream-json, turned into loop events (pure: no I/O, no clock).
+
+``claude -p … --output-format stream-json --verbose`` prints one JSON object a
+line: ``system``/``init`` (model, session), ``assistant`` messages whose
+content holds ``text`` and ``tool_use`` blocks, ``user`` messages holding the
+``tool_result`` blocks, and a final ``result`` (turns, duration, cost, usage).
+``StreamJsonParser.feed(line)`` returns the events one line means, as
+``(type, data)`` pairs: ``agent_init``, ``agent_text``, ``tool_call``,
+``tool_result``, ``agent_result``, and ``output`` for every line it does not
+understand (another type, a future shape, not JSON, truncated): nothing an
+agent prints is dropped, and nothing it prints can raise.
+
+Every string taken from a line is cut to a bounded size and every number is
+checked to be finite and in range, so an event built here is always small
+and valid whatever the agent printed. ``LineSplitter`` cuts bytes into lines
+with a bound on the length of one line, for callers reading a raw pipe.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import OrderedDict
+from typing import Any, Callable
+
+MAX_TEXT = 2000          # characters of one agent_text event (coalesced text is cut here)
+MAX_SUMMARY = 200        # characters of a tool_call / tool_result summary
+MAX_NAME = 100           # characters of a tool name, model, session id
+MAX_OUTPUT_LINE = 16_000  # characters of one not-understood line passed on as output
+MAX_LINE_BYTES = 1 << 20  # a longer line is cut (its rest discarded) before parsing
+MAX_TRACKED_TOOLS = 4096  # tool ids remembered to name their results
+MAX_COUNT = 10 ** 12     # bound of turns, tokens, milliseconds
+MAX_COST = 1_000_000.0   # dollars; anything beyond is not a cost but garbage
+
+SPACE = re.compile(r"\s+")
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+Event = tuple[str, dict]
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` within ``limit`` characters; a cut is marked so a reader knows there was more."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"… [cut: {len(text) - limit} more characters]"
+
+
+def one_line(value: Any, limit: int = MAX_SUMMARY) -> str:
+    """A value as one short line: control characters out, whitespace runs as one space."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+    text = SPACE.sub(" ", CONTROL.sub("", text.replace("\n", " "))).strip()
+    if len(text) > limit:
+        return text[:limit - 1] + "…"
+    return text
+
+
+def _name(value: Any) -> str | None:
+    return one_line(value, MAX_NAME) if isinstance(value, str) and value.strip() else None
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return int(min(MAX_COUNT, max(0, value)))
+
+
+def _cost(value: Any) -> float | None:
+    """A reported cost in dollars, or None: a missing or nonsensical cost is unknown, never 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    if value < 0 or value > MAX_COST:
+        return None
+    return float(value)
+
+
+def is_init_line(line: str) -> bool:
+    """True when ``line`` is a stream-json ``system``/``init`` object: the agent speaks stream-json."""
+    s = line.strip()
+    if not s.startswith("{") or len(s) > MAX_LINE_BYTES:
+        return False
+    try:
+        obj = json.loads(s)
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and obj.get("type") == "system" and obj.get("subtype") == "init"
+
+
+# -- tool summaries ---------------------------------------------------------------------
+
+def _first_line(value: Any) -> str:
+    text = value if isinstance(value, str) else ""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[0] + (" …" if len(lines) > 1 else "") if lines else ""
+
+
+def _path_and(primary: str, extra: str) -> Callable[[dict], str]:
+    """Summary as ``input[primary]``, followed by ``in input[extra]`` when given."""
+    def summarise(inp: dict) -> str:
+        main = inp.get(primary)
+        more = inp.get(extra)
+        text = main if isinstance(main, str) else ""
+        return f"{text} in {more}" if isinstance(more, str) and more else text
+    return summarise
+
+
+def _todos(inp: dict) -> str:
+    todos = inp.get("todos")
+    return f"{len(todos)} todos" if isinstance(todos, list) else ""
+
+
+TOOL_SUMMARY: dict[str, Callable[[dict], str]] = {
+    "Bash": lambda inp: _first_line(inp.get("command")),
+    "Read": _path_and("file_path", ""),
+    "Write": _path_and("file_path", ""),
+    "Edit": _path_and("file_path", ""),
+    "MultiEdit": _path_and("file_path", ""),
+    "NotebookEdit": _path_and("notebook_path", ""),
+    "Glob": _path_and("pattern", "path"),
+    "Grep": _path_and("pattern", "path"),
+    "LS": _path_and("path", ""),
+    "WebFetch": _path_and("url", ""),
+    "WebSearch": _path_and("query", ""),
+    "Task": _path_and("description", ""),
+    "Agent": _path_and("description", ""),
+    "TodoWrite": _todos,
+}
+# For tools not in the table (MCP tools, future ones): the first of these that holds text.
+SUMMARY_KEYS = ("command", "file_path", "path", "pattern", "url", "query", "description", "prompt", "name")
+
+
+def tool_summary(tool: str, inp: Any) -> str:
+    """One line a person understands for a tool call: the command, the path, the pattern…"""
+    if not isinstance(inp, dict):
+        return one_line(inp) if inp is not None else ""
+    known = TOOL_SUMMARY.get(tool)
+    text = known(inp) if known else ""
+    if not text:
+        text = next((inp[k] for k in SUMMARY_KEYS if isinstance(inp.get(k), str) and inp[k].strip()), "")
+    if not text and inp:
+        text = json.dumps(inp, ensure_ascii=False, sort_keys=True)
+    return one_line(text)
+
+
+def result_text(content: Any) -> str:
+    """A tool_result's content (a string, or a list of text and other blocks) as plain text."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return "" if content is None else one_line(content)
+    parts = []
+    for item in content[:100]:
+        if isinstance(item, dict) and item.get("type") == "text" and isinstance(item.get("text"), str):
+            parts.append(item["text"][:MAX_LINE_BYTES])
+        elif isinstance(item, dict) and isinstance(item.get("type"), str):
+            parts.append(f"[{one_line(item['type'], 40)}]")
+    return "\n".join(parts)
+
+
+def result_summary(content: Any) -> str:
+    """The first lines of a tool's result, cut to one summary line."""
+    lines = [ln.strip() for ln in result_text(content).splitlines() if ln.strip()]
+    text = " ⏎ ".join(lines[:2]) + (" …" if len(lines) > 2 else "")
+    return one_line(text)
+
+
+# -- the parser -------------------------------------------------------------------------
+
+class StreamJsonParser:
+    """Feed it stream-json lines; it returns the loop events they mean, in order.
+
+    Consecutive assistant text is held and coalesced into one ``agent_text``
+    until anything else happens (a tool call, a result, a line it does not
+    understand) or the caller calls ``flush()`` (at the end, or when the agent
+    has been quiet a while). ``story_id`` goes into every event's data when set.
+    """
+
+    def __init__(self, story_id: str | None = None, max_text: int = MAX_TEXT):
+        self.story_id = story_id
+        self.max_text = max_text
+        self._text: list[str] = []
+        self._text_len = 0
+        self._tools: OrderedDict[str, str] = OrderedDict()
+        self.lines = 0
+        self.understood = 0
+
+    @property
+    def pending_text(self) -> bool:
+        return bool(self._text)
+
+    def _data(self, **fields: Any) -> dict:
+        return {"story_id": self.story_id, **fields} if self.story_id is not None else fields
+
+    def feed(self, line: str) -> list[Event]:
+        """The events of one line (without its newline; a trailing newline is ignored)."""
+        self.lines += 1
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            return []
+        obj = self._parse(line)
+        handler = _HANDLERS.get(obj.get("type")) if obj is not None else None
+        events = handler(self, obj) if handler else None
+        if events is None:                       # not understood: shown as it is
+            return self.flush() + [self._output(line)]
+        self.understood += 1
+        return events
+
+    def flush(self) -> list[Event]:
+        """The coalesced text not yet emitted, as one ``agent_text`` (or nothing)."""
+        if not self._text:
+            return []
+        text, total = "".join(self._text), self._text_len
+        self._text, self._text_len = [], 0
+        if total > self.max_text:
+            text = text[:self.max_text] + f"… [cut: {total - self.max_text} more characters]"
+        return [("agent_text", self._data(text=text))]
+
+    def _parse(self, line: str) -> dict | None:
+        if not line.lstrip().startswith("{") or len(line) > MAX_LINE_BYTES:
+            return None
+        try:
+            obj = json.loads(line)
+        except (ValueError, RecursionError):
+            return None
+        return obj if isinstance(obj, dict) else None
+
+    def _output(self, line: str) -> Event:
+        return ("output", self._data(stream="stdout", text=cut(line, MAX_OUTPUT_LINE) + "\n"))
+
+    def _add_text(self, text: str) -> None:
+        if self._text_len <= self.max_text:     # past the cut only the count grows
+            self._text.append(text[: self.max_text + 1])
+        self._text_len += len(text)
+
+    # -- line types ----------------------------------------------------------------------
+    def _system(self, obj: dict) -> list[Event] | None:
+        if obj.get("subtype") != "init":
+            return None
+        return self.flush() + [("agent_init", self._data(model=_name(obj.get("model")),
+                                                         session_id=_name(obj.get("session_id"))))]
+
+    def _assistant(self, obj: dict) -> list[Event] | None:
+        content = _content(obj)
+        if content is None:
+            return None
+        events: list[Event] = []
+        for block in content:
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind == "text" and isinstance(block.get("text"), str):
+                self._add_text(block["text"])
+            elif kind == "tool_use":
+                events += self.flush()
+                events.append(self._tool_call(block))
+        return events
+
+    def _tool_call(self, block: dict) -> Event:
+        tool = _name(block.get("name")) or "?"
+        tid = _name(block.get("id")) or ""
+        if tid:
+            self._tools[tid] = tool
+            while len(self._tools) > MAX_TRACKED_TOOLS:
+                self._tools.popitem(last=False)
+        return ("tool_call", self._data(tool=tool, id=tid, summary=tool_summary(tool, block.get("input"))))
+
+    def _user(self, obj: dict) -> list[Event] | None:
+        content = _content(obj)
+        if content is None:
+            return [] if isinstance((obj.get("message") or {}).get("content"), str) else None
+        events: list[Event] = []
+        for block in content:
+            if isinstance(block, dict) and block.get("type") == "tool_result":
+                events += self.flush()
+                tid = _name(block.get("tool_use_id")) or ""
+                events.append(("tool_result", self._data(
+                    tool=self._tools.pop(tid, "?"), id=tid, is_error=block.get("is_error") is True,
+                    summary=result_summary(block.get("content")))))
+        return events
+
+    def _result(self, obj: dict) -> list[Event]:
+        usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else {}
+        subtype = _name(obj.get("subtype"))
+        is_error = obj.get("is_error") is True or (subtype or "").startswith("error")
+        cost = _cost(obj.get("total_cost_usd"))
+        if cost is None:
+            cost = _cost(obj.get("cost_usd"))      # older Claude Code versions
+        return self.flush() + [("agent_result", self._data(
+            is_error=is_error, subtype=subtype, num_turns=_count(obj.get("num_turns")),
+            duration_ms=_count(obj.get("duration_ms")), cost_usd=cost,
+            input_tokens=_count(usage.get("input_tokens")), output_tokens=_count(usage.get("output_tokens")),
+            cache_read_input_tokens=_count(usage.get("cache_read_input_tokens")),
+            cache_creation_input_tokens=_count(usage.get("cache_creation_input_tokens"))))]
+
+    def _silent(self, obj: dict) -> list[Event]:
+        """Understood, and nothing to show: partial-message deltas repeat what the full message says."""
+        return []
+
+
+def _content(obj: dict) -> list | None:
+    message = obj.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    return content if isinstance(content, list) else None
+
+
+_HANDLERS: dict[str, Callable[[StreamJsonParser, dict], list[Event] | None]] = {
+    "system": StreamJsonParser._system,
+    "assistant": StreamJsonParser._assistant,
+    "user": StreamJsonParser._user,
+    "result": StreamJsonParser._result,
+    "stream_event": StreamJsonParser._silent,
+}
+
+
+class LineSplitter:
+    """Bytes in, complete text lines out, with a bound on one line's length.
+
+    A line longer than ``max_bytes`` is cut there; the rest of it, up to its
+    newline, is discarded (and counted in the cut mark), so a runaway agent
+    cannot make the reader hold an unbounded line in memory.
+    """
+
+    def __init__(self, max_bytes: int = MAX_LINE_BYTES):
+        self.max_bytes = max_bytes
+        self._buf = bytearray()
+        self._dropped = 0
+
+    def feed(self, chunk: bytes) -> list[str]:
+        lines = []
+        start = 0
+        while True:
+            nl = chunk.find(b"\n", start)
+            piece = chunk[start:] if nl < 0 else chunk[start:nl]
+            self._take(piece)
+            if nl < 0:
+                return lines
+            lines.append(self._line())
+            start = nl + 1
+
+    def close(self) -> list[str]:
+        """The last line, when the input did not end with a newline."""
+        return [self._line()] if self._buf or self._dropped else []
+
+    def _take(self, piece: bytes) -> None:
+        room = self.max_bytes - len(self._buf)
+        if len(piece) > room:
+            self._buf += piece[:max(0, room)]
+            self._dropped += len(piece) - max(0, room)
+        else:
+            self._buf += piece
+
+    def _line(self) -> str:
+        text = bytes(self._buf).decode("utf-8", "replace")   # a newline never splits a UTF-8 character
+        if self._dropped:
+            text += f"… [cut: {self._dropped} more bytes]"
+        self._buf.clear()
+        self._dropped = 0
+        return text
