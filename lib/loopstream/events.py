@@ -9,6 +9,7 @@ They order as ``(epoch, seq)`` tuples, like Redis stream ids.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,8 @@ RUN_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 ID_RE = re.compile(r"(\d{1,20})-(\d{1,20})\Z")
 DEFAULT_RUN = "default"
 MAX_BATCH = 1000
+MAX_NUMBER = 10**15   # |x| of any number in an event's data: exact in a double, far beyond any count or time
+MAX_DEPTH = 32        # nesting of lists and objects inside "data"
 
 # Fields a client may send; "id" and "ts" are accepted and replaced, so an
 # event copied from one server's transcript can be posted to another.
@@ -84,9 +87,11 @@ def _reject_constant(name: str) -> Any:
 
 
 def loads(body: bytes | str) -> Any:
-    """Strict JSON: no NaN/Infinity, and nesting too deep is an error, not a crash."""
+    """Strict JSON: strict UTF-8 (no encoded surrogates), no NaN/Infinity, and nesting too deep
+    is an error, not a crash."""
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        text = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
+        return json.loads(text, parse_constant=_reject_constant)
     except RecursionError as e:
         raise EventError("body", "JSON nested too deeply") from e
     except UnicodeDecodeError as e:
@@ -96,8 +101,50 @@ def loads(body: bytes | str) -> Any:
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON, ASCII only, so a frame never carries a raw newline or surrogate."""
-    return json.dumps(value, separators=(",", ":"))
+    """Compact JSON, ASCII only, so a frame never carries a raw newline or surrogate; never NaN or
+    Infinity (a ValueError instead: the checks at input make sure no event holds one)."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _child(path: str, key: Any) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if _KEY_RE.match(key) else f"{path}[{json.dumps(key[:64])}]"
+
+
+def _check_number(value: int | float, path: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise EventError(path, "must be a finite number")
+    if abs(value) > MAX_NUMBER:
+        raise EventError(path, f"a number must be within ±{MAX_NUMBER:.0e}")
+
+
+def _check_text(value: str, path: str) -> None:
+    if _SURROGATE.search(value):
+        raise EventError(path, "text holds a lone UTF-16 surrogate (\\ud800-\\udfff); send valid Unicode")
+
+
+def check_value(value: Any, path: str = "data", depth: int = 0) -> None:
+    """Every number finite and within ±MAX_NUMBER, every text valid Unicode, nesting at most
+    MAX_DEPTH, at any depth; EventError names the JSON path of the first offender."""
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, (int, float)):
+        _check_number(value, path)
+    elif isinstance(value, str):
+        _check_text(value, path)
+    elif isinstance(value, (dict, list)):
+        if depth >= MAX_DEPTH:
+            raise EventError(path, f"nested deeper than {MAX_DEPTH} levels")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str):
+                _check_text(key, path)
+            check_value(item, _child(path, key), depth + 1)
 
 
 def validate_one(obj: Any, where: str = "", default_run: str = DEFAULT_RUN) -> Draft:
@@ -122,6 +169,7 @@ def validate_one(obj: Any, where: str = "", default_run: str = DEFAULT_RUN) -> D
         data = {}
     elif not isinstance(data, dict):
         raise EventError(f"{where}data", "must be a JSON object")
+    check_value(data, f"{where}data")
     return Draft(etype, run, data)
 
 
@@ -134,3 +182,21 @@ def validate_body(body: Any, default_run: str = DEFAULT_RUN) -> list[Draft]:
             raise EventError("body", f"a batch holds at most {MAX_BATCH} events")
         return [validate_one(o, f"[{i}].", default_run) for i, o in enumerate(body)]
     return [validate_one(body, "", default_run)]
+
+
+def parse_stored(line: bytes | str) -> dict | None:
+    """An event read back from a journal or Redis, as a dict; None when the line is not one
+    (damaged, or written before the input checks): stored data is never trusted blindly."""
+    try:
+        obj = loads(line)
+        if not isinstance(obj, dict) or not isinstance(obj.get("data"), dict):
+            return None
+        if not (isinstance(obj.get("type"), str) and isinstance(obj.get("run"), str)
+                and parse_id(obj.get("id")) is not None):
+            return None
+        check_value(obj["data"])
+        if obj.get("ts") is not None:
+            check_value(obj["ts"], "ts")
+    except EventError:
+        return None
+    return obj
