@@ -62,9 +62,16 @@ def cli() -> None:
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--access-log", is_flag=True, help="Log every request to stderr.")
+@click.option("--notify", "notify_url", envvar="LOOP_NOTIFY", default=None, metavar="URL",
+              help="POST one message per finished run to this webhook (or ntfy topic URL).")
+@click.option("--notify-format", envvar="LOOP_NOTIFY_FORMAT", default="json", show_default=True,
+              type=click.Choice(["json", "ntfy"]), help="json: a JSON message; ntfy: ntfy's publish format.")
+@click.option("--notify-min-duration", envvar="LOOP_NOTIFY_MIN_DURATION", default=0.0, show_default=True,
+              type=click.FloatRange(0), metavar="S", help="Do not notify about runs shorter than S seconds.")
 @click.pass_context
 def serve(ctx, host, port, buffer, rate, burst, heartbeat, db, no_history, backend, token, cors, insecure,
-          workers, max_streams, max_streams_per_client, log_level, access_log) -> None:
+          workers, max_streams, max_streams_per_client, log_level, access_log,
+          notify_url, notify_format, notify_min_duration) -> None:
     """Run the sidecar: gunicorn with gevent workers (one, or several on Redis).
 
     Shell hooks and `loop run` POST events to it; browsers and `loop watch`
@@ -99,6 +106,7 @@ def serve(ctx, host, port, buffer, rate, burst, heartbeat, db, no_history, backe
                     db=None if no_history else str(db or default_db_path()), cors=cors_origins,
                     max_streams=max_streams, max_streams_per_client=max_streams_per_client,
                     backend=redis_url)
+    _configure_notify(config, notify_url, notify_format, notify_min_duration, host, port)
     if config.db:
         try:
             check_history(config.db)
@@ -112,6 +120,21 @@ def serve(ctx, host, port, buffer, rate, burst, heartbeat, db, no_history, backe
         f"history: {config.db or 'off'}"
     click.echo(f"loop sidecar on http://{host}:{port}/  ({where})", err=True)
     app.run()
+
+
+def _configure_notify(config, url: str | None, fmt: str, min_duration: float, host: str, port: int) -> None:
+    """Check --notify before the workers fork, and give its messages a link to this dashboard."""
+    if not url:
+        return
+    from .notify import NotifyError, check_target
+
+    try:
+        check_target(url, fmt)
+    except NotifyError as e:
+        raise click.BadParameter(str(e).split(": ", 1)[1], param_hint="--notify") from e
+    where = f"[{host}]" if ":" in host else host
+    config.notify, config.notify_format, config.notify_min_duration = url, fmt, min_duration
+    config.dashboard_url = f"http://{where}:{port}/"
 
 
 # -- running a PRD -------------------------------------------------------------------

@@ -28,6 +28,10 @@ class Config:
     retry_ms: int = 2000
     default_run: str = DEFAULT_RUN
     backend: str | None = None         # a Redis URL; None = the memory backend
+    notify: str | None = None          # webhook or ntfy topic URL told of every finished run
+    notify_format: str = "json"        # "json" or "ntfy"
+    notify_min_duration: float = 0.0  # runs shorter than this (s) are not notified
+    dashboard_url: str | None = None   # the link notifications carry
 
 
 def default_db_path() -> Path:

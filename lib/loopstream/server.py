@@ -89,7 +89,13 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
             broker.restore(snap)
         limiter = TokenBuckets(cfg.rate, cfg.burst, clock=monotonic)
     metrics = Metrics()
-    app.extensions["loop"] = {"broker": broker, "history": history, "metrics": metrics, "config": cfg}
+    notifier = None
+    if cfg.notify:  # told of each finished run off the request path (notify.py)
+        from .notify import Notifier
+
+        notifier = Notifier(cfg.notify, cfg.notify_format, cfg.notify_min_duration, cfg.dashboard_url)
+    app.extensions["loop"] = {"broker": broker, "history": history, "metrics": metrics, "config": cfg,
+                              "notifier": notifier}
     static_root = dashboard_dir()
 
     # -- helpers ---------------------------------------------------------------
@@ -133,6 +139,9 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
         metrics.accepted += len(result.events)
         if broker.fans_out_on_publish:
             fanout.publish(result.events, result.before, result.after)
+        if notifier:
+            for run in result.finished:
+                notifier.finished(broker.snapshot(run))
         return result.events
 
     def cursor_id(cur) -> str:
