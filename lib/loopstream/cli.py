@@ -457,6 +457,64 @@ for _action in ("stop", "pause", "resume"):
 
 
 @cli.command()
+@click.argument("agent_format", metavar="FORMAT", type=click.Choice(["claude"]))
+@click.option("--run", "run_id", envvar="LOOP_RUN", help="The run the events belong to [default: the sidecar's].")
+@click.option("--story", "story_id", envvar="LOOP_STORY", help="The story the agent works on.")
+@server_option
+@token_option
+@click.option("--wait", default=3.0, show_default=True, type=click.FloatRange(0, 60),
+              help="Seconds spent at the end delivering events still queued (a sidecar that is down or hung).")
+def adapt(agent_format, run_id, story_id, server, token, wait) -> None:
+    """Turn an agent's stream-json on stdin into events and a readable transcript.
+
+    FORMAT is `claude`: Claude Code's `--output-format stream-json --verbose`.
+    Tool calls, results, text and the final cost go to the sidecar as
+    events; stdout gets the transcript. Exit 0 whatever the sidecar does.
+
+    \b
+      claude -p "$PROMPT" --output-format stream-json --verbose | loop adapt claude --run nightly
+    """
+    from .adapt import Adapter
+    from .client import Outbox
+
+    if run_id is not None and not _valid_run(run_id):
+        raise click.BadParameter("must match [A-Za-z0-9._-]{1,64}", param_hint="--run")
+    warned: list[bool] = []
+
+    def on_status(status) -> None:
+        if status.state in ("retrying", "error") and not warned:
+            warned.append(True)
+            click.echo(f"loop adapt: {status.last_error}; carrying on", err=True)
+
+    outbox = Outbox(server.rstrip("/"), token, on_status=on_status)
+    adapter = Adapter(outbox.put, _transcript_writer(), run_id, story_id)
+    code = ExitStatus.OK
+    try:
+        adapter.read_fd(sys.stdin.fileno())
+    except KeyboardInterrupt:
+        adapter.finish()
+        code = ExitStatus.INTERRUPTED
+    finally:
+        if not outbox.close(timeout=wait):
+            click.echo(f"loop adapt: {outbox.status.dropped} events not delivered to {server}", err=True)
+    sys.exit(code)
+
+
+def _transcript_writer():
+    """Print one transcript line; a reader that went away must not stop the agent's pipe."""
+    import os
+
+    def write(line: str) -> None:
+        try:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        except (BrokenPipeError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+    return write
+
+
+@cli.command()
 @click.argument("run_id", metavar="[RUN]", required=False)
 @server_option
 @token_option
@@ -551,6 +609,109 @@ def watch(run_id, server, token, as_json) -> None:
         click.echo("\n".join(render_box(current(), 80)))
     code = finished_code()
     sys.exit(code if code is not None else 0)
+
+
+# -- capturing anything: loop tail ------------------------------------------------------------
+
+def _regex(ctx, param, value):
+    import re
+
+    if value is None:
+        return None
+    try:
+        return re.compile(value)
+    except re.error as e:
+        raise click.BadParameter(f"not a valid regular expression: {e}") from e
+
+
+def _warn_once(server: str):
+    """An Outbox status callback: one line on stderr the first time the sidecar fails us."""
+    warned: list[bool] = []
+
+    def on_status(status) -> None:
+        if status.state in ("retrying", "error") and not warned:
+            warned.append(True)
+            click.echo(f"loop: {status.last_error or f'the sidecar at {server} is not answering'}; "
+                       "carrying on, events are sent when it answers", err=True)
+    return on_status
+
+
+def _stop_on_signals(target) -> dict:
+    """SIGINT, SIGTERM and SIGHUP ask ``target`` to stop; returns the previous handlers."""
+    import signal
+
+    def handler(signum, frame):
+        target.request_stop(f"interrupted ({signal.Signals(signum).name})")
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+
+
+def _echo_line(line: bytes, raw: bool) -> None:
+    """A followed line on stdout: as written when piped, control characters stripped on a terminal."""
+    from .view import clean
+
+    if raw:
+        sys.stdout.buffer.write(line)
+    else:
+        sys.stdout.buffer.write((clean(line.decode("utf-8", "replace").rstrip("\n")) + "\n").encode())
+    sys.stdout.flush()
+
+
+@cli.command()
+@click.argument("path", metavar="FILE", type=click.Path(dir_okay=False))
+@server_option
+@token_option
+@click.option("--run", "run_id", envvar="LOOP_RUN", help="Name of this run [default: file name + time].")
+@click.option("--name", default=None, help="The run's title on the dashboard [default: tail FILE].")
+@click.option("--until", callback=_regex, metavar="REGEX",
+              help="Exit 0 at the first line matching this Python regular expression.")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), metavar="S",
+              help="Give up after S seconds: exit 1.")
+@click.option("--from-start", is_flag=True, help="Read a file that already exists from its first line.")
+def tail(path, server, token, run_id, name, until, timeout, from_start) -> None:
+    """Follow a log file: every complete line appended to FILE streams as output.
+
+    Waits for FILE to appear; survives truncation and rotation. Prints the
+    lines too. Exit 0 when a line matches --until, 1 on --timeout, 130 on
+    Ctrl-C, SIGTERM or `loop stop RUN`.
+
+    \b
+      loop tail build.log --until '=== Run Complete ===' --timeout 3600
+    """
+    import signal
+    import threading
+
+    from .capture import Tail, TailOptions
+    from .client import Outbox, healthy
+
+    if run_id is not None and not _valid_run(run_id):
+        raise click.BadParameter("must match [A-Za-z0-9._-]{1,64}", param_hint="--run")
+    run_id = run_id or _new_run_id(path)
+    server = server.rstrip("/")
+    if not healthy(server):
+        click.echo(f"loop: no sidecar answers at {server}; following anyway, events are sent when it answers",
+                   err=True)
+    click.echo(f"loop: run {run_id} — dashboard: {server}/", err=True)
+    outbox = Outbox(server, token, on_status=_warn_once(server))
+    raw = not sys.stdout.isatty()
+    follower = Tail(TailOptions(path=path, run_id=run_id, name=name or f"tail {path}", until=until,
+                                timeout=timeout, from_start=from_start),
+                    emit=outbox.put, echo=lambda line: _echo_line(line, raw),
+                    notice=lambda message: click.echo(f"loop: {message}", err=True))
+    done = threading.Event()
+    threading.Thread(target=_listen_for_control, args=(server, token, run_id, follower, done), daemon=True).start()
+    previous = _stop_on_signals(follower)
+    try:
+        result = follower.run()
+    finally:
+        done.set()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        outbox.close(timeout=10 if outbox.status.state == "live" else 1)
+    click.echo(f"loop: run {run_id}: {result.lines} lines, "
+               + {0: "matched", 1: f"failed: {result.reason}", 130: f"stopped: {result.reason}"}[result.code],
+               err=True)
+    sys.exit(result.code)
 
 
 def main() -> None:
