@@ -131,7 +131,7 @@ class Server:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()}")
             try:
                 return requests.get(self.url + "/healthz", timeout=1).ok
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):   # a busy machine: ask again
                 return False
 
         wait_for(up, timeout, message="the sidecar to answer /healthz")
