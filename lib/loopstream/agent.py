@@ -33,6 +33,7 @@ MAX_COUNT = 10 ** 12     # bound of turns, tokens, milliseconds
 MAX_COST = 1_000_000.0   # dollars; anything beyond is not a cost but garbage
 
 SPACE = re.compile(r"\s+")
+ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]")  # as view.py
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 Event = tuple[str, dict]
@@ -48,7 +49,7 @@ def cut(text: str, limit: int) -> str:
 def one_line(value: Any, limit: int = MAX_SUMMARY) -> str:
     """A value as one short line: control characters out, whitespace runs as one space."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
-    text = SPACE.sub(" ", CONTROL.sub("", text.replace("\n", " "))).strip()
+    text = SPACE.sub(" ", CONTROL.sub("", ANSI.sub("", text.replace("\n", " ")))).strip()
     if len(text) > limit:
         return text[:limit - 1] + "…"
     return text
@@ -125,7 +126,8 @@ TOOL_SUMMARY: dict[str, Callable[[dict], str]] = {
     "TodoWrite": _todos,
 }
 # For tools not in the table (MCP tools, future ones): the first of these that holds text.
-SUMMARY_KEYS = ("command", "file_path", "path", "pattern", "url", "query", "description", "prompt", "name")
+SUMMARY_KEYS = ("command", "file_path", "path", "pattern", "url", "query", "description", "title", "prompt",
+                "name")
 
 
 def tool_summary(tool: str, inp: Any) -> str:

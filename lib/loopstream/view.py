@@ -62,6 +62,53 @@ def live_times(snap: dict, now: float) -> tuple[float, float | None]:
     return elapsed, eta
 
 
+def money(value: object) -> str | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"${value:.4f}" if value < 10 else f"${value:,.2f}"
+    return None
+
+
+def agent_line(agent: dict | None, now: float) -> str | None:
+    """The agent's current tool and how long it has run (``Agent: Bash pytest -q · 12s``), or its last one."""
+    if not agent:
+        return None
+    tool = agent.get("last_tool")
+    if not tool:
+        return f"Agent: {agent.get('model') or 'started'} (no tool yet)"
+    what = f"{tool.get('tool') or '?'} {tool.get('summary') or ''}".strip()
+    if tool.get("finished_at") is None and isinstance(tool.get("started_at"), (int, float)):
+        return f"Agent: {what} · {duration(now - tool['started_at'])}"
+    mark = {True: "✗ ", False: "✓ "}.get(tool.get("is_error"), "")
+    return f"Agent: {mark}{what}" + f" ({agent.get('tool_calls', 0)} tool calls)"
+
+
+def cost_line(snap: dict) -> str | None:
+    """The run's reported cost and tokens; nothing when no agent reported any."""
+    cost = money(snap.get("cost_usd"))
+    tokens_in, tokens_out = snap.get("input_tokens") or 0, snap.get("output_tokens") or 0
+    if cost is None and not tokens_in and not tokens_out:
+        return None
+    return f"Cost: {cost or 'unknown'} · {tokens_in:,} in / {tokens_out:,} out tokens"
+
+
+def _agent_rows(snap: dict, current: dict | None, now: float) -> list[str]:
+    rows = []
+    line = agent_line(current.get("agent") if current else snap.get("agent"), now)
+    if line and snap.get("status") in ("running", "paused"):
+        rows.append(line)
+    for s in snap.get("stories") or []:
+        stalled = s.get("stalled")
+        if stalled and s.get("status") == "running":
+            silent = stalled.get("silent_s")
+            since = stalled.get("since")
+            quiet = (silent or 0) + (now - since if isinstance(since, (int, float)) else 0)
+            rows.append(f"⚠ Stalled: {s['id']} silent for {duration(quiet)}")
+    cost = cost_line(snap)
+    if cost:
+        rows.append(cost)
+    return rows
+
+
 def bar(percent: float, width: int) -> str:
     filled = int(round(width * max(0, min(100, percent)) / 100))
     return "█" * filled + "░" * (width - filled)
@@ -104,6 +151,7 @@ def render_box(snap: dict, width: int = 80, now: float | None = None, connection
     lines.append(row(f"Time: {duration(elapsed)} elapsed{remaining}"))
     if len(running) > 1:
         lines.append(row("Running: " + ", ".join(s["id"] for s in running)))
+    lines.extend(row(text) for text in _agent_rows(snap, current, now))
     if current and current.get("acceptance_criteria"):
         lines.append(row("Acceptance Criteria:"))
         for ac in current["acceptance_criteria"]:
@@ -126,6 +174,17 @@ def render_box(snap: dict, width: int = 80, now: float | None = None, connection
         lines.append(row(f"Sidecar: {connection}"))
     lines.append(bottom)
     return lines
+
+
+AGENT_LINES = {
+    "agent_init": lambda d: f"model={d.get('model')} session={d.get('session_id')}",
+    "agent_text": lambda d: str(d.get("text") or "")[:300],
+    "tool_call": lambda d: f"→ {d.get('tool')}: {d.get('summary') or ''}",
+    "tool_result": lambda d: f"{'✗' if d.get('is_error') is True else '✓'} {d.get('tool')}: {d.get('summary') or ''}",
+    "agent_result": lambda d: f"{'failed' if d.get('is_error') is True else 'done'} cost={money(d.get('cost_usd')) or 'unknown'} "
+                              f"turns={d.get('num_turns')} tokens={d.get('input_tokens')}/{d.get('output_tokens')}",
+    "story_stalled": lambda d: f"silent for {d.get('silent_s')} s",
+}
 
 
 def plain_line(event: dict) -> str:
@@ -152,6 +211,8 @@ def plain_line(event: dict) -> str:
     elif t in ("task_completed", "task_stopped"):
         text = " ".join(f"{k}={v}" for k, v in (d.get("summary") or {}).items()) + (
             f" reason={d['reason']}" if d.get("reason") else "")
+    elif t in AGENT_LINES:
+        text = f"{sid or ''} " + AGENT_LINES[t](d)
     elif t == "progress":
         text = " ".join(f"{k}={d[k]}" for k in ("percent", "current", "total", "message") if k in d)
     else:
@@ -194,6 +255,15 @@ class LiveView:
         return self
 
     def __exit__(self, *exc):
-        result = self.live.__exit__(*exc)
-        self.console.print(self)   # the last state stays on the normal screen, once
+        """Leave the alternate screen and show the cursor (on every way out: an exception, a stop by
+        signal), then print the last state once on the normal screen. A terminal that hung up
+        (SIGHUP) cannot be written to any more: that is no error."""
+        try:
+            result = self.live.__exit__(*exc)
+        except OSError:
+            return False
+        try:
+            self.console.print(self)
+        except OSError:
+            pass
         return result
