@@ -1,2 +1,26 @@
-"""loop: live progress streaming for task loops."""
+"""loop: live progress streaming for task loops.
+
+``from loopstream import Reporter`` reports a Python job's run; ``loopstream.tqdm``
+(and ``trange``) is a tqdm progress bar that reports too (needs the tqdm extra).
+Both are loaded on first use, so ``import loopstream`` stays light (``loop serve``
+imports it before gevent patches anything).
+"""
 __version__ = "0.1.0"
+
+__all__ = ["Reporter", "tqdm", "trange"]
+
+
+def __getattr__(name: str):
+    if name == "Reporter":
+        from .reporter import Reporter
+
+        return Reporter
+    if name == "tqdm":
+        from .reporter import tqdm_class
+
+        return tqdm_class()
+    if name == "trange":
+        from .reporter import trange
+
+        return trange
+    raise AttributeError(f"module 'loopstream' has no attribute {name!r}")
