@@ -1,27 +1,37 @@
-// The dashboard: one EventSource (with a polling fallback), the shared reducer, and a
-// view built from <template> rows filled with textContent — event text is never markup.
+// The dashboard: one stream shared by every tab (shared.js), the shared reducer, and a view that
+// updates in place — rows are keyed and updated, never rebuilt, so focus, hover, a click in
+// progress and a text selection survive live updates; output is appended. Event text is only ever
+// set with textContent. Each panel is one render function in PANELS: a new panel is one more entry.
 import { apply, isLive, FINISHED } from "./state.js";
-import { Connection } from "./connection.js";
+import { SharedStream } from "./shared.js";
+import { Alerts } from "./alerts.js";
+import { $, fromTemplate, keyed, setAttr, setHidden, setText } from "./dom.js";
 
 const query = new URLSearchParams(location.search);
 const fragment = new URLSearchParams(location.hash.slice(1));
 const server = new URL(query.get("server") || "/", location.href).toString().replace(/\/?$/, "/");
 const token = fragment.get("token");
-const $ = (id) => document.getElementById(id);
 
 const MARK = { passed: "✅", running: "⏳", pending: "○", failed: "❌" };
 const STORY_MARK = { passed: "✅", running: "⏳", queued: "○", failed: "❌", skipped: "⏭", cancelled: "⛔" };
 const STATUS_LABEL = { live: "Live", polling: "Polling", reconnecting: "Reconnecting", connecting: "Connecting…" };
 const TRANSCRIPT_SHOWN = 2000;
+const POLL_EVERY_S = 2;
+const NOTICES_KEPT = 3;
 
 const runs = new Map();        // run -> full snapshot (from hello/reset/poll, folded live)
 const summaries = new Map();   // run -> summary from /api/runs (includes history)
 const transcripts = new Map(); // run -> {count, events}
+const outputChunks = [];       // output text of the selected run not yet appended to the page
+const notices = [];            // [{run, text}] new runs that started while the person watched another
+const busy = new Set();        // control actions in flight
 let selected = query.get("run");
-let userPicked = Boolean(selected);
+let settled = Boolean(selected);   // the first pick is made; after it the page never switches by itself
 let follow = true;
 let pending = false;
-const busy = new Set();        // control actions in flight
+let outage = null;
+let loaded = false;                // the first snapshots arrived: later new runs get a notice
+const alerts = new Alerts({ server });
 
 // -- talking to the sidecar ------------------------------------------------------------
 function api(path) {
@@ -40,28 +50,70 @@ async function request(path, options = {}) {
 
 function setStatus(state, label = STATUS_LABEL[state] || state) {
   const pill = $("connection");
-  pill.dataset.state = state;
-  pill.querySelector(".label").textContent = label;
+  setAttr(pill, "data-state", state);
+  setText(pill.querySelector(".label"), label);
 }
 
-const connection = new Connection({
+// -- the model: what the stream says ---------------------------------------------------------
+function onSnapshots(list) {
+  const known = new Set([...runs.keys(), ...summaries.keys()]);
+  runs.clear();
+  for (const snap of list) runs.set(snap.run, snap);
+  resetOutput();
+  if (loaded) for (const snap of list) if (!known.has(snap.run) && isLive(snap)) noticeNewRun(snap);
+  loaded = true;
+  render();
+}
+
+function onEvent(event) {
+  const before = runs.get(event.run);
+  const wasLive = before ? isLive(before) || before.status === "interrupted" : true;
+  const fresh = !before && !summaries.has(event.run);
+  const statusBefore = before?.status;
+  const snap = apply(before ?? null, event);
+  runs.set(event.run, snap);
+  if (wasLive && FINISHED.includes(snap.status)) transcripts.delete(event.run);
+  if (fresh || (event.type === "task_started" && before && !isLive(before))) noticeNewRun(snap);
+  if (event.run === selected) {
+    if (event.type === "output" && typeof event.data?.text === "string" && event.data.text) {
+      outputChunks.push(event.data.text);
+    } else if (event.type === "task_started" && statusBefore && !isLive({ status: statusBefore })) {
+      resetOutput();   // the run's id was used again: its output starts afresh
+    }
+    watch(snap, event, statusBefore);
+  }
+  render();
+}
+
+// A watched run finished, failed or stalled: a desktop notification when the tab is hidden.
+function watch(snap, event, statusBefore) {
+  const name = snap.task_name || snap.run;
+  if (FINISHED.includes(snap.status) && statusBefore !== snap.status) {
+    const c = snap.counts || {};
+    alerts.notify(snap.run, `finished ${snap.finished_at}`, `${name}: ${snap.status}`,
+      `${c.completed ?? 0} passed, ${c.failed ?? 0} failed` + (c.cancelled ? `, ${c.cancelled} cancelled` : ""));
+  } else if (event.type === "story_stalled") {
+    const d = event.data || {};
+    alerts.notify(snap.run, `stalled ${event.id}`, `${name}: a story stalled`,
+      `${String(d.story_id ?? "?")} has been silent for ${Math.round(Number(d.silent_s) || 0)} s`);
+  }
+}
+
+function noticeNewRun(snap) {
+  if (!settled || snap.run === selected || notices.some((n) => n.run === snap.run)) return;
+  notices.unshift({ run: snap.run, text: `New run ${snap.task_name || snap.run}` });
+  notices.length = Math.min(notices.length, NOTICES_KEPT);
+}
+
+const stream = new SharedStream({
   server,
   token,
   transport: query.get("transport") === "poll" ? "poll" : "sse",
   onStatus: (state) => setStatus(state),
-  onSnapshots(list, { reset }) {
-    if (reset) runs.clear();
-    for (const snap of list) runs.set(snap.run, snap);
-    render();
-  },
-  onEvent(event) {
-    const before = runs.get(event.run);
-    const wasLive = before ? isLive(before) || before.status === "interrupted" : true;
-    const snap = apply(before ?? null, event);
-    runs.set(event.run, snap);
-    if (wasLive && FINISHED.includes(snap.status)) transcripts.delete(event.run);
-    render();
-  },
+  onOutage: (info) => { outage = info; render(); },
+  onSnapshots,
+  onEvent,
+  getSnapshots: () => [...runs.values()],
 });
 
 async function loadHistory() {
@@ -70,13 +122,14 @@ async function loadHistory() {
     summaries.clear();
     for (const s of list) summaries.set(s.run, s);
     render();
-  } catch { /* the stream indicator already says when the sidecar is away */ }
+  } catch { /* the outage banner already says when the sidecar is away */ }
 }
 
 async function ensureSnapshot(run) {
   if (runs.has(run)) return;
   try {
-    runs.set(run, await request(`/api/runs/${encodeURIComponent(run)}`));
+    const snap = await request(`/api/runs/${encodeURIComponent(run)}`);
+    if (!runs.has(run)) runs.set(run, snap);
     render();
   } catch (e) {
     showActionState(`Could not load ${run}: ${e.message}`, true);
@@ -96,6 +149,32 @@ async function ensureTranscript(snap) {
   render();
 }
 
+// -- choosing the run shown -----------------------------------------------------------------------
+function select(run) {
+  if (run === selected) return;
+  selected = run;
+  settled = true;
+  follow = true;
+  resetOutput();
+  const i = notices.findIndex((n) => n.run === run);
+  if (i >= 0) notices.splice(i, 1);
+  const params = new URLSearchParams(location.search);
+  params.set("run", run);
+  history.replaceState(null, "", `?${params}${location.hash}`);
+  render();
+}
+
+// On load: the live run (else the latest). Afterwards only a person changes it; an empty page
+// shows the first run that appears.
+function pickOnLoad(rows) {
+  if (selected && settled) return;
+  const live = rows.find((r) => r.status === "running" || r.status === "paused");
+  const pick = (live || rows[0])?.run ?? null;
+  if (pick === null) return;
+  selected = pick;
+  settled = true;
+}
+
 // -- rendering ---------------------------------------------------------------------------
 function render() {
   if (pending) return;
@@ -104,10 +183,6 @@ function render() {
     pending = false;
     draw();
   });
-}
-
-function fromTemplate(id) {
-  return $(id).content.firstElementChild.cloneNode(true);
 }
 
 function duration(seconds) {
@@ -130,165 +205,240 @@ function liveTimes(snap, now = Date.now() / 1000) {
   return { elapsed, eta };
 }
 
+// A stable order (newest start first): rows do not jump under the pointer as events arrive.
 function allRows() {
   const rows = new Map(summaries);
   for (const [run, snap] of runs) rows.set(run, snap);
-  return [...rows.values()].sort((a, b) => (b.updated_at || 0) - (a.updated_at || 0));
+  const start = (r) => r.started_at ?? r.updated_at ?? 0;
+  return [...rows.values()].sort((a, b) => start(b) - start(a) || (a.run < b.run ? -1 : 1));
 }
 
 function draw() {
   const rows = allRows();
-  if (!userPicked || !selected) {
-    const live = rows.find((r) => r.status === "running" || r.status === "paused");
-    selected = (live || rows[0])?.run ?? null;
-  }
-  drawRunList(rows);
-  const snap = selected ? runs.get(selected) : null;
+  pickOnLoad(rows);
+  const snap = selected ? runs.get(selected) ?? null : null;
   if (selected && !snap) ensureSnapshot(selected);
-  drawPanel(snap);
+  for (const panel of PANELS) panel({ rows, snap });
 }
 
-function drawRunList(rows) {
-  $("no-runs").hidden = rows.length > 0;
-  $("run-list").replaceChildren(...rows.map((r) => {
-    const li = fromTemplate("run-row");
-    const button = li.querySelector("button");
-    li.querySelector(".run-name").textContent = r.run;
-    li.querySelector(".badge.live").hidden = r.status !== "running";
-    const status = li.querySelector(".run-status");
-    status.textContent = r.status;
-    status.dataset.status = r.status;
-    li.querySelector(".run-percent").textContent = `${Math.round(r.percent || 0)}%`;
-    li.querySelector(".run-task").textContent = r.task_name || "";
-    button.setAttribute("aria-current", String(r.run === selected));
-    button.addEventListener("click", () => {
-      selected = r.run;
-      userPicked = true;
-      follow = true;
-      history.replaceState(null, "", `?${new URLSearchParams({ ...Object.fromEntries(query), run: r.run })}${location.hash}`);
-      draw();
+function drawOutage() {
+  const box = $("outage");
+  setHidden(box, !outage);
+  if (!outage) return;
+  const now = Date.now();
+  const since = new Date(outage.since);
+  const ago = duration((now - outage.since) / 1000);
+  setText($("outage-what"), outage.pollOk
+    ? `The live stream is down since ${since.toLocaleTimeString()} (${ago}).`
+    : `The sidecar is unreachable since ${since.toLocaleTimeString()} (${ago}).`);
+  const retry = outage.retryAt ? Math.max(0, Math.ceil((outage.retryAt - now) / 1000)) : null;
+  const doing = outage.pollOk ? `Updates arrive by polling every ${POLL_EVERY_S} s` : `Polling every ${POLL_EVERY_S} s`;
+  setText($("outage-doing"), retry === null ? `${doing}.`
+    : `${doing}; next stream attempt ${retry ? `in ${retry} s` : "now"}.`);
+}
+
+function drawNotices() {
+  keyed($("notices"), notices, (n) => n.run, (n) => {
+    const p = fromTemplate("new-run-notice");
+    p.querySelector(".view").addEventListener("click", () => select(n.run));
+    p.querySelector(".dismiss").addEventListener("click", () => {
+      const i = notices.indexOf(n);
+      if (i >= 0) notices.splice(i, 1);
+      render();
     });
+    return p;
+  }, (p, n) => setText(p.querySelector(".new-run-text"), n.text));
+}
+
+function drawRunList({ rows }) {
+  setHidden($("no-runs"), rows.length > 0);
+  keyed($("run-list"), rows, (r) => r.run, (r) => {
+    const li = fromTemplate("run-row");
+    li.querySelector("button").addEventListener("click", () => select(r.run));
+    setText(li.querySelector(".run-name"), r.run);
     return li;
-  }));
+  }, (li, r) => {
+    setHidden(li.querySelector(".badge.live"), r.status !== "running");
+    const status = li.querySelector(".run-status");
+    setText(status, r.status);
+    setAttr(status, "data-status", r.status);
+    setText(li.querySelector(".run-percent"), `${Math.round(r.percent || 0)}%`);
+    setText(li.querySelector(".run-task"), r.task_name || "");
+    setAttr(li.querySelector("button"), "aria-current", String(r.run === selected));
+  });
 }
 
-function drawPanel(snap) {
-  const panel = $("panel");
-  panel.hidden = !snap;
+function drawHead({ snap }) {
+  alerts.show(snap);
+  alerts.announce(snap);
+  setHidden($("panel"), !snap);
   if (!snap) return;
-  const live = isLive(snap);
-  $("run-title").textContent = snap.task_name || snap.run;
-  $("run-id").textContent = snap.run;
+  setText($("run-title"), snap.task_name || snap.run);
+  setText($("run-id"), snap.run);
   const status = $("run-status");
-  status.textContent = snap.status;
-  status.dataset.status = snap.status;
-
-  const percent = Math.round(snap.percent || 0);
-  $("progress").querySelector(".fill").style.width = `${percent}%`;
-  $("progress").setAttribute("aria-valuenow", String(percent));
-  $("percent").textContent = `${percent}%`;
-
-  const c = snap.counts || {};
-  $("c-completed").textContent = `${c.completed ?? 0}${c.total ? ` / ${c.total}` : ""}`;
-  $("c-running").textContent = String(c.running ?? 0);
-  $("c-queued").textContent = String(c.queued ?? 0);
-  $("c-failed").textContent = String(c.failed ?? 0);
-  $("c-rate").textContent = snap.success_rate === null || snap.success_rate === undefined
-    ? "—" : `${Math.round(snap.success_rate * 100)}%`;
-  const { elapsed, eta } = liveTimes(snap);
-  $("elapsed").textContent = duration(elapsed);
-  $("remaining").textContent = live ? (eta === null || eta === undefined ? "estimating…" : `~${duration(eta)}`) : "—";
-
-  drawControls(snap);
-  drawNotice(snap);
-  drawCards(snap);
-  drawChecklist(snap);
-  drawStories(snap);
-  drawOutput(snap);
-  drawLog($("log"), (snap.log || []).slice().reverse());
-  drawTranscript(snap);
+  setText(status, snap.status);
+  setAttr(status, "data-status", snap.status);
 }
 
-function drawControls(snap) {
+function drawProgress({ snap }) {
+  if (!snap) return;
+  const percent = Math.round(snap.percent || 0);
+  const bar = $("progress");
+  bar.querySelector(".fill").style.width = `${percent}%`;
+  setAttr(bar, "data-status", snap.status);
+  setAttr(bar, "aria-valuenow", String(percent));
+  setText($("percent"), `${percent}%`);
+  const stoppedAt = snap.status === "stopped";
+  setHidden($("stopped-at"), !stoppedAt);
+  const c = snap.counts || {};
+  const finished = (c.completed ?? 0) + (c.failed ?? 0) + (c.skipped ?? 0);
+  if (stoppedAt) {
+    setText($("stopped-at"), `Stopped ${snap.stopped_at ? `at ${snap.stopped_at}, ` : ""}` +
+      `after ${finished} of ${c.total ?? 0} stories finished; ${c.cancelled ?? 0} cancelled.`);
+  }
+}
+
+function drawCounts({ snap }) {
+  if (!snap) return;
+  const c = snap.counts || {};
+  setText($("c-completed"), `${c.completed ?? 0}${c.total ? ` / ${c.total}` : ""}`);
+  setText($("c-running"), String(c.running ?? 0));
+  setText($("c-queued"), String(c.queued ?? 0));
+  setText($("c-failed"), String(c.failed ?? 0));
+  setText($("c-skipped"), String(c.skipped ?? 0));
+  setText($("c-cancelled"), String(c.cancelled ?? 0));
+  setText($("c-rate"), snap.success_rate === null || snap.success_rate === undefined
+    ? "—" : `${Math.round(snap.success_rate * 100)}%`);
+  const { elapsed, eta } = liveTimes(snap);
+  setText($("elapsed"), duration(elapsed));
+  setText($("remaining"), isLive(snap) ? (eta === null || eta === undefined ? "estimating…" : `~${duration(eta)}`) : "—");
+}
+
+function drawControls({ snap }) {
+  if (!snap) return;
   const live = isLive(snap);
   const control = snap.control || {};
   $("pause").disabled = busy.has("pause") || !(snap.status === "running" && !control.pause_requested) || Boolean(control.stop_requested);
   $("resume").disabled = busy.has("resume") || !(snap.status === "paused" || control.pause_requested);
   $("stop").disabled = busy.has("stop") || !live || Boolean(control.stop_requested);
-  $("stop").textContent = control.stop_requested ? "Stopping…" : "Stop…";
+  setText($("stop"), control.stop_requested ? "Stopping…" : "Stop…");
 }
 
-function drawNotice(snap) {
+function drawNotice({ snap }) {
+  if (!snap) return;
   const notice = $("notice");
   const finished = FINISHED.includes(snap.status) || snap.status === "interrupted";
-  notice.hidden = !finished;
+  setHidden(notice, !finished);
   if (!finished) return;
-  notice.dataset.status = snap.status;
+  setAttr(notice, "data-status", snap.status);
   const c = snap.counts || {};
   const words = { passed: "Run passed", failed: "Run failed", stopped: "Run stopped", interrupted: "Run interrupted" };
-  const text = `${words[snap.status]}: ${c.completed ?? 0} passed, ${c.failed ?? 0} failed` +
+  setText(notice, `${words[snap.status]}: ${c.completed ?? 0} passed, ${c.failed ?? 0} failed` +
     (c.skipped ? `, ${c.skipped} skipped` : "") + (c.cancelled ? `, ${c.cancelled} cancelled` : "") +
-    ` in ${duration(snap.elapsed_s)}.`;
-  if (notice.textContent !== text) notice.textContent = text;
+    ` in ${duration(snap.elapsed_s)}.`);
 }
 
-function drawCards(snap) {
+function drawCards({ snap }) {
+  if (!snap) return;
   const running = (snap.stories || []).filter((s) => s.status === "running");
-  $("cards").replaceChildren(...(running.length > 1 ? running : []).map((s) => {
-    const card = fromTemplate("card");
-    card.querySelector("h4").textContent = s.id;
-    card.querySelector(".card-title").textContent = s.title || "";
+  keyed($("cards"), running.length > 1 ? running : [], (s) => s.id, () => fromTemplate("card"), (card, s) => {
+    setText(card.querySelector("h4"), s.id);
+    setText(card.querySelector(".card-title"), s.title || "");
     const acs = s.acceptance_criteria || [];
-    card.querySelector(".card-progress").textContent =
-      `${acs.filter((a) => a.status === "passed").length}/${acs.length} criteria · attempt ${s.attempt || 1}`;
-    card.querySelector(".card-output").textContent = (s.last_output || "").split("\n").filter(Boolean).slice(-3).join("\n");
-    return card;
-  }));
+    setText(card.querySelector(".card-progress"),
+      `${acs.filter((a) => a.status === "passed").length}/${acs.length} criteria · attempt ${s.attempt || 1}`);
+    setText(card.querySelector(".card-output"), (s.last_output || "").split("\n").filter(Boolean).slice(-3).join("\n"));
+  });
 }
 
-function drawChecklist(snap) {
+function drawChecklist({ snap }) {
+  if (!snap) return;
   const story = (snap.stories || []).find((s) => s.id === snap.current_story);
-  $("current").hidden = !story;
-  if (!story) return;
-  $("current-title").textContent = `Current story: ${story.id} — ${story.title || ""}`;
-  $("checklist").replaceChildren(...(story.acceptance_criteria || []).map((ac) => {
-    const li = fromTemplate("ac-row");
-    li.dataset.status = ac.status;
-    li.querySelector(".mark").textContent = MARK[ac.status] || "○";
-    li.querySelector(".ac-text").textContent = ac.text;
-    li.querySelector(".ac-status").textContent = ac.status === "pending" ? "" : ac.status;
-    li.querySelector(".ac-error").textContent = ac.error || "";
-    return li;
-  }));
+  const box = $("current");
+  setHidden(box, !story);
+  const acs = story ? story.acceptance_criteria || [] : [];
+  if (story) setText($("current-title"), `Current story: ${story.id} — ${story.title || ""}`);
+  keyed($("checklist"), acs.map((ac, i) => ({ ac, key: `${story.id}#${i}` })), (x) => x.key,
+    () => fromTemplate("ac-row"), (li, { ac }) => {
+      setAttr(li, "data-status", ac.status);
+      setText(li.querySelector(".mark"), MARK[ac.status] || "○");
+      setText(li.querySelector(".ac-text"), ac.text);
+      setText(li.querySelector(".ac-status"), ac.status === "pending" ? "" : ac.status);
+      setText(li.querySelector(".ac-error"), ac.error || "");
+    });
 }
 
-function drawStories(snap) {
-  $("stories").replaceChildren(...(snap.stories || []).map((s) => {
-    const li = fromTemplate("story-row");
-    li.dataset.status = s.status;
-    li.querySelector(".mark").textContent = STORY_MARK[s.status] || "○";
-    li.querySelector(".story-id").textContent = s.id;
-    li.querySelector(".story-title").textContent = s.title || "";
+function drawStories({ snap }) {
+  if (!snap) return;
+  keyed($("stories"), snap.stories || [], (s) => s.id, () => fromTemplate("story-row"), (li, s) => {
+    setAttr(li, "data-status", s.status);
+    setText(li.querySelector(".mark"), STORY_MARK[s.status] || "○");
+    setText(li.querySelector(".story-id"), s.id);
+    setText(li.querySelector(".story-title"), s.title || "");
     const status = li.querySelector(".story-status");
-    status.textContent = s.status + (s.duration_ms ? ` · ${duration(s.duration_ms / 1000)}` : "");
-    status.dataset.status = s.status === "passed" ? "" : s.status;
-    return li;
-  }));
+    setText(status, s.status + (s.duration_ms ? ` · ${duration(s.duration_ms / 1000)}` : ""));
+    setAttr(status, "data-status", s.status === "passed" ? "" : s.status);
+  });
 }
 
-function drawOutput(snap) {
+// -- output: appended, never re-set while the run goes on -------------------------------------------
+let shownRun = null;     // whose output the <pre> holds
+let shownLength = 0;     // how many characters it holds
+
+function resetOutput() {
+  shownRun = null;
+  outputChunks.length = 0;
+}
+
+function drawOutput({ snap }) {
+  if (!snap) return;
   const pre = $("output");
   const text = snap.output || "";
-  if (pre.textContent !== text) {
-    pre.textContent = text;
-    if (follow) pre.scrollTop = pre.scrollHeight;
+  const changed = outputChunks.length > 0 || shownRun !== snap.run;
+  if (shownRun === snap.run && outputChunks.length) {
+    appendOutput(pre, outputChunks.splice(0));
   }
-  $("truncated").hidden = !snap.output_truncated;
-  $("follow").hidden = follow;
+  if (shownRun !== snap.run || shownLength !== text.length) {   // a new run, a reset, or a mismatch
+    outputChunks.length = 0;
+    pre.textContent = text;
+    shownRun = snap.run;
+    shownLength = text.length;
+  }
+  if (changed && follow) pre.scrollTop = pre.scrollHeight;
+  setHidden($("truncated"), !snap.output_truncated);
+  setHidden($("follow"), follow);
 }
 
-function drawLog(list, entries) {
-  list.replaceChildren(...entries.map((entry) => {
+// Append new text as text nodes, then drop what falls off the front of the kept tail (as the
+// reducer does), editing the first nodes in place so a selection further down stays put.
+function appendOutput(pre, chunks) {
+  const added = chunks.join("");
+  pre.append(document.createTextNode(added));
+  shownLength += added.length;
+  let excess = shownLength - OUTPUT_TAIL_CHARS;
+  while (excess > 0 && pre.firstChild) {
+    const node = pre.firstChild;
+    if (node.length <= excess) {
+      excess -= node.length;
+      shownLength -= node.length;
+      node.remove();
+    } else {
+      node.deleteData(0, excess);
+      shownLength -= excess;
+      excess = 0;
+    }
+  }
+}
+const OUTPUT_TAIL_CHARS = 100_000;
+
+function drawLogs({ snap }) {
+  if (!snap) return;
+  drawLog($("log"), (snap.log || []).slice().reverse(), (entry) => entry);
+  drawTranscript(snap);
+}
+
+function drawLog(list, entries, keyOf) {
+  keyed(list, entries, keyOf, (entry) => {
     const li = fromTemplate("log-row");
     const time = li.querySelector("time");
     if (typeof entry.ts === "number") {
@@ -299,7 +449,7 @@ function drawLog(list, entries) {
     li.querySelector(".log-type").textContent = entry.type;
     li.querySelector(".log-text").textContent = entry.text;
     return li;
-  }));
+  }, () => {});
 }
 
 function describe(event) {
@@ -315,22 +465,35 @@ function describe(event) {
 
 function drawTranscript(snap) {
   const box = $("transcript-box");
-  box.hidden = isLive(snap);
+  setHidden(box, isLive(snap));
   if (isLive(snap)) return;
   ensureTranscript(snap);
   const t = transcripts.get(snap.run);
   const events = t?.events || [];
   const shown = events.slice(-TRANSCRIPT_SHOWN);
-  $("transcript-note").textContent = t?.error ? `Transcript unavailable: ${t.error}`
+  setText($("transcript-note"), t?.error ? `Transcript unavailable: ${t.error}`
     : events.length > shown.length ? `Showing the last ${shown.length} of ${events.length} events; export for all.`
-      : `${events.length} events.`;
-  drawLog($("transcript"), shown.map((e) => ({ ts: e.ts, type: e.type, text: describe(e) })));
+      : `${events.length} events.`);
+  drawLog($("transcript"), shown.map((e) => ({ id: `${snap.run} ${e.id}`, ts: e.ts, type: e.type, text: describe(e) })),
+    (entry) => entry.id);
 }
+
+function drawNotifyToggle() {
+  const button = $("notify-toggle");
+  const permission = Alerts.permission();
+  setHidden(button, permission === "unsupported");
+  setText(button, { granted: "🔔 Notifications on", denied: "🔕 Notifications blocked" }[permission] || "🔔 Notify me");
+  button.disabled = permission !== "default";
+}
+
+// One render function per panel, in page order; each gets {rows, snap} (snap: the selected run).
+const PANELS = [drawOutage, drawNotices, drawNotifyToggle, drawRunList, drawHead, drawProgress, drawCounts,
+  drawControls, drawNotice, drawCards, drawChecklist, drawStories, drawOutput, drawLogs];
 
 // -- actions --------------------------------------------------------------------------------
 function showActionState(text, isError = false) {
   const el = $("action-state");
-  el.textContent = text;
+  setText(el, text);
   el.classList.toggle("error", isError);
 }
 
@@ -371,20 +534,24 @@ async function exportTranscript() {
   }
 }
 
-function wire() {
-  $("pause").addEventListener("click", () => control("pause"));
-  $("resume").addEventListener("click", () => control("resume"));
-  $("export").addEventListener("click", exportTranscript);
+// Enter (in the reason field or on the confirm button) stops the run; Escape or Cancel does not.
+function wireStopDialog() {
+  const dialog = $("stop-dialog");
   $("stop").addEventListener("click", () => {
     $("stop-reason").value = "";
-    $("stop-dialog").showModal();
+    dialog.returnValue = "";
+    dialog.showModal();
   });
-  $("stop-dialog").addEventListener("close", () => {
-    if ($("stop-dialog").returnValue === "confirm") {
+  $("stop-cancel").addEventListener("click", () => dialog.close("cancel"));
+  dialog.addEventListener("close", () => {
+    if (dialog.returnValue === "confirm") {
       const reason = $("stop-reason").value.trim();
       control("stop", reason ? { reason } : {});
     }
   });
+}
+
+function wireOutput() {
   $("copy").addEventListener("click", async () => {
     const text = runs.get(selected)?.output || "";
     try {
@@ -403,20 +570,36 @@ function wire() {
     const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
     if (atBottom !== follow) {
       follow = atBottom;
-      $("follow").hidden = follow;
+      setHidden($("follow"), follow);
     }
   });
   $("follow").addEventListener("click", () => {
     follow = true;
     pre.scrollTop = pre.scrollHeight;
-    $("follow").hidden = true;
+    setHidden($("follow"), true);
   });
+}
+
+function wire() {
+  $("pause").addEventListener("click", () => control("pause"));
+  $("resume").addEventListener("click", () => control("resume"));
+  $("export").addEventListener("click", exportTranscript);
+  $("notify-toggle").addEventListener("click", async () => {
+    await Alerts.ask();
+    render();
+  });
+  wireStopDialog();
+  wireOutput();
 }
 
 wire();
 setStatus("connecting");
-connection.start();
+stream.start();
 loadHistory();
 setInterval(loadHistory, 15_000);
-setInterval(render, 1000);   // elapsed and remaining tick between events
-window.loopDashboard = { connection, runs };   // for the browser tests and the curious
+setInterval(render, 1000);   // elapsed, remaining and the outage banner tick between events
+window.loopDashboard = {     // for the browser tests and the curious
+  runs, stream, select,
+  get connection() { return stream.connection; },
+  get role() { return stream.role; },
+};

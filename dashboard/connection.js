@@ -14,6 +14,7 @@ export const KNOWN_TYPES = [
   "task_started", "story_started", "ac_completed", "ac_failed", "story_completed", "task_completed",
   "error_occurred", "output", "progress", "stop_requested", "pause_requested", "resume_requested",
   "task_stopped", "task_paused", "task_resumed",
+  "agent_init", "agent_text", "tool_call", "tool_result", "agent_result", "story_stalled",
 ];
 
 export function parseId(id) {
@@ -23,12 +24,14 @@ export function parseId(id) {
 
 export class Connection {
   // options: {server, token, transport: "sse"|"poll", pollInterval (s), onEvent(e), onSnapshots(runs, {reset}),
-  //           onStatus(state), fetchImpl, EventSourceImpl, setTimeoutImpl, clearTimeoutImpl}
+  //           onStatus(state), onOutage(info|null), cursor (resume from), fetchImpl, EventSourceImpl,
+  //           setTimeoutImpl, clearTimeoutImpl, now}
+  // onOutage gets {since, retryAt, polling, pollOk} (ms timestamps) while the stream is down, null once back.
   constructor(options) {
     this.o = { pollInterval: 2, transport: "sse", fetchImpl: (...a) => fetch(...a),
       EventSourceImpl: globalThis.EventSource, setTimeoutImpl: (...a) => setTimeout(...a),
-      clearTimeoutImpl: (t) => clearTimeout(t), ...options };
-    this.cursor = null;       // the last event id applied (or the cursor a hello/reset gave)
+      clearTimeoutImpl: (t) => clearTimeout(t), now: () => Date.now(), ...options };
+    this.cursor = this.o.cursor ?? null;   // the last event id applied (or the cursor a hello/reset gave)
     this.attempt = 0;
     this.es = null;
     this.pollTimer = null;
@@ -36,6 +39,18 @@ export class Connection {
     this.polling = false;
     this.status = null;
     this.filling = null;
+    this.outage = null;       // {since, retryAt, polling, pollOk} while the sidecar cannot be streamed from
+  }
+
+  // Say what the page is doing while the stream is down (the banner), or that it is back (null).
+  reportOutage(change) {
+    if (change === null) {
+      if (this.outage === null) return;
+      this.outage = null;
+    } else {
+      this.outage = { since: this.o.now(), retryAt: null, polling: this.polling, pollOk: null, ...this.outage, ...change };
+    }
+    this.o.onOutage?.(this.outage && { ...this.outage });
   }
 
   url(path, params = {}) {
@@ -76,6 +91,7 @@ export class Connection {
       this.attempt = 0;
       this.stopPolling();
       this.setStatus("live");
+      this.reportOutage(null);
     };
     es.onerror = () => {
       if (this.es !== es) return;
@@ -84,17 +100,18 @@ export class Connection {
       this.setStatus("reconnecting");
       this.startPolling();
       const delay = backoffDelay(this.attempt++);
+      this.reportOutage({ retryAt: this.o.now() + delay * 1000, polling: true });
       this.retryTimer = this.o.setTimeoutImpl(() => this.openStream(), delay * 1000);
     };
     es.addEventListener("hello", (m) => {
       const data = JSON.parse(m.data);
+      this.cursor = data.cursor;      // before the callback, which may read it
       if (!data.resumed) this.o.onSnapshots?.(data.runs || [], { reset: true });
-      this.cursor = data.cursor;
     });
     es.addEventListener("reset", (m) => {
       const data = JSON.parse(m.data);
-      this.o.onSnapshots?.(data.runs || [], { reset: true, reason: data.reason });
       this.cursor = data.cursor;
+      this.o.onSnapshots?.(data.runs || [], { reset: true, reason: data.reason });
     });
     es.addEventListener("heartbeat", (m) => this.checkGap(m.lastEventId));
     for (const type of KNOWN_TYPES) {
@@ -147,6 +164,11 @@ export class Connection {
       const ok = await this.pollOnce(Infinity);
       if (!this.polling) return;
       if (this.o.transport === "poll" || !this.es) this.setStatus(ok ? "polling" : "reconnecting");
+      if (this.o.transport === "poll") {
+        this.reportOutage(ok ? null : { retryAt: this.o.now() + this.o.pollInterval * 1000, polling: true, pollOk: false });
+      } else if (this.outage) {
+        this.reportOutage({ pollOk: ok });
+      }
       this.pollTimer = this.o.setTimeoutImpl(tick, this.o.pollInterval * 1000);
     };
     tick();
@@ -167,8 +189,8 @@ export class Connection {
         if (!response.ok) return false;
         const page = await response.json();
         if (page.reset) {
-          this.o.onSnapshots?.(page.runs || [], { reset: true, reason: "poll" });
           this.cursor = page.cursor;
+          this.o.onSnapshots?.(page.runs || [], { reset: true, reason: "poll" });
           return true;
         }
         for (const event of page.events) {
