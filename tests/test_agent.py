@@ -203,3 +203,55 @@ def test_adapt_reads_a_bad_run_name_as_a_usage_error(server):
     r = subprocess.run([*LOOP, "adapt", "claude", "--run", "bad name!", "--server", server.url], input="",
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "--run" in r.stderr and "Traceback" not in r.stderr
+
+
+# -- the views ----------------------------------------------------------------------------------------
+
+def test_box_shows_the_current_tool_with_its_time_a_stall_and_the_run_cost():
+    from loopstream.view import plain_line, render_box
+
+    events = json.loads((ROOT / "tests" / "fixtures" / "agent_story_two_attempts.json").read_text())["events"]
+    text = "\n".join(render_box(state.reduce(events[:6]), 80, now=15.0))
+    assert "Agent: Bash pytest -q · 12s" in text and "⚠ Stalled: A-1" in text
+    assert "Cost:" not in text                                    # nothing reported yet
+    text = "\n".join(render_box(state.reduce(events[:9]), 80, now=41.5))
+    assert "Agent: Edit src/app.py · 0s" in text and "Stalled" not in text   # the stall cleared by the result
+    assert "Cost: $0.2500 · 1,200 in / 300 out tokens" in "\n".join(render_box(state.reduce(events[:10]), 80, now=42))
+    done = state.reduce(events + [{"id": "1000-99", "type": "task_completed", "run": "r1", "ts": 70.0, "data": {}}])
+    text = "\n".join(render_box(done, 80, now=80.0))
+    assert "Cost: $0.3750 · 2,010 in / 405 out tokens" in text and "Agent:" not in text
+    assert plain_line(events[4]).endswith("tool_call A-1 → Bash: pytest -q")
+    assert plain_line(events[6]).endswith("tool_result A-1 ✗ Bash: 1 failed")
+
+
+def test_loop_watch_in_a_real_terminal_shows_the_agent_line_and_the_cost(server, tmp_path):
+    import shutil
+    import uuid
+
+    assert shutil.which("tmux"), "tmux is required (bin/test installs it)"
+    server.post([{"type": "task_started", "run": "w-agent", "data": {"task_name": "Agent watch", "story_count": 1}},
+                 {"type": "story_started", "run": "w-agent", "data": {"story_id": "US-1", "title": "slow suite",
+                                                                        "acceptance_criteria": ["green"]}}])
+    session = f"loop-{uuid.uuid4().hex[:8]}"
+    cmd = f"cd {ROOT} && {' '.join(LOOP)} watch w-agent --server {server.url}; sleep 30"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "90", "-y", "30", cmd], check=True)
+    agent = subprocess.Popen(["bash", "-c", f"{' '.join(FAKE)} silent.jsonl --delay 0.01 --then-sleep 60 | "
+                                            f"{' '.join(LOOP)} adapt claude --server {server.url} --run w-agent "
+                                            f"--story US-1"], start_new_session=True, stdout=subprocess.DEVNULL)
+    try:
+        def screen():
+            return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
+                                  text=True).stdout
+
+        shown = wait_for(lambda: "Agent: Bash pytest -q --slow · " in screen() and screen(), 30,
+                         message="the Agent line in loop watch")
+        assert "Current Story: US-1 - slow suite" in shown
+        seconds = wait_for(lambda: "· 2s" in screen() or "· 3s" in screen(), 30, message="the tool's timer to run")
+        assert seconds
+        server.post([{"type": "agent_result", "run": "w-agent",
+                      "data": {"story_id": "US-1", "cost_usd": 1.5, "input_tokens": 2000, "output_tokens": 10}}])
+        wait_for(lambda: "Cost: $1.5000 · 2,000 in / 10 out tokens" in screen(), 30, message="the run's cost")
+    finally:
+        os.killpg(agent.pid, signal.SIGTERM)
+        agent.wait(10)
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
