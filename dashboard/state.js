@@ -372,6 +372,10 @@ function derive(snap) {
   }
   c.total = Math.max(stories.length, Math.trunc(snap.story_count || 0));
   c.queued = c.total - c.completed - c.running - c.failed - c.skipped - c.cancelled;
+  if (snap.status === "stopped") {   // stories a stopped run never reached (known only by count) were cancelled too
+    c.cancelled += c.queued;
+    c.queued = 0;
+  }
   snap.counts = c;
   const decided = c.completed + c.failed;
   snap.success_rate = decided ? c.completed / decided : null;

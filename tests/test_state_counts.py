@@ -14,7 +14,8 @@ def test_a_stopped_run_shows_where_it_stopped_and_counts_cancelled_and_skipped()
 
 def test_a_stop_before_anything_finished_is_not_a_full_bar():
     snap = load_fixture(FIXTURES / "stopped_run.json")["snapshot"]
-    assert snap["percent"] == 0 and snap["counts"]["cancelled"] == 1 and snap["stopped_at"] == "S1"
+    assert snap["percent"] == 0 and snap["counts"]["cancelled"] == 2 and snap["counts"]["queued"] == 0
+    assert snap["stopped_at"] == "S1"                   # the story never reached counts as cancelled too
 
 
 def test_skipped_stories_count_as_finished():

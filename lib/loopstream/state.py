@@ -403,6 +403,8 @@ def _derive(snap: dict) -> None:
             c[key] += 1
     c["total"] = max(len(stories), int(snap["story_count"] or 0))
     c["queued"] = c["total"] - c["completed"] - c["running"] - c["failed"] - c["skipped"] - c["cancelled"]
+    if snap["status"] == "stopped":  # stories a stopped run never reached (known only by count) were cancelled too
+        c["cancelled"], c["queued"] = c["cancelled"] + c["queued"], 0
     snap["counts"] = c
     decided = c["completed"] + c["failed"]
     snap["success_rate"] = c["completed"] / decided if decided else None
