@@ -6,6 +6,7 @@ import { apply, isLive, FINISHED } from "./state.js";
 import { SharedStream } from "./shared.js";
 import { Alerts } from "./alerts.js";
 import { $, fromTemplate, keyed, setAttr, setHidden, setText } from "./dom.js";
+import { AgentPanel, describeAgent, withAgentSummary } from "./agent.js";
 
 const query = new URLSearchParams(location.search);
 const fragment = new URLSearchParams(location.hash.slice(1));
@@ -32,6 +33,7 @@ let pending = false;
 let outage = null;
 let loaded = false;                // the first snapshots arrived: later new runs get a notice
 const alerts = new Alerts({ server });
+const agentPanel = new AgentPanel({ request: (path) => request(path) });
 
 // -- talking to the sidecar ------------------------------------------------------------
 function api(path) {
@@ -72,6 +74,7 @@ function onEvent(event) {
   const statusBefore = before?.status;
   const snap = apply(before ?? null, event);
   runs.set(event.run, snap);
+  agentPanel.onEvent(event);
   if (wasLive && FINISHED.includes(snap.status)) transcripts.delete(event.run);
   if (fresh || (event.type === "task_started" && before && !isLive(before))) noticeNewRun(snap);
   if (event.run === selected) {
@@ -396,7 +399,7 @@ function drawOutput({ snap }) {
   const text = snap.output || "";
   const changed = outputChunks.length > 0 || shownRun !== snap.run;
   if (shownRun === snap.run && outputChunks.length) {
-    appendOutput(pre, outputChunks.splice(0));
+    appendOutput(pre, outputChunks.splice(0), text.length);
   }
   if (shownRun !== snap.run || shownLength !== text.length) {   // a new run, a reset, or a mismatch
     outputChunks.length = 0;
@@ -409,13 +412,13 @@ function drawOutput({ snap }) {
   setHidden($("follow"), follow);
 }
 
-// Append new text as text nodes, then drop what falls off the front of the kept tail (as the
-// reducer does), editing the first nodes in place so a selection further down stays put.
-function appendOutput(pre, chunks) {
+// Append new text as a text node, then drop what fell off the front of the kept tail (the reducer
+// keeps `kept` characters), editing the first nodes in place so a selection further down stays put.
+function appendOutput(pre, chunks, kept) {
   const added = chunks.join("");
   pre.append(document.createTextNode(added));
   shownLength += added.length;
-  let excess = shownLength - OUTPUT_TAIL_CHARS;
+  let excess = shownLength - kept;
   while (excess > 0 && pre.firstChild) {
     const node = pre.firstChild;
     if (node.length <= excess) {
@@ -429,7 +432,6 @@ function appendOutput(pre, chunks) {
     }
   }
 }
-const OUTPUT_TAIL_CHARS = 100_000;
 
 function drawLogs({ snap }) {
   if (!snap) return;
@@ -459,7 +461,7 @@ function describe(event) {
     case "story_started": return `${d.story_id} ${d.title ?? ""} (attempt ${d.attempt ?? 1})`;
     case "story_completed": return `${d.story_id} ${d.status}`;
     case "ac_completed": case "ac_failed": return `${d.story_id} [${d.ac_index}] ${d.ac_text ?? ""} ${d.error ?? ""}`;
-    default: return typeof d.message === "string" ? d.message : JSON.stringify(d);
+    default: return describeAgent(event) ?? (typeof d.message === "string" ? d.message : JSON.stringify(d));
   }
 }
 
@@ -488,7 +490,7 @@ function drawNotifyToggle() {
 
 // One render function per panel, in page order; each gets {rows, snap} (snap: the selected run).
 const PANELS = [drawOutage, drawNotices, drawNotifyToggle, drawRunList, drawHead, drawProgress, drawCounts,
-  drawControls, drawNotice, drawCards, drawChecklist, drawStories, drawOutput, drawLogs];
+  drawControls, drawNotice, drawCards, drawChecklist, agentPanel.draw, drawStories, drawOutput, drawLogs];
 
 // -- actions --------------------------------------------------------------------------------
 function showActionState(text, isError = false) {
@@ -520,7 +522,8 @@ async function exportTranscript() {
   const run = selected;
   try {
     const data = await request(`/api/runs/${encodeURIComponent(run)}/transcript`);
-    const blob = new Blob([JSON.stringify(data, null, 2)], { type: "application/json" });
+    const blob = new Blob([JSON.stringify(withAgentSummary(data, runs.get(run)), null, 2)],
+      { type: "application/json" });
     const a = document.createElement("a");
     a.href = URL.createObjectURL(blob);
     a.download = `loop-${run}-transcript.json`;

@@ -468,3 +468,277 @@ def test_a_failed_control_request_says_why(browser, make_server, tmp_path):
     assert "error" in browser.find_element(By.ID, "action-state").get_attribute("class")
     until(browser, lambda: status(browser) == "reconnecting", message="the indicator to say Reconnecting")
     browser.get("about:blank")
+
+
+# -- issue 13: many tabs, input during live updates, honest numbers, staying put, being told -------------
+
+def tab_state(d, run):
+    return js(d, "const s = window.loopDashboard?.runs.get(arguments[0]);"
+                 "return s ? {output: s.output, count: s.event_count, role: window.loopDashboard.role} : null;", run)
+
+
+def healthz_subscribers(server):
+    return server.get("/healthz").json()["subscribers"]
+
+
+def close_other_tabs(d, keep):
+    for handle in d.window_handles:
+        if handle != keep:
+            d.switch_to.window(handle)
+            d.close()
+    d.switch_to.window(keep)
+
+
+def test_eight_tabs_share_one_stream_and_a_new_leader_takes_over(browser, server):
+    run = "tabs"
+    server.post({"type": "task_started", "run": run, "data": {"task_name": "Many tabs", "story_count": 1}})
+    url = server.url + f"/?run={run}"
+    open_page(browser, url)
+    for _ in range(7):
+        browser.switch_to.new_window("tab")
+        browser.get(url)
+    tabs = list(browser.window_handles)
+    assert len(tabs) >= 8
+    expected = []
+
+    def emit(lo, hi):
+        for i in range(lo, hi):
+            server.post({"type": "output", "run": run, "data": {"text": f"line-{i}\n"}})
+            expected.append(f"line-{i}\n")
+
+    def all_have(handles, marker):
+        for h in handles:
+            browser.switch_to.window(h)
+            until(browser, lambda: marker in (tab_state(browser, run) or {}).get("output", ""), timeout=20,
+                  message=f"tab {h} to show {marker.strip()}")
+            until(browser, lambda: marker in text(browser, "#output"), message="the tab's page to show it")
+
+    try:
+        emit(0, 5)
+        all_have(tabs, "line-4")
+        roles = []
+        for h in tabs:
+            browser.switch_to.window(h)
+            roles.append(tab_state(browser, run)["role"])
+        assert sorted(roles) == ["follower"] * (len(tabs) - 1) + ["leader"]
+        wait_for(lambda: healthz_subscribers(server) == 1, message="one subscriber for all the tabs")
+        leader = tabs[roles.index("leader")]
+        browser.switch_to.window(leader)
+        browser.close()                                     # the leading tab goes away
+        rest = [h for h in tabs if h != leader]
+        emit(5, 10)                                         # while nobody holds the stream
+        browser.switch_to.window(rest[0])
+
+        def one_leader():
+            found = []
+            for h in rest:
+                browser.switch_to.window(h)
+                found.append(tab_state(browser, run)["role"])
+            return found.count("leader") == 1
+
+        wait_for(one_leader, timeout=10, interval=0.2, message="another tab to take the lead")
+        emit(10, 15)
+        all_have(rest, "line-14")
+        for h in rest:                                      # nothing missed, nothing twice, in every tab
+            browser.switch_to.window(h)
+            state = tab_state(browser, run)
+            assert state["output"] == "".join(expected)
+            assert state["count"] == server.get(f"/api/runs/{run}").json()["event_count"]
+        wait_for(lambda: healthz_subscribers(server) == 1, message="still one subscriber")
+    finally:
+        close_other_tabs(browser, browser.window_handles[0])
+        browser.get("about:blank")
+
+
+def test_focus_hover_a_held_click_and_a_selection_survive_live_updates(browser, server):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    server.post([{"type": "task_started", "run": "busy", "data": {"task_name": "Busy", "story_count": 3}},
+                 {"type": "story_started", "run": "busy", "data": {"story_id": "B1", "acceptance_criteria": ["x"]}},
+                 {"type": "output", "run": "busy", "data": {"text": "first line to select\n"}},
+                 {"type": "task_started", "run": "calm", "data": {"task_name": "Calm"}},
+                 {"type": "task_started", "run": "other", "data": {"task_name": "Other"}}])
+    open_page(browser, server.url + "/?run=busy")
+    until(browser, lambda: "first line" in text(browser, "#output"))
+    js(browser, """
+        window.__removed = 0;
+        new MutationObserver((ms) => { for (const m of ms) for (const n of m.removedNodes) window.__removed += n.nodeType === 1; })
+          .observe(document.getElementById('run-list'), {childList: true, subtree: true});
+        const node = document.getElementById('output').firstChild;
+        const range = document.createRange(); range.setStart(node, 0); range.setEnd(node, 10);
+        getSelection().removeAllRanges(); getSelection().addRange(range);
+        const row = [...document.querySelectorAll('#run-list button')].find(b => b.textContent.includes('calm'));
+        row.dataset.mark = 'focused'; row.focus();""")
+    stop = threading.Event()
+
+    def stream():
+        i = 0
+        while not stop.is_set():
+            server.post([{"type": "output", "run": "busy", "data": {"text": f"tick {i}\n"}},
+                         {"type": "progress", "run": "calm", "data": {"percent": i % 100}}])
+            i += 1
+            stop.wait(0.05)
+
+    worker = threading.Thread(target=stream, daemon=True)
+    worker.start()
+    try:
+        until(browser, lambda: "tick 5" in text(browser, "#output"), message="the stream to flow")
+        deadline = time.monotonic() + 3                     # three seconds of live updates
+        while time.monotonic() < deadline:
+            assert js(browser, "return document.activeElement.dataset.mark") == "focused"
+            time.sleep(0.2)
+        assert js(browser, "return getSelection().toString()") == "first line"      # the selection is intact
+        assert js(browser, "return window.__removed") == 0                           # no element was rebuilt
+        browser.switch_to.active_element.send_keys(Keys.ENTER)
+        until(browser, lambda: text(browser, "#run-title") == "Calm", message="Enter to select the focused row")
+        other = [b for b in browser.find_elements(By.CSS_SELECTOR, "#run-list button") if "other" in b.text][0]
+        ActionChains(browser).move_to_element(other).click_and_hold().perform()      # a click in progress …
+        until(browser, lambda: js(browser, "return document.querySelector('#run-list button:hover') !== null"))
+        time.sleep(1)                                       # … while updates keep coming
+        assert "other" in js(browser, "return document.querySelector('#run-list button:hover').textContent")
+        ActionChains(browser).release().perform()
+        until(browser, lambda: text(browser, "#run-title") == "Other", message="the held click to land on its run")
+    finally:
+        stop.set()
+        worker.join(5)
+
+
+def test_output_is_appended_not_reset(browser, server):
+    server.post([{"type": "task_started", "run": "app", "data": {"task_name": "Appender"}},
+                 {"type": "output", "run": "app", "data": {"text": "one\n"}}])
+    open_page(browser, server.url + "/?run=app")
+    until(browser, lambda: text(browser, "#output") == "one\n")
+    js(browser, "window.__first = document.getElementById('output').firstChild;")
+    server.post([{"type": "output", "run": "app", "data": {"text": f"more {i}\n"}} for i in range(20)])
+    until(browser, lambda: "more 19" in text(browser, "#output"))
+    assert js(browser, "return document.getElementById('output').firstChild === window.__first")
+    assert text(browser, "#output") == "one\n" + "".join(f"more {i}\n" for i in range(20))
+
+
+def test_a_stopped_run_shows_where_it_stopped_and_counts_skipped_and_cancelled(browser, server):
+    server.post([{"type": "task_started", "run": "halt", "data": {"task_name": "Halted", "story_count": 4}},
+                 {"type": "story_completed", "run": "halt", "data": {"story_id": "S1", "status": "passed"}},
+                 {"type": "story_completed", "run": "halt", "data": {"story_id": "S2", "status": "skipped"}},
+                 {"type": "story_started", "run": "halt", "data": {"story_id": "S3"}},
+                 {"type": "task_stopped", "run": "halt", "data": {"reason": "enough"}}])
+    open_page(browser, server.url + "/?run=halt")
+    until(browser, lambda: text(browser, "#run-status") == "stopped")
+    assert text(browser, "#percent") == "50%" and server.get("/api/runs/halt").json()["percent"] == 50
+    assert text(browser, "#c-skipped") == "1" and text(browser, "#c-cancelled") == "2"
+    assert text(browser, "#stopped-at") == "Stopped at S3, after 2 of 4 stories finished; 2 cancelled."
+    assert "1 skipped, 2 cancelled" in text(browser, "#notice")
+    shot(browser, "stopped")
+
+
+def test_the_page_stays_on_the_run_a_person_watches_and_notes_a_new_one(browser, server):
+    server.post({"type": "task_started", "run": "watched", "data": {"task_name": "Watched", "story_count": 1}})
+    open_page(browser, server.url + "/")
+    until(browser, lambda: text(browser, "#run-title") == "Watched", message="the live run picked on load")
+    server.post([{"type": "story_completed", "run": "watched", "data": {"story_id": "W", "status": "passed"}},
+                 {"type": "task_completed", "run": "watched", "data": {}},
+                 {"type": "task_started", "run": "newer", "data": {"task_name": "Newer"}}])
+    until(browser, lambda: "New run Newer" in text(browser, "#notices"), message="the new-run notice")
+    assert text(browser, "#run-title") == "Watched" and text(browser, "#notice").startswith("Run passed")
+    time.sleep(1)                                           # a tick of the 1 s redraw changes nothing
+    assert text(browser, "#run-title") == "Watched"
+    shot(browser, "new-run-notice")
+    browser.find_element(By.CSS_SELECTOR, "#notices .view").click()
+    until(browser, lambda: text(browser, "#run-title") == "Newer", message="view to open the new run")
+    assert "newer" in browser.current_url and not text(browser, "#notices")
+
+
+def test_title_favicon_and_screen_reader_announce_the_selected_run(browser, server):
+    server.post([{"type": "task_started", "run": "demo", "data": {"task_name": "Demo", "story_count": 4}},
+                 {"type": "story_completed", "run": "demo", "data": {"story_id": "A", "status": "passed"}},
+                 {"type": "story_completed", "run": "demo", "data": {"story_id": "B", "status": "passed"}}])
+    open_page(browser, server.url + "/?run=demo")
+    until(browser, lambda: browser.title == "⏳ 2/4 · Demo", message="the progress in the title")
+    running_icon = js(browser, "return document.getElementById('favicon').href")
+    assert running_icon.startswith("data:image/svg+xml")
+    server.post([{"type": "story_completed", "run": "demo", "data": {"story_id": s, "status": "passed"}} for s in "CD"]
+                + [{"type": "task_completed", "run": "demo", "data": {}}])
+    until(browser, lambda: browser.title == "✅ passed · Demo", message="the outcome in the title")
+    assert js(browser, "return document.getElementById('favicon').href") != running_icon
+    assert text(browser, "#announce") == "Demo: passed."
+    assert browser.find_element(By.ID, "announce").get_attribute("aria-live") == "polite"
+
+
+def test_stop_dialog_enter_confirms_and_escape_cancels(browser, server):
+    server.post({"type": "task_started", "run": "halt-me", "data": {"task_name": "Halt me"}})
+    open_page(browser, server.url + "/?run=halt-me")
+    until(browser, lambda: text(browser, "#run-title") == "Halt me")
+    dialog = browser.find_element(By.ID, "stop-dialog")
+    browser.find_element(By.ID, "stop").click()
+    until(browser, lambda: dialog.is_displayed())
+    browser.find_element(By.ID, "stop-reason").send_keys("not now")
+    browser.switch_to.active_element.send_keys(Keys.ESCAPE)
+    until(browser, lambda: not dialog.is_displayed(), message="Escape to close the dialog")
+    browser.find_element(By.ID, "stop").click()
+    until(browser, lambda: dialog.is_displayed())
+    browser.find_element(By.ID, "stop-reason").send_keys("wrong branch" + Keys.ENTER)
+    until(browser, lambda: "stop sent" in text(browser, "#action-state"), message="Enter to confirm the stop")
+    requested = [e for e in server.get("/api/events").json()["events"] if e["type"] == "stop_requested"]
+    assert [e["data"].get("reason") for e in requested] == ["wrong branch"]          # Escape sent nothing
+
+
+def test_an_outage_banner_says_since_when_and_what_the_page_does(browser, make_server, tmp_path):
+    server = make_server("--rate", "0", "--heartbeat", "1")
+    proxy = CuttableProxy(server.port)
+    try:
+        server.post({"type": "task_started", "run": "out", "data": {"task_name": "Outage"}})
+        open_page(browser, proxy.url + "/?run=out")
+        assert not browser.find_element(By.ID, "outage").is_displayed()
+        proxy.cut_stream()
+        until(browser, lambda: "The live stream is down since" in text(browser, "#outage"), message="the banner")
+        assert "Updates arrive by polling every 2 s" in text(browser, "#outage")
+        assert "next stream attempt" in text(browser, "#outage")
+        shot(browser, "outage")
+        server.stop()
+        until(browser, lambda: "The sidecar is unreachable since" in text(browser, "#outage"), timeout=30,
+              message="the banner to say the sidecar is gone")
+        server.start()
+        proxy.restore_stream()
+        until(browser, lambda: status(browser) == "live", timeout=60, message="the stream to come back")
+        until(browser, lambda: not browser.find_element(By.ID, "outage").is_displayed(), message="the banner to go")
+    finally:
+        browser.get("about:blank")
+        proxy.close()
+
+
+def test_a_desktop_notification_once_per_run_across_hidden_tabs(browser, server):
+    browser.execute_cdp_cmd("Browser.grantPermissions", {"origin": server.url, "permissions": ["notifications"]})
+    server.post({"type": "task_started", "run": "ping", "data": {"task_name": "Ping", "story_count": 1}})
+    url = server.url + "/?run=ping"
+    spy = """window.__shown = [];
+        const Real = window.Notification;
+        window.Notification = class extends Real {
+          constructor(title, options) { super(title, options); window.__shown.push(title); } };
+        Object.defineProperty(document, 'hidden', {get: () => true, configurable: true});"""
+    open_page(browser, url)
+    first = browser.current_window_handle
+    browser.switch_to.new_window("tab")
+    open_page(browser, url)
+    second = browser.current_window_handle
+    try:
+        for h in (first, second):
+            browser.switch_to.window(h)
+            until(browser, lambda: text(browser, "#run-title") == "Ping")
+            assert text(browser, "#notify-toggle") == "🔔 Notifications on"
+            js(browser, spy)                               # the tab is "hidden": the person looks elsewhere
+        server.post([{"type": "story_completed", "run": "ping", "data": {"story_id": "P", "status": "failed"}},
+                     {"type": "task_completed", "run": "ping", "data": {}}])
+
+        def shown():
+            out = []
+            for h in (first, second):
+                browser.switch_to.window(h)
+                if (tab_state(browser, "ping") or {}).get("count") != 3:
+                    return None
+                out += js(browser, "return window.__shown")
+            return out or None
+
+        titles = wait_for(shown, timeout=15, interval=0.2, message="the notification")
+        assert titles == ["Ping: failed"]                   # one across the two tabs
+    finally:
+        close_other_tabs(browser, first)
+        browser.get("about:blank")
