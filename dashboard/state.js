@@ -1,6 +1,8 @@
 // The run-state reducer: events -> snapshot. A line-for-line mirror of
 // lib/loopstream/state.py; both are pinned by the golden fixtures in
 // tests/fixtures/ (tests/js/reducer.test.mjs runs them here). Pure: no clock, no DOM.
+// It never throws on an event the server accepted. One text rule with Python: text is cut by
+// code points (never UTF-16 units), and a value that is not a string is shown as textJson.
 
 export const OUTPUT_TAIL = 100_000;
 export const LOG_TAIL = 100;
@@ -8,6 +10,7 @@ export const LOG_TEXT = 500;
 export const LAST_OUTPUT = 240;
 export const AGENT_TEXT = 300;
 export const AGENT_MAX = 1e12;
+export const MAX_NUMBER = 1e15;
 export const FINISHED = ["passed", "failed", "stopped"];
 export const LIVE = ["running", "paused"];
 const STORY_DONE = ["passed", "failed", "skipped", "cancelled"];
@@ -29,23 +32,58 @@ export function newRun(run) {
   };
 }
 
-const isNum = (v) => typeof v === "number" && Number.isFinite(v);
+const isNum = (v) => typeof v === "number" && Number.isFinite(v) && Math.abs(v) <= MAX_NUMBER;
 const num = (v) => (isNum(v) ? v : null);
 const truthy = (v) => !(v === null || v === undefined || v === false || v === 0 || v === "" ||
   (Array.isArray(v) && v.length === 0) || (isObject(v) && Object.keys(v).length === 0));
 const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
 const get = (obj, key) => (obj[key] === undefined ? null : obj[key]);
-const str = (v) => (v === null || v === undefined ? "None" : typeof v === "boolean" ? (v ? "True" : "False") : String(v));
+const finite = (v) => (v === null || Number.isFinite(v) ? v : null);
 
-// json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-export function pyJson(value) {
-  if (Array.isArray(value)) return `[${value.map(pyJson).join(",")}]`;
+// Keys sort by UTF-16 units, JS's own string order; state.text_json sorts by the same key.
+const byUnits = (a, b) => (a < b ? -1 : a > b ? 1 : 0);
+
+// Compact JSON with keys sorted by UTF-16 units: what state.text_json writes for the same value.
+export function textJson(value) {
+  if (Array.isArray(value)) return `[${value.map(textJson).join(",")}]`;
   if (isObject(value)) {
-    return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${pyJson(value[k])}`).join(",")}}`;
+    return `{${Object.keys(value).sort(byUnits).map((k) => `${JSON.stringify(k)}:${textJson(value[k])}`).join(",")}}`;
   }
-  if (value === true) return "true";
-  if (value === false) return "false";
   return JSON.stringify(value ?? null);
+}
+
+// Text of any event value: a string as it is, null as nothing, anything else as textJson.
+export const asText = (v) => (typeof v === "string" ? v : v === null || v === undefined ? "" : textJson(v));
+const optText = (v) => (v === null || v === undefined ? null : asText(v));
+const str = asText;
+
+// The first n code points of text (a surrogate pair is one), as Python's text[:n].
+export function cutHead(text, n) {
+  if (text.length <= n) return text;
+  let i = 0;
+  for (let count = 0; count < n && i < text.length; count++) i += text.codePointAt(i) > 0xffff ? 2 : 1;
+  return text.slice(0, i);
+}
+
+// The last n code points of text, as Python's text[-n:].
+export function cutTail(text, n) {
+  if (text.length <= n) return text;
+  let i = text.length;
+  for (let count = 0; count < n && i > 0; count++) {
+    const low = text.charCodeAt(i - 1);
+    i -= (low >= 0xdc00 && low <= 0xdfff && i >= 2 && (text.charCodeAt(i - 2) & 0xfc00) === 0xd800) ? 2 : 1;
+  }
+  return text.slice(i);
+}
+
+// Python's len(text): code points.
+export function codePoints(text) {
+  let n = text.length;
+  for (let i = 0; i < text.length - 1; i++) {
+    const c = text.charCodeAt(i);
+    if (c >= 0xd800 && c <= 0xdbff && (text.charCodeAt(i + 1) & 0xfc00) === 0xdc00) { n--; i++; }
+  }
+  return n;
 }
 
 function story(snap, storyId) {
@@ -63,7 +101,7 @@ function story(snap, storyId) {
 const criterionText = (item) => (isObject(item) ? str(item.text ?? "") : str(item));
 
 function criterion(s, index, text) {
-  if (!Number.isInteger(index) || index < 0 || index > 1000) return null;
+  if (!isNum(index) || !Number.isInteger(index) || index < 0 || index > 1000) return null;
   const acs = s.acceptance_criteria;
   while (acs.length <= index) acs.push({ text: "", status: "pending", duration_ms: null, error: null });
   const ac = acs[index];
@@ -79,13 +117,13 @@ function markNextRunning(s) {
 }
 
 function log(snap, type, ts, text) {
-  snap.log.push({ type, ts, text: text.slice(0, LOG_TEXT) });
+  snap.log.push({ type, ts, text: cutHead(text, LOG_TEXT) });
   if (snap.log.length > LOG_TAIL) snap.log.shift();
 }
 
 export function apply(snap, event) {
   const type = event.type;
-  const data = truthy(event.data) ? event.data : {};
+  const data = isObject(event.data) ? event.data : {};
   const ts = get(event, "ts");
   if (snap === null || snap === undefined) {
     snap = newRun(event.run ?? "default");
@@ -100,11 +138,11 @@ export function apply(snap, event) {
   if (snap.started_at === null) snap.started_at = ts;
   snap.updated_at = ts;
   if (type !== "story_stalled") clearStall(snap, get(data, "story_id"));
-  const handler = HANDLERS[type];
+  const handler = Object.hasOwn(HANDLERS, type) ? HANDLERS[type] : null;   // not "constructor"
   if (handler) {
     handler(snap, data, ts);
   } else {
-    const text = typeof data.message === "string" ? data.message : pyJson(data);
+    const text = typeof data.message === "string" ? data.message : textJson(data);
     log(snap, type, ts, text);
   }
   derive(snap);
@@ -122,7 +160,7 @@ function taskStarted(snap, data, ts) {
   snap.started_at = ts;
   snap.finished_at = null;
   snap.task_id = get(data, "task_id");
-  snap.task_name = get(data, "task_name");
+  snap.task_name = optText(get(data, "task_name"));
   snap.story_count = num(data.story_count);
   snap.estimated_duration = num(data.estimated_duration);
   for (const item of Array.isArray(data.stories) ? data.stories : []) {
@@ -225,14 +263,14 @@ function output(snap, data) {
   const text = data.text;
   if (typeof text !== "string" || !text) return;
   let out = snap.output + text;
-  if (out.length > OUTPUT_TAIL) {
-    out = out.slice(-OUTPUT_TAIL);
+  if (out.length > OUTPUT_TAIL && codePoints(out) > OUTPUT_TAIL) {
+    out = cutTail(out, OUTPUT_TAIL);
     snap.output_truncated = true;
   }
   snap.output = out;
   if (get(data, "story_id") !== null) {
     const s = story(snap, data.story_id);
-    s.last_output = (s.last_output + text).slice(-LAST_OUTPUT);
+    s.last_output = cutTail(s.last_output + text, LAST_OUTPUT);
   }
 }
 
@@ -244,8 +282,8 @@ function progress(snap, data) {
 }
 
 function error(snap, data, ts) {
-  snap.last_error = {};
-  for (const k of ["story_id", "error_type", "error_message", "retryable"]) snap.last_error[k] = get(data, k);
+  snap.last_error = { story_id: get(data, "story_id"), error_type: optText(get(data, "error_type")),
+    error_message: optText(get(data, "error_message")), retryable: get(data, "retryable") };
   snap.error_count += 1;
   const type = truthy(data.error_type) ? str(data.error_type) : "error";
   const message = truthy(data.error_message) ? str(data.error_message) : "";
@@ -275,7 +313,7 @@ export function newAgent() {
     cost_usd: null, input_tokens: 0, output_tokens: 0, num_turns: null, is_error: null };
 }
 
-const short = (v) => (typeof v === "string" ? v.slice(0, AGENT_TEXT) : null);
+const short = (v) => (typeof v === "string" ? cutHead(v, AGENT_TEXT) : null);
 const amount = (v) => { const n = num(v); return n !== null && n >= 0 && n <= AGENT_MAX ? n : null; };
 
 // The agent record an event updates: its story's, or the run's when it names no story.
@@ -410,7 +448,7 @@ function derive(snap) {
   } else if (num(snap.estimated_duration) !== null) {
     snap.eta_s = Math.max(0, snap.estimated_duration - snap.elapsed_s);
   } else if (snap.percent > 0 && snap.percent < 100) {
-    snap.eta_s = snap.elapsed_s * (100 - snap.percent) / snap.percent;
+    snap.eta_s = finite(snap.elapsed_s * (100 - snap.percent) / snap.percent);
   }
 }
 

@@ -69,3 +69,36 @@ def test_interrupted_run_comes_back_when_its_runner_does():
     snap["status"] = "interrupted"
     snap = state.apply(snap, {"id": "2-1", "type": "progress", "run": "r", "ts": 5, "data": {"percent": 50}})
     assert snap["status"] == "running"
+
+
+@pytest.mark.parametrize("etype, data", [
+    ("task_started", {"stories": 7, "story_count": "x", "estimated_duration": 10**400}),
+    ("task_started", {"stories": {"id": "a"}, "story_count": float("inf"), "task_name": {"a": [1]}}),
+    ("story_started", {"story_id": {"a": 1}, "acceptance_criteria": "abc", "attempt": "2", "title": 5}),
+    ("ac_completed", {"story_id": [1], "ac_index": 1e300, "duration_ms": float("nan")}),
+    ("ac_failed", {"story_id": "S", "ac_index": 2.0, "error": {"code": 1.0}}),
+    ("story_completed", {"story_id": None, "status": {"x": 1}, "attempts": [], "duration_ms": "1"}),
+    ("task_completed", {"summary": [1, 2], "status": ["passed"]}),
+    ("progress", {"percent": "50", "current": 10**20, "total": 1e-300}),
+    ("progress", {"current": 1e15, "total": 5e-324}),
+    ("error_occurred", {"error_type": 3, "error_message": ["a"]}),
+    ("stop_requested", {"reason": {"b": 2.0}}),
+    ("output", {"text": 7, "story_id": 2}),
+    ("tool_call", {"tool": 5, "summary": None}),
+])
+def test_the_reducer_never_raises_on_wrong_typed_fields_and_stays_json(etype, data):
+    import json
+
+    from loopstream import events as ev
+    snap = state.reduce([{"id": "1-1", "type": "task_started", "run": "r", "ts": 0, "data": {"story_count": 2}},
+                         {"id": "1-2", "type": etype, "run": "r", "ts": 1.5, "data": data},
+                         {"id": "1-3", "type": "output", "run": "r", "ts": 2, "data": {"text": "after"}}])
+    json.loads(ev.dumps(snap))   # finite everywhere: no NaN, no Infinity
+    assert snap["event_count"] == 3 and snap["output"].endswith("after")
+
+
+def test_non_string_text_is_json_and_numbers_are_written_as_javascript_writes_them():
+    assert state.as_text({"b": 2.0, "a": [1e-7, None, True]}) == '{"a":[1e-7,null,true],"b":2}'
+    assert state.as_text(None) == "" and state.as_text(3.0) == "3" and state.as_text("x") == "x"
+    assert [state.js_number(x) for x in (1e21, 1e20, 0.000001, 1.5e-6, -0.0)] == [
+        "1e+21", "100000000000000000000", "0.000001", "0.0000015", "0"]

@@ -5,10 +5,17 @@ snapshot, a plain JSON-able dict, and returns it. The dashboard's JS reducer
 (dashboard/state.js) mirrors this function and both are pinned by the golden
 fixtures in tests/fixtures/. Keep the two in step, and keep this pure: no
 clock (times come from the events), no I/O.
+
+It never raises on an event the server accepted: a field of the wrong type
+is ignored or turned into text. One text rule holds in both reducers: text is
+cut by code points, and a value that is not a string is shown as compact JSON
+(sorted keys, numbers written as JavaScript writes them: ``2.0`` is ``2``).
 """
 from __future__ import annotations
 
 import json
+import math
+from decimal import Decimal
 from typing import Any, Iterable
 
 OUTPUT_TAIL = 100_000   # characters of output kept per run
@@ -17,6 +24,7 @@ LOG_TEXT = 500          # characters kept of one log line: a snapshot stays smal
 LAST_OUTPUT = 240       # characters of a story's latest output shown on its card
 AGENT_TEXT = 300        # characters kept of an agent's tool name, summary, model
 AGENT_MAX = 1e12        # an agent count or cost beyond this is garbage, not a number
+MAX_NUMBER = 10**15     # a number beyond this (or NaN, Infinity) is not a number to the reducer
 FINISHED = ("passed", "failed", "stopped")
 LIVE = ("running", "paused")
 STORY_DONE = ("passed", "failed", "skipped", "cancelled")
@@ -41,7 +49,7 @@ def new_run(run: str) -> dict:
 
 
 def _story(snap: dict, story_id: Any) -> dict:
-    sid = str(story_id) if story_id is not None else "?"
+    sid = as_text(story_id) if story_id is not None else "?"
     for s in snap["stories"]:
         if s["id"] == sid:
             return s
@@ -54,19 +62,20 @@ def _story(snap: dict, story_id: Any) -> dict:
 
 def _criterion_text(item: Any) -> str:
     if isinstance(item, dict):
-        return str(item.get("text", ""))
-    return str(item)
+        return as_text(item.get("text", ""))
+    return as_text(item)
 
 
 def _criterion(story: dict, index: Any, text: Any) -> dict | None:
-    if not isinstance(index, int) or isinstance(index, bool) or index < 0 or index > 1000:
+    index = _index(index)
+    if index is None:
         return None
     acs = story["acceptance_criteria"]
     while len(acs) <= index:
         acs.append({"text": "", "status": "pending", "duration_ms": None, "error": None})
     ac = acs[index]
     if text is not None and not ac["text"]:
-        ac["text"] = str(text)
+        ac["text"] = as_text(text)
     return ac
 
 
@@ -85,21 +94,87 @@ def _mark_next_running(story: dict) -> None:
 
 
 def _log(snap: dict, etype: str, ts: Any, text: str) -> None:
-    snap["log"].append({"type": etype, "ts": ts, "text": text[:LOG_TEXT]})
+    snap["log"].append({"type": etype, "ts": ts, "text": text[:LOG_TEXT]})   # code points, as in JS
     if len(snap["log"]) > LOG_TAIL:
         del snap["log"][0]
 
 
 def _num(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    """A finite number within ±MAX_NUMBER (never a bool), else None: stored data is not trusted."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value if abs(value) <= MAX_NUMBER else None
+
+
+def _index(value: Any) -> int | None:
+    """A criterion index: a whole number 0-1000 (``1.0`` counts, as JSON cannot tell them apart)."""
+    n = _num(value)
+    return int(n) if n is not None and n == int(n) and 0 <= n <= 1000 else None
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
+
+
+def js_number(x: int | float) -> str:
+    """A number as JavaScript's ``String(x)`` and ``JSON.stringify`` write it (``2.0`` -> ``2``,
+    ``1e-7`` -> ``1e-7``, ``1e21`` -> ``1e+21``); NaN and Infinity as ``null``, like JSON.stringify."""
+    if isinstance(x, int) and abs(x) < 10**21:
+        return str(x)
+    if not math.isfinite(x):
+        return "null"
+    if x == 0:
+        return "0"
+    d = Decimal(repr(abs(float(x)))).normalize().as_tuple()   # the shortest round-trip digits, as JS
+    digits = "".join(map(str, d.digits))
+    k, n = len(digits), d.exponent + len(digits)             # x = 0.DIGITS × 10^n
+    if k <= n <= 21:
+        body = digits + "0" * (n - k)
+    elif 0 < n <= 21:
+        body = digits[:n] + "." + digits[n:]
+    elif -6 < n <= 0:
+        body = "0." + "0" * -n + digits
+    else:
+        body = (digits[0] + ("." + digits[1:] if k > 1 else "")) + f"e{'+' if n > 0 else '-'}{abs(n - 1)}"
+    return ("-" if x < 0 else "") + body
+
+
+def text_json(value: Any) -> str:
+    """Compact JSON with keys sorted by UTF-16 units and numbers written as in JS: the text both
+    reducers make of a value that is not a string (JS: ``textJson`` in dashboard/state.js)."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if value is None or value is True or value is False:
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, (int, float)):
+        return js_number(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(text_json(v) for v in value) + "]"
+    if isinstance(value, dict):
+        keys = sorted(value, key=lambda k: str(k).encode("utf-16-be"))
+        return "{" + ",".join(f"{json.dumps(str(k), ensure_ascii=False)}:{text_json(value[k])}" for k in keys) + "}"
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def _opt_text(value: Any) -> str | None:
+    return None if value is None else as_text(value)
+
+
+def as_text(value: Any) -> str:
+    """Text of any event value: a string as it is, None as nothing, anything else as text_json."""
+    if isinstance(value, str):
         return value
-    return None
+    return "" if value is None else text_json(value)
 
 
 def apply(snap: dict | None, event: dict) -> dict:
     """Fold one event into its run's snapshot (created when None)."""
     etype = event.get("type")
-    data = event.get("data") or {}
+    data = event.get("data")
+    if not isinstance(data, dict):
+        data = {}
     ts = event.get("ts")
     if snap is None:
         snap = new_run(event.get("run", "default"))
@@ -118,8 +193,7 @@ def apply(snap: dict | None, event: dict) -> dict:
     if handler:
         handler(snap, data, ts)
     else:
-        text = data.get("message") if isinstance(data.get("message"), str) else json.dumps(
-            data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)  # as JS can write it too
+        text = data.get("message") if isinstance(data.get("message"), str) else text_json(data)
         _log(snap, etype, ts, text)
     _derive(snap)
     return snap
@@ -130,7 +204,7 @@ def _clear_stall(snap: dict, story_id: Any) -> None:
     if story_id is None:
         return
     for s in snap["stories"]:
-        if s["id"] == str(story_id):
+        if s["id"] == as_text(story_id):
             s["stalled"] = None
 
 
@@ -139,13 +213,14 @@ def _task_started(snap: dict, data: dict, ts: Any) -> None:
     snap["started_at"] = ts
     snap["finished_at"] = None
     snap["task_id"] = data.get("task_id")
-    snap["task_name"] = data.get("task_name")
+    snap["task_name"] = _opt_text(data.get("task_name"))
     snap["story_count"] = _num(data.get("story_count"))
     snap["estimated_duration"] = _num(data.get("estimated_duration"))
-    for item in data.get("stories") or []:
+    stories = data.get("stories")
+    for item in stories if isinstance(stories, list) else []:
         if isinstance(item, dict) and item.get("id") is not None:
             s = _story(snap, item["id"])
-            s["title"] = str(item.get("title") or s["title"])
+            s["title"] = as_text(item.get("title") or s["title"])
             s["priority"] = item.get("priority", s["priority"])
             if item.get("status") in STORY_DONE:
                 s["status"] = item["status"]
@@ -157,7 +232,7 @@ def _story_started(snap: dict, data: dict, ts: Any) -> None:
     s["started_at"] = ts
     s["duration_ms"] = None
     if data.get("title") is not None:
-        s["title"] = str(data["title"])
+        s["title"] = as_text(data["title"])
     if data.get("priority") is not None:
         s["priority"] = data["priority"]
     attempt = _num(data.get("attempt"))
@@ -187,7 +262,7 @@ def _ac_event(passed: bool):
             ac["duration_ms"] = _num(data.get("duration_ms"))
             ac["error"] = None
         else:
-            ac["error"] = str(data.get("error") or "failed")
+            ac["error"] = as_text(data.get("error") or "failed")
         _mark_next_running(s)
     return handle
 
@@ -231,7 +306,7 @@ def _finish(status: str):
                         if ac["status"] == "running":
                             ac["status"] = "pending"
             if data.get("reason"):
-                _log(snap, "task_stopped", ts, f"stopped: {data['reason']}")
+                _log(snap, "task_stopped", ts, f"stopped: {as_text(data['reason'])}")
         snap["finished_at"] = ts
         snap["current_story"] = None
     return handle
@@ -269,16 +344,18 @@ def _progress(snap: dict, data: dict, ts: Any) -> None:
 
 
 def _error(snap: dict, data: dict, ts: Any) -> None:
-    snap["last_error"] = {k: data.get(k) for k in ("story_id", "error_type", "error_message", "retryable")}
+    snap["last_error"] = {"story_id": data.get("story_id"), "error_type": _opt_text(data.get("error_type")),
+                          "error_message": _opt_text(data.get("error_message")), "retryable": data.get("retryable")}
     snap["error_count"] += 1
-    _log(snap, "error_occurred", ts, f"{data.get('error_type') or 'error'}: {data.get('error_message') or ''}")
+    _log(snap, "error_occurred", ts,
+         f"{as_text(data.get('error_type') or 'error')}: {as_text(data.get('error_message') or '')}")
 
 
 def _control(kind: str):
     def handle(snap: dict, data: dict, ts: Any) -> None:
         c = snap["control"]
         if kind == "stop_requested":
-            c["stop_requested"] = str(data.get("reason") or "requested")
+            c["stop_requested"] = as_text(data.get("reason") or "requested")
         elif kind == "pause_requested":
             c["pause_requested"] = True
         elif kind == "resume_requested":
@@ -291,7 +368,8 @@ def _control(kind: str):
             c["pause_requested"] = False
             if snap["status"] == "paused":
                 snap["status"] = "running"
-        _log(snap, kind, ts, kind.replace("_", " ") + (f": {data['reason']}" if data.get("reason") else ""))
+        reason = f": {as_text(data['reason'])}" if data.get("reason") else ""
+        _log(snap, kind, ts, kind.replace("_", " ") + reason)
     return handle
 
 
@@ -420,7 +498,7 @@ def _derive(snap: dict) -> None:
     elif _num(progress.get("percent")) is not None:
         percent = progress["percent"]
     elif _num(progress.get("current")) is not None and _num(progress.get("total")):
-        percent = progress["current"] * 100 / progress["total"]
+        percent = float(progress["current"]) * 100 / progress["total"]   # in doubles, as JS
     else:
         percent = 0
     snap["percent"] = min(100, max(0, percent))
@@ -434,11 +512,14 @@ def _derive(snap: dict) -> None:
                  if s["status"] in ("passed", "failed") and _num(s["duration_ms"]) is not None]
     remaining = c["queued"] + c["running"]
     if durations and remaining:
-        snap["eta_s"] = sum(durations) / len(durations) / 1000 * remaining
+        total = 0.0
+        for d in durations:   # added in order, in doubles, as JS does (sum() may compensate)
+            total += d
+        snap["eta_s"] = total / len(durations) / 1000 * remaining
     elif _num(snap["estimated_duration"]) is not None:
         snap["eta_s"] = max(0, snap["estimated_duration"] - snap["elapsed_s"])
     elif 0 < snap["percent"] < 100:
-        snap["eta_s"] = snap["elapsed_s"] * (100 - snap["percent"]) / snap["percent"]
+        snap["eta_s"] = _finite(snap["elapsed_s"] * (100 - snap["percent"]) / snap["percent"])
 
 
 def reduce(events: Iterable[dict], snap: dict | None = None) -> dict | None:
