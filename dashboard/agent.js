@@ -1,0 +1,216 @@
+// The agent panel: for the selected story, a timeline of what its agent did (one row per tool call
+// with its name, summary, duration and ✓/✗, the agent's text between them), the tool running now
+// with a live timer, a stall warning, and the cost and tokens of the story and of the run.
+// The snapshot (state.js) holds the totals; the rows come from the run's agent events, read once
+// from its transcript and then live. Event text only ever goes in with textContent.
+import { $, fromTemplate, keyed, setHidden, setText } from "./dom.js";
+
+const AGENT_TYPES = new Set(["agent_init", "agent_text", "tool_call", "tool_result", "agent_result",
+  "story_stalled", "story_started"]);
+const KEPT_PER_RUN = 5000;   // agent events remembered per run (the export has them all)
+const TEXT_SHOWN = 600;      // characters of assistant text shown in a row
+
+const isNum = (v) => typeof v === "number" && Number.isFinite(v);
+const text = (v) => (typeof v === "string" ? v : v === null || v === undefined ? "" : String(v));
+
+export function duration(seconds) {
+  if (!isNum(seconds)) return "";
+  const s = Math.max(0, Math.floor(seconds));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, "0")}s`;
+  return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
+}
+
+export function money(value) {
+  if (!isNum(value)) return "unknown";
+  return value < 10 ? `$${value.toFixed(4)}` : `$${value.toFixed(2)}`;
+}
+
+export function tokens(input, output) {
+  return `${(isNum(input) ? input : 0).toLocaleString("en")} in / ${(isNum(output) ? output : 0).toLocaleString("en")} out`;
+}
+
+// "1700000000000-42" -> [1700000000000, 42], to order events by id.
+function idKey(id) {
+  const m = /^(\d+)-(\d+)$/.exec(text(id));
+  return m ? [Number(m[1]), Number(m[2])] : [0, 0];
+}
+const byId = (a, b) => { const x = idKey(a.id); const y = idKey(b.id); return x[0] - y[0] || x[1] - y[1]; };
+
+// How an agent event reads in the transcript list.
+export function describeAgent(event) {
+  const d = event.data || {};
+  const sid = text(d.story_id);
+  switch (event.type) {
+    case "agent_init": return `${sid} model ${text(d.model) || "?"}`;
+    case "agent_text": return `${sid} ${text(d.text)}`;
+    case "tool_call": return `${sid} → ${text(d.tool) || "?"}: ${text(d.summary)}`;
+    case "tool_result": return `${sid} ${d.is_error === true ? "✗" : "✓"} ${text(d.tool) || "?"}: ${text(d.summary)}`;
+    case "agent_result": return `${sid} ${d.is_error === true ? "failed" : "done"}, cost ${money(d.cost_usd)}, `
+      + `${tokens(d.input_tokens, d.output_tokens)} tokens`;
+    case "story_stalled": return `${sid} silent for ${duration(d.silent_s)}`;
+    default: return null;
+  }
+}
+
+// The exported transcript, with the cost and tokens of the run and of each story on top.
+export function withAgentSummary(transcript, snap) {
+  if (!snap) return transcript;
+  const stories = (snap.stories || []).filter((s) => s.agent).map((s) => ({ id: s.id, ...s.agent }));
+  return { ...transcript, agent: { cost_usd: snap.cost_usd ?? null, input_tokens: snap.input_tokens ?? 0,
+    output_tokens: snap.output_tokens ?? 0, run_agent: snap.agent ?? null, stories } };
+}
+
+// Timeline rows of one story from its agent events (in id order): tool calls joined with their results.
+export function timeline(events, storyId) {
+  const rows = [];
+  const open = new Map();
+  for (const e of events) {
+    const d = e.data || {};
+    if (text(d.story_id) !== storyId) continue;
+    if (e.type === "tool_call") {
+      const row = { key: e.id, kind: "tool", tool: text(d.tool) || "?", summary: text(d.summary),
+        started: e.ts, ended: null, is_error: null };
+      rows.push(row);
+      if (text(d.id)) open.set(text(d.id), row);
+    } else if (e.type === "tool_result") {
+      const row = open.get(text(d.id));
+      if (row) {
+        row.ended = e.ts;
+        row.is_error = d.is_error === true;
+        open.delete(text(d.id));
+      }
+    } else if (e.type === "agent_text") {
+      const last = rows[rows.length - 1];
+      if (last && last.kind === "text") last.summary = `${last.summary}\n${text(d.text)}`.slice(0, TEXT_SHOWN);
+      else rows.push({ key: e.id, kind: "text", summary: text(d.text).slice(0, TEXT_SHOWN) });
+    } else if (e.type === "story_started") {
+      rows.push({ key: e.id, kind: "attempt", summary: `Attempt ${isNum(d.attempt) ? d.attempt : ""}` });
+    } else if (e.type === "agent_result") {
+      rows.push({ key: e.id, kind: "result", is_error: d.is_error === true,
+        summary: `${d.is_error === true ? "Agent failed" : "Agent done"} · ${money(d.cost_usd)} · `
+          + `${tokens(d.input_tokens, d.output_tokens)} tokens` + (isNum(d.num_turns) ? ` · ${d.num_turns} turns` : "") });
+    } else if (e.type === "story_stalled") {
+      rows.push({ key: e.id, kind: "stall", summary: `Silent for ${duration(d.silent_s)}` });
+    }
+  }
+  return rows;
+}
+
+export class AgentPanel {
+  constructor({ request }) {
+    this.request = request;
+    this.events = new Map();   // run -> Map(id -> event)
+    this.loaded = new Map();   // run -> "loading" | "done" | event_count when loaded
+    this.chosen = null;        // the story picked in the select; null follows the current story
+    this.draw = this.draw.bind(this);
+  }
+
+  onEvent(event) {
+    if (!AGENT_TYPES.has(event.type)) return;
+    let byRun = this.events.get(event.run);
+    if (!byRun) this.events.set(event.run, (byRun = new Map()));
+    byRun.set(event.id, event);
+    if (byRun.size > KEPT_PER_RUN) byRun.delete(byRun.keys().next().value);
+  }
+
+  // The run's earlier agent events, once: a late joiner and a finished run get the whole timeline.
+  async load(run) {
+    if (this.loaded.has(run)) return;
+    this.loaded.set(run, "loading");
+    try {
+      const { events } = await this.request(`/api/runs/${encodeURIComponent(run)}/transcript`);
+      for (const e of events.slice(-KEPT_PER_RUN)) this.onEvent({ ...e, run });
+      this.loaded.set(run, "done");
+    } catch {
+      this.loaded.set(run, "failed");   // live events still fill the timeline
+    }
+  }
+
+  storyFor(snap) {
+    const withAgent = (snap.stories || []).filter((s) => s.agent);
+    if (this.chosen && (snap.stories || []).some((s) => s.id === this.chosen)) return this.chosen;
+    const current = (snap.stories || []).find((s) => s.id === snap.current_story && s.agent);
+    return current ? current.id : withAgent.length ? withAgent[withAgent.length - 1].id : null;
+  }
+
+  draw({ snap }) {
+    const box = $("agent");
+    const stories = snap ? (snap.stories || []).filter((s) => s.agent) : [];
+    const shown = Boolean(snap && (stories.length || snap.agent || isNum(snap.cost_usd)));
+    setHidden(box, !shown);
+    if (!shown) return;
+    this.load(snap.run);
+    const sid = this.storyFor(snap);
+    const story = (snap.stories || []).find((s) => s.id === sid) || null;
+    const agent = story ? story.agent : snap.agent;
+    this.drawPicker(stories, sid);
+    this.drawNow(story, agent);
+    this.drawCost(snap, agent);
+    const events = [...(this.events.get(snap.run) || new Map()).values()].sort(byId);
+    this.drawTimeline(sid === null ? [] : timeline(events, sid), story);
+  }
+
+  drawPicker(stories, sid) {
+    const select = $("agent-story");
+    keyed(select, stories, (s) => s.id, (s) => {
+      const option = document.createElement("option");
+      option.value = s.id;
+      option.textContent = s.id;
+      return option;
+    }, (option, s) => setText(option, `${s.id}${s.title ? ` — ${s.title}` : ""}`));
+    if (sid !== null && select.value !== sid) select.value = sid;
+    if (!select.dataset.wired) {
+      select.dataset.wired = "1";
+      select.addEventListener("change", () => { this.chosen = select.value || null; });
+    }
+  }
+
+  drawNow(story, agent) {
+    const now = Date.now() / 1000;
+    const tool = agent ? agent.last_tool : null;
+    const running = !story || story.status === "running";
+    let line = "";
+    if (tool && tool.finished_at === null && running && isNum(tool.started_at)) {
+      line = `Running ${tool.tool} ${tool.summary} · ${duration(now - tool.started_at)}`;
+    } else if (tool) {
+      line = `Last tool: ${tool.is_error === true ? "✗" : tool.is_error === false ? "✓" : ""} ${tool.tool} ${tool.summary}`;
+    } else if (agent) {
+      line = `${agent.model || "Agent"}: no tool yet`;
+    }
+    setText($("agent-now"), line.replace(/\s+/g, " ").trim());
+    const stall = story && story.stalled && story.status === "running" ? story.stalled : null;
+    setHidden($("agent-stall"), !stall);
+    if (stall) {
+      const quiet = (isNum(stall.silent_s) ? stall.silent_s : 0) + (isNum(stall.since) ? now - stall.since : 0);
+      setText($("agent-stall"), `⚠ Stalled: ${story.id} has printed nothing for ${duration(quiet)}`);
+    }
+  }
+
+  drawCost(snap, agent) {
+    setText($("agent-story-cost"), agent ? money(agent.cost_usd) : "—");
+    setText($("agent-story-tokens"), agent ? tokens(agent.input_tokens, agent.output_tokens) : "—");
+    setText($("agent-run-cost"), money(snap.cost_usd));
+    setText($("agent-run-tokens"), tokens(snap.input_tokens, snap.output_tokens));
+    setText($("agent-model"), agent && agent.model ? agent.model : "—");
+    setText($("agent-calls"), agent ? `${agent.tool_calls} (${agent.tool_errors} failed)` : "—");
+  }
+
+  drawTimeline(rows, story) {
+    const now = Date.now() / 1000;
+    const live = story && story.status === "running";
+    keyed($("agent-timeline"), rows, (r) => r.key, () => fromTemplate("agent-row"), (li, r) => {
+      li.dataset.kind = r.kind;
+      const done = r.kind === "tool" && r.ended !== null;
+      li.dataset.status = r.kind !== "tool" ? r.kind : !done ? (live ? "running" : "unfinished")
+        : r.is_error ? "failed" : "passed";
+      const mark = r.kind === "tool" ? (!done ? (live ? "⏳" : "·") : r.is_error ? "✗" : "✓")
+        : r.kind === "stall" ? "⚠" : r.kind === "result" ? (r.is_error ? "✗" : "=") : "";
+      setText(li.querySelector(".mark"), mark);
+      setText(li.querySelector(".tool"), r.kind === "tool" ? r.tool : "");
+      setText(li.querySelector(".summary"), r.summary);
+      const seconds = r.kind !== "tool" ? null : done ? r.ended - r.started : live ? now - r.started : null;
+      setText(li.querySelector(".dur"), isNum(seconds) ? duration(seconds) : "");
+    });
+  }
+}
