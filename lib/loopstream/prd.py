@@ -67,6 +67,10 @@ class Prd:
     stories: list[Story]
     raw: dict
     branch: str | None = None
+    agent_format: str = "text"          # "text" | "claude-stream-json" (agentFormat)
+    stall_after: float | None = None    # stallAfter, seconds
+    story_timeout: float | None = None  # storyTimeout, seconds
+    max_cost: float | None = None       # maxCost, dollars
 
     def story(self, sid: str) -> Story:
         return next(s for s in self.stories if s.id == sid)
@@ -75,6 +79,29 @@ class Prd:
 def _type_name(v: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(
         type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__)
+
+
+AGENT_FORMATS = ("text", "claude-stream-json")
+# Agent-aware run settings: key -> (smallest allowed value, whether it may equal it, what it is).
+AGENT_LIMITS = {"stallAfter": (0, False, "seconds"), "storyTimeout": (0, False, "seconds"),
+                "maxCost": (0, True, "dollars")}
+
+
+def _agent_problems(raw: dict) -> list[str]:
+    """agentFormat, stallAfter, storyTimeout, maxCost: each optional, each checked."""
+    problems = []
+    fmt = raw.get("agentFormat")
+    if fmt is not None and fmt not in AGENT_FORMATS:
+        problems.append(f"$.agentFormat: must be one of {', '.join(repr(f) for f in AGENT_FORMATS)}, not {fmt!r}")
+    for key, (low, inclusive, unit) in AGENT_LIMITS.items():
+        value = raw.get(key)
+        if value is None:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+        if not number or value > 1e9 or value < low or (value == low and not inclusive):
+            bound = f"{'at least' if inclusive else 'more than'} {low}"
+            problems.append(f"$.{key}: must be a number of {unit}, {bound}, not {value!r}")
+    return problems
 
 
 def validate(raw: Any) -> list[str]:
@@ -95,6 +122,7 @@ def validate(raw: Any) -> list[str]:
 
     for key in ("project", "branchName", "description", "agent"):
         want(f"$.{key}", raw.get(key), (str,), "a string")
+    problems += _agent_problems(raw)
     verification = raw.get("verificationCommands")
     if want("$.verificationCommands", verification, (dict,), "an object of name: shell command"):
         for name, cmd in verification.items():
@@ -207,7 +235,9 @@ def load(path: str | Path) -> Prd:
                              dependencies=list(s.get("dependencies") or []), command=s.get("command"), index=i))
     return Prd(path=path, project=raw.get("project") or path.stem, description=raw.get("description") or "",
                agent=raw.get("agent"), verification=dict(raw.get("verificationCommands") or {}),
-               stories=stories, raw=raw, branch=raw.get("branchName"))
+               stories=stories, raw=raw, branch=raw.get("branchName"),
+               agent_format=raw.get("agentFormat") or "text", stall_after=raw.get("stallAfter"),
+               story_timeout=raw.get("storyTimeout"), max_cost=raw.get("maxCost"))
 
 
 def mark_passed(path: Path, story_id: str) -> None:

@@ -1,0 +1,269 @@
+"""Agent-aware stories in `loop run`: stream-json parsing, stalls, timeouts and a cost ceiling.
+
+``AgentMonitor`` holds what the runner needs per running story: its stdout
+through the stream-json parser (``agentFormat: "claude-stream-json"``, or
+recognised by a first line that is a ``system``/``init`` object), when it
+last showed a sign of life, when it started, and the run's reported cost. It
+does no I/O and reads time only through the injected ``clock``;
+``AgentRunner`` wires it into the runner (see runner.py: ``output_events``).
+"""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .agent import MAX_LINE_BYTES, StreamJsonParser, is_init_line
+from .runner import Runner
+
+AGENT_FORMATS = ("text", "claude-stream-json")
+OUTPUT_CHUNK = 4096      # an output event carries at most 4 KB of text
+DETECT_LIMIT = 65_536    # a first line longer than this (without a newline yet) is plain text
+IDLE_FLUSH_S = 1.0       # held assistant text is sent after this much quiet
+
+Event = tuple[str, dict]
+
+
+def output_chunks(story_id: str, stream: str, text: str) -> list[Event]:
+    return [("output", {"story_id": story_id, "stream": stream, "text": text[i:i + OUTPUT_CHUNK]})
+            for i in range(0, len(text), OUTPUT_CHUNK)]
+
+
+class StoryStream:
+    """One attempt's stdout: plain text, or stream-json lines through the parser.
+
+    Undecided (format "text"), the first line decides: a stream-json ``init``
+    object turns the parser on. Output that cannot start such a line (it does
+    not begin with ``{``) passes through at once, so plain agents lose no
+    liveness waiting for a newline.
+    """
+
+    def __init__(self, story_id: str, forced: bool):
+        self.story_id = story_id
+        self.mode = "json" if forced else "undecided"
+        self.parser = StreamJsonParser(story_id)
+        self._buf = ""
+
+    def feed(self, stream: str, text: str) -> list[Event]:
+        if stream != "stdout" or self.mode == "text":
+            return output_chunks(self.story_id, stream, text)
+        self._buf += text
+        if self.mode == "undecided" and not self._decide():
+            return []
+        if self.mode == "text":
+            held, self._buf = self._buf, ""
+            return output_chunks(self.story_id, stream, held)
+        return self._lines()
+
+    def _decide(self) -> bool:
+        """Settle the mode when the held text allows; False while it must wait for more."""
+        head = self._buf.lstrip()
+        if not head:
+            return False
+        if not head.startswith("{"):
+            self.mode = "text"
+        elif "\n" in self._buf:
+            self.mode = "json" if is_init_line(self._buf.split("\n", 1)[0]) else "text"
+        elif len(self._buf) > DETECT_LIMIT:
+            self.mode = "text"
+        else:
+            return False
+        return True
+
+    def _lines(self) -> list[Event]:
+        *lines, self._buf = self._buf.split("\n")
+        if len(self._buf) > MAX_LINE_BYTES:           # a runaway line: parse (as output) what we hold
+            lines.append(self._buf)
+            self._buf = ""
+        events: list[Event] = []
+        for line in lines:
+            events += self.parser.feed(line)
+        return [c for e in events for c in self._sized(e)]
+
+    def _sized(self, event: Event) -> list[Event]:
+        kind, data = event
+        if kind == "output":
+            return output_chunks(self.story_id, data.get("stream", "stdout"), data["text"])
+        return [event]
+
+    def close(self) -> list[Event]:
+        """What is still held when the command ends: a last line without newline, coalesced text."""
+        held, self._buf = self._buf, ""
+        if self.mode != "json":
+            return output_chunks(self.story_id, "stdout", held)
+        events = self.parser.feed(held) if held.strip() else []
+        return [c for e in events + self.parser.flush() for c in self._sized(e)]
+
+
+@dataclass
+class AgentOptions:
+    agent_format: str = "text"
+    stall_after: float | None = None     # seconds of silence before one story_stalled
+    story_timeout: float | None = None   # seconds an attempt may run
+    max_cost: float | None = None        # dollars of reported cost before the run is stopped
+
+
+@dataclass
+class _Active:
+    stream: StoryStream
+    started: float
+    last_sign: float
+    stalled: bool = False
+    timed_out: bool = False
+    held_since: float | None = None
+
+
+@dataclass
+class AgentMonitor:
+    """Per-story agent state and the checks a watcher thread runs (``tick``)."""
+
+    options: AgentOptions
+    clock: Callable[[], float] = time.monotonic
+    cost_usd: float | None = None
+    cost_exceeded: bool = False
+    timed_out: set[str] = field(default_factory=set)
+    _active: dict[str, _Active] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start_attempt(self, story_id: str) -> None:
+        now = self.clock()
+        with self._lock:
+            self.timed_out.discard(story_id)
+            forced = self.options.agent_format == "claude-stream-json"
+            self._active[story_id] = _Active(StoryStream(story_id, forced), now, now)
+
+    def end_output(self, story_id: str) -> list[Event]:
+        """The command ended: what its stream still holds."""
+        with self._lock:
+            a = self._active.get(story_id)
+            return a.stream.close() if a else []
+
+    def end_attempt(self, story_id: str) -> None:
+        with self._lock:
+            self._active.pop(story_id, None)
+
+    def touch(self, story_id: str) -> None:
+        """A sign of life (an event of the story): silence starts again."""
+        with self._lock:
+            a = self._active.get(story_id)
+            if a:
+                a.last_sign = self.clock()
+                a.stalled = False
+
+    def output_events(self, story_id: str, stream: str, text: str) -> list[Event]:
+        with self._lock:
+            a = self._active.get(story_id)
+            if a is None:
+                return output_chunks(story_id, stream, text)
+            a.last_sign = self.clock()
+            a.stalled = False
+            events = a.stream.feed(stream, text)
+            a.held_since = (a.held_since or a.last_sign) if a.stream.parser.pending_text else None
+        self._count_cost(events)
+        return events
+
+    def _count_cost(self, events: list[Event]) -> None:
+        for kind, data in events:
+            if kind == "agent_result" and data.get("cost_usd") is not None:
+                self.cost_usd = (self.cost_usd or 0.0) + data["cost_usd"]
+                limit = self.options.max_cost
+                if limit is not None and self.cost_usd > limit:
+                    self.cost_exceeded = True
+
+    def tick(self) -> tuple[list[Event], list[str]]:
+        """Events due now (held text after quiet, story_stalled) and stories whose time is up."""
+        now = self.clock()
+        events: list[Event] = []
+        expired: list[str] = []
+        with self._lock:
+            for sid, a in self._active.items():
+                if a.held_since is not None and now - a.last_sign >= IDLE_FLUSH_S:
+                    events += a.stream.parser.flush()
+                    a.held_since = None
+                stall = self.options.stall_after
+                if stall is not None and not a.stalled and now - a.last_sign >= stall:
+                    a.stalled = True
+                    events.append(("story_stalled", {"story_id": sid, "silent_s": round(now - a.last_sign, 1)}))
+                limit = self.options.story_timeout
+                if limit is not None and not a.timed_out and now - a.started >= limit:
+                    a.timed_out = True
+                    self.timed_out.add(sid)
+                    expired.append(sid)
+        return events, expired
+
+
+class AgentRunner(Runner):
+    """The runner, with its stories' output through an ``AgentMonitor`` and a watcher thread."""
+
+    TICK_S = 0.25
+
+    def __init__(self, prd, options, emit: Callable[[dict], None], agent: AgentOptions):
+        super().__init__(prd, options, emit)
+        self.monitor = AgentMonitor(agent)
+        self._cost_stop_sent = False
+
+    def output_events(self, story_id: str, stream: str, text: str) -> list[Event]:
+        return self.monitor.output_events(story_id, stream, text)
+
+    def emit(self, type_: str, **data) -> None:
+        sid = data.get("story_id")
+        if type_ == "output" and data.get("final") and sid is not None:
+            for kind, d in self.monitor.end_output(sid):    # the parser's last words come before the end
+                super().emit(kind, **d)
+        if type_ == "story_completed" and sid in self.monitor.timed_out:
+            data["reason"] = "timeout"
+        super().emit(type_, **data)
+        if sid is not None and type_ not in ("story_stalled",):
+            self.monitor.touch(sid)
+        if self.monitor.cost_exceeded and not self._cost_stop_sent:
+            self._cost_stop_sent = True
+            self.request_stop("max_cost")
+
+    def _attempt(self, story, attempt, *args):
+        self.monitor.start_attempt(story.id)
+        try:
+            status = super()._attempt(story, attempt, *args)
+        finally:
+            self.monitor.end_attempt(story.id)
+        if story.id in self.monitor.timed_out and status != "cancelled":
+            limit = self.monitor.options.story_timeout
+            self.emit("error_occurred", story_id=story.id, error_type="timeout",
+                      error_message=f"attempt {attempt} ran longer than {limit:g} s (--story-timeout)",
+                      retryable=attempt < self.opts.max_attempts)
+            return "failed"
+        return status
+
+    def run(self) -> int:
+        done = threading.Event()
+        watcher = threading.Thread(target=self._watch, args=(done,), name="loop-agent-watch", daemon=True)
+        watcher.start()
+        try:
+            return super().run()
+        finally:
+            done.set()
+            watcher.join(2)
+
+    def _watch(self, done: threading.Event) -> None:
+        while not done.wait(self.TICK_S):
+            events, expired = self.monitor.tick()
+            for kind, data in events:
+                self.emit(kind, **data)
+            for sid in expired:
+                self.stop_story(sid)
+
+    def stop_story(self, story_id: str) -> None:
+        """The stop path for one story: SIGINT to its children's groups, SIGKILL after the grace period."""
+        with self._children_lock:
+            children = [c for c in self._children if getattr(c, "story_id", None) == story_id]
+        for c in children:
+            c.signal_group(signal.SIGINT)
+        threading.Thread(target=self._kill_after_grace, args=(children,), daemon=True).start()
+
+    def _kill_after_grace(self, children: list) -> None:
+        deadline = time.monotonic() + self.opts.grace
+        while any(c.proc.poll() is None for c in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for c in children:
+            c.signal_group(signal.SIGKILL)   # the group, even when its leader is gone
