@@ -168,7 +168,7 @@ def churn(port: int, path: str, stop: threading.Event, size: int = 10) -> None:
         socks = []
         for _ in range(size):
             s = socket.create_connection(("127.0.0.1", port))
-            s.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+            s.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
             s.settimeout(0.05)
             socks.append(s)
         deadline = time.monotonic() + 0.5
@@ -221,7 +221,7 @@ def storm(sizes: Sizes) -> dict:
         socks = []
         for i in range(sizes.storm_clients):
             s = socket.create_connection(("127.0.0.1", target.port))
-            request = f"GET {target.stream_path} HTTP/1.0\r\nHost: x\r\n\r\n".encode()
+            request = f"GET {target.stream_path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode()
             s.sendall(request if i % 3 else request[:10])            # a third never finish the request
             socks.append(s)
         time.sleep(1.0)
@@ -251,7 +251,7 @@ def slow_reader(sizes: Sizes) -> dict:
                 sock = socket.socket()
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
                 sock.connect(("127.0.0.1", target.port))
-                sock.sendall(f"GET {target.stream_path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+                sock.sendall(f"GET {target.stream_path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
             subs = Subscribers(target, 100 if sizes is FULL else 5)
             client = KeepAlive(target.port)
             blob = "z" * 30_000   # 1.5 MB/s: far past what the stalled socket's buffers hold

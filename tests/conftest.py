@@ -158,7 +158,8 @@ class Server:
         self.proc = None
 
     def post(self, events, **kw):
-        return requests.post(self.url + "/api/events", data=json.dumps(events), timeout=5, **kw)
+        headers = {"Content-Type": "application/json", **kw.pop("headers", {})}
+        return requests.post(self.url + "/api/events", data=json.dumps(events), timeout=5, headers=headers, **kw)
 
     def get(self, path, **kw):
         return requests.get(self.url + path, timeout=5, **kw)

@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 from conftest import BACKENDS, wait_for
 from loopstream.server import Config, create_app
 
+JSON = "application/json"
+
 
 class Clock:
     def __init__(self):
@@ -50,6 +52,7 @@ def buffered(app):
 
 def post(client, body, path="/api/events", **kw):
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    kw.setdefault("content_type", "application/json")
     r = client.post(path, data=data, **kw)
     settle(client.application)
     return r
@@ -64,10 +67,18 @@ def test_post_one_event_returns_201_with_its_id(client):
     assert isinstance(events[0]["ts"], float)
 
 
-def test_batch_and_emit_alias_and_form_content_type(client):
-    r = post(client, [{"type": "a"}, {"type": "b"}], path="/emit",
-             content_type="application/x-www-form-urlencoded")
+def test_batch_and_emit_alias(client):
+    r = post(client, [{"type": "a"}, {"type": "b"}], path="/emit", content_type="application/json; charset=utf-8")
     assert r.status_code == 201 and len(r.get_json()["ids"]) == 2
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", "application/jsonp"])
+def test_a_post_that_is_not_application_json_gets_415_naming_the_fix(app, client, content_type):
+    kw = {"content_type": content_type} if content_type else {}
+    r = client.post("/api/events", data=json.dumps({"type": "x", "run": "r"}), **kw)
+    assert r.status_code == 415 and "Content-Type: application/json" in r.get_json()["message"]
+    assert buffered(app) == 0
 
 
 @pytest.mark.parametrize("body, status, field", [
@@ -154,7 +165,7 @@ def test_control_publishes_requested_events_once(app, client):
     post(client, {"type": "task_started", "run": "r"})
     r = client.post("/api/runs/r/stop", json={"reason": "wrong branch"})
     assert r.status_code == 202 and r.get_json()["requested"] is True
-    again = client.post("/api/runs/r/stop")
+    again = client.post("/api/runs/r/stop", content_type=JSON)
     assert again.status_code == 202 and again.get_json()["requested"] is False
     types = [e["type"] for e in client.get("/api/events").get_json()["events"]]
     assert types.count("stop_requested") == 1
@@ -164,17 +175,17 @@ def test_control_publishes_requested_events_once(app, client):
 
 def test_pause_and_resume_are_idempotent(client):
     post(client, {"type": "task_started", "run": "r"})
-    assert client.post("/api/runs/r/pause").get_json()["requested"] is True
-    assert client.post("/api/runs/r/pause").get_json()["requested"] is False
-    assert client.post("/api/runs/r/resume").get_json()["requested"] is True
-    assert client.post("/api/runs/r/resume").get_json()["requested"] is False
+    assert client.post("/api/runs/r/pause", content_type=JSON).get_json()["requested"] is True
+    assert client.post("/api/runs/r/pause", content_type=JSON).get_json()["requested"] is False
+    assert client.post("/api/runs/r/resume", content_type=JSON).get_json()["requested"] is True
+    assert client.post("/api/runs/r/resume", content_type=JSON).get_json()["requested"] is False
 
 
 def test_control_errors(client):
-    assert client.post("/api/runs/ghost/stop").status_code == 404
+    assert client.post("/api/runs/ghost/stop", content_type=JSON).status_code == 404
     post(client, {"type": "task_started", "run": "r"})
-    assert client.post("/api/runs/r/explode").status_code == 404
-    assert client.post("/api/runs/r/stop", data="{bad").status_code == 400
+    assert client.post("/api/runs/r/explode", content_type=JSON).status_code == 404
+    assert client.post("/api/runs/r/stop", data="{bad", content_type=JSON).status_code == 400
     assert client.post("/api/runs/r/stop", json={"reason": 5}).status_code == 400
 
 
@@ -186,7 +197,7 @@ def test_token_guards_posts_control_and_reads_but_not_health(tmp_path):
     assert c.get("/api/events").status_code == 401
     assert c.get("/api/events?token=s3cret").status_code == 200
     assert post(c, {"type": "x"}, path="/emit?token=s3cret").status_code == 401  # POST needs the header
-    assert c.post("/api/runs/default/stop").status_code == 401
+    assert c.post("/api/runs/default/stop", content_type=JSON).status_code == 401
     assert c.get("/healthz").status_code == 200
 
 

@@ -22,7 +22,7 @@ def test_a_storm_of_clients_connecting_and_dropping_leaves_no_leak(make_server):
     socks = []
     for i in range(300):
         s = socket.create_connection(("127.0.0.1", server.port))
-        request = b"GET /stream/progress HTTP/1.0\r\nHost: x\r\n\r\n"
+        request = b"GET /stream/progress HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
         s.sendall(request if i % 3 else request[:12])          # a third never finish their request
         socks.append(s)
     wait_for(lambda: server.get("/healthz").json()["subscribers"] >= 200, message="the storm to connect")
@@ -76,7 +76,7 @@ def test_departed_subscribers_leave_the_fan_out_and_never_slow_publishing(make_s
     socks = []
     for _ in range(200):
         s = socket.create_connection(("127.0.0.1", server.port))
-        s.sendall(b"GET /stream/progress HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(b"GET /stream/progress HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         socks.append(s)
     wait_for(lambda: server.get("/healthz").json()["subscribers"] == 200, message="200 subscribers")
     for s in socks:

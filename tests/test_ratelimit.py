@@ -1,4 +1,4 @@
-from loopstream.ratelimit import TokenBuckets
+from loopstream.ratelimit import Budget, TokenBuckets
 
 
 class Clock:
@@ -32,15 +32,33 @@ def test_zero_rate_turns_the_limit_off():
     assert all(tb.take("k", 1000) == 0 for _ in range(100))
 
 
-def test_a_batch_larger_than_the_burst_passes_on_a_full_bucket_and_leaves_debt():
+def test_a_batch_larger_than_the_burst_passes_on_a_full_bucket_and_leaves_bounded_debt():
     clock = Clock()
     tb = TokenBuckets(rate=10, burst=20, clock=clock)
-    assert tb.take("k", 100) == 0          # never refused forever
-    assert tb.take("k") > 0               # but paid for: 80 tokens of debt
-    clock.t += 8.0                         # debt repaid at 10/s
+    assert tb.take("k", 1000) == 0         # never refused forever
+    assert tb.take("k") > 0               # but paid for: in debt ...
+    clock.t += 2.0                         # ... of at most one burst (20 tokens at 10/s)
     assert tb.take("k") > 0
     clock.t += 0.11
-    assert tb.take("k") == 0
+    assert tb.take("k") == 0               # a 1000-event batch locked the key out for ~2 s, not 98 s
+
+
+def test_take_all_charges_every_bucket_or_none():
+    clock = Clock()
+    tb = TokenBuckets(rate=10, burst=20, clock=clock)
+    run, client = Budget(10, 20), Budget(100, 30)
+    assert tb.take_all([("run:a", run), ("client:x", client)], 20) == (0.0, None)
+    wait, key = tb.take_all([("run:b", run), ("client:x", client)], 20)
+    assert key == "client:x" and wait > 0           # the client's budget refuses a new run name
+    assert tb.take_all([("run:b", run)], 20) == (0.0, None)   # run:b was not charged by the refusal
+    wait, key = tb.take_all([("run:a", run), ("client:y", client)], 1)
+    assert key == "run:a" and abs(wait - 0.1) < 1e-6
+    assert tb.take_all([("client:y", client)], 30) == (0.0, None)   # and client:y was not charged either
+
+
+def test_a_budget_with_rate_zero_is_off():
+    tb = TokenBuckets(rate=1, burst=1, clock=Clock())
+    assert all(tb.take_all([("k", Budget(0, 1))], 500) == (0.0, None) for _ in range(10))
 
 
 def test_refused_requests_cost_nothing():

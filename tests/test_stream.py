@@ -202,7 +202,7 @@ def test_slow_reader_never_delays_others_and_gets_a_reset_when_it_reads(make_ser
     slow = socket.socket()
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     slow.connect(("127.0.0.1", server.port))
-    slow.sendall(b"GET /stream/progress HTTP/1.0\r\nHost: x\r\n\r\n")  # 1.0: no chunked framing
+    slow.sendall(b"GET /stream/progress HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")  # 1.0: no chunked framing
     fast = subscribe(server)
     fast.next()
     wait_for(lambda: server.get("/healthz").json()["subscribers"] == 2, message="both subscribers")

@@ -13,6 +13,8 @@ worker's local replica of the shared stream.
 """
 from __future__ import annotations
 
+import copy
+import marshal
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -22,6 +24,8 @@ from . import events as ev
 from . import sse, state
 
 Cursor = tuple[int, int]
+ENDED = (*state.FINISHED, "interrupted")   # a run that reaches one of these goes to history
+HELLO_LIVE = 200                           # live runs a hello or reset carries in full
 
 
 class BackendDown(RuntimeError):
@@ -57,6 +61,30 @@ class PublishResult:
     after: Cursor | None = None
 
 
+@dataclass(slots=True)
+class Staged:
+    """A publish prepared but not yet visible: the events with their ids, and every run they
+    touch folded on a copy of its snapshot (what ``commit`` puts in place)."""
+
+    events: list[ev.Event]
+    runs: dict[str, dict]
+    finished: list[str]
+
+
+def clone(snapshot: dict) -> dict:
+    """A deep copy of a JSON-like snapshot (marshal is C and shares nothing)."""
+    try:
+        return marshal.loads(marshal.dumps(snapshot))
+    except ValueError:   # nested beyond marshal's depth: the slow way
+        return copy.deepcopy(snapshot)
+
+
+def ends(before: dict | None, after: dict) -> bool:
+    """Did this event finish the run (so it goes to history)?"""
+    was_live = before is None or state.is_live(before) or before["status"] == "interrupted"
+    return was_live and after["status"] in ENDED
+
+
 class MemoryBroker:
     # The server fans a publish out itself; a broker fed by other processes
     # (Redis) says False and calls ``on_events`` when the events reach it.
@@ -76,15 +104,55 @@ class MemoryBroker:
     # -- writing -----------------------------------------------------------
     def publish(self, drafts: Iterable[ev.Draft]) -> PublishResult:
         """Give drafts ids and times, append them to the buffer, fold them into runs."""
+        return self.commit(self.stage(drafts))
+
+    def stage(self, drafts: Iterable[ev.Draft]) -> Staged:
+        """Everything a publish computes, with nothing made visible: ids, frames, and the
+        snapshots folded on copies. Raises (a reducer bug) without changing anything."""
         now = round(self.clock(), 3)
-        before = self.head
         out = []
         for seq, d in enumerate(drafts, self.seq + 1):
             e = ev.Event(self.epoch, seq, d.type, d.run, now, d.data)
             e.json = ev.dumps(e.as_dict())
             e.frame = sse.frame(e.id, e.type, e.json)
             out.append(e)
-        return PublishResult(out, self.append(out), before, self.head)
+        runs, finished = self.fold_copies(out)
+        return Staged(out, runs, finished)
+
+    def fold_copies(self, events: list[ev.Event]) -> tuple[dict[str, dict], list[str]]:
+        """Each touched run's snapshot after ``events``, folded on a copy; the runs they finished."""
+        staged: dict[str, dict] = {}
+        finished = []
+        for e in events:
+            if e.run in staged:
+                before = staged[e.run]
+            else:
+                current = self.runs.get(e.run)
+                before = clone(current) if current is not None else None
+            was = None if before is None else {"status": before["status"]}
+            staged[e.run] = self.reduce(before, e.as_dict())
+            if ends(was, staged[e.run]):
+                finished.append(e.run)
+        return staged, finished
+
+    def commit(self, staged: Staged) -> PublishResult:
+        """Make a staged publish visible: the buffer and the snapshots, in one step."""
+        if staged.events[0].seq != self.seq + 1:
+            raise RuntimeError("another publish came between stage() and commit()")
+        before = self.head
+        self.seq = staged.events[-1].seq
+        self.buffer.extend(staged.events)
+        for run, snap in staged.runs.items():
+            self.runs.pop(run, None)
+            self.runs[run] = snap   # re-insert: dict order is recency
+        if staged.finished:
+            self._forget_old_finished()
+        return PublishResult(staged.events, staged.finished, before, self.head)
+
+    @staticmethod
+    def reduce(snapshot: dict | None, event: dict) -> dict:
+        """The reducer (state.apply); a seam for tests that need it to fail like a bug would."""
+        return state.apply(snapshot, event)
 
     def append(self, events: list[ev.Event], forget: bool = True) -> list[str]:
         """Add events that already have their ids (the next ones in sequence); the runs they finished.
@@ -105,10 +173,10 @@ class MemoryBroker:
 
     def _fold(self, e: ev.Event) -> bool:
         before = self.runs.pop(e.run, None)
-        was_live = before is None or state.is_live(before) or before["status"] == "interrupted"
-        snap = state.apply(before, {"id": e.id, "type": e.type, "run": e.run, "ts": e.ts, "data": e.data})
+        was = None if before is None else {"status": before["status"]}
+        snap = self.reduce(before, {"id": e.id, "type": e.type, "run": e.run, "ts": e.ts, "data": e.data})
         self.runs[e.run] = snap  # re-insert: dict order is recency
-        return was_live and snap["status"] in state.FINISHED
+        return ends(was, snap)
 
     def _forget_old_finished(self) -> None:
         finished = [r for r, s in self.runs.items() if not state.is_live(s)]
@@ -170,9 +238,17 @@ class MemoryBroker:
     def close(self) -> None:
         pass
 
-    def snapshots(self, flt: Filter | None = None, recent: int = 10) -> list[dict]:
-        """Live runs in full, and the ``recent`` latest finished runs, oldest first."""
+    def snapshots(self, flt: Filter | None = None, recent: int = 10, live: int = HELLO_LIVE) -> list[dict]:
+        """The ``live`` most recently updated live runs in full, and the ``recent`` latest finished
+        runs, oldest first: a hello stays bounded however many runs there are (the rest: /api/runs)."""
         wanted = [s for r, s in self.runs.items() if flt is None or flt.runs is None or r in flt.runs]
-        live = [s for s in wanted if state.is_live(s)]
+        running = [s for s in wanted if state.is_live(s)][-live:] if live else []
         done = [s for s in wanted if not state.is_live(s)][-recent:] if recent else []
-        return done + live
+        return done + running
+
+    def live_count(self) -> int:
+        return sum(1 for s in self.runs.values() if state.is_live(s))
+
+    def is_live_run(self, run: str) -> bool:
+        snap = self.runs.get(run)
+        return snap is not None and state.is_live(snap)

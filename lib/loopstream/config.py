@@ -28,6 +28,14 @@ class Config:
     retry_ms: int = 2000
     default_run: str = DEFAULT_RUN
     backend: str | None = None         # a Redis URL; None = the memory backend
+    host: str = "127.0.0.1"            # the bind address (a Host header naming it is accepted)
+    allowed_hosts: list[str] = field(default_factory=list)   # more Host names; "*" = any
+    client_rate: float = 100.0         # events/s per client address, above the per-run budget; 0 = off
+    client_burst: int = 1000
+    max_live_runs: int = 1000          # live runs held at once; a new one past it gets 503
+    stale_after: float | None = None   # seconds of silence that end a run with heartbeat_s (None: 3 x it)
+    idle_exit: float = 0.0             # exit after this many seconds without a request or stream; 0 = never
+    master_pid: int | None = None      # gunicorn's master (the process to signal), set by serving.py
     notify: str | None = None          # webhook or ntfy topic URL told of every finished run
     notify_format: str = "json"        # "json" or "ntfy"
     notify_min_duration: float = 0.0  # runs shorter than this (s) are not notified

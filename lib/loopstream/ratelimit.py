@@ -1,8 +1,11 @@
 """Token buckets per emitter key (pure; the clock is injected).
 
-A request costs one token per event. A batch larger than the bucket is let
-through when the bucket is full and leaves it in debt, so a batch is never
-refused forever and the sustained rate still holds.
+A request costs one token per event, charged to several buckets at once (the
+run's, and the client address's, which a client cannot dodge by naming new
+runs) — to all of them or to none. A batch larger than a bucket is let
+through when that bucket is full and leaves it in debt, so a batch is never
+refused forever; the debt is at most one burst, so one big batch posted for
+someone else's run locks that run out for at most 2 × burst / rate seconds.
 """
 from __future__ import annotations
 
@@ -11,48 +14,88 @@ from dataclasses import dataclass
 from typing import Callable
 
 
-@dataclass(slots=True)
-class _Bucket:
-    tokens: float
-    stamp: float
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A sustained rate (events/s; 0 = unlimited) and a bucket size."""
 
-
-class TokenBuckets:
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic,
-                 max_keys: int = 10_000):
-        self.rate = float(rate)
-        self.burst = max(1, int(burst))
-        self.clock = clock
-        self.max_keys = max_keys
-        self._buckets: dict[str, _Bucket] = {}
+    rate: float
+    burst: int
 
     @property
     def enabled(self) -> bool:
         return self.rate > 0
 
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    stamp: float
+    budget: Budget
+
+
+class TokenBuckets:
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = 10_000):
+        self.budget = Budget(float(rate), max(1, int(burst)))
+        self.clock = clock
+        self.max_keys = max_keys
+        self._buckets: dict[str, _Bucket] = {}
+
+    @property
+    def rate(self) -> float:
+        return self.budget.rate
+
+    @property
+    def burst(self) -> int:
+        return self.budget.burst
+
+    @property
+    def enabled(self) -> bool:
+        return self.budget.enabled
+
     def take(self, key: str, cost: int = 1) -> float:
-        """Spend ``cost`` tokens. Returns 0.0 when allowed, else seconds to wait."""
-        if self.rate <= 0:
-            return 0.0
+        """Spend ``cost`` tokens of the default budget. 0.0 when allowed, else seconds to wait."""
+        return self.take_all([(key, self.budget)], cost)[0]
+
+    def take_all(self, charges: list[tuple[str, Budget]], cost: int = 1) -> tuple[float, str | None]:
+        """Charge ``cost`` to every (key, budget) bucket, or to none of them.
+        Returns (0.0, None) when allowed, else (seconds to wait, the key that refused)."""
+        charges = [(k, b) for k, b in charges if b.enabled]
+        if not charges:
+            return 0.0, None
         now = self.clock()
+        buckets = [self._refilled(k, b, now) for k, b in charges]
+        waits = [self._wait(bucket, cost) for bucket in buckets]
+        worst = max(range(len(waits)), key=waits.__getitem__)
+        if waits[worst] > 0:
+            return waits[worst], charges[worst][0]
+        for bucket in buckets:
+            bucket.tokens = max(-float(bucket.budget.burst), bucket.tokens - cost)
+        return 0.0, None
+
+    @staticmethod
+    def _wait(bucket: _Bucket, cost: int) -> float:
+        need = min(cost, bucket.budget.burst)
+        if bucket.tokens + 1e-9 >= need:
+            return 0.0
+        return (need - bucket.tokens) / bucket.budget.rate
+
+    def _refilled(self, key: str, budget: Budget, now: float) -> _Bucket:
         b = self._buckets.get(key)
         if b is None:
             if len(self._buckets) >= self.max_keys:
                 self._forget_full(now)
-            b = self._buckets[key] = _Bucket(float(self.burst), now)
+            b = self._buckets[key] = _Bucket(float(budget.burst), now, budget)
         else:
-            b.tokens = min(float(self.burst), b.tokens + (now - b.stamp) * self.rate)
+            b.tokens = min(float(budget.burst), b.tokens + (now - b.stamp) * budget.rate)
             b.stamp = now
-        need = min(cost, self.burst)
-        if b.tokens + 1e-9 >= need:
-            b.tokens -= cost
-            return 0.0
-        return (need - b.tokens) / self.rate
+            b.budget = budget
+        return b
 
     def _forget_full(self, now: float) -> None:
         """Drop buckets that have refilled: they hold no information."""
         full = [k for k, b in self._buckets.items()
-                if b.tokens + (now - b.stamp) * self.rate >= self.burst]
+                if b.tokens + (now - b.stamp) * b.budget.rate >= b.budget.burst]
         for k in full:
             del self._buckets[k]
         if len(self._buckets) >= self.max_keys:  # all busy: forget the oldest

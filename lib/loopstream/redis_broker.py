@@ -46,6 +46,7 @@ from redis.exceptions import RedisError
 from . import events as ev
 from . import sse, state
 from .broker import BackendDown, Cursor, Filter, MemoryBroker, PublishResult, ReadResult
+from .ratelimit import Budget
 
 log = logging.getLogger(__name__)
 
@@ -90,22 +91,36 @@ redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
 return 1
 """
 
-# A token bucket with debt (the semantics of ratelimit.TokenBuckets), on Redis's clock,
-# so the limit holds across workers and hosts. Returns the seconds to wait, as text.
+# Token buckets with bounded debt (the semantics of ratelimit.TokenBuckets.take_all), on
+# Redis's clock, so the limits hold across workers and hosts. KEYS: the buckets; ARGV: the
+# cost, then a rate and a burst per bucket. Charges every bucket or none; returns
+# {seconds to wait as text, the 1-based index of the bucket that refused (0: none)}.
 TAKE = """
-local rate, burst, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local cost = tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
-local tokens = tonumber(b[1]) or burst
-local stamp = tonumber(b[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
-local need = math.min(cost, burst)
-local wait = 0
-if tokens + 1e-9 >= need then tokens = tokens - cost else wait = (need - tokens) / rate end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'stamp', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
-return tostring(wait)
+local have, worst, worst_i = {}, 0, 0
+for i, key in ipairs(KEYS) do
+  local rate, burst = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local b = redis.call('HMGET', key, 'tokens', 'stamp')
+  local tokens = tonumber(b[1]) or burst
+  local stamp = tonumber(b[2]) or now
+  tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
+  have[i] = tokens
+  local need = math.min(cost, burst)
+  if tokens + 1e-9 < need and (need - tokens) / rate > worst then
+    worst, worst_i = (need - tokens) / rate, i
+  end
+end
+if worst_i == 0 then
+  for i, key in ipairs(KEYS) do
+    local rate, burst = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+    local left = math.max(-burst, have[i] - cost)
+    redis.call('HSET', key, 'tokens', tostring(left), 'stamp', tostring(now))
+    redis.call('PEXPIRE', key, math.ceil((burst - left) / rate * 1000) + 1000)
+  end
+end
+return {tostring(worst), worst_i}
 """
 
 
@@ -131,18 +146,25 @@ class RedisBuckets:
     """TokenBuckets' interface, kept in Redis: one limit for all workers."""
 
     def __init__(self, client: redis.Redis, prefix: str, rate: float, burst: int):
-        self.rate = float(rate)
-        self.burst = max(1, int(burst))
+        self.budget = Budget(float(rate), max(1, int(burst)))
         self.prefix = prefix
         self._take = client.register_script(TAKE)
 
     def take(self, key: str, cost: int = 1) -> float:
-        if self.rate <= 0:
-            return 0.0
+        return self.take_all([(key, self.budget)], cost)[0]
+
+    def take_all(self, charges: list[tuple[str, Budget]], cost: int = 1) -> tuple[float, str | None]:
+        charges = [(k, b) for k, b in charges if b.enabled]
+        if not charges:
+            return 0.0, None
+        args: list = [cost]
+        for _, b in charges:
+            args += (b.rate, b.burst)
         try:
-            return float(self._take(keys=[f"{self.prefix}bucket:{key}"], args=[self.rate, self.burst, cost]))
+            wait, index = self._take(keys=[f"{self.prefix}bucket:{k}" for k, _ in charges], args=args)
         except RedisError as e:
             raise BackendDown(f"Redis: {e}") from e
+        return (float(wait), charges[int(index) - 1][0]) if int(index) else (0.0, None)
 
 
 def _event(entry_id: str, payload: str) -> ev.Event:

@@ -9,12 +9,17 @@ calls them and writes responses. It runs under gunicorn's gevent worker
 from __future__ import annotations
 
 import hmac
+import os
+import re
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 from flask import Flask, Response, request, send_from_directory
-from werkzeug.exceptions import HTTPException
+from gunicorn.http.errors import ParseException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import __version__, sse, state
 from . import events as ev
@@ -22,9 +27,13 @@ from .broker import BackendDown, Filter, MemoryBroker
 from .config import Config
 from .fanout import Fanout, Subscriber
 from .history import History
-from .ratelimit import TokenBuckets
+from .guard import HostPolicy, is_json_content_type
+from .ratelimit import Budget, TokenBuckets
+from .reaper import interrupted, silent_runs
 
 MAX_BODY = 64 * 1024
+LIMIT_RE = re.compile(r"[0-9]{1,4}\Z")
+API_PREFIXES = ("/api/", "/stream/", "/emit", "/metrics", "/healthz")
 CONTROL_ACTIONS = {"stop": "stop_requested", "pause": "pause_requested", "resume": "resume_requested"}
 
 
@@ -36,6 +45,8 @@ class Metrics:
         self.resets = 0
         self.subscribers = 0
         self.streams_by_client: dict[str, int] = {}
+        self.last_activity = time.monotonic()   # the last request or stream end (for --idle-exit)
+        self.reaped = 0
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -89,6 +100,11 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
             broker.restore(snap)
         limiter = TokenBuckets(cfg.rate, cfg.burst, clock=monotonic)
     metrics = Metrics()
+    policy = HostPolicy(cfg.host, cfg.allowed_hosts, cfg.cors)
+    run_budget = Budget(cfg.rate, cfg.burst)
+    # --rate 0 turns rate limiting off altogether; --client-rate 0 only the per-client budget.
+    client_budget = Budget(cfg.client_rate if cfg.rate > 0 else 0, cfg.client_burst)
+    publish_lock = threading.Lock()
     notifier = None
     if cfg.notify:  # told of each finished run off the request path (notify.py)
         from .notify import Notifier
@@ -131,9 +147,17 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
         return cur
 
     def publish(drafts: list[ev.Draft]) -> list[ev.Event]:
-        result = broker.publish(drafts)
+        """Validated drafts -> events. The batch is folded on copies of the snapshots first:
+        a reducer bug raises here, before anything is journalled, buffered or streamed."""
+        with publish_lock:
+            staged = broker.stage(drafts)
+            if broker.fans_out_on_publish:     # memory: journal, then make visible
+                if history:
+                    history.record(staged.events)
+                result = broker.commit(staged)
+            else:                              # Redis: one Lua script makes the batch visible
+                result = broker.publish(drafts)
         if history:
-            history.record(result.events)
             for run in result.finished:
                 history.finished(broker.snapshot(run))
         metrics.accepted += len(result.events)
@@ -168,6 +192,27 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
         def __init__(self, field_name: str, message: str):
             self.field, self.message = field_name, message
 
+    def read_body() -> bytes:
+        """The whole body, at most MAX_BODY bytes: a longer one is refused (413), never cut and
+        parsed; a broken chunked encoding is a 400."""
+        if (request.content_length or 0) > MAX_BODY:
+            raise RequestEntityTooLarge()
+        stream = request.environ["wsgi.input"]
+        chunks, size = [], 0
+        try:
+            while size <= MAX_BODY:
+                chunk = stream.read(MAX_BODY + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        except (ParseException, OSError, ValueError) as e:
+            raise BadParam("body", f"the body could not be read ({type(e).__name__}); "
+                                   "send it with Content-Length or valid chunked encoding") from e
+        if size > MAX_BODY:
+            raise RequestEntityTooLarge()
+        return b"".join(chunks)
+
     @app.errorhandler(BadParam)
     def bad_param(e: BadParam):
         metrics.reject("bad_param")
@@ -184,7 +229,7 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
         if e.code == 413:
             metrics.reject("too_large")
             return error(413, "too_large", f"the body is larger than {MAX_BODY // 1024} KB; "
-                                           "send fewer events per request", "body")
+                                           "send fewer events per request", "body", headers={"Connection": "close"})
         return error(e.code or 500, (e.name or "error").lower().replace(" ", "_"), e.description or "")
 
     @app.errorhandler(Exception)
@@ -194,18 +239,46 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
 
     open_paths = ("/healthz",)
 
-    @app.before_request
-    def guard():
+    def forbidden_host():
+        host = request.environ.get("HTTP_HOST")
+        if policy.host_ok(host):
+            return None
+        metrics.reject("forbidden_host")
+        return error(403, "forbidden_host", f"this server does not answer to the name {host[:100]!r}; "
+                                            "start it with --allowed-host NAME to allow it", "host")
+
+    def forbidden_origin(is_static: bool):
         origin = request.headers.get("Origin")
         if request.method == "OPTIONS":
             if origin and origin in cfg.cors:
                 return Response(status=204)
-            return error(403, "cors", "this origin is not allowed (see --cors)")
-        is_static = request.method == "GET" and not request.path.startswith(("/api/", "/stream/", "/emit", "/metrics"))
-        if not is_static and request.path not in open_paths and not authorized():
-            metrics.reject("unauthorized")
-            return error(401, "unauthorized", "a token is required: send 'Authorization: Bearer TOKEN'"
-                                              " (or ?token= on GET)", headers={"WWW-Authenticate": "Bearer"})
+            return error(403, "cors", "this origin is not allowed (see --cors)", "origin")
+        if is_static or policy.origin_ok(origin, request.environ.get("HTTP_HOST")):
+            return None
+        metrics.reject("forbidden_origin")
+        return error(403, "forbidden_origin", f"requests from the origin {origin[:100]!r} are not allowed; "
+                                              "start the server with --cors ORIGIN to allow it", "origin")
+
+    def unauthorized(is_static: bool):
+        if is_static or request.path in open_paths or authorized():
+            return None
+        metrics.reject("unauthorized")
+        return error(401, "unauthorized", "a token is required: send 'Authorization: Bearer TOKEN'"
+                                          " (or ?token= on GET)", headers={"WWW-Authenticate": "Bearer"})
+
+    def not_json():
+        if request.method != "POST" or is_json_content_type(request.headers.get("Content-Type")):
+            return None
+        metrics.reject("content_type")
+        return error(415, "unsupported_media_type", "send the body as JSON with the header "
+                                                    "'Content-Type: application/json' (curl: -H 'Content-Type: "
+                                                    "application/json')", "content-type")
+
+    @app.before_request
+    def guard():
+        metrics.last_activity = monotonic()
+        is_static = request.method in ("GET", "HEAD") and not request.path.startswith(API_PREFIXES)
+        return (forbidden_host() or forbidden_origin(is_static) or unauthorized(is_static) or not_json())
 
     @app.after_request
     def cors(resp: Response):
@@ -222,24 +295,44 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
     @app.post("/emit")
     def post_events():
         try:
-            body = ev.loads(request.get_data(cache=False, parse_form_data=False))
+            body = ev.loads(read_body())
             drafts = ev.validate_body(body, cfg.default_run)
         except ev.EventError as e:
             metrics.reject("invalid")
             return Response(ev.dumps({**e.as_json(), "error": "bad_request"}), status=400,
                             mimetype="application/json")
         explicit_run = isinstance(body, dict) and "run" in body or isinstance(body, list) and "run" in body[0]
-        key = f"run:{drafts[0].run}" if explicit_run else f"addr:{client_addr()}"
-        wait = limiter.take(key, len(drafts))
-        if wait:
-            metrics.rate_limited += 1
-            metrics.reject("rate_limited")
-            retry_after = max(1, int(wait + 0.999))
-            resp = error(429, "rate_limited", f"over {cfg.rate:g} events/s (burst {cfg.burst}) for {key}; "
-                                              f"retry after {wait:.2f}s", headers={"Retry-After": str(retry_after)})
-            return resp
+        refused = rate_limited(drafts, explicit_run) or too_many_live_runs(drafts)
+        if refused:
+            return refused
         published = publish(drafts)
         return json_response({"ids": [e.id for e in published]}, 201)
+
+    def rate_limited(drafts: list[ev.Draft], explicit_run: bool):
+        """The run's budget (as named, else the client's address) and the client address's own,
+        which no choice of run names dodges: a 429 when either is spent, charging neither."""
+        addr = client_addr()
+        key = f"run:{drafts[0].run}" if explicit_run else f"addr:{addr}"
+        wait, refused_by = limiter.take_all([(key, run_budget), (f"client:{addr}", client_budget)], len(drafts))
+        if not wait:
+            return None
+        metrics.rate_limited += 1
+        metrics.reject("rate_limited")
+        budget = client_budget if refused_by.startswith("client:") else run_budget
+        flag = "--client-rate" if budget is client_budget else "--rate"
+        return error(429, "rate_limited", f"over {budget.rate:g} events/s (burst {budget.burst}, {flag}) for "
+                                          f"{refused_by}; retry after {wait:.2f}s",
+                     headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+
+    def too_many_live_runs(drafts: list[ev.Draft]):
+        """A batch that would start runs past --max-live-runs is refused (503), not half-taken."""
+        new = {d.run for d in drafts if not broker.is_live_run(d.run)}
+        if not new or broker.live_count() + len(new) <= cfg.max_live_runs:
+            return None
+        metrics.reject("too_many_live_runs")
+        return error(503, "too_many_live_runs", f"the server already holds {cfg.max_live_runs} live runs "
+                                                "(--max-live-runs); finish some, or retry later", "run",
+                     headers={"Retry-After": "5"})
 
     # -- events out: SSE ------------------------------------------------------------------
     @app.get("/stream/progress")
@@ -266,6 +359,7 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
 
         def release():
             metrics.subscribers -= 1
+            metrics.last_activity = monotonic()
             n = metrics.streams_by_client.get(addr, 1) - 1
             if n:
                 metrics.streams_by_client[addr] = n
@@ -329,7 +423,7 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
         flt = parse_filter()
         since = parse_cursor("since", request.args.get("since"))
         raw_limit = request.args.get("limit", "1000")
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+        if not LIMIT_RE.match(raw_limit) or not 1 <= int(raw_limit) <= 1000:
             raise BadParam("limit", "must be a whole number from 1 to 1000")
         if not broker.healthy:
             raise BackendDown("the event log is not available")
@@ -378,7 +472,7 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
         if action not in CONTROL_ACTIONS:
             return error(404, "not_found", f"unknown action '{action}'; use stop, pause or resume", "action")
         try:
-            raw = request.get_data(cache=False, parse_form_data=False)
+            raw = read_body()
             body = ev.loads(raw) if raw.strip() else {}
         except ev.EventError as e:
             return error(400, "bad_request", e.message, "body")
@@ -403,6 +497,7 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
     @app.get("/healthz")
     def healthz():
         return json_response({"ok": broker.healthy, "version": __version__, "epoch": broker.epoch,
+                              "pid": cfg.master_pid or os.getpid(),
                               "backend": "redis" if cfg.backend else "memory",
                               "subscribers": metrics.subscribers, "buffered": len(broker.buffer)},
                              200 if broker.healthy else 503)
@@ -434,6 +529,50 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
 
     @app.get("/<path:name>")
     def static_file(name: str):
-        return send_from_directory(static_root, name, max_age=0)
+        try:
+            return send_from_directory(static_root, name, max_age=0)
+        except (ValueError, OSError):   # a NUL byte or a name too long for the file system
+            return error(404, "not_found", "no such file", "path")
+
+    # -- housekeeping: stale runs and --idle-exit --------------------------------------------------
+    def claim(run: str, last_event_id: str | None) -> bool:
+        """One reap per silence, whichever worker sees it first (with Redis: a SET NX key)."""
+        if not cfg.backend:
+            return True
+        from redis.exceptions import RedisError
+
+        try:
+            return bool(broker.client.set(f"{broker.prefix}reaped:{run}:{last_event_id}", 1, nx=True, ex=86400))
+        except RedisError:
+            return False
+
+    def reap() -> None:
+        """Finish as interrupted every live run that announced heartbeat_s and went silent."""
+        if not broker.healthy:
+            return
+        for run, silent, last_id in silent_runs(broker.runs.values(), clock(), cfg.stale_after):
+            if claim(run, last_id):
+                publish([interrupted(run, silent)])
+                metrics.reaped += 1
+
+    def idle() -> bool:
+        return bool(cfg.idle_exit) and metrics.subscribers == 0 and \
+            monotonic() - metrics.last_activity >= cfg.idle_exit
+
+    def housekeeping() -> None:
+        tick = max(0.05, min(1.0, (cfg.stale_after or 4.0) / 4, (cfg.idle_exit or 4.0) / 4))
+        while True:
+            time.sleep(tick)
+            try:
+                reap()
+            except Exception:   # a bug here must not stop the reaper for good
+                app.logger.exception("reaping stale runs failed")
+            if idle():
+                app.logger.warning("no request or stream for %gs (--idle-exit): exiting", cfg.idle_exit)
+                os.kill(cfg.master_pid or os.getpid(), signal.SIGTERM)
+                return
+
+    if cfg.master_pid is not None:   # under `loop serve` (serving.py), not in-process tests
+        threading.Thread(target=housekeeping, name="loop-housekeeping", daemon=True).start()
 
     return app

@@ -6,6 +6,7 @@ stream lives in Redis, where every worker follows the same one.
 """
 from __future__ import annotations
 
+import os
 import resource
 
 from gunicorn.app.base import BaseApplication
@@ -38,6 +39,12 @@ class Sidecar(BaseApplication):
                 f"--workers {workers}: the memory backend keeps the buffer in one process, so a second "
                 "worker would split the stream. Use 1 worker (one gevent worker holds thousands of "
                 "streams), or the Redis backend for several.")
+        if config.idle_exit and workers != 1:
+            raise WorkerCountError(
+                f"--idle-exit with --workers {workers}: each worker sees only its own requests, so one "
+                "could stop the server while another serves. Use --idle-exit with 1 worker.")
+        config.host = host
+        config.master_pid = os.getpid()   # the process to signal: this one becomes gunicorn's master
         self.config = config
         self.workers = workers
         self.bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
