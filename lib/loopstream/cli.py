@@ -204,24 +204,19 @@ def _estimate(server: str | None, token: str | None, task_id: str, stories: int)
               help="Seconds between SIGINT and SIGKILL when stopping a story.")
 @click.option("--no-update", is_flag=True, help="Do not write passes: true back to the PRD.")
 @click.option("--no-embed", is_flag=True, help="Do not start a sidecar when none answers.")
-@click.option("--heartbeat", "heartbeat_s", envvar="LOOP_HEARTBEAT_S", default=10.0, show_default=True,
-              type=click.FloatRange(0.1, 3600), metavar="S",
-              help="Send task_alive after S quiet seconds (announced as heartbeat_s; the sidecar finishes a run "
-                   "silent for 3 × S as interrupted).")
-def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_update, no_embed,
-        heartbeat_s) -> None:
+def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_update, no_embed) -> None:
     """Run a PRD's open stories and report every step to the sidecar.
 
     Stories with "passes": false run by priority, after their dependencies,
     each as its own process group. Exit 0 when all passed, 1 when any
-    failed, 130 when stopped (Ctrl-C, SIGTERM, SIGHUP, `loop stop`, the
-    dashboard). Each story's complete output is kept in a log file (path in
-    its story_completed event); the stream may elide what comes too fast.
+    failed, 130 when stopped (Ctrl-C, `loop stop`, the dashboard).
     """
+    import signal
     import threading
 
     from . import state
-    from .client import Outbox
+    from .client import Outbox, healthy
+    from .embedded import EmbeddedSidecar
     from .runner import RunOptions, Runner
     from .view import LiveView, plain_line
 
@@ -229,34 +224,52 @@ def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_u
     if run_id is not None and not _valid_run(run_id):
         raise click.BadParameter("must match [A-Za-z0-9._-]{1,64}", param_hint="--run")
     run_id = run_id or _new_run_id(prd_path)
-    server = _sidecar_for_run(server.rstrip("/"), no_embed)
+    server = server.rstrip("/")
+    embedded = None
+    if not healthy(server):
+        if no_embed:
+            click.echo(f"loop: no sidecar at {server}; running without one (--no-embed)", err=True)
+            server = None
+        else:
+            embedded = EmbeddedSidecar.start(server)
+            if embedded:
+                server = embedded.url
+            else:
+                click.echo(f"loop: no sidecar at {server} and none could be started; running without one",
+                           err=True)
+                server = None
     click.echo(f"loop: run {run_id}" + (f" — dashboard: {server}/" if server else ""), err=True)
 
     live_view = stream and sys.stdout.isatty()
     lock = threading.Lock()
     snap: dict = {}
-    outbox = Outbox(server, token, on_refused=lambda reason, n: _say(
-        f"loop: the sidecar refused {n} event{'s' * (n > 1)}: {reason}; the run goes on"))
+    outbox = Outbox(server, token)
 
     def sink(event: dict) -> None:
         outbox.put(event)
-        if event["type"] == "task_alive":
-            return
         with lock:
             snap["s"] = state.apply(snap.get("s"), event)
         if not live_view and not (event["type"] == "output" and not event["data"].get("text")):
-            _say(plain_line(event), err=False)
+            click.echo(plain_line(event))
 
     estimate = _estimate(server, token, prd.path.stem, sum(1 for s in prd.stories if not s.passes))
     runner = Runner(prd, RunOptions(run_id=run_id, server=server, max_attempts=max_attempts, jobs=jobs,
-                                    grace=grace, update=not no_update, estimated_duration=estimate,
-                                    heartbeat_s=heartbeat_s), sink)
+                                    grace=grace, update=not no_update, estimated_duration=estimate), sink)
     done = threading.Event()
     if server:
         threading.Thread(target=_listen_for_control, args=(server, token, run_id, runner, done),
                          daemon=True).start()
 
-    previous = _stop_runner_on_signals(runner)
+    interrupts = []
+
+    def on_sigint(signum, frame):
+        interrupts.append(signum)
+        if len(interrupts) == 1:
+            runner.request_stop("interrupted (Ctrl-C)")
+        else:
+            runner.force_kill()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         if live_view:
             def connection() -> str:
@@ -270,87 +283,17 @@ def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_u
             code = runner.run()
     finally:
         done.set()
-        _restore_signals(previous)
-        outbox.close(timeout=CLOSE_BUDGET)
+        signal.signal(signal.SIGINT, previous)
+        outbox.close(timeout=30)
+        if outbox.status.dropped:   # still queued at the end, or refused by the sidecar (400/401/413)
+            click.echo(f"loop: {outbox.status.dropped} events could not be delivered to {server} "
+                       f"({outbox.status.last_error})", err=True)
+        if embedded:
+            embedded.stop()
     summary = {k: v for k, v in (snap["s"]["counts"] if snap.get("s") else {}).items() if v}
-    _say(f"loop: run {run_id} {['passed', 'failed'][code == 1] if code != 130 else 'stopped'} {summary}")
-    for line in _delivery_report(outbox.status, server):
-        _say(line)
+    click.echo(f"loop: run {run_id} {['passed', 'failed'][code == 1] if code != 130 else 'stopped'} "
+               f"{summary}", err=True)
     sys.exit(code)
-
-
-CLOSE_BUDGET = 2.5   # seconds `loop run` gives its outbox after the last story: lifecycle first, output elided
-
-
-def _say(line: str, err: bool = True) -> None:
-    """One line for the user; a terminal that hung up (SIGHUP) or a closed pipe must not fail the run."""
-    try:
-        click.echo(line, err=err)
-    except OSError:
-        pass
-
-
-def _sidecar_for_run(server: str, no_embed: bool) -> str | None:
-    """The sidecar this run reports to: the one at ``server``, one left by an earlier run, or a new
-    detached one (it outlives the run; `loop serve --idle-exit`); None to run without one."""
-    from .client import healthy
-    from .embedded import EmbeddedSidecar
-
-    if healthy(server):
-        return server
-    if no_embed:
-        click.echo(f"loop: no sidecar at {server}; running without one (--no-embed)", err=True)
-        return None
-    embedded = EmbeddedSidecar.find_or_start(server)
-    if embedded is None:
-        click.echo(f"loop: no sidecar at {server} and none could be started; running without one", err=True)
-        return None
-    how = "reusing the sidecar an earlier run started" if embedded.reused else "started a sidecar"
-    click.echo(f"loop: {how} at {embedded.url} (pid {embedded.pid}, log {embedded.log_path}; it exits after "
-               f"10 idle minutes)", err=True)
-    return embedded.url
-
-
-def _stop_runner_on_signals(runner) -> dict:
-    """SIGINT, SIGTERM and SIGHUP all stop the run the same way (grace, then SIGKILL); a second one
-    kills the children at once. Returns the previous handlers."""
-    import signal
-
-    reasons = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM)",
-               signal.SIGHUP: "hangup (SIGHUP)"}
-    received: list[int] = []
-
-    def handler(signum, frame):
-        received.append(signum)
-        if len(received) == 1:
-            runner.request_stop(reasons[signum])
-        else:
-            runner.force_kill()
-
-    return {sig: signal.signal(sig, handler) for sig in reasons}
-
-
-def _restore_signals(previous: dict) -> None:
-    import signal
-
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
-
-
-def _delivery_report(status, server: str | None) -> list[str]:
-    """Lines about what did not reach the sidecar as sent: refused (by reason), undelivered, elided."""
-    lines = []
-    if status.refused:
-        total = sum(status.refused.values())
-        why = "; ".join(f"{n} × {reason}" for reason, n in status.refused.items())
-        lines.append(f"loop: {total} event{'s' * (total > 1)} refused by the sidecar at {server}: {why}")
-    if status.undelivered:
-        lines.append(f"loop: {status.undelivered} events not delivered to {server} within {CLOSE_BUDGET:g} s "
-                     f"({status.last_error or 'no answer'}); the sidecar will mark the run interrupted")
-    if status.elided_bytes:
-        lines.append(f"loop: {status.elided_bytes} bytes of output were elided from the stream (faster than the "
-                     "sidecar's rate limit); every story's log file has all of it")
-    return lines
 
 
 def _load_prd(path: str, failure: ExitStatus):
@@ -484,7 +427,7 @@ def runs(server, token, as_json) -> None:
     import json
 
     from .client import SidecarError, request
-    from .view import run_row
+    from .view import clean, duration
 
     try:
         rows = request("GET", server.rstrip("/") + "/api/runs", token).json()["runs"]
@@ -498,7 +441,11 @@ def runs(server, token, as_json) -> None:
         return
     click.echo(f"{'RUN':40} {'STATUS':12} {'DONE':>9} {'ELAPSED':>9}  TASK")
     for r in rows:
-        click.echo(run_row(r))
+        c = r.get("counts") or {}
+        done = f"{c.get('completed', 0) + c.get('failed', 0)}/{c.get('total', 0)}" if c.get("total") else \
+            f"{r.get('percent', 0):.0f}%"
+        click.echo(f"{clean(r['run'])[:40]:40} {r['status']:12} {done:>9} {duration(r.get('elapsed_s')):>9}  "
+                   f"{clean(r.get('task_name') or '')[:40]}")
 
 
 def _control_command(action: str):
@@ -700,31 +647,16 @@ def _regex(ctx, param, value):
         raise click.BadParameter(f"not a valid regular expression: {e}") from e
 
 
-class _OneWarning:
-    """At most one line on stderr about the sidecar, the first time it fails us: a command's own
-    stderr must stay readable (and a pipeline's stays nearly the command's)."""
+def _warn_once(server: str):
+    """An Outbox status callback: one line on stderr the first time the sidecar fails us."""
+    warned: list[bool] = []
 
-    def __init__(self, server: str | None):
-        self.server = server
-        self.said = False
-
-    def say(self, message: str) -> None:
-        if not self.said:
-            self.said = True
-            _say(f"loop: {message}")
-
-    def on_status(self, status) -> None:
-        if status.state in ("retrying", "error"):
-            self.say(f"{status.last_error or f'the sidecar at {self.server} is not answering'}; "
-                     "carrying on, events are sent when it answers")
-
-    def on_refused(self, reason: str, count: int) -> None:
-        self.say(f"the sidecar refused {count} event{'s' * (count > 1)}: {reason}; carrying on")
-
-    def at_close(self, status) -> None:
-        if status.undelivered:
-            self.say(f"{status.undelivered} events not delivered to {self.server} "
-                     f"({status.last_error or 'no answer'})")
+    def on_status(status) -> None:
+        if status.state in ("retrying", "error") and not warned:
+            warned.append(True)
+            click.echo(f"loop: {status.last_error or f'the sidecar at {server} is not answering'}; "
+                       "carrying on, events are sent when it answers", err=True)
+    return on_status
 
 
 def _stop_on_signals(target) -> dict:
@@ -783,7 +715,7 @@ def tail(path, server, token, run_id, name, until, timeout, from_start) -> None:
         click.echo(f"loop: no sidecar answers at {server}; following anyway, events are sent when it answers",
                    err=True)
     click.echo(f"loop: run {run_id} — dashboard: {server}/", err=True)
-    outbox = Outbox(server, token, on_status=_OneWarning(server).on_status)
+    outbox = Outbox(server, token, on_status=_warn_once(server))
     raw = not sys.stdout.isatty()
     follower = Tail(TailOptions(path=path, run_id=run_id, name=name or f"tail {path}", until=until,
                                 timeout=timeout, from_start=from_start),
@@ -802,88 +734,6 @@ def tail(path, server, token, run_id, name, until, timeout, from_start) -> None:
     click.echo(f"loop: run {run_id}: {result.lines} lines, "
                + {0: "matched", 1: f"failed: {result.reason}", 130: f"stopped: {result.reason}"}[result.code],
                err=True)
-    sys.exit(result.code)
-
-
-# -- capturing anything: loop exec ------------------------------------------------------------
-
-@cli.command(name="exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD [ARGS]...")
-@server_option
-@token_option
-@click.option("--run", "run_id", envvar="LOOP_RUN", help="Name of this run [default: command name + time].")
-@click.option("--name", default=None, help="The run's title on the dashboard [default: the command line].")
-@click.option("--stream", is_flag=True, help="Show the live view instead of the command's own output.")
-@click.option("--grace", default=5.0, show_default=True, type=click.FloatRange(0, 600),
-              help="Seconds between SIGINT and SIGKILL when stopping the command.")
-@click.option("--no-embed", is_flag=True, help="Do not start a sidecar when none answers.")
-def exec_(argv, server, token, run_id, name, stream, grace, no_embed) -> None:
-    """Run a command and stream its output live; exit with its exit code.
-
-    Its stdout and stderr pass through unchanged (a pipeline does not
-    notice), are kept whole in a log file and go to the sidecar as output
-    events. Killed by signal N: exit 128+N. Ctrl-C, SIGTERM, `loop stop RUN`
-    and the dashboard's Stop end it through the grace path: exit 130.
-
-    \b
-      loop exec --name "Nightly tests" -- make -k test
-    """
-    import threading
-
-    from . import state
-    from .capture import Exec, ExecOptions
-    from .client import Outbox
-    from .runner import StoryLog, _file_name, story_log_dir
-    from .view import LiveView, plain_line
-
-    if run_id is not None and not _valid_run(run_id):
-        raise click.BadParameter("must match [A-Za-z0-9._-]{1,64}", param_hint="--run")
-    run_id = run_id or _new_run_id(argv[0])
-    server = _sidecar_for_run(server.rstrip("/"), no_embed)
-    human = sys.stderr.isatty()      # loop's own lines only for a person: a pipeline's stderr stays the command's
-    if human:
-        _say(f"loop: run {run_id}" + (f" — dashboard: {server}/" if server else ""))
-    warning = _OneWarning(server)
-    outbox = Outbox(server, token, on_status=warning.on_status, on_refused=warning.on_refused)
-    live_view = stream and sys.stdout.isatty()
-    snap: dict = {}
-
-    def sink(event: dict) -> None:
-        outbox.put(event)
-        if stream and event["type"] != "task_alive":
-            snap["s"] = state.apply(snap.get("s"), event)
-            if not live_view and not (event["type"] == "output" and not event["data"].get("text")):
-                _say(plain_line(event), err=False)
-
-    def warn(message: str) -> None:
-        _say(f"loop: {message}")
-        sink({"type": "error_occurred", "run": run_id, "data": {
-            "error_type": "log_write_failed", "error_message": message, "retryable": False, "severity": "warning"}})
-
-    log = StoryLog(story_log_dir() / _file_name(run_id) / "output.log", warn)
-    job = Exec(ExecOptions(argv=list(argv), run_id=run_id, name=name, grace=grace, server=server),
-               sink, log, passthrough={} if stream else None, notice=lambda message: _say(f"loop: {message}"))
-    done = threading.Event()
-    if server:
-        threading.Thread(target=_listen_for_control, args=(server, token, run_id, job, done), daemon=True).start()
-    previous = _stop_runner_on_signals(job)
-    try:
-        if live_view:
-            with LiveView(lambda: snap.get("s"), lambda: f"{outbox.status.state} {server or 'none'}"):
-                result = job.run()
-        else:
-            result = job.run()
-    finally:
-        done.set()
-        _restore_signals(previous)
-        outbox.close(timeout=CLOSE_BUDGET)
-    if human or stream:
-        _say(f"loop: run {run_id}: exit {result.exit_code}" + (f", stopped: {result.stop_reason}"
-                                                               if result.stop_reason else "") + f"; log {log.path}")
-        for line in _delivery_report(outbox.status, server):
-            _say(line)
-    else:
-        warning.at_close(outbox.status)
     sys.exit(result.code)
 
 
