@@ -29,6 +29,7 @@ export function newRun(run) {
     summary: null, event_count: 0, last_event_id: null,
     stopped_at: null,
     agent: null, cost_usd: null, input_tokens: 0, output_tokens: 0,
+    heartbeat_s: null,
   };
 }
 
@@ -130,8 +131,10 @@ export function apply(snap, event) {
   } else if (type === "task_started" && FINISHED.includes(snap.status)) {
     snap = newRun(snap.run);
   }
-  if (snap.status === "interrupted" && type !== "task_completed" && type !== "task_stopped") {
+  if (snap.status === "interrupted" && type !== "task_completed" && type !== "task_stopped" &&
+      type !== "task_interrupted") {
     snap.status = "running";
+    snap.finished_at = null;
   }
   snap.event_count += 1;
   snap.last_event_id = get(event, "id");
@@ -163,6 +166,7 @@ function taskStarted(snap, data, ts) {
   snap.task_name = optText(get(data, "task_name"));
   snap.story_count = num(data.story_count);
   snap.estimated_duration = num(data.estimated_duration);
+  snap.heartbeat_s = num(data.heartbeat_s);
   for (const item of Array.isArray(data.stories) ? data.stories : []) {
     if (isObject(item) && item.id !== null && item.id !== undefined) {
       const s = story(snap, item.id);
@@ -251,6 +255,13 @@ const finish = (status) => (snap, data, ts) => {
   snap.finished_at = ts;
   snap.current_story = null;
 };
+
+// The runner is gone (the sidecar's reaper, or a restart): finished, but it may come back.
+function interrupted(snap, data, ts) {
+  snap.status = "interrupted";
+  snap.finished_at = ts;
+  log(snap, "task_interrupted", ts, "interrupted" + (truthy(data.reason) ? `: ${asText(data.reason)}` : ""));
+}
 
 // The story a stop interrupted: the last one running, else the last one cancelled after it started.
 function stoppedAt(snap) {
@@ -387,6 +398,8 @@ const HANDLERS = {
   story_completed: storyCompleted,
   task_completed: finish("completed"),
   task_stopped: finish("stopped"),
+  task_interrupted: interrupted,
+  task_alive: () => {},   // a liveness ping: apply() noted the time, nothing else changes
   output,
   progress,
   error_occurred: error,

@@ -45,6 +45,7 @@ def new_run(run: str) -> dict:
         "summary": None, "event_count": 0, "last_event_id": None,
         "stopped_at": None,
         "agent": None, "cost_usd": None, "input_tokens": 0, "output_tokens": 0,
+        "heartbeat_s": None,
     }
 
 
@@ -180,8 +181,9 @@ def apply(snap: dict | None, event: dict) -> dict:
         snap = new_run(event.get("run", "default"))
     elif etype == "task_started" and snap["status"] in FINISHED:
         snap = new_run(snap["run"])  # a finished run's id used again starts afresh
-    if snap["status"] == "interrupted" and etype not in ("task_completed", "task_stopped"):
+    if snap["status"] == "interrupted" and etype not in ("task_completed", "task_stopped", "task_interrupted"):
         snap["status"] = "running"  # its runner came back
+        snap["finished_at"] = None
     snap["event_count"] += 1
     snap["last_event_id"] = event.get("id")
     if snap["started_at"] is None:
@@ -216,6 +218,7 @@ def _task_started(snap: dict, data: dict, ts: Any) -> None:
     snap["task_name"] = _opt_text(data.get("task_name"))
     snap["story_count"] = _num(data.get("story_count"))
     snap["estimated_duration"] = _num(data.get("estimated_duration"))
+    snap["heartbeat_s"] = _num(data.get("heartbeat_s"))   # the runner's liveness interval (reaper.py)
     stories = data.get("stories")
     for item in stories if isinstance(stories, list) else []:
         if isinstance(item, dict) and item.get("id") is not None:
@@ -310,6 +313,17 @@ def _finish(status: str):
         snap["finished_at"] = ts
         snap["current_story"] = None
     return handle
+
+
+def _interrupted(snap: dict, data: dict, ts: Any) -> None:
+    """The runner is gone (the sidecar's reaper, or a restart): finished, but it may come back."""
+    snap["status"] = "interrupted"
+    snap["finished_at"] = ts
+    _log(snap, "task_interrupted", ts, "interrupted" + (f": {as_text(data['reason'])}" if data.get("reason") else ""))
+
+
+def _alive(snap: dict, data: dict, ts: Any) -> None:
+    """task_alive: a liveness ping; apply() already noted the time, nothing else changes."""
 
 
 def _stopped_at(snap: dict) -> str | None:
@@ -457,6 +471,8 @@ _HANDLERS = {
     "story_completed": _story_completed,
     "task_completed": _finish("completed"),
     "task_stopped": _finish("stopped"),
+    "task_interrupted": _interrupted,
+    "task_alive": _alive,
     "output": _output,
     "progress": _progress,
     "error_occurred": _error,
