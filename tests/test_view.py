@@ -83,3 +83,60 @@ def test_stream_view_in_a_real_terminal_is_drawn_once_and_updated_in_place(tmp_p
         assert {cell_len(ln) for ln in box} == {64}                      # fits the resized terminal
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+FORGED = "12:00:00 spoof task_completed passed=9"
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+
+
+def test_a_carriage_return_in_a_field_cannot_forge_or_hide_the_start_of_a_plain_line():
+    line = plain_line({"type": "note", "run": "spoof", "ts": 0, "data": {"message": f"ok\r{FORGED}\u202eevil"}})
+    assert "\r" not in line and "\u202e" not in line
+    assert line.split(" ")[1:3] == ["spoof", "note"] and line.endswith(f"ok {FORGED}evil")
+
+
+def test_every_box_row_and_runs_row_is_free_of_cr_c1_and_bidi_controls():
+    from loopstream.view import run_row
+    snap = full_run_midway()
+    nasty = f"a\rb\x85c\x9bd{BIDI}e\x1b]0;x"
+    snap["task_name"] = nasty
+    snap["stories"][0]["title"] = nasty
+    snap["last_error"] = {"error_type": nasty, "error_message": {"k": nasty}}
+    snap["control"]["stop_requested"] = nasty
+    rows = render_box(snap, width=80, now=104.0) + [run_row({**snap, "status": nasty})]
+    text = "\n".join(rows)
+    assert not any(ch in text for ch in "\r\x85\x9b\x1b" + BIDI)
+    assert "Task: a b" in text and "Current Story: US-001 - a b" in text
+    assert {cell_len(line) for line in rows[:-1]} == {80}
+
+
+def test_loop_watch_piped_prints_no_forged_line_and_no_bidi_against_a_real_sidecar(server):
+    import subprocess
+    import sys
+
+    import requests
+
+    server.post({"type": "task_started", "run": "spoof", "data": {"task_name": "real", "story_count": 1}})
+    cmd = f"{sys.executable} -m loopstream watch spoof --server {server.url} | cat"
+    proc = subprocess.Popen(["bash", "-c", cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    try:
+        wait_for(lambda: requests.get(server.url + "/healthz", timeout=2).json()["subscribers"] >= 1,
+                 message="loop watch to connect")
+        server.post([
+            {"type": "note", "run": "spoof", "data": {"message": f"ok\r{FORGED}"}},
+            {"type": "output", "run": "spoof", "data": {"stream": "stdout", "text": f"x\r{FORGED}\n"}},
+            {"type": "error_occurred", "run": "spoof", "data": {"error_type": "bidi",
+                                                                "error_message": f"\u202e{BIDI}gnp.exe"}},
+            {"type": "story_completed", "run": "spoof", "data": {"story_id": f"S\r{FORGED}", "status": "passed"}},
+            {"type": "task_completed", "run": "spoof", "data": {"summary": {"passed": 1}}}])
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    text = out.decode("utf-8")
+    assert "\r" not in text and "\x1b" not in text and not any(ch in text for ch in BIDI)
+    lines = text.split("\n")
+    typed = [ln.split(" ")[2] for ln in lines if len(ln.split(" ")) > 2 and ln[:2].isdigit()]
+    assert typed.count("task_completed") == 1 and typed[-1] == "task_completed"
+    assert any(ln.split(" ")[1:3] == ["spoof", "note"] and FORGED in ln for ln in lines)
+    assert "gnp.exe" in text

@@ -13,22 +13,49 @@ from datetime import datetime
 
 from rich.cells import cell_len
 
+from .state import as_text
+
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]")
-CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# C0 (but \n), DEL, C1; bidi embeddings, overrides, isolates and marks (a U+202E reverses what
+# follows it on screen); line/paragraph separators; lone surrogates (not printable at all).
+UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+                    "\ud800-\udfff]")
 MARK = {"passed": "✅", "running": "⏳", "pending": "○", "failed": "❌"}
 STORY_MARK = {"passed": "✅", "running": "⏳", "queued": "○", "failed": "❌", "skipped": "⏭", "cancelled": "⛔"}
 
 
 def clean(text: object) -> str:
-    """Printable text: escape sequences and control characters removed, tabs as spaces."""
-    s = ANSI.sub("", str(text)).replace("\t", "    ").replace("\r\n", "\n")
-    s = s.split("\r")[-1] if "\r" in s and "\n" not in s else s.replace("\r", "")
-    return CONTROL.sub("", s)
+    """Printable text of any value (not a string: as JSON, the reducers' rule): escape sequences,
+    control characters (no CR survives) and bidi controls removed, tabs as spaces. A CR inside a
+    line keeps what a terminal would show, the text after it, within this text only."""
+    s = ANSI.sub("", as_text(text)).replace("\t", "    ").replace("\r\n", "\n")
+    if "\r" in s:
+        s = "\n".join(_last_nonempty(line.split("\r")) for line in s.split("\n"))
+    return UNSAFE.sub("", s)
+
+
+def _last_nonempty(parts: list[str]) -> str:
+    return next((p for p in reversed(parts) if p), "")
+
+
+def field(value: object) -> str:
+    """One field of a line: cleaned as above but flat, every CR and newline a space (nothing in it
+    is hidden). Every field is cleaned before a line is formatted, so no field can reach back over
+    the line's start (a CR), eat what follows (an unfinished escape) or re-order it (bidi)."""
+    s = ANSI.sub("", as_text(value)).replace("\t", "    ")
+    return UNSAFE.sub("", s.replace("\r\n", " ").replace("\r", " ").replace("\n", " "))
+
+
+def _safe(value: object) -> object:
+    """An event value made safe to print: numbers, flags and None kept, anything else a field."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return field(value)
 
 
 def fit(text: str, width: int) -> str:
     """Cut to ``width`` terminal cells (with an ellipsis) and pad to exactly ``width``."""
-    text = clean(text).replace("\n", " ")
+    text = field(text)
     if cell_len(text) > width:
         out, used = [], 0
         for ch in text:
@@ -126,7 +153,7 @@ def render_box(snap: dict, width: int = 80, now: float | None = None, connection
     total = c.get("total") or 0
     done = (c.get("completed", 0) + c.get("failed", 0) + c.get("skipped", 0) + c.get("cancelled", 0))
     status = snap.get("status", "running")
-    title = snap.get("task_name") or snap.get("run")
+    title = field(snap.get("task_name") or snap.get("run"))
     lines = [top, row(f"Task: {title}   [{status.upper()}]" if status != "running" else f"Task: {title}")]
     percent = snap.get("percent") or 0
     counts_text = f"{done}/{total} stories" if total else f"{percent:.0f}%"
@@ -141,37 +168,37 @@ def render_box(snap: dict, width: int = 80, now: float | None = None, connection
     current = next((s for s in stories if s["id"] == snap.get("current_story")), None)
     running = [s for s in stories if s["status"] == "running"]
     if current:
-        lines.append(row(f"Current Story: {current['id']} - {current.get('title') or ''}"))
+        lines.append(row(f"Current Story: {field(current['id'])} - {field(current.get('title'))}"))
     elif status in ("running", "paused") and not running:
         lines.append(row("Current Story: (none running)" if total else
-                         f"Progress: {(snap.get('progress') or {}).get('message') or ''}"))
+                         f"Progress: {field((snap.get('progress') or {}).get('message'))}"))
     elapsed, eta = live_times(snap, now)
     remaining = "" if status not in ("running", "paused") else (
         f" | ~{duration(eta)} remaining" if eta is not None else " | estimating…")
     lines.append(row(f"Time: {duration(elapsed)} elapsed{remaining}"))
     if len(running) > 1:
-        lines.append(row("Running: " + ", ".join(s["id"] for s in running)))
-    lines.extend(row(text) for text in _agent_rows(snap, current, now))
+        lines.append(row("Running: " + ", ".join(field(s["id"]) for s in running)))
+    lines.extend(row(field(text)) for text in _agent_rows(snap, current, now))
     if current and current.get("acceptance_criteria"):
         lines.append(row("Acceptance Criteria:"))
         for ac in current["acceptance_criteria"]:
-            lines.append(row(f"  {MARK.get(ac['status'], '○')} {ac.get('text') or ''}"))
+            lines.append(row(f"  {MARK.get(ac['status'], '○')} {field(ac.get('text'))}"))
     elif not current and stories and status not in ("running", "paused"):
         for s in stories[-8:]:
-            lines.append(row(f"  {STORY_MARK.get(s['status'], '○')} {s['id']} - {s.get('title') or ''}"))
+            lines.append(row(f"  {STORY_MARK.get(s['status'], '○')} {field(s['id'])} - {field(s.get('title'))}"))
     out = [ln for ln in clean(snap.get("output") or "").split("\n") if ln.strip()][-output_lines:]
     for ln in out:
         lines.append(row(f"> {ln}"))
     if snap.get("last_error") and status not in ("passed",):
         e = snap["last_error"]
-        lines.append(row(f"! {e.get('error_type') or 'error'}: {e.get('error_message') or ''}"))
+        lines.append(row(f"! {field(e.get('error_type') or 'error')}: {field(e.get('error_message'))}"))
     control = snap.get("control") or {}
     if control.get("stop_requested"):
-        lines.append(row(f"Stopping: {control['stop_requested']}"))
+        lines.append(row(f"Stopping: {field(control['stop_requested'])}"))
     elif control.get("pause_requested"):
         lines.append(row("Pausing after the running stories…"))
     if connection:
-        lines.append(row(f"Sidecar: {connection}"))
+        lines.append(row(f"Sidecar: {field(connection)}"))
     lines.append(bottom)
     return lines
 
@@ -187,12 +214,31 @@ AGENT_LINES = {
 }
 
 
+def _stamp(ts: object) -> str:
+    try:
+        return datetime.fromtimestamp(ts).strftime("%H:%M:%S")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "--:--:--"
+
+
+def _summary_text(summary: object) -> str:
+    if not isinstance(summary, dict):
+        return ""
+    return " ".join(f"{field(k)}={_safe(v)}" for k, v in summary.items())
+
+
+def _ms(value: object) -> str:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return duration(value / 1000) if ok and abs(value) < 1e15 else "?"
+
+
 def plain_line(event: dict) -> str:
-    """One line per event, for pipes and logs."""
-    d = event.get("data") or {}
-    ts = event.get("ts")
-    stamp = datetime.fromtimestamp(ts).strftime("%H:%M:%S") if isinstance(ts, (int, float)) else "--:--:--"
-    t = event.get("type", "?")
+    """One line per event, for pipes and logs: every field cleaned (flat, no control or bidi
+    characters) before the line is formatted, so no field can forge or hide the line's start."""
+    raw = event.get("data")
+    raw = raw if isinstance(raw, dict) else {}
+    d = {k: _safe(v) for k, v in raw.items()}
+    t = field(event.get("type", "?"))
     sid = d.get("story_id")
     if t == "task_started":
         text = f"{d.get('task_name')} ({d.get('story_count')} stories)"
@@ -202,22 +248,36 @@ def plain_line(event: dict) -> str:
         text = f"{sid} [{d.get('ac_index')}] {d.get('ac_text', '')}" + (
             f" — {d.get('error')}" if t == "ac_failed" else "")
     elif t == "story_completed":
-        text = f"{sid} {d.get('status')} in {duration((d.get('duration_ms') or 0) / 1000)}"
+        text = f"{sid} {d.get('status')} in {_ms(d.get('duration_ms'))}"
     elif t == "output":
         text = f"{sid or ''} {d.get('stream', '')}: " + " ⏎ ".join(
-            ln for ln in clean(d.get("text", "")).split("\n") if ln)
+            ln for ln in clean(raw.get("text", "")).split("\n") if ln)
     elif t == "error_occurred":
         text = f"{sid or ''} {d.get('error_type')}: {d.get('error_message')}"
     elif t in ("task_completed", "task_stopped"):
-        text = " ".join(f"{k}={v}" for k, v in (d.get("summary") or {}).items()) + (
-            f" reason={d['reason']}" if d.get("reason") else "")
+        text = _summary_text(raw.get("summary")) + (f" reason={d['reason']}" if d.get("reason") else "")
     elif t in AGENT_LINES:
         text = f"{sid or ''} " + AGENT_LINES[t](d)
     elif t == "progress":
         text = " ".join(f"{k}={d[k]}" for k in ("percent", "current", "total", "message") if k in d)
     else:
-        text = d.get("message") if isinstance(d.get("message"), str) else str(d)
-    return clean(f"{stamp} {event.get('run', '')} {t} {text}".rstrip()).replace("\n", " ")
+        text = d.get("message") if isinstance(raw.get("message"), str) else field(raw)
+    return field(f"{_stamp(event.get('ts'))} {field(event.get('run', ''))} {t} {text}".rstrip())
+
+
+def _count(value: object) -> int | float:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 1e15 else 0
+
+
+def run_row(r: dict) -> str:
+    """One row of ``loop runs``'s table, every field cleaned before it is placed."""
+    c = r.get("counts") if isinstance(r.get("counts"), dict) else {}
+    total = _count(c.get("total"))
+    done = (f"{_count(c.get('completed')) + _count(c.get('failed'))}/{total}" if total
+            else f"{_count(r.get('percent')):.0f}%")
+    elapsed = r.get("elapsed_s")
+    return (f"{field(r.get('run'))[:40]:40} {field(r.get('status'))[:12]:12} {done:>9} "
+            f"{duration(_count(elapsed) if elapsed is not None else None):>9}  {field(r.get('task_name'))[:40]}")
 
 
 class LiveView:
