@@ -9,7 +9,7 @@ import textwrap
 import threading
 from pathlib import Path
 
-from conftest import wait_for
+from conftest import free_port, wait_for
 
 LOOP = [sys.executable, "-m", "loopstream"]
 
@@ -180,8 +180,6 @@ def test_tail_stops_on_ctrl_c_and_on_loop_stop_with_130(tmp_path, server):
 
 
 def test_tail_without_a_sidecar_still_follows_and_warns(tmp_path):
-    from conftest import free_port
-
     log = tmp_path / "n.log"
     log.write_text("")
     tail, out = start_tail(log, f"http://127.0.0.1:{free_port()}", "--run", "tail-none", "--until", "END",
@@ -203,3 +201,160 @@ def test_tail_bad_input_is_a_clear_usage_error(tmp_path, server):
                        capture_output=True, text=True)
     assert r.returncode == 2 and "--run" in r.stderr
     assert server.get("/api/runs").json()["runs"] == []          # nothing was started
+
+
+# -- loop exec ---------------------------------------------------------------------------------
+
+# Prints bytes that are not text (NUL, invalid UTF-8, a lone CR, an escape sequence), numbered lines on
+# stdout and a few on stderr; then exits with the code it is given.
+NOISY = textwrap.dedent(r"""
+    import os, sys
+    out = os.fdopen(1, "wb", buffering=0)
+    out.write(b"\x00\xff\xfe binary\r\x1b[31mred\x1b[0m \xe2\x82\xac\n")
+    for i in range(3000):
+        out.write(b"line %05d\n" % i)
+        if i % 1000 == 0:
+            os.write(2, b"progress %d\n" % i)
+    out.write(b"no newline at the end")
+    sys.exit(int(sys.argv[1]))
+""")
+
+
+def loop_exec(server_url, *args, env=None, stdin=None, timeout=60):
+    return subprocess.run([*LOOP, "exec", "--server", server_url, *args], capture_output=True, timeout=timeout,
+                          stdin=stdin, env={**os.environ, **(env or {})})
+
+
+def isolated(tmp_path) -> dict:
+    """Story logs and the embedded sidecar's record under the test's own directory."""
+    return {"XDG_STATE_HOME": str(tmp_path / "state")}
+
+
+def test_exec_passes_output_through_byte_exact_and_streams_all_of_it_in_order(tmp_path, server):
+    direct = subprocess.run([sys.executable, "-c", NOISY, "0"], capture_output=True)
+    r = loop_exec(server.url, "--run", "exec-bytes", "--", sys.executable, "-c", NOISY, "0", env=isolated(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == direct.stdout                   # byte for byte, as if loop were not there
+    assert r.stderr == direct.stderr                   # not a tty: no line of loop's own
+    events = wait_for(lambda: finished(server, "exec-bytes"))
+    text = {s: "".join(e["data"]["text"] for e in events if e["type"] == "output" and e["data"]["stream"] == s)
+            for s in ("stdout", "stderr")}
+    assert text["stdout"] == direct.stdout.decode("utf-8", "replace")    # every line, in order
+    assert text["stderr"] == direct.stderr.decode()
+    done = events[-1]["data"]
+    assert events[-1]["type"] == "task_completed" and done["status"] == "passed" and done["exit_code"] == 0
+    assert done["output_bytes"] == len(direct.stdout) + len(direct.stderr)
+    assert len(Path(done["log"]).read_bytes()) == done["output_bytes"]   # all of it, on the runner's disk
+    assert events[0]["type"] == "task_started" and events[0]["data"]["command"].endswith("0")
+    assert isinstance(done["duration_ms"], int)
+
+    r = loop_exec(server.url, "--run", "exec-log", "--", "sh", "-c", f"{sys.executable} -c '{NOISY}' 0 2>/dev/null",
+                  env=isolated(tmp_path))
+    assert r.returncode == 0 and r.stdout == direct.stdout
+    assert Path(wait_for(lambda: finished(server, "exec-log"))[-1]["data"]["log"]).read_bytes() == direct.stdout
+
+
+def test_exec_exits_with_the_commands_exit_code_or_128_plus_its_signal(tmp_path, server):
+    for run, argv, code in (("exec-0", ["true"], 0), ("exec-3", ["sh", "-c", "exit 3"], 3),
+                            ("exec-term", ["sh", "-c", "kill -TERM $$"], 128 + signal.SIGTERM),
+                            ("exec-kill", ["sh", "-c", "kill -KILL $$"], 128 + signal.SIGKILL),
+                            ("exec-none", ["no-such-command-here"], 127)):
+        r = loop_exec(server.url, "--run", run, "--", *argv, env=isolated(tmp_path))
+        assert r.returncode == code, (run, r.stderr)
+        last = wait_for(lambda: finished(server, run))[-1]
+        assert last["type"] == "task_completed" and last["data"]["exit_code"] == code
+        assert last["data"]["status"] == ("passed" if code == 0 else "failed")
+    assert b"no-such-command-here: command not found" in r.stderr
+
+
+def test_exec_reads_loops_stdin_so_pipelines_work(tmp_path, server):
+    p = subprocess.run(f"printf 'a\\nc\\nb\\n' | {' '.join(LOOP)} exec --server {server.url} --run exec-pipe -- sort -r",
+                       shell=True, capture_output=True, env={**os.environ, **isolated(tmp_path)})
+    assert p.returncode == 0 and p.stdout == b"c\nb\na\n"
+
+
+def _start_exec(server_url, tmp_path, *args):
+    return subprocess.Popen([*LOOP, "exec", "--server", server_url, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, **isolated(tmp_path)})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ")[1][0] != "Z"
+
+
+# A command that prints its pid and its grandchild's, says "ready", and ignores SIGINT when told to.
+STUBBORN = textwrap.dedent(r"""
+    import os, signal, subprocess, sys, time
+    if sys.argv[1] == "ignore":
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    grandchild = subprocess.Popen(["sleep", "300"])
+    print(f"pids {os.getpid()} {grandchild.pid}", flush=True)
+    print("ready", flush=True)
+    time.sleep(300)
+""")
+
+
+def _pids_when_ready(server, run):
+    events = wait_for(lambda: [e for e in transcript(server, run) if e["type"] == "output"
+                               and "ready" in "".join(x["data"]["text"] for x in transcript(server, run)
+                                                      if x["type"] == "output")] and transcript(server, run),
+                      20, message="the command to be ready")
+    text = "".join(e["data"]["text"] for e in events if e["type"] == "output")
+    return [int(p) for p in text.split("pids ")[1].split("\n")[0].split()]
+
+
+def test_exec_sigterm_and_ctrl_c_stop_the_command_with_130(tmp_path, server):
+    for run, sig, reason in (("exec-sigterm", signal.SIGTERM, "terminated (SIGTERM)"),
+                             ("exec-sigint", signal.SIGINT, "interrupted (Ctrl-C)")):
+        proc = _start_exec(server.url, tmp_path, "--run", run, "--", sys.executable, "-c", STUBBORN, "obey")
+        pids = _pids_when_ready(server, run)
+        proc.send_signal(sig)
+        assert proc.wait(20) == 130
+        last = wait_for(lambda: finished(server, run))[-1]
+        assert last["type"] == "task_stopped" and last["data"]["reason"] == reason
+        wait_for(lambda: not any(map(_alive, pids)), message="no process of the command's group left")
+
+
+def test_exec_stop_kills_a_command_ignoring_sigint_after_the_grace_period(tmp_path, server):
+    proc = _start_exec(server.url, tmp_path, "--run", "exec-stubborn", "--grace", "0.5", "--",
+                       sys.executable, "-c", STUBBORN, "ignore")
+    pids = _pids_when_ready(server, "exec-stubborn")
+    stop = subprocess.run([*LOOP, "stop", "exec-stubborn", "--server", server.url, "--reason", "enough"],
+                          capture_output=True, text=True, timeout=20)
+    assert stop.returncode == 0, stop.stderr
+    assert proc.wait(20) == 130
+    last = wait_for(lambda: finished(server, "exec-stubborn"))[-1]
+    assert last["type"] == "task_stopped" and last["data"]["reason"] == "enough"
+    assert last["data"]["exit_code"] == 128 + signal.SIGKILL
+    wait_for(lambda: not any(map(_alive, pids)), message="the whole group killed")
+
+
+def test_exec_without_a_sidecar_behaves_the_same_and_warns_once(tmp_path):
+    direct = subprocess.run([sys.executable, "-c", NOISY, "3"], capture_output=True)
+    r = loop_exec(f"http://127.0.0.1:{free_port()}", "--no-embed", "--", sys.executable, "-c", NOISY, "3",
+                  env=isolated(tmp_path))
+    assert r.returncode == 3
+    assert r.stdout == direct.stdout
+    extra = r.stderr.replace(direct.stderr, b"", 1).decode()
+    assert extra.count("\n") == 1 and "no sidecar" in extra, extra
+
+
+def test_exec_with_a_sidecar_that_hangs_midway_exits_with_the_commands_code(tmp_path, server):
+    go = tmp_path / "go"
+    proc = _start_exec(server.url, tmp_path, "--run", "exec-hung", "--", "sh", "-c",
+                       f"echo ready; while [ ! -e {go} ]; do sleep 0.05; done; seq 1 500; exit 4")
+    wait_for(lambda: any("ready" in e["data"].get("text", "") for e in transcript(server, "exec-hung")), 20)
+    os.killpg(server.proc.pid, signal.SIGSTOP)
+    try:
+        go.touch()
+        out, err = proc.communicate(timeout=30)     # the deadline: a client waiting on the sidecar would hang
+    finally:
+        os.killpg(server.proc.pid, signal.SIGCONT)
+    assert proc.returncode == 4
+    assert out == b"ready\n" + b"".join(b"%d\n" % i for i in range(1, 501))
+    assert err.decode().count("loop: ") == 1, err      # one warning

@@ -1,5 +1,8 @@
-"""Capture work that is not a PRD: follow a log file (``loop tail``).
+"""Capture work that is not a PRD: wrap a command (``loop exec``), follow a log file (``loop tail``).
 
+``Exec`` runs one command in its own process group, passes its stdout and
+stderr through byte for byte, keeps all of it in a log file and streams it as
+``output`` events; a stop goes through the same grace path as `loop run`.
 ``LineFollower`` is the file-following logic with no clock and no events: each
 ``poll()`` returns the complete lines that appeared since the last one, across
 truncation and rotation. ``Tail`` turns those lines into a run's events and
@@ -7,12 +10,16 @@ decides when the run ends (a line matching ``--until``, a timeout, a stop).
 """
 from __future__ import annotations
 
+import codecs
 import os
 import re
+import shlex
+import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Protocol
 
 READ_CHUNK = 65_536
 MAX_READ_PER_POLL = 1 << 20   # a huge backlog is read over several polls, so a stop is never delayed
@@ -124,6 +131,210 @@ class LineFollower:
         except FileNotFoundError:
             return False                   # deleted: keep reading the old file; it may come back
         return (st.st_dev, st.st_ino) != self._key and st.st_size > 0
+
+
+# -- loop exec ---------------------------------------------------------------------------
+
+class OutputLog(Protocol):
+    """Where the complete output goes (runner.StoryLog): raw bytes, counted, never failing the work."""
+
+    path: object
+    output_bytes: int
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class ExecOptions:
+    argv: list[str]
+    run_id: str
+    name: str | None = None
+    grace: float = 5.0              # seconds between SIGINT and SIGKILL when stopping
+    server: str | None = None       # given to the command as LOOP_SERVER
+    heartbeat_s: float = 10.0       # task_alive after this many quiet seconds (announced in task_started)
+
+
+@dataclass
+class ExecResult:
+    code: int                       # what `loop exec` exits with: the child's, 128+N for signal N, 130 stopped
+    exit_code: int | None           # the child's own (128+N for signal N); None when it could not start
+    duration_ms: int = 0
+    stop_reason: str | None = None
+
+
+def exit_status(returncode: int) -> int:
+    """A Popen returncode as a shell reports it: -N (killed by signal N) becomes 128+N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class Exec:
+    """One command for one run: task_started, its output, then task_completed (or task_stopped).
+
+    ``passthrough`` maps "stdout"/"stderr" to the file descriptors the child's
+    bytes are copied to unchanged (empty: nothing is copied, as with --stream).
+    A reader whose destination is a closed pipe stops reading, so the child
+    gets SIGPIPE as it would without `loop exec` in the pipeline.
+    """
+
+    def __init__(self, options: ExecOptions, emit: Callable[[dict], None], log: OutputLog | None = None,
+                 passthrough: dict[str, int] | None = None, notice: Callable[[str], None] = lambda m: None):
+        self.options = options
+        self._emit = emit
+        self.log = log
+        self.passthrough = {"stdout": 1, "stderr": 2} if passthrough is None else passthrough
+        self.notice = notice
+        self.stop_reason: str | None = None
+        self.proc: subprocess.Popen | None = None
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._last_emit = time.monotonic()
+
+    # -- control (any thread, or a signal handler) ---------------------------------------------
+    def request_stop(self, reason: str = "requested") -> None:
+        """SIGINT to the command's process group now, SIGKILL after the grace period."""
+        if self._stop.is_set():
+            return
+        self.stop_reason = reason
+        self._stop.set()
+        self._signal(signal.SIGINT)
+
+    def force_kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def request_pause(self, reason: str | None = None) -> None:
+        self.notice("pause is not supported by loop exec; ignored")
+
+    def request_resume(self, reason: str | None = None) -> None:
+        pass
+
+    def _signal(self, sig: int) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    # -- events ----------------------------------------------------------------------------
+    def emit(self, type_: str, **data) -> None:
+        self._last_emit = time.monotonic()
+        self._emit({"type": type_, "run": self.options.run_id, "ts": round(time.time(), 3), "data": data})
+
+    def _keep_alive(self) -> None:
+        every = self.options.heartbeat_s
+        while not self._done.wait(min(1.0, every / 4)):
+            if time.monotonic() - self._last_emit >= every:
+                self.emit("task_alive")
+
+    # -- the run -------------------------------------------------------------------------------
+    def run(self) -> ExecResult:
+        o = self.options
+        command = shlex.join(o.argv)
+        started = time.monotonic()
+        self.emit("task_started", task_id="exec", task_name=o.name or command, story_count=None,
+                  estimated_duration=None, command=command, heartbeat_s=o.heartbeat_s,
+                  log=str(self.log.path) if self.log else None)
+        threading.Thread(target=self._keep_alive, name="loop-alive", daemon=True).start()
+        try:
+            result = self._run_child(started)
+        finally:
+            self._done.set()
+            if self.log:
+                self.log.close()
+        self._finish(result)
+        return result
+
+    def _run_child(self, started: float) -> ExecResult:
+        env = {**os.environ, "LOOP_RUN": self.options.run_id}
+        if self.options.server:
+            env["LOOP_SERVER"] = self.options.server
+        try:
+            # Its own session and process group: the terminal's Ctrl-C reaches loop, which stops the
+            # whole group through the grace path; stdin is loop's own, so pipelines work.
+            self.proc = subprocess.Popen(self.options.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         env=env, start_new_session=True)
+        except OSError as e:
+            return self._not_started(e, started)
+        if self._stop.is_set():     # a stop that came while it was starting
+            self._signal(signal.SIGINT)
+        readers = [threading.Thread(target=self._pump, args=(pipe, name), daemon=True)
+                   for pipe, name in ((self.proc.stdout, "stdout"), (self.proc.stderr, "stderr"))]
+        for t in readers:
+            t.start()
+        threading.Thread(target=self._kill_after_grace, daemon=True).start()
+        returncode = self.proc.wait()
+        if self._stop.is_set():
+            self._signal(signal.SIGKILL)     # whatever of the group outlived its leader
+        for t in readers:
+            t.join(2)   # a grandchild holding the pipes open must not hold the exit
+        code = exit_status(returncode)
+        duration_ms = int((time.monotonic() - started) * 1000)
+        if self._stop.is_set():
+            return ExecResult(130, code, duration_ms, self.stop_reason)
+        return ExecResult(code, code, duration_ms)
+
+    def _not_started(self, e: OSError, started: float) -> ExecResult:
+        code = 127 if isinstance(e, FileNotFoundError) else 126
+        message = f"{self.options.argv[0]}: " + ("command not found" if code == 127 else (e.strerror or str(e)))
+        self.notice(message)
+        self.emit("error_occurred", error_type="command_not_started", error_message=message, retryable=False)
+        return ExecResult(code, code, int((time.monotonic() - started) * 1000))
+
+    def _kill_after_grace(self) -> None:
+        while self.proc.poll() is None:
+            if self._stop.wait(0.2):
+                deadline = time.monotonic() + self.options.grace
+                while self.proc.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if self.proc.poll() is None:
+                    self._signal(signal.SIGKILL)
+                return
+
+    def _pump(self, pipe, stream: str) -> None:
+        """Copy one pipe: to loop's own fd unchanged, to the log, and as output events."""
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        fd = pipe.fileno()
+        dest = self.passthrough.get(stream)
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if chunk and dest is not None and not _write_all(dest, chunk):
+                break   # our reader went away: close the pipe, so the command sees it too (SIGPIPE)
+            if chunk and self.log:
+                self.log.write(chunk)
+            text = decoder.decode(chunk, final=not chunk)
+            for i in range(0, len(text), OUTPUT_TEXT):
+                self.emit("output", stream=stream, text=text[i:i + OUTPUT_TEXT])
+            if not chunk:
+                break
+        pipe.close()
+
+    def _finish(self, result: ExecResult) -> None:
+        log = {"output_bytes": self.log.output_bytes if self.log else None,
+               "log": str(self.log.path) if self.log and os.path.exists(str(self.log.path)) else None}
+        summary = {"exit_code": result.exit_code, "duration_ms": result.duration_ms}
+        if result.stop_reason is not None:
+            self.emit("task_stopped", reason=result.stop_reason, exit_code=result.exit_code,
+                      duration_ms=result.duration_ms, summary=summary, **log)
+            return
+        self.emit("task_completed", status="passed" if result.exit_code == 0 else "failed",
+                  exit_code=result.exit_code, duration_ms=result.duration_ms, summary=summary, **log)
+
+
+def _write_all(fd: int, data: bytes) -> bool:
+    """Write every byte (a pipe may take part of it); False when the reader is gone."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except InterruptedError:
+            continue
+        except OSError:         # EPIPE: the reader is gone; EIO: the terminal hung up
+            return False
+    return True
 
 
 # -- loop tail ---------------------------------------------------------------------------
