@@ -241,22 +241,6 @@ def test_a_rate_limit_delays_events_but_loses_none(tmp_path, make_server):
     assert "loop_rate_limited_total 0" not in server.get("/metrics").text
 
 
-def test_without_a_sidecar_the_run_starts_one_and_prints_its_url(tmp_path):
-    from conftest import free_port
-
-    port = free_port()
-    path = write_prd(tmp_path, [story("E", "echo embedded")])
-    r = subprocess.run([*LOOP, "run", str(path), "--server", f"http://127.0.0.1:{port}", "--no-update"],
-                       capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")})
-    assert r.returncode == 0, r.stderr
-    assert f"dashboard: http://127.0.0.1:{port}/" in r.stderr
-    assert (tmp_path / "data" / "loop" / "history.json").exists()      # the embedded sidecar recorded it
-    from conftest import requests
-    with pytest.raises(requests.ConnectionError):
-        requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1)     # and is gone after the run
-
-
 def test_plain_lines_when_not_a_terminal(tmp_path, server):
     path = write_prd(tmp_path, [story("PL", "printf 'a\\033[31mred\\033[0m\\n'")])
     r = loop_run(path, server, "--run", "plain", "--stream", "--no-update")
@@ -278,9 +262,12 @@ def test_the_demo_prd_from_the_readme_passes_after_one_retry_with_real_output(se
     assert path.read_text() == before
 
 
-def test_the_shell_example_reports_a_whole_task(server):
+def test_the_shell_example_reports_a_whole_task(server, tmp_path):
     r = subprocess.run([str(ROOT / "examples" / "nightly-build.sh")], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "LOOP_SERVER": server.url, "LOOP_RUN": "nightly"})
+                       env={**os.environ, "LOOP_SERVER": server.url, "LOOP_RUN": "nightly",
+                            "LOOP_SPOOL_DIR": str(tmp_path / "spool"), "LOOP_SHIP_IDLE": "1"})
     assert r.returncode == 0, r.stderr
-    snap = server.get("/api/runs/nightly").json()
+    # The hooks queue and return; their shipper delivers the run's end shortly after the script's.
+    snap = wait_for(lambda: (s := server.get("/api/runs/nightly").json()).get("status") != "running" and s,
+                    timeout=30, message="the script's run to reach the sidecar")
     assert snap["status"] == "failed" and snap["counts"]["completed"] == 1 and snap["counts"]["failed"] == 2

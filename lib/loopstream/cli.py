@@ -204,19 +204,24 @@ def _estimate(server: str | None, token: str | None, task_id: str, stories: int)
               help="Seconds between SIGINT and SIGKILL when stopping a story.")
 @click.option("--no-update", is_flag=True, help="Do not write passes: true back to the PRD.")
 @click.option("--no-embed", is_flag=True, help="Do not start a sidecar when none answers.")
-def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_update, no_embed) -> None:
+@click.option("--heartbeat", "heartbeat_s", envvar="LOOP_HEARTBEAT_S", default=10.0, show_default=True,
+              type=click.FloatRange(0.1, 3600), metavar="S",
+              help="Send task_alive after S quiet seconds (announced as heartbeat_s; the sidecar finishes a run "
+                   "silent for 3 × S as interrupted).")
+def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_update, no_embed,
+        heartbeat_s) -> None:
     """Run a PRD's open stories and report every step to the sidecar.
 
     Stories with "passes": false run by priority, after their dependencies,
     each as its own process group. Exit 0 when all passed, 1 when any
-    failed, 130 when stopped (Ctrl-C, `loop stop`, the dashboard).
+    failed, 130 when stopped (Ctrl-C, SIGTERM, SIGHUP, `loop stop`, the
+    dashboard). Each story's complete output is kept in a log file (path in
+    its story_completed event); the stream may elide what comes too fast.
     """
-    import signal
     import threading
 
     from . import state
-    from .client import Outbox, healthy
-    from .embedded import EmbeddedSidecar
+    from .client import Outbox
     from .runner import RunOptions, Runner
     from .view import LiveView, plain_line
 
@@ -224,52 +229,34 @@ def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_u
     if run_id is not None and not _valid_run(run_id):
         raise click.BadParameter("must match [A-Za-z0-9._-]{1,64}", param_hint="--run")
     run_id = run_id or _new_run_id(prd_path)
-    server = server.rstrip("/")
-    embedded = None
-    if not healthy(server):
-        if no_embed:
-            click.echo(f"loop: no sidecar at {server}; running without one (--no-embed)", err=True)
-            server = None
-        else:
-            embedded = EmbeddedSidecar.start(server)
-            if embedded:
-                server = embedded.url
-            else:
-                click.echo(f"loop: no sidecar at {server} and none could be started; running without one",
-                           err=True)
-                server = None
+    server = _sidecar_for_run(server.rstrip("/"), no_embed)
     click.echo(f"loop: run {run_id}" + (f" — dashboard: {server}/" if server else ""), err=True)
 
     live_view = stream and sys.stdout.isatty()
     lock = threading.Lock()
     snap: dict = {}
-    outbox = Outbox(server, token)
+    outbox = Outbox(server, token, on_refused=lambda reason, n: _say(
+        f"loop: the sidecar refused {n} event{'s' * (n > 1)}: {reason}; the run goes on"))
 
     def sink(event: dict) -> None:
         outbox.put(event)
+        if event["type"] == "task_alive":
+            return
         with lock:
             snap["s"] = state.apply(snap.get("s"), event)
         if not live_view and not (event["type"] == "output" and not event["data"].get("text")):
-            click.echo(plain_line(event))
+            _say(plain_line(event), err=False)
 
     estimate = _estimate(server, token, prd.path.stem, sum(1 for s in prd.stories if not s.passes))
     runner = Runner(prd, RunOptions(run_id=run_id, server=server, max_attempts=max_attempts, jobs=jobs,
-                                    grace=grace, update=not no_update, estimated_duration=estimate), sink)
+                                    grace=grace, update=not no_update, estimated_duration=estimate,
+                                    heartbeat_s=heartbeat_s), sink)
     done = threading.Event()
     if server:
         threading.Thread(target=_listen_for_control, args=(server, token, run_id, runner, done),
                          daemon=True).start()
 
-    interrupts = []
-
-    def on_sigint(signum, frame):
-        interrupts.append(signum)
-        if len(interrupts) == 1:
-            runner.request_stop("interrupted (Ctrl-C)")
-        else:
-            runner.force_kill()
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous = _stop_runner_on_signals(runner)
     try:
         if live_view:
             def connection() -> str:
@@ -283,17 +270,87 @@ def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_u
             code = runner.run()
     finally:
         done.set()
-        signal.signal(signal.SIGINT, previous)
-        outbox.close(timeout=30)
-        if outbox.status.dropped:   # still queued at the end, or refused by the sidecar (400/401/413)
-            click.echo(f"loop: {outbox.status.dropped} events could not be delivered to {server} "
-                       f"({outbox.status.last_error})", err=True)
-        if embedded:
-            embedded.stop()
+        _restore_signals(previous)
+        outbox.close(timeout=CLOSE_BUDGET)
     summary = {k: v for k, v in (snap["s"]["counts"] if snap.get("s") else {}).items() if v}
-    click.echo(f"loop: run {run_id} {['passed', 'failed'][code == 1] if code != 130 else 'stopped'} "
-               f"{summary}", err=True)
+    _say(f"loop: run {run_id} {['passed', 'failed'][code == 1] if code != 130 else 'stopped'} {summary}")
+    for line in _delivery_report(outbox.status, server):
+        _say(line)
     sys.exit(code)
+
+
+CLOSE_BUDGET = 2.5   # seconds `loop run` gives its outbox after the last story: lifecycle first, output elided
+
+
+def _say(line: str, err: bool = True) -> None:
+    """One line for the user; a terminal that hung up (SIGHUP) or a closed pipe must not fail the run."""
+    try:
+        click.echo(line, err=err)
+    except OSError:
+        pass
+
+
+def _sidecar_for_run(server: str, no_embed: bool) -> str | None:
+    """The sidecar this run reports to: the one at ``server``, one left by an earlier run, or a new
+    detached one (it outlives the run; `loop serve --idle-exit`); None to run without one."""
+    from .client import healthy
+    from .embedded import EmbeddedSidecar
+
+    if healthy(server):
+        return server
+    if no_embed:
+        click.echo(f"loop: no sidecar at {server}; running without one (--no-embed)", err=True)
+        return None
+    embedded = EmbeddedSidecar.find_or_start(server)
+    if embedded is None:
+        click.echo(f"loop: no sidecar at {server} and none could be started; running without one", err=True)
+        return None
+    how = "reusing the sidecar an earlier run started" if embedded.reused else "started a sidecar"
+    click.echo(f"loop: {how} at {embedded.url} (pid {embedded.pid}, log {embedded.log_path}; it exits after "
+               f"10 idle minutes)", err=True)
+    return embedded.url
+
+
+def _stop_runner_on_signals(runner) -> dict:
+    """SIGINT, SIGTERM and SIGHUP all stop the run the same way (grace, then SIGKILL); a second one
+    kills the children at once. Returns the previous handlers."""
+    import signal
+
+    reasons = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM)",
+               signal.SIGHUP: "hangup (SIGHUP)"}
+    received: list[int] = []
+
+    def handler(signum, frame):
+        received.append(signum)
+        if len(received) == 1:
+            runner.request_stop(reasons[signum])
+        else:
+            runner.force_kill()
+
+    return {sig: signal.signal(sig, handler) for sig in reasons}
+
+
+def _restore_signals(previous: dict) -> None:
+    import signal
+
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def _delivery_report(status, server: str | None) -> list[str]:
+    """Lines about what did not reach the sidecar as sent: refused (by reason), undelivered, elided."""
+    lines = []
+    if status.refused:
+        total = sum(status.refused.values())
+        why = "; ".join(f"{n} × {reason}" for reason, n in status.refused.items())
+        lines.append(f"loop: {total} event{'s' * (total > 1)} refused by the sidecar at {server}: {why}")
+    if status.undelivered:
+        lines.append(f"loop: {status.undelivered} events not delivered to {server} within {CLOSE_BUDGET:g} s "
+                     f"({status.last_error or 'no answer'}); the sidecar will mark the run interrupted")
+    if status.elided_bytes:
+        lines.append(f"loop: {status.elided_bytes} bytes of output were elided from the stream (faster than the "
+                     "sidecar's rate limit); every story's log file has all of it")
+    return lines
 
 
 def _load_prd(path: str, failure: ExitStatus):

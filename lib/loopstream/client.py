@@ -9,14 +9,17 @@ import json
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import requests
 
 MAX_BATCH = 50            # events per POST
 MAX_BATCH_BYTES = 48_000  # under the sidecar's 64 KB body limit
-MAX_OUTPUT_CHUNK = 4096   # output events are merged up to this size while queued
+MAX_OUTPUT_CHUNK = 4096   # characters of text in one output event
+PENDING_OUTPUT = 64_000   # characters of one stream's output kept while it waits; older text is elided
+LIMITED_FOR = 5.0         # seconds after a 429 during which output goes as one tail per stream
+LIMITED_GAP = 0.25        # seconds between POSTs while rate-limited
 
 
 class SidecarError(Exception):
@@ -63,69 +66,209 @@ def healthy(server: str, timeout: float = 0.5) -> bool:
 
 @dataclass
 class OutboxStatus:
-    state: str = "connecting"   # connecting | live | retrying | rate-limited | off
+    state: str = "connecting"   # connecting | live | retrying | rate-limited | error | off
     queued: int = 0
     delivered: int = 0
-    dropped: int = 0
+    dropped: int = 0            # refused by the sidecar, or still queued when the outbox closed
     last_error: str | None = None
+    elided_bytes: int = 0       # output bytes left out of the stream (the runner's log keeps them)
+    refused: dict[str, int] = field(default_factory=dict)   # reason -> events the sidecar refused
+    undelivered: int = 0        # events still queued when close() gave up
+
+
+def _size(value) -> int:
+    """Bytes of ``value`` as the outbox posts it (UTF-8 JSON)."""
+    return len(json.dumps(value, ensure_ascii=False).encode("utf-8", "replace"))
+
+
+def _marker(elided: int) -> str:
+    return f"[… {elided} bytes elided …]\n"
+
+
+class PendingOutput:
+    """One stream's output waiting to be sent: a bounded tail, and the bytes cut before it.
+
+    Output is the one kind of event that may be elided: whatever exceeds
+    ``PENDING_OUTPUT`` while it waits, or all but the last chunk when the
+    sidecar's rate limit is in the way, is counted and replaced by a visible
+    marker ("[… N bytes elided …]"), never dropped silently.
+    """
+
+    __slots__ = ("run", "story_id", "stream", "text", "elided")
+
+    def __init__(self, run: str | None, story_id: str | None, stream: str, text: str = "", elided: int = 0):
+        self.run, self.story_id, self.stream = run, story_id, stream
+        self.text, self.elided = "", elided
+        self.add(text)
+
+    @property
+    def key(self) -> tuple:
+        return self.run, self.story_id, self.stream
+
+    def add(self, text: str, cap: int = PENDING_OUTPUT) -> None:
+        self.text += text
+        if len(self.text) > cap:
+            self._cut(len(self.text) - cap)
+
+    def _cut(self, chars: int) -> None:
+        self.elided += len(self.text[:chars].encode("utf-8", "replace"))
+        self.text = self.text[chars:]
+
+    def collapse(self) -> None:
+        """Keep only what fits one event (whole lines where possible); count the rest as elided."""
+        room = MAX_OUTPUT_CHUNK - len(_marker(self.elided + len(self.text.encode("utf-8", "replace"))))
+        if len(self.text) <= room and not self.elided:
+            return
+        if len(self.text) > room:
+            start = len(self.text) - room
+            newline = self.text.find("\n", start - 1, len(self.text) - 1)
+            self._cut(newline + 1 if newline >= start - 1 else start)
+
+    def split(self, max_events: int, max_bytes: int) -> "PendingOutput | None":
+        """Take from the front what fits ``max_events`` events and ``max_bytes`` of JSON; None if nothing."""
+        first = MAX_OUTPUT_CHUNK - (len(_marker(self.elided)) if self.elided else 0)
+        room = first + (max_events - 1) * MAX_OUTPUT_CHUNK
+        budget = max_bytes - 200 * max_events
+        while room > 256 and _size(self.text[:room]) > budget:
+            room //= 2
+        if max_events < 1 or _size(self.text[:room]) > budget:
+            return None
+        taken = PendingOutput(self.run, self.story_id, self.stream, elided=self.elided)
+        taken.text, self.text, self.elided = self.text[:room], self.text[room:], 0
+        return taken
+
+    def events(self) -> list[dict]:
+        text = (_marker(self.elided) if self.elided else "") + self.text
+        data = {"story_id": self.story_id} if self.story_id is not None else {}
+        out = []
+        for i in range(0, max(1, len(text)), MAX_OUTPUT_CHUNK):
+            d = {**data, "stream": self.stream, "text": text[i:i + MAX_OUTPUT_CHUNK]}
+            if self.elided and not i:
+                d["elided"] = self.elided
+            out.append({"type": "output", **({"run": self.run} if self.run else {}), "data": d})
+        return out
+
+    def absorb(self, newer: "PendingOutput") -> None:
+        """Put ``newer`` (the same stream, later text) after this one."""
+        self.elided += newer.elided
+        self.add(newer.text)
+
+
+def _is_plain_output(event: dict) -> bool:
+    data = event.get("data") or {}
+    return (event.get("type") == "output" and isinstance(data.get("text"), str) and not data.get("final")
+            and set(data) <= {"story_id", "stream", "text"})
+
+
+def _refusal(r) -> str:
+    """Why the sidecar refused a batch, in its own words (never None)."""
+    try:
+        body = r.json()
+        message = body.get("message") or body.get("error") or ""
+        if body.get("field"):
+            message = f"{body['field']}: {message}"
+    except ValueError:
+        message = r.text[:200].strip()
+    if r.status_code == 401:
+        message = message or "the token is missing or wrong (LOOP_TOKEN)"
+    return f"{r.status_code} {message or r.reason or 'refused'}"
+
+
+def _refused_index(r) -> int | None:
+    """The batch index a 400 names in its ``field`` ("[3].data.text" -> 3), if any."""
+    try:
+        field_ = r.json().get("field") or ""
+    except ValueError:
+        return None
+    if field_.startswith("[") and "]" in field_:
+        number = field_[1:field_.index("]")]
+        return int(number) if number.isdigit() else None
+    return None
+
+
+def _owner(taken: list, index: int | None) -> int | None:
+    """Which taken entry produced event ``index`` of the batch (output pieces make several)."""
+    if index is None:
+        return None
+    seen = 0
+    for i, entry in enumerate(taken):
+        seen += len(entry.events()) if isinstance(entry, PendingOutput) else 1
+        if index < seen:
+            return i
+    return None
 
 
 class Outbox:
     """Events leave in order through one background thread that retries until delivered.
 
-    Retries on connection errors, timeouts, 5xx and 429 (honouring Retry-After),
-    so a restart of the sidecar or a rate limit never loses an event. While
-    events wait, consecutive output chunks of one stream are merged (up to 4 KB)
-    so a noisy child does not turn into a rate-limit backlog.
+    ``put`` never blocks. Lifecycle events (everything but plain output) wait
+    in one ordered queue and are never dropped or merged. Output between them
+    is kept per stream as a bounded tail (see ``PendingOutput``): when the
+    sidecar is slow, down or rate-limiting, a noisy child costs a marker with
+    the number of bytes left out, not a backlog. Retries cover connection
+    errors, timeouts, 5xx and 429 (honouring Retry-After); 400/401/413 are
+    refusals: counted by reason in ``status.refused``, reported once through
+    ``on_refused``, and the rest goes on.
     """
 
     def __init__(self, server: str | None, token: str | None = None,
-                 on_status: Callable[[OutboxStatus], None] | None = None, max_backoff: float = 2.0):
+                 on_status: Callable[[OutboxStatus], None] | None = None, max_backoff: float = 2.0,
+                 on_refused: Callable[[str, int], None] | None = None, read_timeout: float = 30.0):
         self.url = server.rstrip("/") + "/api/events" if server else None
         self.token = token
         self.status = OutboxStatus(state="connecting" if server else "off")
         self.on_status = on_status
+        self.on_refused = on_refused
         self.max_backoff = max_backoff
-        self._queue: deque[dict] = deque()
+        self.read_timeout = read_timeout
+        self._queue: deque = deque()      # dict events and PendingOutput, in order
+        self._inflight = 0
         self._cond = threading.Condition()
         self._closing = False
-        self._inflight = 0
+        self._limited_until = 0.0
+        self._max_events = MAX_BATCH
         self._session = requests.Session()
         self._thread = threading.Thread(target=self._run, name="loop-outbox", daemon=True)
         if self.url:
             self._thread.start()
 
     def put(self, event: dict) -> None:
+        """Queue one event; returns at once whatever the sidecar does."""
         if not self.url:
             return
         with self._cond:
-            # Merge into the last queued event only if it is not part of the batch in flight.
-            last = self._queue[-1] if len(self._queue) > self._inflight else None
-            if last is not None and _mergeable(last, event):
-                last["data"]["text"] += event["data"]["text"]
+            if _is_plain_output(event):
+                d = event["data"]
+                last = self._queue[-1] if self._queue else None
+                key = (event.get("run"), d.get("story_id"), d.get("stream", "stdout"))
+                if isinstance(last, PendingOutput) and last.key == key:
+                    last.add(d["text"])
+                else:
+                    self._queue.append(PendingOutput(*key, text=d["text"]))
             else:
                 self._queue.append({**event, "data": dict(event.get("data") or {})})
             self.status.queued = len(self._queue)
             self._cond.notify()
 
     def close(self, timeout: float = 30.0) -> bool:
-        """Deliver what is queued (up to ``timeout`` s); True when nothing was left behind."""
+        """Deliver what is queued within ``timeout`` s (output collapsed to its tail); True when all went."""
         if not self.url:
             return True
         deadline = time.monotonic() + timeout
         with self._cond:
             self._closing = True
-            self._cond.notify()
-            while self._queue and time.monotonic() < deadline:
-                self._cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
-            left = len(self._queue)
+            self._cond.notify_all()
+            while (self._queue or self._inflight) and time.monotonic() < deadline:
+                self._cond.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+            left = sum(1 for e in self._queue if isinstance(e, dict)) + self._inflight
             self._queue.clear()
-            self._cond.notify()
-        self._thread.join(2)
+            self._cond.notify_all()
         if left:
+            self.status.undelivered += left
             self.status.dropped += left
         return left == 0
 
+    # -- the sending thread ----------------------------------------------------------------------------
     def _set(self, state: str, error: str | None = None) -> None:
         changed = self.status.state != state
         self.status.state = state
@@ -139,72 +282,129 @@ class Outbox:
             with self._cond:
                 while not self._queue and not self._closing:
                     self._cond.wait()
-                if not self._queue and self._closing:
-                    return
-                batch = _take_batch(self._queue)
-                self._inflight = len(batch)
-            wait = self._send(batch)
-            with self._cond:
-                self._inflight = 0
-                if wait is None:      # delivered: drop exactly what was sent from the head
-                    for _ in range(min(len(batch), len(self._queue))):  # close() may have cleared it
-                        self._queue.popleft()
-                    self.status.delivered += len(batch)
-                    self.status.queued = len(self._queue)
-                    self._cond.notify_all()
-                    backoff = 0.1
-                    continue
                 if not self._queue:
                     return
+                taken, batch = self._take()
+                self._inflight = len(batch)
+            wait = self._deliver(taken, batch)
+            with self._cond:
+                self._inflight = 0
+                self.status.queued = len(self._queue)
+                self._cond.notify_all()
+                if wait == 0:
+                    backoff = 0.1
+                    if time.monotonic() < self._limited_until and not self._closing:
+                        self._sleep(LIMITED_GAP)
+                    continue
                 if wait < 0:
                     wait, backoff = backoff, min(self.max_backoff, backoff * 2)
-                self._cond.wait(wait)
+                self._sleep(wait)
 
-    def _send(self, batch: list[dict]) -> float | None:
-        """None when delivered (or refused as invalid); else seconds to wait (-1: back off)."""
+    def _sleep(self, seconds: float) -> None:
+        """Wait (holding the condition) for ``seconds``: new events must not cut a Retry-After short."""
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0 and (self._queue or not self._closing):
+            self._cond.wait(left)
+
+    def _take(self) -> tuple[list, list[dict]]:
+        """Remove the next batch from the queue: (the entries, to put back on failure; the events)."""
+        collapse = self._closing or time.monotonic() < self._limited_until
+        taken: list = []
+        batch: list[dict] = []
+        size = 0
+        while self._queue and len(batch) < self._max_events:
+            head = self._queue[0]
+            if isinstance(head, dict):
+                n = _size(head)
+                if batch and size + n > MAX_BATCH_BYTES:
+                    break
+                taken.append(self._queue.popleft())
+                batch.append(head)
+                size += n
+                continue
+            if collapse:
+                head.collapse()
+            piece = head.split(1 if collapse else self._max_events - len(batch), MAX_BATCH_BYTES - size)
+            if piece is None:
+                break
+            if not head.text:
+                self._queue.popleft()
+            taken.append(piece)
+            events = piece.events()
+            batch += events
+            size += sum(_size(e) for e in events)
+            if head.text:
+                break
+        self._max_events = MAX_BATCH
+        return taken, batch
+
+    def _put_back(self, taken: list) -> None:
+        """Return entries that were not delivered to the front of the queue, merging output again."""
+        for entry in reversed(taken):
+            head = self._queue[0] if self._queue else None
+            if isinstance(entry, PendingOutput) and isinstance(head, PendingOutput) and head.key == entry.key:
+                entry.absorb(head)
+                self._queue[0] = entry
+            else:
+                self._queue.appendleft(entry)
+
+    def _deliver(self, taken: list, batch: list[dict]) -> float:
+        """POST one batch. 0: go on at once; > 0: wait that long; -1: back off. Puts back what must be retried."""
         try:
-            r = self._session.post(self.url, data=json.dumps(batch), timeout=5,
+            body = json.dumps(batch, ensure_ascii=False).encode("utf-8", "replace")
+            r = self._session.post(self.url, data=body, timeout=(2, self.read_timeout),
                                    headers={"Content-Type": "application/json", **auth_headers(self.token)})
         except requests.RequestException as e:
             self._set("retrying", describe(e, "POST", self.url))
-            return -1
+            return self._retry(taken, -1)
         if r.status_code == 201:
-            self._set("live")
-            return None
+            self._delivered(taken, len(batch))
+            return 0
         if r.status_code == 429:
-            self._set("rate-limited")
+            self._set("rate-limited", "rate-limited by the sidecar")
+            self._limited_until = time.monotonic() + LIMITED_FOR
             try:
-                return max(0.05, float(r.headers.get("Retry-After", "1")))
+                return self._retry(taken, max(0.05, float(r.headers.get("Retry-After", "1"))))
             except ValueError:
-                return 1.0
+                return self._retry(taken, 1.0)
         if r.status_code in (400, 401, 403, 413):
-            # Not going to succeed by waiting: say so once, drop this batch, keep the order of the rest.
-            self.status.dropped += len(batch)
-            self._set("error", f"{r.status_code}: {r.text[:200]}")
-            return None
+            return self._refused(r, taken, batch)
         self._set("retrying", f"{r.status_code} from the sidecar")
-        return -1
+        return self._retry(taken, -1)
 
+    def _retry(self, taken: list, wait: float) -> float:
+        with self._cond:
+            self._put_back(taken)
+        return wait
 
-def _mergeable(a: dict, b: dict) -> bool:
-    if a.get("type") != "output" or b.get("type") != "output" or a.get("run") != b.get("run"):
-        return False
-    da, db = a.get("data") or {}, b.get("data") or {}
-    keys = ("story_id", "stream")
-    return (all(da.get(k) == db.get(k) for k in keys) and not da.get("final")
-            and set(da) <= {"story_id", "stream", "text"} and set(db) <= {"story_id", "stream", "text", "final"}
-            and len(da.get("text", "")) + len(db.get("text", "")) <= MAX_OUTPUT_CHUNK)
+    def _delivered(self, taken: list, count: int) -> None:
+        self._set("live")
+        self.status.delivered += count
+        self.status.elided_bytes += sum(e.elided for e in taken if isinstance(e, PendingOutput))
 
+    def _refused(self, r, taken: list, batch: list[dict]) -> float:
+        """Drop what the sidecar will never take (the one event a 400 names, else the batch); keep the rest."""
+        reason = _refusal(r)
+        owner = _owner(taken, _refused_index(r)) if r.status_code == 400 else None
+        if owner is None and len(batch) > 1 and r.status_code in (400, 413):
+            self._max_events = max(1, len(batch) // 2)     # find the culprit: send fewer at a time
+            return self._retry(taken, 0)
+        if owner is not None:
+            dropped = taken[owner]
+            count = len(dropped.events()) if isinstance(dropped, PendingOutput) else 1
+            rest = taken[:owner] + taken[owner + 1:]
+        else:
+            count, rest = len(batch), []
+        self._record_refusal(reason, count)
+        return self._retry(rest, 0)
 
-def _take_batch(queue: deque[dict]) -> list[dict]:
-    batch, size = [], 0
-    for e in queue:
-        n = len(json.dumps(e))
-        if batch and (len(batch) >= MAX_BATCH or size + n > MAX_BATCH_BYTES):
-            break
-        batch.append(e)
-        size += n
-    return batch
+    def _record_refusal(self, reason: str, count: int) -> None:
+        first = reason not in self.status.refused
+        self.status.refused[reason] = self.status.refused.get(reason, 0) + count
+        self.status.dropped += count
+        self._set("error", reason)
+        if first and self.on_refused:
+            self.on_refused(reason, count)
 
 
 def stream(server: str, token: str | None = None, runs=(), types=(), last_event_id: str | None = None,

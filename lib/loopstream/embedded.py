@@ -1,16 +1,38 @@
-"""A sidecar started for the length of one `loop run`, when none answers."""
+"""The sidecar `loop run` starts when none answers: detached, and it outlives the run.
+
+It runs in its own session (setsid) with its output in a log file, so the
+run's terminal, Ctrl-C or SIGHUP never reach it, and it stays up after the
+run so the dashboard URL that was printed keeps showing the finished run. It
+exits by itself once idle (no stream, no request) for ``idle_exit`` seconds
+(`loop serve --idle-exit`, 600 by default). Where it is goes to a small state
+file (``sidecar.json`` beside the story logs' directory): the next
+`loop run` that finds nothing at its LOOP_SERVER reuses it.
+"""
 from __future__ import annotations
 
+import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from .client import healthy
+
+DEFAULT_IDLE_EXIT = 600.0
+
+
+def state_dir() -> Path:
+    """$XDG_STATE_HOME/loop (~/.local/state/loop): the sidecar's record and log."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "loop"
+
+
+def record_path() -> Path:
+    return state_dir() / "sidecar.json"
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -29,45 +51,82 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+@dataclass
 class EmbeddedSidecar:
-    def __init__(self, proc: subprocess.Popen, url: str, log_path: str):
-        self.proc, self.url, self.log_path = proc, url, log_path
+    url: str
+    pid: int
+    log_path: str
+    reused: bool = False
 
     @classmethod
-    def start(cls, wanted_url: str, timeout: float = 15.0) -> "EmbeddedSidecar | None":
-        """`loop serve` on the wanted port if it is a free loopback one, else on any free port."""
+    def find_or_start(cls, wanted_url: str, idle_exit: float | None = None,
+                      timeout: float = 15.0) -> "EmbeddedSidecar | None":
+        """The sidecar a previous `loop run` left running for ``wanted_url``, else a new one; None if neither."""
+        return cls.recorded(wanted_url) or cls.start(wanted_url, idle_exit, timeout)
+
+    @classmethod
+    def recorded(cls, wanted_url: str) -> "EmbeddedSidecar | None":
+        try:
+            rec = json.loads(record_path().read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(rec, dict) or rec.get("wanted") != wanted_url or not isinstance(rec.get("url"), str):
+            return None
+        if not healthy(rec["url"], timeout=0.5):
+            return None
+        return cls(rec["url"], int(rec.get("pid") or 0), str(rec.get("log") or ""), reused=True)
+
+    @classmethod
+    def start(cls, wanted_url: str, idle_exit: float | None = None,
+              timeout: float = 15.0) -> "EmbeddedSidecar | None":
+        """`loop serve` on the wanted port if it is a free loopback one, else on any free port, detached."""
         parts = urlsplit(wanted_url)
         host = "127.0.0.1"
         port = parts.port or 8765
         if parts.hostname not in ("127.0.0.1", "localhost") or not _port_free(host, port):
             port = _free_port(host)
-        log = tempfile.NamedTemporaryFile(prefix="loop-sidecar-", suffix=".log", delete=False)
-        proc = subprocess.Popen([sys.executable, "-m", "loopstream", "serve", "--host", host, "--port", str(port)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True,   # Ctrl-C reaches the runner, not the sidecar
-                                env={k: v for k, v in os.environ.items() if k not in ("LOOP_HOST", "LOOP_PORT")})
-        log.close()
+        if idle_exit is None:
+            idle_exit = float(os.environ.get("LOOP_SIDECAR_IDLE_EXIT") or DEFAULT_IDLE_EXIT)
+        try:
+            state_dir().mkdir(parents=True, exist_ok=True)
+            log_path = state_dir() / f"sidecar-{port}.log"
+            log = open(log_path, "ab")
+        except OSError:
+            return None
+        with log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "loopstream", "serve", "--host", host, "--port", str(port),
+                 "--idle-exit", f"{idle_exit:g}"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, close_fds=True,
+                start_new_session=True,   # its own session: the run's terminal and signals never reach it
+                env={k: v for k, v in os.environ.items() if k not in ("LOOP_HOST", "LOOP_PORT")})
         url = f"http://{host}:{port}"
+        if not cls._wait_up(proc, url, timeout):
+            return None
+        sidecar = cls(url, proc.pid, str(log_path))
+        sidecar._record(wanted_url)
+        return sidecar
+
+    @staticmethod
+    def _wait_up(proc: subprocess.Popen, url: str, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                return None
+                return False
             if healthy(url, timeout=0.3):
-                return cls(proc, url, log.name)
+                return True
             time.sleep(0.05)
         proc.kill()
         proc.wait()
-        return None
+        return False
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+    def _record(self, wanted_url: str) -> None:
+        """Write where it is (atomically) for the next run and for whoever wants to stop it."""
+        path = record_path()
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         try:
-            os.unlink(self.log_path)
+            tmp.write_text(json.dumps({"wanted": wanted_url, "url": self.url, "pid": self.pid, "log": self.log_path,
+                                       "started": time.time()}))
+            os.replace(tmp, path)
         except OSError:
             pass

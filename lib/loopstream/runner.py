@@ -3,24 +3,95 @@
 The runner reports through ``emit`` (a callable taking one event dict) and
 never waits on the sidecar: delivery is the outbox's business. Control
 (stop, pause, resume) arrives through ``request_*`` from any thread: the
-CLI's Ctrl-C handler or the listener on the sidecar's stream.
+CLI's signal handlers or the listener on the sidecar's stream.
+
+Everything a story prints is kept whole in its log file on this machine
+(``story_log_dir()``); the stream gets it as ``output`` events, which the
+outbox may elide when they come faster than the sidecar takes them. While
+the run has nothing else to say it sends ``task_alive`` every
+``heartbeat_s`` seconds (announced in ``task_started``), so the sidecar can
+tell a quiet run from a dead one.
 """
 from __future__ import annotations
 
 import codecs
 import json
 import os
+import re
 import signal
 import subprocess
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from .prd import Prd, Story, mark_passed
 
 ERROR_TAIL = 600  # characters of a failing command's output kept in the error
+DEFAULT_HEARTBEAT = 10.0  # seconds between task_alive events while the run is otherwise quiet
+
+
+def story_log_dir() -> Path:
+    """Where story logs go: $LOOP_LOG_DIR, else $XDG_STATE_HOME/loop/logs (~/.local/state/loop/logs)."""
+    if os.environ.get("LOOP_LOG_DIR"):
+        return Path(os.environ["LOOP_LOG_DIR"])
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "loop" / "logs"
+
+
+class StoryLog:
+    """The complete output of one story (every attempt, stdout and stderr as they came), on disk.
+
+    A write that fails (a full disk, a removed directory) is reported once
+    through ``warn`` and the story goes on: the log is a record, not the work.
+    ``output_bytes`` counts everything the story printed, written or not.
+    """
+
+    def __init__(self, path: Path, warn: Callable[[str], None]):
+        self.path = path
+        self.output_bytes = 0
+        self._warn = warn
+        self._file = None
+        self._failed = False
+        self._lock = threading.Lock()
+
+    def write(self, chunk: bytes) -> None:
+        with self._lock:
+            self.output_bytes += len(chunk)
+            self._write(chunk)
+
+    def note(self, text: str) -> None:
+        """A line of loop's own (between attempts); not counted as the story's output."""
+        with self._lock:
+            self._write(text.encode())
+
+    def _write(self, data: bytes) -> None:
+        if self._failed:
+            return
+        try:
+            if self._file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.path, "ab", buffering=0)
+            self._file.write(data)
+        except OSError as e:
+            self._failed = True
+            self._warn(f"could not write the story log {self.path}: {e.strerror or e}; "
+                       "the story goes on, its output is no longer kept on disk")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                try:
+                    self._file.close()
+                except OSError:
+                    pass
+                self._file = None
+
+
+def _file_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:80].lstrip(".") or "story"
 
 
 @dataclass
@@ -33,6 +104,8 @@ class RunOptions:
     update: bool = True
     cwd: str | None = None
     estimated_duration: float | None = None
+    heartbeat_s: float = DEFAULT_HEARTBEAT
+    log_dir: Path | None = None   # default: story_log_dir()
 
 
 @dataclass
@@ -43,10 +116,14 @@ class StoryResult:
 
 
 class Child:
-    """A shell command in its own process group; output is handed on as it comes."""
+    """A shell command in its own process group; output is handed on as it comes.
+
+    ``on_output(stream, text, raw)`` gets each chunk decoded (UTF-8, invalid
+    bytes replaced) and as the bytes that came.
+    """
 
     def __init__(self, command: str, stdin: str, env: dict, cwd: str | None,
-                 on_output: Callable[[str, str], None] | None):
+                 on_output: Callable[[str, str, bytes], None] | None):
         self.on_output = on_output
         self.captured: list[str] = []
         self.proc = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -78,8 +155,8 @@ class Child:
                 self.captured.append(text)
                 if len(self.captured) > 64:
                     self.captured[:] = ["".join(self.captured)[-ERROR_TAIL:]]
-                if self.on_output:
-                    self.on_output(name, text)
+            if self.on_output and (text or chunk):   # a chunk may end inside a character: no text yet
+                self.on_output(name, text, chunk)
             if not chunk:
                 break
         pipe.close()
@@ -112,11 +189,30 @@ class Runner:
         self._children: set[Child] = set()
         self._children_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._finished = threading.Event()
+        self._last_emit = time.monotonic()
         self.results: dict[str, StoryResult] = {}
 
     # -- events ----------------------------------------------------------------
     def emit(self, type_: str, **data) -> None:
+        self._last_emit = time.monotonic()
         self._emit({"type": type_, "run": self.opts.run_id, "ts": round(time.time(), 3), "data": data})
+
+    def output_events(self, story_id: str, stream: str, text: str) -> list[tuple[str, dict]]:
+        """The events one chunk of a story's output becomes, as (type, data) pairs.
+
+        The one path every story's output takes to the stream (its log file
+        gets the raw bytes before this): wrap or override it to turn an
+        agent's output into richer events.
+        """
+        return [("output", {"story_id": story_id, "stream": stream, "text": text})]
+
+    def _keep_alive(self) -> None:
+        """task_alive whenever heartbeat_s passed without any other event, until the run ends."""
+        every = self.opts.heartbeat_s
+        while not self._finished.wait(min(1.0, every / 4)):
+            if time.monotonic() - self._last_emit >= every:
+                self.emit("task_alive")
 
     # -- control (any thread) ----------------------------------------------------
     def request_stop(self, reason: str = "requested") -> None:
@@ -162,8 +258,10 @@ class Runner:
         passed_before = {s.id for s in self.prd.stories if s.passes}
         self.emit("task_started", task_id=self.prd.path.stem, task_name=self.prd.project,
                   story_count=len(todo), estimated_duration=self.opts.estimated_duration,
-                  prd=str(self.prd.path), jobs=self.opts.jobs,
+                  prd=str(self.prd.path), jobs=self.opts.jobs, heartbeat_s=self.opts.heartbeat_s,
+                  log_dir=str(self._log_dir()),
                   stories=[{"id": s.id, "title": s.title, "priority": s.priority} for s in todo])
+        threading.Thread(target=self._keep_alive, name="loop-alive", daemon=True).start()
         running: dict[str, threading.Thread] = {}
         pending = list(todo)
         while pending or running:
@@ -204,6 +302,7 @@ class Runner:
         duration_ms = int((time.monotonic() - started) * 1000)
         counts = {k: sum(1 for r in self.results.values() if r.status == k)
                   for k in ("passed", "failed", "skipped", "cancelled")}
+        self._finished.set()
         if self._stop.is_set():
             self.emit("task_stopped", reason=self.stop_reason, summary=counts, duration_ms=duration_ms)
             return 130
@@ -224,19 +323,36 @@ class Runner:
     def _skip(self, story: Story) -> None:
         self._finish_story(story, "skipped", attempts=0, duration_ms=0)
 
-    def _finish_story(self, story: Story, status: str, attempts: int, duration_ms: int) -> None:
+    def _finish_story(self, story: Story, status: str, attempts: int, duration_ms: int,
+                      log: StoryLog | None = None) -> None:
         self.results[story.id] = StoryResult(status, attempts, duration_ms)
-        self.emit("story_completed", story_id=story.id, status=status, duration_ms=duration_ms, attempts=attempts)
+        if log is not None:
+            log.close()
+        self.emit("story_completed", story_id=story.id, status=status, duration_ms=duration_ms, attempts=attempts,
+                  output_bytes=log.output_bytes if log else 0,
+                  log=str(log.path) if log and log.path.exists() else None)
+
+    def _log_dir(self) -> Path:
+        return (self.opts.log_dir or story_log_dir()) / _file_name(self.opts.run_id)
+
+    def _story_log(self, story: Story) -> StoryLog:
+        def warn(message: str) -> None:
+            self.emit("error_occurred", story_id=story.id, error_type="log_write_failed", error_message=message,
+                      retryable=False, severity="warning")
+        return StoryLog(self._log_dir() / f"{_file_name(story.id)}.log", warn)
 
     def _story_thread(self, story: Story) -> None:
         t0 = time.monotonic()
         status, attempt = "failed", 0
+        log = self._story_log(story)
         try:
             for attempt in range(1, self.opts.max_attempts + 1):
                 if self._stop.is_set():
                     status = "cancelled"
                     break
-                status = self._attempt(story, attempt)
+                if attempt > 1:
+                    log.note(f"--- loop: attempt {attempt} ---\n")
+                status = self._attempt(story, attempt, log)
                 if status != "failed":
                     break
                 if attempt < self.opts.max_attempts:
@@ -254,7 +370,8 @@ class Runner:
             except (OSError, ValueError) as e:
                 self.emit("error_occurred", story_id=story.id, error_type="prd_write_failed",
                           error_message=f"could not write passes: true to {self.prd.path}: {e}", retryable=False)
-        self._finish_story(story, status, attempts=attempt, duration_ms=int((time.monotonic() - t0) * 1000))
+        self._finish_story(story, status, attempts=attempt, duration_ms=int((time.monotonic() - t0) * 1000),
+                           log=log)
         with self._wake:
             self._wake.notify_all()
 
@@ -299,7 +416,7 @@ class Runner:
         return self.prd.agent.format(prompt_file=prompt_file, story_id=story.id, title=story.title,
                                      prd=str(self.prd.path))
 
-    def _attempt(self, story: Story, attempt: int) -> str:
+    def _attempt(self, story: Story, attempt: int, log: StoryLog) -> str:
         self.emit("story_started", story_id=story.id, title=story.title,
                   acceptance_criteria=[c.text for c in story.criteria], priority=story.priority,
                   attempt=attempt, description=story.description)
@@ -316,8 +433,11 @@ class Runner:
                           error_message=f"the agent template has an unknown placeholder: {e}", retryable=False)
                 return "failed"
 
-            def on_output(stream: str, text: str) -> None:
-                self.emit("output", story_id=story.id, stream=stream, text=text)
+            def on_output(stream: str, text: str, raw: bytes) -> None:
+                log.write(raw)
+                if text:
+                    for type_, data in self.output_events(story.id, stream, text):
+                        self.emit(type_, **data)
 
             stdin = json.dumps({**story.as_json(), "prompt": prompt, "run": self.opts.run_id})
             code, child = self._spawn(command, stdin, env, on_output)
