@@ -256,3 +256,19 @@ def test_loop_watch_in_a_real_terminal_shows_the_agent_line_and_the_cost(server,
         os.killpg(agent.pid, signal.SIGTERM)
         agent.wait(10)
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_agent_fields_with_escapes_never_reach_the_terminal():
+    from loopstream.view import plain_line, render_box
+
+    evil = "\x1b[2J\x1b]0;title\x07pwn\x08\r"
+    events = [{"id": f"1-{i}", "type": t, "run": "r", "ts": 1.0 + i, "data": d} for i, (t, d) in enumerate([
+        ("story_started", {"story_id": "S" + evil, "title": evil}),
+        ("agent_init", {"story_id": "S" + evil, "model": evil}),
+        ("tool_call", {"story_id": "S" + evil, "tool": evil, "id": "t", "summary": evil}),
+        ("story_stalled", {"story_id": "S" + evil, "silent_s": 5}),
+        ("agent_result", {"cost_usd": 1.0, "input_tokens": 1, "output_tokens": 1}),
+    ])]
+    text = "\n".join(render_box(state.reduce(events), 80, now=10.0)) + "\n".join(plain_line(e) for e in events)
+    assert "\x1b" not in text and "\x07" not in text and "\x08" not in text and "\r" not in text
+    assert "Agent: pwn" in text and "pwn · 7s" in text and "Cost: $1.0000" in text
