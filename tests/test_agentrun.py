@@ -102,3 +102,109 @@ def test_prd_agent_keys_are_validated_with_their_paths():
     problems = validate({**base, "agentFormat": "json", "stallAfter": 0, "storyTimeout": "1h", "maxCost": -1})
     assert [p.split(":")[0] for p in problems] == ["$.agentFormat", "$.stallAfter", "$.storyTimeout", "$.maxCost"]
     json.dumps(problems)
+
+
+# -- loop run with the fake agent: real processes, a real sidecar ---------------------------------------
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from test_runner import LOOP, loop_run, pid_alive, story, transcript, types, write_prd  # noqa: E402
+
+FAKE = f"{sys.executable} {AGENTS / 'fake_claude.py'}"
+
+
+def agent_prd(tmp_path, sessions, **extra):
+    return write_prd(tmp_path, [story(f"A-{i}", f"{FAKE} {s}", priority=i) for i, s in enumerate(sessions, 1)],
+                     **extra)
+
+
+def test_a_stream_json_agent_is_recognised_and_its_events_and_cost_reach_the_snapshot(tmp_path, server):
+    path = agent_prd(tmp_path, ["clean.jsonl --delay 0.01", "unknown_type.jsonl --delay 0.01"])
+    r = loop_run(path, server, "--run", "agent-run", "--no-update")
+    assert r.returncode == 0, r.stderr
+    events = transcript(server, "agent-run")
+    first = [e for e in events if e["data"].get("story_id") == "A-1"]
+    assert types(first) == ["story_started", "agent_init", "agent_text", "tool_call", "tool_result", "tool_call",
+                            "tool_result", "tool_call", "tool_result", "agent_text", "agent_result", "output",
+                            "story_completed"]
+    assert not [e for e in first if e["type"] == "output" and e["data"]["text"]]   # no raw JSON poured out
+    second = [e for e in events if e["data"].get("story_id") == "A-2"]
+    outputs = [e["data"]["text"] for e in second if e["type"] == "output" and e["data"]["text"]]
+    assert outputs[0].startswith('{"type":"rate_limit_event"') and "plain text the agent printed" in "".join(outputs)
+    assert [e["data"]["tool"] for e in second if e["type"] == "tool_call"] == ["mcp__github__create_issue", "?"]
+    snap = server.get("/api/runs/agent-run").json()
+    a1 = snap["stories"][0]["agent"]
+    assert a1["model"] == "claude-sonnet-4-5-20250929" and a1["tool_calls"] == 3 and a1["cost_usd"] == 0.0421
+    assert a1["last_tool"]["tool"] == "Grep" and a1["last_tool"]["finished_at"] is not None
+    assert snap["cost_usd"] == 0.0421 + 0.0033 and snap["input_tokens"] == 15 and snap["output_tokens"] == 886
+
+
+def test_text_agents_are_left_alone_and_a_forced_format_parses_after_a_preamble(tmp_path, server):
+    plain = write_prd(tmp_path, [story("T-1", "echo '{\"type\": \"assistant\"}'; echo done")], name="plain.json")
+    assert loop_run(plain, server, "--run", "plain-agent", "--no-update").returncode == 0
+    texts = [e["data"]["text"] for e in transcript(server, "plain-agent") if e["type"] == "output"]
+    assert "".join(texts) == '{"type": "assistant"}\ndone\n'
+    forced = write_prd(tmp_path, [story("F-1", f"echo 'Starting claude…'; {FAKE} failing_tool.jsonl --delay 0")],
+                       name="forced.json", agentFormat="claude-stream-json")
+    assert loop_run(forced, server, "--run", "forced-agent", "--no-update").returncode == 0
+    events = transcript(server, "forced-agent")
+    assert "Starting claude…\n" in [e["data"].get("text") for e in events if e["type"] == "output"]
+    results = [e["data"] for e in events if e["type"] == "tool_result"]
+    assert [(x["tool"], x["is_error"]) for x in results] == [("Edit", True), ("Bash", False)]
+    r = loop_run(plain, server, "--run", "cli-forced", "--no-update", "--agent-format", "claude-stream-json")
+    assert r.returncode == 0
+    assert types(transcript(server, "cli-forced")).count("agent_text") == 0
+
+
+def test_an_agent_silent_past_stall_after_gets_one_story_stalled_and_the_box_shows_it(tmp_path, server):
+    path = agent_prd(tmp_path, ["silent.jsonl --delay 0 --then-sleep 3"], stallAfter=1)
+    r = loop_run(path, server, "--run", "stall-run", "--no-update")
+    assert r.returncode == 0, r.stderr
+    events = transcript(server, "stall-run")
+    stalls = [e for e in events if e["type"] == "story_stalled"]
+    assert len(stalls) == 1 and stalls[0]["data"]["story_id"] == "A-1" and stalls[0]["data"]["silent_s"] >= 1
+    assert types(events).index("tool_call") < types(events).index("story_stalled")
+    snap = server.get("/api/runs/stall-run").json()
+    assert snap["stories"][0]["stalled"] is None          # cleared by the story's next event
+    assert "A-1 stalled" in " ".join(x["text"] for x in snap["log"])
+
+
+def test_story_timeout_fails_the_attempt_through_sigint_then_sigkill_and_retries(tmp_path, server):
+    pids = tmp_path / "pids"
+    command = f"trap '' INT; echo $$ >> {pids}; {FAKE} silent.jsonl --delay 0 --then-sleep 600"
+    path = write_prd(tmp_path, [story("S-1", command)])
+    r = loop_run(path, server, "--run", "timeout-run", "--no-update", "--story-timeout", "1.5", "--max-attempts", "2",
+                 "--grace", "1", timeout=90)
+    assert r.returncode == 1, r.stderr
+    events = transcript(server, "timeout-run")
+    assert types(events).count("story_started") == 2
+    timeouts = [e["data"] for e in events if e["type"] == "error_occurred" and e["data"]["error_type"] == "timeout"]
+    assert len(timeouts) == 2 and timeouts[0]["retryable"] is True and timeouts[1]["retryable"] is False
+    done = [e["data"] for e in events if e["type"] == "story_completed"][0]
+    assert done["status"] == "failed" and done["reason"] == "timeout" and done["attempts"] == 2
+    for pid in map(int, pids.read_text().split()):       # the shell ignored SIGINT: SIGKILL got it
+        assert not pid_alive(pid)
+
+
+def test_max_cost_stops_the_run_once_the_reported_cost_passes_it(tmp_path, server):
+    path = agent_prd(tmp_path, ["clean.jsonl --delay 0", "clean.jsonl --delay 0 --then-sleep 30",
+                                "clean.jsonl --delay 0"])
+    r = loop_run(path, server, "--run", "cost-run", "--no-update", "--max-cost", "0.05", timeout=60)
+    assert r.returncode == 130, r.stderr
+    events = transcript(server, "cost-run")
+    assert events[-1]["type"] == "task_stopped" and events[-1]["data"]["reason"] == "max_cost"
+    assert types(events).count("agent_result") == 2
+    status = {e["data"]["story_id"]: e["data"]["status"] for e in events if e["type"] == "story_completed"}
+    assert status == {"A-1": "passed", "A-2": "cancelled", "A-3": "cancelled"}
+    assert server.get("/api/runs/cost-run").json()["cost_usd"] == 0.0842
+
+
+def test_bad_agent_settings_are_refused_before_anything_runs(tmp_path, server):
+    path = agent_prd(tmp_path, ["clean.jsonl"], agentFormat="xml", maxCost=-1)
+    r = loop_run(path, server, "--run", "bad-agent")
+    assert r.returncode == 2 and "$.agentFormat" in r.stderr and "$.maxCost" in r.stderr
+    r = subprocess.run([*LOOP, "run", str(agent_prd(tmp_path, ["clean.jsonl"])), "--stall-after", "0"],
+                       capture_output=True, text=True, timeout=30, env=os.environ)
+    assert r.returncode == 2 and "--stall-after" in r.stderr and "Traceback" not in r.stderr

@@ -267,3 +267,14 @@ class AgentRunner(Runner):
             time.sleep(0.05)
         for c in children:
             c.signal_group(signal.SIGKILL)   # the group, even when its leader is gone
+
+
+def agent_options(prd, agent_format: str | None = None, stall_after: float | None = None,
+                  story_timeout: float | None = None, max_cost: float | None = None) -> AgentOptions:
+    """The run's agent settings: each command-line option, else the PRD's key, else off."""
+    def pick(option, key):
+        return option if option is not None else key
+    return AgentOptions(agent_format=pick(agent_format, prd.agent_format) or "text",
+                        stall_after=pick(stall_after, prd.stall_after),
+                        story_timeout=pick(story_timeout, prd.story_timeout),
+                        max_cost=pick(max_cost, prd.max_cost))

@@ -208,8 +208,19 @@ def _estimate(server: str | None, token: str | None, task_id: str, stories: int)
               type=click.FloatRange(0.1, 3600), metavar="S",
               help="Send task_alive after S quiet seconds (announced as heartbeat_s; the sidecar finishes a run "
                    "silent for 3 × S as interrupted).")
+@click.option("--agent-format", type=click.Choice(["text", "claude-stream-json"]), default=None,
+              help="How to read a story's stdout: claude-stream-json parses Claude Code's stream-json into "
+                   "agent events [default: the PRD's agentFormat, else text; a first line that is a "
+                   "stream-json init object is recognised anyway].")
+@click.option("--stall-after", type=click.FloatRange(0, min_open=True), default=None, metavar="S",
+              help="Emit story_stalled when a story printed and emitted nothing for S seconds [PRD: stallAfter].")
+@click.option("--story-timeout", type=click.FloatRange(0, min_open=True), default=None, metavar="S",
+              help="Fail an attempt running longer than S seconds (SIGINT, SIGKILL after --grace; retried per "
+                   "--max-attempts) [PRD: storyTimeout].")
+@click.option("--max-cost", type=click.FloatRange(0), default=None, metavar="USD",
+              help="Stop the run (reason max_cost) once the agents' reported cost passes USD [PRD: maxCost].")
 def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_update, no_embed,
-        heartbeat_s) -> None:
+        heartbeat_s, **agent_settings) -> None:
     """Run a PRD's open stories and report every step to the sidecar.
 
     Stories with "passes": false run by priority, after their dependencies,
@@ -222,7 +233,8 @@ def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_u
 
     from . import state
     from .client import Outbox
-    from .runner import RunOptions, Runner
+    from .agentrun import AgentRunner, agent_options
+    from .runner import RunOptions
     from .view import LiveView, plain_line
 
     prd = _load_prd(prd_path, ExitStatus.USAGE)
@@ -248,9 +260,9 @@ def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_u
             _say(plain_line(event), err=False)
 
     estimate = _estimate(server, token, prd.path.stem, sum(1 for s in prd.stories if not s.passes))
-    runner = Runner(prd, RunOptions(run_id=run_id, server=server, max_attempts=max_attempts, jobs=jobs,
-                                    grace=grace, update=not no_update, estimated_duration=estimate,
-                                    heartbeat_s=heartbeat_s), sink)
+    runner = AgentRunner(prd, RunOptions(run_id=run_id, server=server, max_attempts=max_attempts, jobs=jobs,
+                                         grace=grace, update=not no_update, estimated_duration=estimate,
+                                         heartbeat_s=heartbeat_s), sink, agent_options(prd, **agent_settings))
     done = threading.Event()
     if server:
         threading.Thread(target=_listen_for_control, args=(server, token, run_id, runner, done),

@@ -126,6 +126,7 @@ class Child:
                  on_output: Callable[[str, str, bytes], None] | None):
         self.on_output = on_output
         self.captured: list[str] = []
+        self.story_id = env.get("LOOP_STORY")   # whose child this is (a story timeout stops only its own)
         self.proc = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, cwd=cwd, env=env, start_new_session=True)
         self.pgid = self.proc.pid
