@@ -180,3 +180,26 @@ def test_importing_loopstream_without_tqdm_works(server):
     assert r.returncode == 0, r.stderr
     assert "pip install 'loopstream[tqdm]'" in r.stdout
     assert wait_for(lambda: finished(server, "no-tqdm"))[-1]["data"]["status"] == "passed"
+
+
+def test_a_quiet_reporter_keeps_its_run_alive_and_a_killed_one_is_finished_as_interrupted(server):
+    with Reporter(run="rep-alive", server=server.url, heartbeat_s=0.2) as r:
+        r.progress(1)
+        wait_for(lambda: "task_alive" in [e["type"] for e in transcript(server, "rep-alive")], 10,
+                 message="a task_alive while the block is quiet")
+    assert transcript(server, "rep-alive")[0]["data"]["heartbeat_s"] == 0.2
+
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import time
+        from loopstream import Reporter
+        with Reporter(run="rep-ghost", heartbeat_s=0.3) as r:
+            r.progress(5, "working")
+            time.sleep(300)
+    """)], env={**os.environ, "LOOP_SERVER": server.url})
+    try:
+        wait_for(lambda: transcript(server, "rep-ghost"), 20, message="the run to start")
+    finally:
+        proc.kill()
+        proc.wait()
+    wait_for(lambda: server.get("/api/runs/rep-ghost").json()["status"] == "interrupted", 20,
+             message="the sidecar to finish the silent run as interrupted")

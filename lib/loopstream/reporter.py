@@ -61,10 +61,12 @@ class Reporter:
     ``loop exec`` or ``loop run`` (``LOOP_RUN`` is set), it reports into that run
     and leaves the run's start and end to it. On exit it waits at most
     ``close_timeout`` seconds for delivery (less when the sidecar is down).
+    A run of its own announces ``heartbeat_s`` and sends ``task_alive`` when it
+    has been quiet that long, so a process killed outright leaves no ghost run.
     """
 
     def __init__(self, run: str | None = None, name: str | None = None, *, server: str | None = None,
-                 token: str | None = None, close_timeout: float = 2.0):
+                 token: str | None = None, close_timeout: float = 2.0, heartbeat_s: float | None = 10.0):
         from .client import Outbox
 
         if run is not None and not (isinstance(run, str) and RUN_RE.match(run)):
@@ -75,6 +77,9 @@ class Reporter:
         self.name = name or self.run
         self.server = (server or os.environ.get("LOOP_SERVER") or DEFAULT_SERVER).rstrip("/")
         self.close_timeout = close_timeout
+        self.heartbeat_s = heartbeat_s
+        self._last_emit = time.monotonic()
+        self._done = threading.Event()
         self._started: float | None = None
         self._finished = False
         self._closed = False
@@ -90,7 +95,9 @@ class Reporter:
             self._started = time.monotonic()
             if self.owns_run:
                 self.emit("task_started", task_id=self.name, task_name=self.name, story_count=None,
-                          estimated_duration=None, source="python")
+                          estimated_duration=None, source="python", heartbeat_s=self.heartbeat_s)
+                if self.heartbeat_s:
+                    threading.Thread(target=self._keep_alive, name="loop-alive", daemon=True).start()
         return self
 
     def progress(self, percent: float | None = None, message: str | None = None, *,
@@ -117,6 +124,7 @@ class Reporter:
                              f"reset), got {type_!r}")
         if self._closed:
             return
+        self._last_emit = time.monotonic()
         self._outbox.put({"type": type_, "run": self.run, "ts": round(time.time(), 3), "data": _json_copy(data)})
 
     def finish(self, status: str = "passed", error: str | None = None) -> None:
@@ -125,6 +133,7 @@ class Reporter:
         if self._finished or not self.owns_run:
             return
         self._finished = True
+        self._done.set()
         duration_ms = int((time.monotonic() - (self._started or time.monotonic())) * 1000)
         if status == "stopped":
             self.emit("task_stopped", reason=error or "stopped", duration_ms=duration_ms)
@@ -140,6 +149,7 @@ class Reporter:
         if self._closed:
             return True
         self._closed = True
+        self._done.set()
         atexit.unregister(self.close)
         deadline = time.monotonic() + self.close_timeout
         while self._outbox.status.queued and not self._sidecar_failing() and time.monotonic() < deadline:
@@ -170,6 +180,13 @@ class Reporter:
             self.finish("failed", f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__)
         self.close()
         return False
+
+    def _keep_alive(self) -> None:
+        """task_alive whenever heartbeat_s passed without another event: the sidecar finishes a run
+        that announced heartbeat_s and went silent (its process killed) as interrupted."""
+        while not self._done.wait(min(1.0, self.heartbeat_s / 4)):
+            if time.monotonic() - self._last_emit >= self.heartbeat_s:
+                self.emit("task_alive")
 
     def _sidecar_failing(self) -> bool:
         return self._outbox.status.state in ("retrying", "error")
