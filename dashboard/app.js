@@ -6,6 +6,7 @@ import { apply, isLive, FINISHED } from "./state.js";
 import { SharedStream } from "./shared.js";
 import { Alerts } from "./alerts.js";
 import { $, fromTemplate, keyed, setAttr, setHidden, setText } from "./dom.js";
+import { OutputView } from "./output.js";
 import { AgentPanel, describeAgent, withAgentSummary } from "./agent.js";
 
 const query = new URLSearchParams(location.search);
@@ -179,13 +180,21 @@ function pickOnLoad(rows) {
 }
 
 // -- rendering ---------------------------------------------------------------------------
+// At most one draw per animation frame and per FRAME_MS: a run printing 50 lines a second is
+// drawn 20 times a second, which reads as live and leaves the main thread mostly idle.
+const FRAME_MS = 50;
+let lastDraw = 0;
+
 function render() {
   if (pending) return;
   pending = true;
-  requestAnimationFrame(() => {
+  const frame = () => requestAnimationFrame(() => {
     pending = false;
+    lastDraw = performance.now();
     draw();
   });
+  const wait = lastDraw + FRAME_MS - performance.now();
+  if (wait > 0) setTimeout(frame, wait); else frame();
 }
 
 function duration(seconds) {
@@ -384,12 +393,11 @@ function drawStories({ snap }) {
   });
 }
 
-// -- output: appended, never re-set while the run goes on -------------------------------------------
-let shownRun = null;     // whose output the <pre> holds
-let shownLength = 0;     // how many characters it holds
+// -- output: appended, never re-set while the run goes on (output.js) ----------------------------
+const output = new OutputView($("output"));
 
 function resetOutput() {
-  shownRun = null;
+  output.owner = null;
   outputChunks.length = 0;
 }
 
@@ -397,40 +405,18 @@ function drawOutput({ snap }) {
   if (!snap) return;
   const pre = $("output");
   const text = snap.output || "";
-  const changed = outputChunks.length > 0 || shownRun !== snap.run;
-  if (shownRun === snap.run && outputChunks.length) {
-    appendOutput(pre, outputChunks.splice(0), text.length);
+  const changed = outputChunks.length > 0 || output.owner !== snap.run;
+  if (output.owner === snap.run && outputChunks.length) {
+    output.append(outputChunks.splice(0).join(""));
+    output.trimTo(text.length);
   }
-  if (shownRun !== snap.run || shownLength !== text.length) {   // a new run, a reset, or a mismatch
+  if (output.owner !== snap.run || output.length !== text.length) {   // a new run, a reset, or a mismatch
     outputChunks.length = 0;
-    pre.textContent = text;
-    shownRun = snap.run;
-    shownLength = text.length;
+    output.reset(snap.run, text);
   }
   if (changed && follow) pre.scrollTop = pre.scrollHeight;
   setHidden($("truncated"), !snap.output_truncated);
   setHidden($("follow"), follow);
-}
-
-// Append new text as a text node, then drop what fell off the front of the kept tail (the reducer
-// keeps `kept` characters), editing the first nodes in place so a selection further down stays put.
-function appendOutput(pre, chunks, kept) {
-  const added = chunks.join("");
-  pre.append(document.createTextNode(added));
-  shownLength += added.length;
-  let excess = shownLength - kept;
-  while (excess > 0 && pre.firstChild) {
-    const node = pre.firstChild;
-    if (node.length <= excess) {
-      excess -= node.length;
-      shownLength -= node.length;
-      node.remove();
-    } else {
-      node.deleteData(0, excess);
-      shownLength -= excess;
-      excess = 0;
-    }
-  }
 }
 
 function drawLogs({ snap }) {

@@ -66,9 +66,13 @@ export function cutHead(text, n) {
   return text.slice(0, i);
 }
 
+const SURROGATE = /[\uD800-\uDFFF]/;   // fast paths: text without pairs counts the same in units and code points
+
 // The last n code points of text, as Python's text[-n:].
 export function cutTail(text, n) {
   if (text.length <= n) return text;
+  const tail = text.slice(-n);
+  if (!SURROGATE.test(tail)) return tail;   // n single units at the end are the last n code points
   let i = text.length;
   for (let count = 0; count < n && i > 0; count++) {
     const low = text.charCodeAt(i - 1);
@@ -79,6 +83,7 @@ export function cutTail(text, n) {
 
 // Python's len(text): code points.
 export function codePoints(text) {
+  if (!SURROGATE.test(text)) return text.length;
   let n = text.length;
   for (let i = 0; i < text.length - 1; i++) {
     const c = text.charCodeAt(i);

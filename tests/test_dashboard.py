@@ -564,7 +564,7 @@ def test_focus_hover_a_held_click_and_a_selection_survive_live_updates(browser, 
         window.__removed = 0;
         new MutationObserver((ms) => { for (const m of ms) for (const n of m.removedNodes) window.__removed += n.nodeType === 1; })
           .observe(document.getElementById('run-list'), {childList: true, subtree: true});
-        const node = document.getElementById('output').firstChild;
+        const node = document.getElementById('output').firstElementChild.firstChild;
         const range = document.createRange(); range.setStart(node, 0); range.setEnd(node, 10);
         getSelection().removeAllRanges(); getSelection().addRange(range);
         const row = [...document.querySelectorAll('#run-list button')].find(b => b.textContent.includes('calm'));
@@ -608,11 +608,19 @@ def test_output_is_appended_not_reset(browser, server):
                  {"type": "output", "run": "app", "data": {"text": "one\n"}}])
     open_page(browser, server.url + "/?run=app")
     until(browser, lambda: text(browser, "#output") == "one\n")
-    js(browser, "window.__first = document.getElementById('output').firstChild;")
+    js(browser, "window.__first = document.getElementById('output').firstElementChild.firstChild;")
     server.post([{"type": "output", "run": "app", "data": {"text": f"more {i}\n"}} for i in range(20)])
     until(browser, lambda: "more 19" in text(browser, "#output"))
-    assert js(browser, "return document.getElementById('output').firstChild === window.__first")
+    assert js(browser, "return document.getElementById('output').firstElementChild.firstChild === window.__first")
     assert text(browser, "#output") == "one\n" + "".join(f"more {i}\n" for i in range(20))
+    big = [{"type": "output", "run": "app", "data": {"text": f"{n:04d}" + "y" * 3995 + "\n"}} for n in range(30)]
+    server.post(big[:15])
+    server.post(big[15:])                                   # past the 100 KB tail: the front is trimmed
+    until(browser, lambda: "0029yyy" in text(browser, "#output"))
+    same = "const s = window.loopDashboard.runs.get('app'); const o = document.getElementById('output');" \
+           "return s.output_truncated && o.textContent === s.output && o.textContent.length === 100000;"
+    until(browser, lambda: js(browser, same), message="the trimmed page text to equal the kept tail")
+    assert js(browser, "return document.querySelectorAll('#output .seg').length") > 5    # appended in segments
 
 
 def test_a_stopped_run_shows_where_it_stopped_and_counts_skipped_and_cancelled(browser, server):
