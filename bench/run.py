@@ -435,6 +435,11 @@ def main(argv=None) -> None:
         print("· faults", file=sys.stderr, flush=True)
         results["faults"] = {"slow_reader": slow_reader(sizes), "storm": storm(sizes),
                              "restart": restart_resume(), "kill9": kill9_during_run(sizes)}
+    if not args.only or "dashboard" in args.only.split(","):
+        from .dashboard import measure
+
+        print("· dashboard", file=sys.stderr, flush=True)
+        results["dashboard"] = measure(seconds=3 if args.smoke else 10)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     plot(results["latency"], out / "latency.png")
     print(report(results, sizes))
@@ -501,6 +506,10 @@ def report(r: dict, sizes: Sizes) -> str:
                   f"- Restart: a resumed client got the first new event {f['restart']['resumed_after_up_s']:.2f} s "
                   f"after the new sidecar answered (restart took {f['restart']['restart_s']:.2f} s; "
                   f"reset seen: {f['restart']['reset_seen']})."]
+    if "dashboard" in r:
+        from .dashboard import report as dashboard_report
+
+        lines += ["", "| what | measured | value | target |", "|---|---|---|---|", dashboard_report(r["dashboard"])]
     return "\n".join(lines)
 
 
