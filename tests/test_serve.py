@@ -78,12 +78,17 @@ def test_token_from_environment_guards_the_running_server(make_server):
     sub.close()
 
 
-def test_corrupt_history_file_is_one_clear_line_not_a_traceback(tmp_path):
+def test_corrupt_history_file_is_moved_aside_with_one_line_and_the_sidecar_serves(tmp_path):
     db = tmp_path / "h.json"
     db.write_text("{oops")
-    r = loop_cmd("serve", "--port", str(free_port()), "--db", str(db))
-    assert r.returncode == 1
-    assert "not valid JSON" in r.stderr and "Traceback" not in r.stderr
+    server = Server(tmp_path, db=db).start()
+    try:
+        assert server.get("/api/runs").json()["runs"] == []
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert f"{db} is not a readable history file" in log and "Traceback" not in log
+    assert [p.name.split(".damaged-")[0] for p in tmp_path.glob("h.json.damaged-*")] == ["h.json"]
 
 
 def test_redis_unreachable_at_start_is_one_clear_line(tmp_path):

@@ -6,7 +6,6 @@ Light on purpose: gunicorn's master process imports this, not Flask or TinyDB
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,16 +47,13 @@ def default_db_path() -> Path:
 
 
 def check_history(path: str | Path) -> None:
-    """Fail early, with a message, when the history cannot be used (before forking workers)."""
+    """Fail early, with a message, when the history folder cannot be used (before forking workers).
+    A damaged history file is not an error here: history.py moves it aside and serves the rest."""
     path = Path(path)
     try:
         (path.parent / "runs").mkdir(parents=True, exist_ok=True)
-        text = path.read_text(encoding="utf-8") if path.exists() else ""
-        if text.strip():
-            json.loads(text)
-    except ValueError as e:
-        raise ValueError(f"the history file {path} is not valid JSON ({e}); "
-                         f"move it away or pass another --db") from e
+        if not os.access(path.parent, os.W_OK):
+            raise PermissionError(13, "the folder is not writable")
     except OSError as e:
         raise OSError(f"cannot use the history at {path}: {e.strerror}; pass another --db") from e
 

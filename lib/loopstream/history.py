@@ -1,38 +1,72 @@
-"""Run history: a journal per run, and a TinyDB index of finished runs.
+"""Run history: a journal per run, a TinyDB file per finished run, and a TinyDB index.
 
-Two layers, so that a 201 means "recorded" without putting a database on the
-hot path:
+Three layers, so that a 201 means "recorded" without putting a database on the
+hot path, and so that history costs the same with 5 or 500 finished runs:
 
 - ``runs/<run>.jsonl`` — every accepted event of a run, appended with one
   ``write()`` before the POST is answered (the line is the JSON already made
   for the stream). The OS keeps it if the server is killed; it is the run's
   transcript.
-- ``history.json`` (TinyDB) — one record per finished run (status, summary,
-  final snapshot) and the last epoch, written by a background thread, each
-  write to a temporary file renamed over the old one (never half-written).
+- ``finished/<run>.json`` — one small TinyDB file per finished run (its final
+  snapshot), written once by a background thread: a finished-run request
+  reads that file and nothing else.
+- ``history.json`` — the TinyDB index: a ``meta`` table (the last epoch) and
+  an ``index`` table (one run-list summary, ~1 KB, per finished run). The
+  writer keeps it open through TinyDB's ``CachingMiddleware`` and writes it
+  once per flush, with the new runs' files; never a snapshot in it.
+
+Every file is replaced atomically (a temporary file renamed over the old one).
+A finished run is readable the moment it finishes: until its file is written,
+requests read the record the writer is about to write. ``index`` (run ->
+summary) is changed only by the serving thread (``finished``, pruning); the
+writer thread only writes files.
+
+Damaged files are never trusted and never stop a start: a journal line that is
+not a sound event is skipped, counted and logged, and the run's transcript says
+``complete: false`` (a torn last line — a crash in the middle of a ``write()``
+that was never acknowledged — is dropped silently); a journal with no readable
+line, an index or run file that is not what we wrote, is renamed aside
+(``<name>.damaged-<time>``) with a one-line warning naming it, and the rest is
+served: runs the index lost come back from their own files and journals.
 
 At start-up, a journal whose run has no finished record is folded back into a
-snapshot: the run was live when the server died and is marked
-``interrupted`` until its runner comes back.
+snapshot: the run was live when the server died and is marked ``interrupted``
+until its runner comes back.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections import OrderedDict, deque
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from tinydb import Query, TinyDB
-from tinydb.table import Document
+from tinydb.middlewares import CachingMiddleware
 from tinydb.storages import Storage
+from tinydb.table import Document
 
+from . import events as ev
 from . import state
 from .events import Event
 
 KEEP_RUNS = 500       # finished runs kept in history (older ones are pruned)
 OPEN_JOURNALS = 64    # journal files kept open at once
+TAIL_SCAN = 1 << 20   # bytes read back from a journal's end to find its last whole line
+
+log = logging.getLogger(__name__)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``: a temporary file, fsynced, renamed over it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class AtomicJSONStorage(Storage):
@@ -50,16 +84,21 @@ class AtomicJSONStorage(Storage):
         return json.loads(text) if text.strip() else None
 
     def write(self, data) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(data))
+
+
+def quarantine(path: Path, why: str) -> None:
+    """Rename a damaged file aside (kept for a human to look at) and say so in one line."""
+    aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+    try:
+        os.replace(path, aside)
+        log.warning("loop: history: %s %s; moved it to %s, serving the rest", path, why, aside.name)
+    except OSError as e:
+        log.warning("loop: history: %s %s; skipped it (cannot move it aside: %s)", path, why, e)
 
 
 def _native_thread_tools():
-    """A real OS thread and sleep, even when gevent has patched threading."""
+    """A real OS thread, lock and sleep, even when gevent has patched threading."""
     import _thread
     try:
         from gevent import monkey
@@ -72,70 +111,170 @@ def _native_thread_tools():
     return _thread.start_new_thread, _thread.allocate_lock, time.sleep
 
 
-def read_journal(path: Path) -> list[dict]:
-    """Every whole line of a journal; a torn last line (a crash mid-write) is skipped."""
-    out = []
-    try:
-        with open(path, "rb") as f:
-            for line in f:
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    continue
-    except FileNotFoundError:
-        pass
-    return out
+def read_journal(path: Path) -> tuple[list[dict], int]:
+    """Every sound event of a journal, and how many lines were not one. A torn last line (no
+    newline: a crash mid-write, never acknowledged) is left out without being counted."""
+    out, skipped = [], 0
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            e = ev.parse_stored(line)
+            if e is None:
+                skipped += 1
+            else:
+                out.append(e)
+    return out, skipped
+
+
+def fold(events: Iterable[dict], snap: dict | None = None, where: str = "") -> dict | None:
+    """Fold events into a snapshot; one the reducer cannot fold is logged and skipped."""
+    for e in events:
+        try:
+            snap = state.apply(snap, e)
+        except Exception as exc:  # a reducer bug must not stop a start-up or a follower
+            log.warning("loop: history: %s: event %s could not be folded (%s: %s); skipped",
+                        where, e.get("id"), type(exc).__name__, exc)
+    return snap
+
+
+def _finished_at(summary: dict) -> float:
+    t = summary.get("finished_at")
+    return t if isinstance(t, (int, float)) and not isinstance(t, bool) else 0
+
+
+def _sound_record(rec: Any) -> bool:
+    return (isinstance(rec, dict) and isinstance(rec.get("run"), str) and ev.RUN_RE.match(rec["run"]) is not None
+            and isinstance(rec.get("summary"), dict))
 
 
 class History:
     def __init__(self, path: str | Path, keep: int = KEEP_RUNS):
         self.path = Path(path)
         self.journal_dir = self.path.parent / "runs"
+        self.run_dir = self.path.parent / "finished"
         self.keep = keep
         self._files: OrderedDict[str, object] = OrderedDict()
-        self._pending: deque[tuple[str, str]] = deque()   # (run, record json) for the writer
-        self.index: dict[str, dict] = {}                   # run -> summary of finished runs
+        self._pending: deque[tuple[str, str, str | None]] = deque()  # ("finished"|"pruned", run, record)
+        self.index: dict[str, dict] = {}         # run -> summary of finished runs (serving thread only)
+        self._unwritten: dict[str, str] = {}     # run -> record JSON whose file the writer has yet to write
+        self._warned: set[str] = set()
         self.write_errors = 0
+        self._db: TinyDB | None = None
         self._stop = False
         self._done = None
+        _, allocate_lock, _ = _native_thread_tools()
+        self._lock = allocate_lock()
 
     # -- start-up ------------------------------------------------------------
     def open(self) -> tuple[int, list[dict]]:
         """Load the index, recover interrupted runs; return (epoch floor, snapshots to restore)."""
-        try:
-            self.journal_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OSError(f"cannot create the history folder {self.journal_dir}: {e}") from e
-        try:
-            db = TinyDB(self.path, storage=AtomicJSONStorage)
-            records = db.table("runs").all()
-            meta = db.table("meta").get(doc_id=1) or {}
-            db.close()
-        except ValueError as e:
-            raise ValueError(f"the history file {self.path} is not valid JSON ({e}); "
-                             f"move it away or pass another --db") from e
+        for d in (self.journal_dir, self.run_dir):
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise OSError(f"cannot create the history folder {d}: {e}") from e
+        meta, records = self._load_index()
+        self._db = TinyDB(self.path, storage=CachingMiddleware(AtomicJSONStorage))
+        self._db.storage.WRITE_CACHE_SIZE = 1 << 30    # written once per flush, by flush()
         for rec in records:
             self.index[rec["run"]] = rec["summary"]
+        self._adopt_run_files()
+        return meta, self._recover_journals()
+
+    def _load_index(self) -> tuple[int, list[dict]]:
+        """The epoch and the index rows of history.json; a file that is not what we write is moved aside."""
+        try:
+            raw = AtomicJSONStorage(self.path).read() or {}
+        except (ValueError, UnicodeDecodeError, OSError) as e:
+            quarantine(self.path, f"is not a readable history file ({type(e).__name__})")
+            return 0, []
+        if not isinstance(raw, dict) or not all(isinstance(t, dict) for t in raw.values()):
+            quarantine(self.path, "is JSON but not a history file")
+            return 0, []
+        meta = raw.get("meta", {}).get("1")
+        epoch = meta.get("epoch") if isinstance(meta, dict) else 0
+        rows = list(raw.get("index", {}).values())
+        rows += self._migrate(raw.get("runs", {}).values())
+        sound = [r for r in rows if _sound_record(r)]
+        if len(sound) < len(rows) or "runs" in raw:
+            if len(sound) < len(rows):
+                log.warning("loop: history: %s: %d damaged index rows skipped", self.path, len(rows) - len(sound))
+            AtomicJSONStorage(self.path).write({
+                "meta": raw.get("meta", {}) if isinstance(meta, dict) else {},
+                "index": {str(i): {"run": r["run"], "summary": r["summary"]} for i, r in enumerate(sound, 1)}})
+        return (epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0), sound
+
+    def _migrate(self, old: Iterable[Any]) -> list[dict]:
+        """Rows of the one-file layout (snapshots inside history.json): each snapshot to its own file."""
+        rows = []
+        for rec in old:
+            if not (_sound_record(rec) and isinstance(rec.get("snapshot"), dict)):
+                continue
+            try:
+                text = ev.dumps(rec)
+            except ValueError:   # NaN or Infinity, written before the input checks
+                log.warning("loop: history: %s: run %s holds a number that is not finite; its journal stands in",
+                            self.path, rec["run"])
+                continue
+            write_atomic(self._run_file(rec["run"]), self._run_file_text(text))
+            rows.append(rec)
+        return rows
+
+    def _adopt_run_files(self) -> None:
+        """Finished-run files the index does not list (it was lost or damaged) go back into it."""
+        for path in sorted(self.run_dir.glob("*.json")):
+            run = path.name[: -len(".json")]
+            if run in self.index or not ev.RUN_RE.match(run):
+                continue
+            rec = self._read_run_file(run)
+            if rec is not None:
+                self.index[run] = rec["summary"]
+                self._pending.append(("finished", run, None))   # the index row, not the file again
+
+    def _recover_journals(self) -> list[dict]:
         restored = []
         for name in sorted(os.listdir(self.journal_dir)):
             if not name.endswith(".jsonl"):
                 continue
-            run = name[: -len(".jsonl")]
+            run, path = name[: -len(".jsonl")], self.journal_dir / name
+            if not path.is_file() or not ev.RUN_RE.match(run):
+                log.warning("loop: history: %s is not a run's journal (not a file, or not a run name); skipped", path)
+                continue
             if run in self.index and self.index[run].get("status") in state.FINISHED:
                 continue
-            snap = state.reduce(read_journal(self.journal_dir / name))
+            snap = self._fold_journal(run, path)
             if snap is None:
                 continue
             if state.is_live(snap):
                 snap["status"] = "interrupted"
                 snap["eta_s"] = None
             restored.append(snap)
-        return int(meta.get("epoch", 0)), restored
+        return restored
+
+    def _fold_journal(self, run: str, path: Path) -> dict | None:
+        try:
+            events, skipped = read_journal(path)
+        except OSError as e:
+            log.warning("loop: history: %s cannot be read (%s); skipped", path, e)
+            return None
+        if not events:
+            if skipped:
+                quarantine(path, f"holds no readable event ({skipped} damaged lines)")
+            return None
+        if skipped:
+            self._warn_damaged(run, path, skipped)
+        return fold(events, where=str(path))
+
+    def _warn_damaged(self, run: str, path: Path, skipped: int) -> None:
+        if run not in self._warned:
+            self._warned.add(run)
+            log.warning("loop: history: %s: %d damaged lines skipped; its transcript is marked incomplete",
+                        path, skipped)
 
     def save_epoch(self, epoch: int) -> None:
-        db = TinyDB(self.path, storage=AtomicJSONStorage)
-        db.table("meta").upsert(Document({"epoch": epoch}, doc_id=1))
-        db.close()
+        self._db.table("meta").upsert(Document({"epoch": epoch}, doc_id=1))
+        self._db.storage.flush()
 
     # -- the hot path: one write() per request and run -------------------------
     def record(self, events: Iterable[Event]) -> None:
@@ -154,15 +293,27 @@ class History:
         if len(self._files) >= OPEN_JOURNALS:
             _, old = self._files.popitem(last=False)
             old.close()
-        f = self._files[run] = open(self.journal_dir / f"{run}.jsonl", "ab", buffering=0)
+        path = self.journal_dir / f"{run}.jsonl"
+        _drop_torn_tail(path)
+        f = self._files[run] = open(path, "ab", buffering=0)
         return f
 
     # -- finished runs, written in the background -------------------------------
     def finished(self, snap: dict) -> None:
-        summary = state.summarize(snap)
-        self.index[snap["run"]] = summary
-        record = {"run": snap["run"], "summary": summary, "snapshot": snap}
-        self._pending.append((snap["run"], json.dumps(record)))
+        """A run finished: listed and readable at once, its file written by the writer thread."""
+        run = snap["run"]
+        record = ev.dumps({"run": run, "summary": state.summarize(snap), "snapshot": snap})
+        with self._lock:
+            self._unwritten[run] = record
+        self.index.pop(run, None)
+        self.index[run] = state.summarize(snap)
+        self._pending.append(("finished", run, record))
+        while len(self.index) > self.keep:
+            oldest = min(self.index, key=lambda r: _finished_at(self.index[r]))
+            del self.index[oldest]
+            with self._lock:
+                self._unwritten.pop(oldest, None)
+            self._pending.append(("pruned", oldest, None))
 
     def start_writer(self, interval: float = 0.2) -> None:
         start_thread, allocate_lock, sleep = _native_thread_tools()
@@ -181,35 +332,47 @@ class History:
         start_thread(loop, ())
 
     def flush(self) -> None:
-        """Write every pending finished run to TinyDB (one atomic file write)."""
+        """Write what changed since the last flush: each newly finished run's own file, pruned
+        runs' files removed, and the index once (one atomic write of a file of summaries)."""
         if not self._pending:
             return
         batch = []
         while self._pending:
             batch.append(self._pending.popleft())
         try:
-            db = TinyDB(self.path, storage=AtomicJSONStorage)
-            runs = db.table("runs")
-            Run = Query()
-            for run, record in batch:
-                runs.upsert(json.loads(record), Run.run == run)
-            self._prune(runs)
-            db.close()
-        except OSError:
+            table, Run = self._db.table("index"), Query()
+            for kind, run, record in batch:
+                if kind == "finished":
+                    self._write_finished(table, Run, run, record)
+                else:
+                    self._remove(table, Run, run)
+            self._db.storage.flush()
+        except OSError as e:
             self.write_errors += 1
+            log.warning("loop: history: writing %s failed (%s); will retry", self.path, e)
             self._pending.extendleft(reversed(batch))
-
-    def _prune(self, runs) -> None:
-        docs = runs.all()
-        if len(docs) <= self.keep:
             return
-        docs.sort(key=lambda d: d["summary"].get("finished_at") or 0)
-        old = docs[: len(docs) - self.keep]
-        runs.remove(doc_ids=[d.doc_id for d in old])
-        for d in old:
-            self.index.pop(d["run"], None)
+        with self._lock:
+            for kind, run, record in batch:
+                if record is not None and self._unwritten.get(run) is record:
+                    del self._unwritten[run]
+
+    def _write_finished(self, table, Run, run: str, record: str | None) -> None:
+        if record is not None:
+            write_atomic(self._run_file(run), self._run_file_text(record))
+            summary = json.loads(record)["summary"]
+        else:
+            rec = self._read_run_file(run)
+            if rec is None:
+                return
+            summary = rec["summary"]
+        table.upsert({"run": run, "summary": summary}, Run.run == run)
+
+    def _remove(self, table, Run, run: str) -> None:
+        table.remove(Run.run == run)
+        for path in (self._run_file(run), self.journal_dir / f"{run}.jsonl"):
             try:
-                os.unlink(self.journal_dir / f"{d['run']}.jsonl")
+                os.unlink(path)
             except FileNotFoundError:
                 pass
 
@@ -217,23 +380,83 @@ class History:
         self._stop = True
         if self._done is not None:
             self._done.acquire(True, timeout)
-        else:
+        elif self._db is not None:
             self.flush()
         for f in self._files.values():
             f.close()
         self._files.clear()
 
+    # -- one finished run's file ------------------------------------------------------
+    def _run_file(self, run: str) -> Path:
+        return self.run_dir / f"{run}.json"
+
+    @staticmethod
+    def _run_file_text(record: str) -> str:
+        return '{"run": {"1": ' + record + "}}"     # what TinyDB writes for a table "run" of one document
+
+    def _read_run_file(self, run: str) -> dict | None:
+        """The record in ``finished/<run>.json``; a damaged file is moved aside (the run's journal
+        then stands in for it)."""
+        path = self._run_file(run)
+        if not path.exists():
+            return None
+        try:
+            db = TinyDB(path, storage=AtomicJSONStorage)
+            try:
+                rec = db.table("run").get(doc_id=1)
+            finally:
+                db.close()
+        except (ValueError, UnicodeDecodeError, OSError, AttributeError, TypeError) as e:
+            quarantine(path, f"is not a readable run file ({type(e).__name__})")
+            return None
+        if not _sound_record(rec) or not isinstance(rec.get("snapshot"), dict) or rec["run"] != run:
+            quarantine(path, "is JSON but not this run's record")
+            return None
+        return rec
+
     # -- reading ------------------------------------------------------------------
-    def transcript(self, run: str) -> list[dict] | None:
+    def transcript(self, run: str) -> tuple[list[dict], bool]:
+        """A run's recorded events and whether they are all there (no damaged line skipped)."""
         path = self.journal_dir / f"{run}.jsonl"
-        return read_journal(path) if path.exists() else None
+        if not path.is_file():
+            return [], True
+        try:
+            events, skipped = read_journal(path)
+        except OSError:
+            return [], False
+        if skipped:
+            self._warn_damaged(run, path, skipped)
+        return events, skipped == 0
 
     def snapshot(self, run: str) -> dict | None:
+        """A finished run's final snapshot: one small file read, or the record not yet written."""
         if run not in self.index:
             return None
-        db = TinyDB(self.path, storage=AtomicJSONStorage)
-        try:
-            rec = db.table("runs").get(Query().run == run)
-        finally:
-            db.close()
-        return rec["snapshot"] if rec else None
+        with self._lock:
+            text = self._unwritten.get(run)
+        if text is not None:
+            return json.loads(text)["snapshot"]
+        rec = self._read_run_file(run)
+        if rec is not None:
+            return rec["snapshot"]
+        events, _ = self.transcript(run)   # the file is gone or damaged: the journal stands in
+        return fold(events, where=f"{self.journal_dir / run}.jsonl")
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a journal back to its last whole line before appending: a line torn by a crash (never
+    acknowledged) would otherwise swallow the next event written after it."""
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            start = max(0, size - TAIL_SCAN)
+            f.seek(start)
+            cut = f.read().rfind(b"\n")
+            f.truncate(start + cut + 1 if cut >= 0 else start)
+    except FileNotFoundError:
+        pass

@@ -461,7 +461,7 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
     @app.get("/api/runs/<run>/transcript")
     def transcript(run: str):
         check_run(run)
-        events, complete = (history.transcript(run), True) if history else broker.transcript(run)
+        events, complete = history.transcript(run) if history else broker.transcript(run)
         if not events:
             return error(404, "not_found", f"no recorded events for run '{run}'", "run")
         return json_response({"run": run, "complete": complete, "events": events})
