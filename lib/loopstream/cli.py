@@ -716,16 +716,31 @@ def _regex(ctx, param, value):
         raise click.BadParameter(f"not a valid regular expression: {e}") from e
 
 
-def _warn_once(server: str):
-    """An Outbox status callback: one line on stderr the first time the sidecar fails us."""
-    warned: list[bool] = []
+class _OneWarning:
+    """At most one line on stderr about the sidecar, the first time it fails us: a command's own
+    stderr must stay readable (and a pipeline's stays nearly the command's)."""
 
-    def on_status(status) -> None:
-        if status.state in ("retrying", "error") and not warned:
-            warned.append(True)
-            click.echo(f"loop: {status.last_error or f'the sidecar at {server} is not answering'}; "
-                       "carrying on, events are sent when it answers", err=True)
-    return on_status
+    def __init__(self, server: str | None):
+        self.server = server
+        self.said = False
+
+    def say(self, message: str) -> None:
+        if not self.said:
+            self.said = True
+            _say(f"loop: {message}")
+
+    def on_status(self, status) -> None:
+        if status.state in ("retrying", "error"):
+            self.say(f"{status.last_error or f'the sidecar at {self.server} is not answering'}; "
+                     "carrying on, events are sent when it answers")
+
+    def on_refused(self, reason: str, count: int) -> None:
+        self.say(f"the sidecar refused {count} event{'s' * (count > 1)}: {reason}; carrying on")
+
+    def at_close(self, status) -> None:
+        if status.undelivered:
+            self.say(f"{status.undelivered} events not delivered to {self.server} "
+                     f"({status.last_error or 'no answer'})")
 
 
 def _stop_on_signals(target) -> dict:
@@ -784,7 +799,7 @@ def tail(path, server, token, run_id, name, until, timeout, from_start) -> None:
         click.echo(f"loop: no sidecar answers at {server}; following anyway, events are sent when it answers",
                    err=True)
     click.echo(f"loop: run {run_id} — dashboard: {server}/", err=True)
-    outbox = Outbox(server, token, on_status=_warn_once(server))
+    outbox = Outbox(server, token, on_status=_OneWarning(server).on_status)
     raw = not sys.stdout.isatty()
     follower = Tail(TailOptions(path=path, run_id=run_id, name=name or f"tail {path}", until=until,
                                 timeout=timeout, from_start=from_start),
@@ -803,6 +818,88 @@ def tail(path, server, token, run_id, name, until, timeout, from_start) -> None:
     click.echo(f"loop: run {run_id}: {result.lines} lines, "
                + {0: "matched", 1: f"failed: {result.reason}", 130: f"stopped: {result.reason}"}[result.code],
                err=True)
+    sys.exit(result.code)
+
+
+# -- capturing anything: loop exec ------------------------------------------------------------
+
+@cli.command(name="exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD [ARGS]...")
+@server_option
+@token_option
+@click.option("--run", "run_id", envvar="LOOP_RUN", help="Name of this run [default: command name + time].")
+@click.option("--name", default=None, help="The run's title on the dashboard [default: the command line].")
+@click.option("--stream", is_flag=True, help="Show the live view instead of the command's own output.")
+@click.option("--grace", default=5.0, show_default=True, type=click.FloatRange(0, 600),
+              help="Seconds between SIGINT and SIGKILL when stopping the command.")
+@click.option("--no-embed", is_flag=True, help="Do not start a sidecar when none answers.")
+def exec_(argv, server, token, run_id, name, stream, grace, no_embed) -> None:
+    """Run a command and stream its output live; exit with its exit code.
+
+    Its stdout and stderr pass through unchanged (a pipeline does not
+    notice), are kept whole in a log file and go to the sidecar as output
+    events. Killed by signal N: exit 128+N. Ctrl-C, SIGTERM, `loop stop RUN`
+    and the dashboard's Stop end it through the grace path: exit 130.
+
+    \b
+      loop exec --name "Nightly tests" -- make -k test
+    """
+    import threading
+
+    from . import state
+    from .capture import Exec, ExecOptions
+    from .client import Outbox
+    from .runner import StoryLog, _file_name, story_log_dir
+    from .view import LiveView, plain_line
+
+    if run_id is not None and not _valid_run(run_id):
+        raise click.BadParameter("must match [A-Za-z0-9._-]{1,64}", param_hint="--run")
+    run_id = run_id or _new_run_id(argv[0])
+    server = _sidecar_for_run(server.rstrip("/"), no_embed)
+    human = sys.stderr.isatty()      # loop's own lines only for a person: a pipeline's stderr stays the command's
+    if human:
+        _say(f"loop: run {run_id}" + (f" — dashboard: {server}/" if server else ""))
+    warning = _OneWarning(server)
+    outbox = Outbox(server, token, on_status=warning.on_status, on_refused=warning.on_refused)
+    live_view = stream and sys.stdout.isatty()
+    snap: dict = {}
+
+    def sink(event: dict) -> None:
+        outbox.put(event)
+        if stream and event["type"] != "task_alive":
+            snap["s"] = state.apply(snap.get("s"), event)
+            if not live_view and not (event["type"] == "output" and not event["data"].get("text")):
+                _say(plain_line(event), err=False)
+
+    def warn(message: str) -> None:
+        _say(f"loop: {message}")
+        sink({"type": "error_occurred", "run": run_id, "data": {
+            "error_type": "log_write_failed", "error_message": message, "retryable": False, "severity": "warning"}})
+
+    log = StoryLog(story_log_dir() / _file_name(run_id) / "output.log", warn)
+    job = Exec(ExecOptions(argv=list(argv), run_id=run_id, name=name, grace=grace, server=server),
+               sink, log, passthrough={} if stream else None, notice=lambda message: _say(f"loop: {message}"))
+    done = threading.Event()
+    if server:
+        threading.Thread(target=_listen_for_control, args=(server, token, run_id, job, done), daemon=True).start()
+    previous = _stop_runner_on_signals(job)
+    try:
+        if live_view:
+            with LiveView(lambda: snap.get("s"), lambda: f"{outbox.status.state} {server or 'none'}"):
+                result = job.run()
+        else:
+            result = job.run()
+    finally:
+        done.set()
+        _restore_signals(previous)
+        outbox.close(timeout=CLOSE_BUDGET)
+    if human or stream:
+        _say(f"loop: run {run_id}: exit {result.exit_code}" + (f", stopped: {result.stop_reason}"
+                                                               if result.stop_reason else "") + f"; log {log.path}")
+        for line in _delivery_report(outbox.status, server):
+            _say(line)
+    else:
+        warning.at_close(outbox.status)
     sys.exit(result.code)
 
 
