@@ -97,3 +97,29 @@ def test_redis_unreachable_at_start_is_one_clear_line(tmp_path):
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "cannot reach Redis" in out.stderr and "--backend memory" in out.stderr
+
+
+def test_idle_exit_waits_for_open_streams_then_exits_cleanly(make_server):
+    server = make_server("--rate", "0", "--idle-exit", "1", "--heartbeat", "0.3")
+    assert server.get("/healthz").json()["pid"] == server.proc.pid      # the master: the one to signal
+    sub = Subscriber(server.url)
+    for _ in range(8):                                                   # > 2 s with a stream open
+        sub.next()
+    assert server.proc.poll() is None
+    sub.close()
+    wait_for(lambda: server.proc.poll() is not None, timeout=15, message="the idle sidecar to exit")
+    assert server.proc.returncode == 0
+
+
+def test_healthz_pid_is_the_process_to_signal(make_server):
+    server = make_server("--rate", "0")
+    pid = server.get("/healthz").json()["pid"]
+    assert pid == server.proc.pid
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: server.proc.poll() is not None, timeout=10, message="the sidecar to stop")
+
+
+def test_idle_exit_with_several_workers_is_refused_with_a_reason(redis_server):
+    r = loop_cmd("serve", "--workers", "2", "--idle-exit", "5", "--port", str(free_port()),
+                 "--backend", redis_server.url)
+    assert r.returncode == 2 and "--idle-exit" in r.stderr and "Traceback" not in r.stderr

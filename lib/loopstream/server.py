@@ -196,6 +196,8 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
         """The whole body, at most MAX_BODY bytes: a longer one is refused (413), never cut and
         parsed; a broken chunked encoding is a 400."""
         if (request.content_length or 0) > MAX_BODY:
+            if request.content_length <= 1 << 20:
+                drain(request.environ["wsgi.input"])
             raise RequestEntityTooLarge()
         stream = request.environ["wsgi.input"]
         chunks, size = [], 0
@@ -210,8 +212,21 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
             raise BadParam("body", f"the body could not be read ({type(e).__name__}); "
                                    "send it with Content-Length or valid chunked encoding") from e
         if size > MAX_BODY:
+            drain(stream)
             raise RequestEntityTooLarge()
         return b"".join(chunks)
+
+    def drain(stream, limit: int = 1 << 20) -> None:
+        """Read (and drop) up to ``limit`` more bytes of a refused body, so the client reads the 413
+        instead of a connection reset; past that the connection is closed anyway."""
+        try:
+            while limit > 0:
+                chunk = stream.read(min(limit, 65536))
+                if not chunk:
+                    return
+                limit -= len(chunk)
+        except (ParseException, OSError, ValueError):
+            return
 
     @app.errorhandler(BadParam)
     def bad_param(e: BadParam):
