@@ -261,3 +261,35 @@ def test_the_dashboard_is_served_at_the_root(client):
     r = client.get("/")
     assert r.status_code == 200 and b"<title>loop</title>" in r.data
     assert client.get("/missing.js").status_code == 404
+
+
+def test_a_reducer_bug_in_a_batch_leaves_no_trace_anywhere(app, client, monkeypatch, tmp_path):
+    """A 500 from a bug (here: a reducer that raises on one event) must leave the buffer, the
+    snapshots, the journal and (with Redis) the shared stream as they were."""
+    broker = app.extensions["loop"]["broker"]
+    post(client, {"type": "task_started", "run": "r", "data": {"task_name": "T"}})
+    real = broker.reduce
+
+    def buggy(snapshot, event):
+        if event["data"].get("boom"):
+            raise TypeError("a bug in the reducer")
+        return real(snapshot, event)
+
+    monkeypatch.setattr(broker, "reduce", buggy)
+    before = (client.get("/api/events").get_json()["events"], client.get("/api/runs/r").get_json(),
+              client.get("/api/runs/r/transcript").get_json())
+    stream_len = broker.client.xlen(broker.prefix + "stream") if not broker.fans_out_on_publish else None
+    r = post(client, [{"type": "output", "run": "r", "data": {"text": "first\n"}},
+                      {"type": "output", "run": "r", "data": {"boom": True}},
+                      {"type": "progress", "run": "other", "data": {"percent": 1}}])
+    assert r.status_code == 500 and "not stored" in r.get_json()["message"]
+    after = (client.get("/api/events").get_json()["events"], client.get("/api/runs/r").get_json(),
+             client.get("/api/runs/r/transcript").get_json())
+    assert after == before
+    assert client.get("/api/runs/other").status_code == 404
+    if stream_len is not None:
+        assert broker.client.xlen(broker.prefix + "stream") == stream_len
+    monkeypatch.setattr(broker, "reduce", real)
+    (eid,) = post(client, {"type": "progress", "run": "r", "data": {"percent": 5}}).get_json()["ids"]
+    assert client.get("/api/events").get_json()["events"][-1]["id"] == eid   # the ids carry on, no gap
+    assert int(eid.split("-")[1]) == int(before[0][-1]["id"].split("-")[1]) + 1

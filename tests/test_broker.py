@@ -1,4 +1,6 @@
 """The broker on its own: ids, buffer, cursors, resets (no server, no clock)."""
+import pytest
+
 from loopstream.broker import Filter, MemoryBroker
 from loopstream.events import Draft
 
@@ -113,3 +115,50 @@ def test_finished_runs_beyond_the_keep_limit_leave_memory():
     for i in range(10):
         b.publish([Draft("task_completed", f"r{i}", {})])
     assert sorted(b.runs) == ["r7", "r8", "r9"]
+
+
+def test_stage_changes_nothing_until_commit():
+    b = make()
+    b.publish([Draft("task_started", "r", {"task_name": "T"})])
+    snap_before = b.snapshot("r")
+    staged = b.stage([Draft("output", "r", {"text": "hi\n"}), Draft("task_completed", "r", {})])
+    assert b.head == (5000, 1) and len(b.buffer) == 1
+    assert b.snapshot("r") is snap_before and snap_before["output"] == "" and snap_before["status"] == "running"
+    assert staged.finished == ["r"] and staged.runs["r"]["status"] == "passed"
+    result = b.commit(staged)
+    assert [e.seq for e in result.events] == [2, 3] and b.snapshot("r")["status"] == "passed"
+
+
+def test_a_fold_that_raises_leaves_the_broker_as_it_was():
+    class Buggy(MemoryBroker):
+        @staticmethod
+        def reduce(snapshot, event):
+            if event["data"].get("boom"):
+                raise TypeError("bug")
+            return MemoryBroker.reduce(snapshot, event)
+
+    b = Buggy(100, epoch=5000, clock=lambda: 1.0)
+    b.publish([Draft("output", "r", {"text": "a"})])
+    with pytest.raises(TypeError):
+        b.publish([Draft("output", "r", {"text": "b"}), Draft("output", "r", {"boom": True})])
+    assert b.head == (5000, 1) and [e.seq for e in b.buffer] == [1] and b.snapshot("r")["output"] == "a"
+
+
+def test_commit_refuses_a_stale_stage():
+    b = make()
+    staged = b.stage(drafts(1))
+    b.publish(drafts(1))
+    with pytest.raises(RuntimeError):
+        b.commit(staged)
+    assert b.head == (5000, 1)
+
+
+def test_snapshots_carry_a_bounded_number_of_live_runs():
+    b = make(capacity=10)
+    b.publish([Draft("task_started", f"run-{i}", {}) for i in range(250)])
+    b.publish([Draft("task_started", "done", {}), Draft("task_completed", "done", {})])
+    snaps = b.snapshots(live=200)
+    live = [s for s in snaps if s["status"] == "running"]
+    assert len(live) == 200 and live[-1]["run"] == "run-249"     # the most recently updated ones
+    assert [s["run"] for s in snaps if s["status"] == "passed"] == ["done"]
+    assert b.live_count() == 250
