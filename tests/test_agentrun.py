@@ -208,3 +208,33 @@ def test_bad_agent_settings_are_refused_before_anything_runs(tmp_path, server):
     r = subprocess.run([*LOOP, "run", str(agent_prd(tmp_path, ["clean.jsonl"])), "--stall-after", "0"],
                        capture_output=True, text=True, timeout=30, env=os.environ)
     assert r.returncode == 2 and "--stall-after" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_loop_run_stream_in_a_real_terminal_shows_the_agent_line_stall_and_cost(tmp_path, server):
+    import shutil
+    import uuid
+
+    from conftest import wait_for
+
+    assert shutil.which("tmux"), "tmux is required (bin/test installs it)"
+    path = agent_prd(tmp_path, ["clean.jsonl --delay 0", "silent.jsonl --delay 0 --then-sleep 6"],
+                     project="Agent box", stallAfter=2)
+    session = f"loop-{uuid.uuid4().hex[:8]}"
+    done = tmp_path / "exit"
+    cmd = (f"cd {ROOT} && {' '.join(LOOP)} run {path} --stream --no-update --server {server.url} --run box-agent; "
+           f"echo $? > {done}; sleep 30")
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "90", "-y", "40", cmd], check=True)
+    try:
+        def screen():
+            return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
+                                  text=True).stdout
+
+        shown = wait_for(lambda: "Agent: Bash pytest -q --slow · " in screen() and screen(), 30,
+                         message="the Agent line in the box")
+        assert "Current Story: A-2" in shown and "Cost: $0.0421 · 12 in / 845 out tokens" in shown
+        wait_for(lambda: "⚠ Stalled: A-2 silent for" in screen(), 30, message="the stall in the box")
+        wait_for(lambda: done.exists(), 60, message="the run to end")
+        assert done.read_text().strip() == "0"
+        assert "Cost: $0.0421" in screen() and "\x1b" not in screen()
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
