@@ -158,7 +158,7 @@ def test_tail_partial_last_line_goes_out_when_the_tail_ends(tmp_path, server):
     assert tail.wait(20) == 130
     events = wait_for(lambda: finished(server, "tail-partial"))
     assert output_texts(events) == ["one\n", "no newline yet\n"]
-    assert events[-1]["type"] == "task_stopped" and events[-1]["data"]["reason"] == "interrupted (SIGTERM)"
+    assert events[-1]["type"] == "task_stopped" and events[-1]["data"]["reason"] == "terminated (SIGTERM)"
 
 
 def test_tail_stops_on_ctrl_c_and_on_loop_stop_with_130(tmp_path, server):
@@ -167,7 +167,7 @@ def test_tail_stops_on_ctrl_c_and_on_loop_stop_with_130(tmp_path, server):
     wait_for(lambda: transcript(server, "tail-int"), message="task_started")
     tail.send_signal(signal.SIGINT)
     assert tail.wait(20) == 130
-    assert wait_for(lambda: finished(server, "tail-int"))[-1]["data"]["reason"] == "interrupted (SIGINT)"
+    assert wait_for(lambda: finished(server, "tail-int"))[-1]["data"]["reason"] == "interrupted (Ctrl-C)"
 
     tail, out = start_tail(log, server.url, "--run", "tail-stop")
     wait_for(lambda: transcript(server, "tail-stop"), message="task_started")

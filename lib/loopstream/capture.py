@@ -379,6 +379,10 @@ class Tail:
             self.stop_reason = reason
             self._stop.set()
 
+    def force_kill(self) -> None:
+        """A second Ctrl-C: the tail has nothing to kill; it is stopping already."""
+        self.request_stop("interrupted twice")
+
     def request_pause(self, reason: str | None = None) -> None:
         """A file cannot be paused: the request is noted and ignored."""
         self.notice("pause is not supported by loop tail; ignored")

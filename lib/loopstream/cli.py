@@ -743,16 +743,6 @@ class _OneWarning:
                      f"({status.last_error or 'no answer'})")
 
 
-def _stop_on_signals(target) -> dict:
-    """SIGINT, SIGTERM and SIGHUP ask ``target`` to stop; returns the previous handlers."""
-    import signal
-
-    def handler(signum, frame):
-        target.request_stop(f"interrupted ({signal.Signals(signum).name})")
-
-    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-
-
 def _echo_line(line: bytes, raw: bool) -> None:
     """A followed line on stdout: as written when piped, control characters stripped on a terminal."""
     from .view import clean
@@ -785,7 +775,6 @@ def tail(path, server, token, run_id, name, until, timeout, from_start) -> None:
     \b
       loop tail build.log --until '=== Run Complete ===' --timeout 3600
     """
-    import signal
     import threading
 
     from .capture import Tail, TailOptions
@@ -807,13 +796,12 @@ def tail(path, server, token, run_id, name, until, timeout, from_start) -> None:
                     notice=lambda message: click.echo(f"loop: {message}", err=True))
     done = threading.Event()
     threading.Thread(target=_listen_for_control, args=(server, token, run_id, follower, done), daemon=True).start()
-    previous = _stop_on_signals(follower)
+    previous = _stop_runner_on_signals(follower)
     try:
         result = follower.run()
     finally:
         done.set()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _restore_signals(previous)
         outbox.close(timeout=10 if outbox.status.state == "live" else 1)
     click.echo(f"loop: run {run_id}: {result.lines} lines, "
                + {0: "matched", 1: f"failed: {result.reason}", 130: f"stopped: {result.reason}"}[result.code],
@@ -822,6 +810,44 @@ def tail(path, server, token, run_id, name, until, timeout, from_start) -> None:
 
 
 # -- capturing anything: loop exec ------------------------------------------------------------
+
+class _ExecView:
+    """Where `loop exec`'s events go: the outbox, and with --stream the live view (a terminal) or
+    one plain line per event (piped), from a snapshot folded as `loop run` does."""
+
+    def __init__(self, outbox, server: str | None, stream: bool):
+        self.outbox, self.server, self.stream = outbox, server, stream
+        self.live = stream and sys.stdout.isatty()
+        self.snapshot: dict | None = None
+
+    def sink(self, event: dict) -> None:
+        from . import state
+        from .view import plain_line
+
+        self.outbox.put(event)
+        if not self.stream or event["type"] == "task_alive":
+            return
+        self.snapshot = state.apply(self.snapshot, event)
+        if not self.live and not (event["type"] == "output" and not event["data"].get("text")):
+            _say(plain_line(event), err=False)
+
+    def log_warning(self, run_id: str):
+        """The log's warn callback: one line on stderr and an error_occurred (a warning) in the run."""
+        def warn(message: str) -> None:
+            _say(f"loop: {message}")
+            self.sink({"type": "error_occurred", "run": run_id, "data": {
+                "error_type": "log_write_failed", "error_message": message, "retryable": False,
+                "severity": "warning"}})
+        return warn
+
+    def run(self, job):
+        if not self.live:
+            return job.run()
+        from .view import LiveView
+
+        with LiveView(lambda: self.snapshot, lambda: f"{self.outbox.status.state} {self.server or 'none'}"):
+            return job.run()
+
 
 @cli.command(name="exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD [ARGS]...")
@@ -846,11 +872,9 @@ def exec_(argv, server, token, run_id, name, stream, grace, no_embed) -> None:
     """
     import threading
 
-    from . import state
     from .capture import Exec, ExecOptions
     from .client import Outbox
     from .runner import StoryLog, _file_name, story_log_dir
-    from .view import LiveView, plain_line
 
     if run_id is not None and not _valid_run(run_id):
         raise click.BadParameter("must match [A-Za-z0-9._-]{1,64}", param_hint="--run")
@@ -861,34 +885,16 @@ def exec_(argv, server, token, run_id, name, stream, grace, no_embed) -> None:
         _say(f"loop: run {run_id}" + (f" — dashboard: {server}/" if server else ""))
     warning = _OneWarning(server)
     outbox = Outbox(server, token, on_status=warning.on_status, on_refused=warning.on_refused)
-    live_view = stream and sys.stdout.isatty()
-    snap: dict = {}
-
-    def sink(event: dict) -> None:
-        outbox.put(event)
-        if stream and event["type"] != "task_alive":
-            snap["s"] = state.apply(snap.get("s"), event)
-            if not live_view and not (event["type"] == "output" and not event["data"].get("text")):
-                _say(plain_line(event), err=False)
-
-    def warn(message: str) -> None:
-        _say(f"loop: {message}")
-        sink({"type": "error_occurred", "run": run_id, "data": {
-            "error_type": "log_write_failed", "error_message": message, "retryable": False, "severity": "warning"}})
-
-    log = StoryLog(story_log_dir() / _file_name(run_id) / "output.log", warn)
+    view = _ExecView(outbox, server, stream)
+    log = StoryLog(story_log_dir() / _file_name(run_id) / "output.log", view.log_warning(run_id))
     job = Exec(ExecOptions(argv=list(argv), run_id=run_id, name=name, grace=grace, server=server),
-               sink, log, passthrough={} if stream else None, notice=lambda message: _say(f"loop: {message}"))
+               view.sink, log, passthrough={} if stream else None, notice=lambda message: _say(f"loop: {message}"))
     done = threading.Event()
     if server:
         threading.Thread(target=_listen_for_control, args=(server, token, run_id, job, done), daemon=True).start()
     previous = _stop_runner_on_signals(job)
     try:
-        if live_view:
-            with LiveView(lambda: snap.get("s"), lambda: f"{outbox.status.state} {server or 'none'}"):
-                result = job.run()
-        else:
-            result = job.run()
+        result = view.run(job)
     finally:
         done.set()
         _restore_signals(previous)

@@ -231,63 +231,68 @@ def _bar_reporter(reporter: Reporter | None, run: str | None, desc: str | None) 
     return Reporter(run=run, name=desc or "tqdm").start(), True
 
 
-def _define_tqdm(base: type) -> type:
-    class tqdm(base):  # noqa: N801 (the name users know)
-        """``tqdm.tqdm`` that also sends ``progress`` events: at most one per ``interval`` seconds
-        (default 1) and a last one when the bar closes (100 % when it got to its total).
+class ReportingBar:
+    """The part of ``loopstream.tqdm`` that reports; mixed in before ``tqdm.auto.tqdm`` (whose
+    methods ``super()`` reaches), so this module needs no tqdm until a bar is made.
 
-        Extra keyword arguments: ``reporter`` (a Reporter; default: the innermost
-        ``with Reporter(...)`` block, else a run of the bar's own named after ``desc``),
-        ``run`` (the run id for a bar of its own), ``interval``.
-        """
+    Sends ``progress`` at most once per ``interval`` seconds (default 1), from tqdm's own
+    ``display`` calls (as tqdm.contrib.slack does), and a last one when the bar closes
+    (100 % when it got to its total). Extra keyword arguments: ``reporter`` (a Reporter;
+    default: the innermost ``with Reporter(...)`` block, else a run of the bar's own named
+    after ``desc``), ``run`` (the run id for a bar of its own), ``interval``.
+    """
 
-        def __init__(self, *args, reporter: Reporter | None = None, run: str | None = None,
-                     interval: float = 1.0, **kwargs):
-            self._loop_interval = interval
-            self._loop_sent_at: float | None = None
-            self._loop_target = (reporter, run, kwargs.get("desc"))
-            self._loop_reporter: Reporter | None = None     # found at the first report: a disabled bar has none
-            self._loop_owned = False
-            self._loop_closing = False
-            super().__init__(*args, **kwargs)
+    _loop_closing = True     # a bar whose __init__ failed has nothing to report
 
-        def display(self, *args, **kwargs):
-            shown = super().display(*args, **kwargs)
-            if not self._loop_closing:
-                self._loop_report(final=False)
-            return shown
+    def __init__(self, *args, reporter: Reporter | None = None, run: str | None = None,
+                 interval: float = 1.0, **kwargs):
+        self._loop_interval = interval
+        self._loop_sent_at: float | None = None
+        self._loop_target = (reporter, run, kwargs.get("desc"))
+        self._loop_reporter: Reporter | None = None     # found at the first report: a disabled bar has none
+        self._loop_owned = False
+        self._loop_closing = False
+        super().__init__(*args, **kwargs)
 
-        def close(self) -> None:
-            if self._loop_closing:
-                return super().close()
-            self._loop_closing = True
-            enabled = not self.disable
-            super().close()     # sets disable: tqdm's guard against closing twice
-            if not enabled or self._loop_reporter is None:
-                return
+    def display(self, *args, **kwargs):
+        shown = super().display(*args, **kwargs)
+        if not self._loop_closing:
+            self._loop_report(final=False)
+        return shown
+
+    def close(self) -> None:
+        if self._loop_closing:
+            return super().close()
+        self._loop_closing = True
+        enabled = not self.disable
+        super().close()     # sets disable: tqdm's guard against closing twice
+        if enabled and self._loop_reporter is not None:
             self._loop_report(final=True)
             if self._loop_owned:
-                done = not self.total or self.n >= self.total
-                self._loop_reporter.finish("passed" if done else "failed",
-                                           None if done else f"the bar ended at {self.n} of {self.total}")
-                self._loop_reporter.close()
+                self._loop_finish()
 
-        def _loop_report(self, final: bool) -> None:
-            if self.disable and not final:
-                return
-            now = time.monotonic()
-            if not final and self._loop_sent_at is not None and now - self._loop_sent_at < self._loop_interval:
-                return
-            self._loop_sent_at = now
-            if self._loop_reporter is None:
-                self._loop_reporter, self._loop_owned = _bar_reporter(*self._loop_target)
-            total = self.total if self.total and math.isfinite(self.total) else None
-            percent = min(100.0, round(self.n * 100 / total, 2)) if total else None
-            fmt = {**self.format_dict, "bar_format": "{l_bar}{n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"}
-            self._loop_reporter.progress(percent, self.format_meter(**fmt).strip(), current=self.n, total=total)
+    def _loop_finish(self) -> None:
+        done = not self.total or self.n >= self.total
+        self._loop_reporter.finish("passed" if done else "failed",
+                                   None if done else f"the bar ended at {self.n} of {self.total}")
+        self._loop_reporter.close()
 
-    tqdm._loop_closing = True     # class default: a bar whose __init__ failed has nothing to report
-    return tqdm
+    def _loop_report(self, final: bool) -> None:
+        now = time.monotonic()
+        if not final and (self.disable or (self._loop_sent_at is not None
+                                           and now - self._loop_sent_at < self._loop_interval)):
+            return
+        self._loop_sent_at = now
+        if self._loop_reporter is None:
+            self._loop_reporter, self._loop_owned = _bar_reporter(*self._loop_target)
+        total = self.total if self.total and math.isfinite(self.total) else None
+        percent = min(100.0, round(self.n * 100 / total, 2)) if total else None
+        fmt = {**self.format_dict, "bar_format": "{l_bar}{n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"}
+        self._loop_reporter.progress(percent, self.format_meter(**fmt).strip(), current=self.n, total=total)
+
+
+def _define_tqdm(base: type) -> type:
+    return type("tqdm", (ReportingBar, base), {"__doc__": ReportingBar.__doc__, "__module__": __name__})
 
 
 def trange(*args, **kwargs):
