@@ -98,3 +98,27 @@ def test_a_run_of_the_fake_agent_through_loop_adapt_shows_every_tool_call(browse
     assert exported["agent"]["cost_usd"] == 0.0421 and exported["agent"]["output_tokens"] == 845
     assert exported["agent"]["stories"][0]["id"] == "US-9" and exported["agent"]["stories"][0]["tool_calls"] == 3
     assert [e["type"] for e in exported["events"]].count("tool_call") == 3
+
+
+def test_loop_run_with_the_fake_agent_shows_each_story_timeline_and_a_picker(browser, server, tmp_path):
+    from selenium.webdriver.support.ui import Select
+
+    fake = f"{LOOP[0]} {AGENTS / 'fake_claude.py'}"
+    prd = tmp_path / "prd.json"
+    prd.write_text(json.dumps({"project": "Agents in the UI", "userStories": [
+        {"id": "A-1", "title": "clean", "command": f"{fake} clean.jsonl --delay 0", "priority": 1},
+        {"id": "A-2", "title": "failing tool", "command": f"{fake} failing_tool.jsonl --delay 0", "priority": 2}]}))
+    r = subprocess.run([*LOOP, "run", str(prd), "--server", server.url, "--run", "ui-agents", "--no-update"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    open_page(browser, f"{server.url}/?run=ui-agents")
+    until(browser, lambda: [x["tool"] for x in rows(browser) if x["kind"] == "tool"] == ["Edit", "Bash"],
+          message="the last story's timeline")
+    marks = [x["mark"] for x in rows(browser) if x["kind"] == "tool"]
+    assert marks == ["✗", "✓"]
+    assert text(browser, "#agent-run-cost") == "$0.0608"
+    Select(browser.find_element(By.ID, "agent-story")).select_by_value("A-1")
+    until(browser, lambda: [x["tool"] for x in rows(browser) if x["kind"] == "tool"] == ["Bash", "Read", "Grep"],
+          message="the picked story's timeline")
+    assert text(browser, "#agent-story-cost") == "$0.0421"
+    shot(browser, "agent-picker")
