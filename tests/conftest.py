@@ -65,9 +65,10 @@ class RedisServer:
         except OSError:
             return False
 
-    def command(self, *words: str) -> bytes:
+    def command(self, *words: str | bytes) -> bytes:
+        raw = [w if isinstance(w, bytes) else w.encode() for w in words]
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
-            s.sendall(b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w.encode()) for w in words))
+            s.sendall(b"*%d\r\n" % len(raw) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in raw))
             return s.recv(65536)
 
     def kill9(self) -> None:

@@ -46,6 +46,7 @@ from redis.exceptions import RedisError
 from . import events as ev
 from . import sse, state
 from .broker import BackendDown, Cursor, Filter, MemoryBroker, PublishResult, ReadResult
+from .history import fold
 from .ratelimit import Budget
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,9 @@ return {tostring(worst), worst_i}
 
 
 def connect(url: str, timeout: float = 5.0) -> redis.Redis:
-    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=2,
+    # encoding_errors="replace": bytes that are not UTF-8 (Redis is shared) read as U+FFFD, and the
+    # entry is then rejected as not an event instead of stopping the follower.
+    return redis.Redis.from_url(url, decode_responses=True, encoding_errors="replace", socket_connect_timeout=2,
                                 socket_timeout=timeout, health_check_interval=30)
 
 
@@ -167,11 +170,34 @@ class RedisBuckets:
         return (float(wait), charges[int(index) - 1][0]) if int(index) else (0.0, None)
 
 
-def _event(entry_id: str, payload: str) -> ev.Event:
+UNREADABLE = "loop.unreadable"   # stands in for a stream entry that is not an event: never folded
+
+
+def _json_or_none(text: object) -> object:
+    try:
+        return json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+
+
+def _event(entry_id: str, fields: object) -> ev.Event:
+    """A stream entry as an Event. Entries are written by our Lua script, but Redis is shared and
+    may hold what an older version or someone else wrote: an entry that is not a sound event is
+    logged and replaced by a stand-in with the same id, so the sequence keeps no gap."""
     epoch, seq = ev.parse_id(entry_id)
-    d = json.loads(payload)
-    e = ev.Event(epoch, seq, d["type"], d["run"], d["ts"], d["data"])
-    e.json = '{"id":"%s",%s' % (entry_id, payload[1:])
+    payload = fields.get("e") if isinstance(fields, dict) else None
+    if isinstance(payload, str) and payload.startswith("{") and payload != "{}":
+        text = '{"id":"%s",%s' % (entry_id, payload[1:])
+        d = ev.parse_stored(text)
+        if d is not None:
+            e = ev.Event(epoch, seq, d["type"], d["run"], d.get("ts"), d["data"])
+            e.json = text
+            e.frame = sse.frame(entry_id, e.type, e.json)
+            return e
+    log.warning("loop: redis: stream entry %s is not a sound event; skipped", entry_id)
+    e = ev.Event(epoch, seq, UNREADABLE, "unreadable", None,
+                 {"message": f"entry {entry_id} of the shared stream is not a sound event; skipped"})
+    e.json = ev.dumps(e.as_dict())
     e.frame = sse.frame(entry_id, e.type, e.json)
     return e
 
@@ -269,7 +295,9 @@ class RedisBroker(MemoryBroker):
             raise BackendDown(f"Redis: {e}") from e
         for run, text in stored.items():
             if run not in rows:
-                rows[run] = state.summarize(json.loads(text))
+                summary = _json_or_none(text)
+                if isinstance(summary, dict):
+                    rows[run] = state.summarize(summary)
         return rows
 
     def transcript(self, run: str) -> tuple[list[dict], bool]:
@@ -277,7 +305,25 @@ class RedisBroker(MemoryBroker):
             lines = self.client.lrange(f"{self.prefix}transcript:{run}", 0, -1)
         except RedisError as e:
             raise BackendDown(f"Redis: {e}") from e
-        return [json.loads(line) for line in lines], True
+        events = [e for e in map(ev.parse_stored, lines) if e is not None]
+        if len(events) < len(lines):
+            log.warning("loop: redis: %stranscript:%s: %d damaged entries skipped", self.prefix, run,
+                        len(lines) - len(events))
+        return events, len(events) == len(lines)
+
+    def _fold(self, e: ev.Event) -> bool:
+        """Fold one followed event; a stand-in is not folded, and one the reducer cannot fold is
+        logged and skipped: no event can stop the follower."""
+        if e.type == UNREADABLE:
+            return False
+        before = self.runs.get(e.run)
+        try:
+            return super()._fold(e)
+        except Exception as exc:
+            log.warning("loop: redis: event %s could not be folded (%s: %s); skipped", e.id, type(exc).__name__, exc)
+            if before is not None:
+                self.runs[e.run] = before
+            return False
 
     def close(self) -> None:
         self._closed = True
@@ -298,7 +344,7 @@ class RedisBroker(MemoryBroker):
                 reply = self._follower_client.xread({self.keys["stream"]: f"{self.epoch}-{self.seq}"},
                                                     count=1000, block=5000)
                 if reply:
-                    self._take_in([_event(i, f["e"]) for i, f in reply[0][1]])
+                    self._take_in([_event(i, f) for i, f in reply[0][1]])
             except Exception as e:
                 if self._closed:
                     return
@@ -344,7 +390,7 @@ class RedisBroker(MemoryBroker):
             p.get(self.keys["epoch"]).get(self.keys["seq"]).xrange(self.keys["stream"]).smembers(self.keys["runs"])
             epoch_text, seq_text, entries, names = p.execute()
         epoch = int(epoch_text or epoch)
-        events = [_event(i, f["e"]) for i, f in entries]
+        events = [_event(i, f) for i, f in entries]
         events = [e for e in events if e.epoch == epoch]
         # Only a run of consecutive ids can be read by cursor: keep the newest such run.
         start = len(events) - 1
@@ -379,11 +425,14 @@ class RedisBroker(MemoryBroker):
             summaries, *lengths = p.execute()
         load, finished = [], []
         for name, text, length in zip(names, summaries, lengths):
-            summary = json.loads(text) if text else None
-            if summary is None or state.is_live(summary) or length > summary["event_count"]:
+            summary = _json_or_none(text)
+            if not isinstance(summary, dict) or not isinstance(summary.get("event_count"), int):
+                summary = None
+            if summary is None or summary.get("status") in state.LIVE or length > summary["event_count"]:
                 load.append(name)
             else:
-                finished.append((summary.get("updated_at") or 0, name))
+                updated = summary.get("updated_at")
+                finished.append((updated if isinstance(updated, (int, float)) else 0, name))
         return load + [name for _, name in sorted(finished)[-self.keep_finished:]]
 
     def _load_runs(self, names: list[str], upto: Cursor) -> dict[str, dict]:
@@ -392,7 +441,10 @@ class RedisBroker(MemoryBroker):
             return {}
         bases = []
         for text in self.client.hmget(self.keys["checkpoint"], names):
-            snap = json.loads(text) if text else None
+            snap = _json_or_none(text)
+            if not (isinstance(snap, dict) and isinstance(snap.get("event_count"), int)
+                    and ev.parse_id(snap.get("last_event_id") or "0-0") is not None):
+                snap = None   # none, or not one we wrote: fold the transcript from its start
             # A checkpoint newer than ``upto`` (written meanwhile) cannot be wound back: fold from the start.
             if snap and ev.parse_id(snap["last_event_id"] or "0-0") > upto:
                 snap = None
@@ -403,14 +455,29 @@ class RedisBroker(MemoryBroker):
                 p.lrange(f"{self.prefix}transcript:{name}", snap["event_count"] if snap else 0, -1)
             tails = p.execute()
         for name, snap, tail in zip(names, bases, tails):
-            for line in tail:
-                e = json.loads(line)
-                if ev.parse_id(e["id"]) > upto:
-                    break
-                snap = state.apply(snap, e)
+            snap = self._fold_tail(name, snap, tail, upto)
             if snap is not None:
                 out[name] = snap
         return out
+
+    def _fold_tail(self, name: str, snap: dict | None, tail: list[str], upto: Cursor) -> dict | None:
+        """Fold a transcript's entries after ``snap`` up to ``upto``; damaged ones are logged and
+        skipped (their places still count, so entries already folded are recognised by id)."""
+        done = ev.parse_id(snap["last_event_id"] or "0-0") if snap else (0, 0)
+        events, skipped = [], 0
+        for line in tail:
+            e = ev.parse_stored(line)
+            if e is None:
+                skipped += 1
+                continue
+            key = ev.parse_id(e["id"])
+            if key > upto:
+                break
+            if key > done:
+                events.append(e)
+        if skipped:
+            log.warning("loop: redis: %stranscript:%s: %d damaged entries skipped", self.prefix, name, skipped)
+        return fold(events, snap, where=f"{self.prefix}transcript:{name}")
 
 
 if __name__ == "__main__":  # `python -m loopstream.redis_broker URL`: the check `loop serve` makes
