@@ -358,3 +358,17 @@ def test_exec_with_a_sidecar_that_hangs_midway_exits_with_the_commands_code(tmp_
     assert proc.returncode == 4
     assert out == b"ready\n" + b"".join(b"%d\n" % i for i in range(1, 501))
     assert err.decode().count("loop: ") == 1, err      # one warning
+
+
+def test_exec_inside_another_run_is_a_run_of_its_own_and_its_output_reaches_both(tmp_path, server):
+    inner = f"{' '.join(LOOP)} exec --server {server.url} --run exec-inner -- echo from-inner"
+    r = loop_exec(server.url, "--run", "exec-outer", "--", "sh", "-c", f"echo from-outer; {inner}",
+                  env=isolated(tmp_path))
+    assert r.returncode == 0 and r.stdout == b"from-outer\nfrom-inner\n", r.stderr
+    outer, inner_events = wait_for(lambda: finished(server, "exec-outer")), wait_for(
+        lambda: finished(server, "exec-inner"))
+    assert [e["type"] for e in outer].count("task_started") == 1
+    assert "".join(output_texts(outer)) == "from-outer\nfrom-inner\n"
+    assert "".join(output_texts(inner_events)) == "from-inner\n"
+    r = loop_exec(server.url, "--", "true", env={**isolated(tmp_path), "LOOP_RUN": "exec-outer"})
+    assert r.returncode == 0 and len(finished(server, "exec-outer")) == len(outer)   # LOOP_RUN is not its run

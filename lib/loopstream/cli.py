@@ -758,7 +758,8 @@ def _echo_line(line: bytes, raw: bool) -> None:
 @click.argument("path", metavar="FILE", type=click.Path(dir_okay=False))
 @server_option
 @token_option
-@click.option("--run", "run_id", envvar="LOOP_RUN", help="Name of this run [default: file name + time].")
+@click.option("--run", "run_id", help="Name of this run [default: file name + time; LOOP_RUN is not read: "
+                                      "inside another run this is a run of its own].")
 @click.option("--name", default=None, help="The run's title on the dashboard [default: tail FILE].")
 @click.option("--until", callback=_regex, metavar="REGEX",
               help="Exit 0 at the first line matching this Python regular expression.")
@@ -853,7 +854,8 @@ class _ExecView:
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD [ARGS]...")
 @server_option
 @token_option
-@click.option("--run", "run_id", envvar="LOOP_RUN", help="Name of this run [default: command name + time].")
+@click.option("--run", "run_id", help="Name of this run [default: command name + time; LOOP_RUN is not read: "
+                                      "inside another run, e.g. a story, this is a run of its own].")
 @click.option("--name", default=None, help="The run's title on the dashboard [default: the command line].")
 @click.option("--stream", is_flag=True, help="Show the live view instead of the command's own output.")
 @click.option("--grace", default=5.0, show_default=True, type=click.FloatRange(0, 600),
