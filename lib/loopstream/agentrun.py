@@ -125,35 +125,37 @@ class AgentMonitor:
     cost_exceeded: bool = False
     timed_out: set[str] = field(default_factory=set)
     _active: dict[str, _Active] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Held while parsing and while the watcher emits what tick() found, so held text flushed
+    # after quiet never overtakes the events of a line read at that moment (re-entrant: emit touches).
+    lock: threading.RLock = field(default_factory=threading.RLock)
 
     def start_attempt(self, story_id: str) -> None:
         now = self.clock()
-        with self._lock:
+        with self.lock:
             self.timed_out.discard(story_id)
             forced = self.options.agent_format == "claude-stream-json"
             self._active[story_id] = _Active(StoryStream(story_id, forced), now, now)
 
     def end_output(self, story_id: str) -> list[Event]:
         """The command ended: what its stream still holds."""
-        with self._lock:
+        with self.lock:
             a = self._active.get(story_id)
             return a.stream.close() if a else []
 
     def end_attempt(self, story_id: str) -> None:
-        with self._lock:
+        with self.lock:
             self._active.pop(story_id, None)
 
     def touch(self, story_id: str) -> None:
         """A sign of life (an event of the story): silence starts again."""
-        with self._lock:
+        with self.lock:
             a = self._active.get(story_id)
             if a:
                 a.last_sign = self.clock()
                 a.stalled = False
 
     def output_events(self, story_id: str, stream: str, text: str) -> list[Event]:
-        with self._lock:
+        with self.lock:
             a = self._active.get(story_id)
             if a is None:
                 return output_chunks(story_id, stream, text)
@@ -177,7 +179,7 @@ class AgentMonitor:
         now = self.clock()
         events: list[Event] = []
         expired: list[str] = []
-        with self._lock:
+        with self.lock:
             for sid, a in self._active.items():
                 if a.held_since is not None and now - a.last_sign >= IDLE_FLUSH_S:
                     events += a.stream.parser.flush()
@@ -247,9 +249,10 @@ class AgentRunner(Runner):
 
     def _watch(self, done: threading.Event) -> None:
         while not done.wait(self.TICK_S):
-            events, expired = self.monitor.tick()
-            for kind, data in events:
-                self.emit(kind, **data)
+            with self.monitor.lock:
+                events, expired = self.monitor.tick()
+                for kind, data in events:
+                    self.emit(kind, **data)
             for sid in expired:
                 self.stop_story(sid)
 
