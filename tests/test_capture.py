@@ -183,12 +183,12 @@ def test_tail_without_a_sidecar_still_follows_and_warns(tmp_path):
     log = tmp_path / "n.log"
     log.write_text("")
     tail, out = start_tail(log, f"http://127.0.0.1:{free_port()}", "--run", "tail-none", "--until", "END",
-                           "--from-start")
+                           "--from-start", "--no-embed")
     with open(log, "a") as f:
         f.write("a line\nEND\n")
     assert tail.wait(20) == 0
     assert b"".join(out.lines) == b"a line\nEND\n"
-    assert "no sidecar answers" in tail.stderr.read().decode()
+    assert "no sidecar at" in tail.stderr.read().decode()
 
 
 def test_tail_bad_input_is_a_clear_usage_error(tmp_path, server):
@@ -372,3 +372,18 @@ def test_exec_inside_another_run_is_a_run_of_its_own_and_its_output_reaches_both
     assert "".join(output_texts(inner_events)) == "from-inner\n"
     r = loop_exec(server.url, "--", "true", env={**isolated(tmp_path), "LOOP_RUN": "exec-outer"})
     assert r.returncode == 0 and len(finished(server, "exec-outer")) == len(outer)   # LOOP_RUN is not its run
+
+
+def test_exec_with_no_sidecar_starts_one_that_outlives_it_as_loop_run_does(tmp_path):
+    env = isolated(tmp_path)
+    r = loop_exec(f"http://127.0.0.1:{free_port()}", "--run", "exec-embed", "--", "echo", "hello", env=env)
+    assert r.returncode == 0 and r.stdout == b"hello\n", r.stderr
+    record = __import__("json").loads((tmp_path / "state" / "loop" / "sidecar.json").read_text())
+    try:
+        import requests
+
+        events = wait_for(lambda: requests.get(record["url"] + "/api/runs/exec-embed/transcript", timeout=5)
+                          .json().get("events"), message="the run on the embedded sidecar")
+        assert events[-1]["type"] == "task_completed" and output_texts(events) == ["hello\n"]
+    finally:
+        os.kill(record["pid"], signal.SIGTERM)

@@ -766,7 +766,8 @@ def _echo_line(line: bytes, raw: bool) -> None:
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), metavar="S",
               help="Give up after S seconds: exit 1.")
 @click.option("--from-start", is_flag=True, help="Read a file that already exists from its first line.")
-def tail(path, server, token, run_id, name, until, timeout, from_start) -> None:
+@click.option("--no-embed", is_flag=True, help="Do not start a sidecar when none answers.")
+def tail(path, server, token, run_id, name, until, timeout, from_start, no_embed) -> None:
     """Follow a log file: every complete line appended to FILE streams as output.
 
     Waits for FILE to appear; survives truncation and rotation. Prints the
@@ -779,16 +780,13 @@ def tail(path, server, token, run_id, name, until, timeout, from_start) -> None:
     import threading
 
     from .capture import Tail, TailOptions
-    from .client import Outbox, healthy
+    from .client import Outbox
 
     if run_id is not None and not _valid_run(run_id):
         raise click.BadParameter("must match [A-Za-z0-9._-]{1,64}", param_hint="--run")
     run_id = run_id or _new_run_id(path)
-    server = server.rstrip("/")
-    if not healthy(server):
-        click.echo(f"loop: no sidecar answers at {server}; following anyway, events are sent when it answers",
-                   err=True)
-    click.echo(f"loop: run {run_id} — dashboard: {server}/", err=True)
+    server = _sidecar_for_run(server.rstrip("/"), no_embed)
+    _say(f"loop: run {run_id}" + (f" — dashboard: {server}/" if server else ""))
     outbox = Outbox(server, token, on_status=_OneWarning(server).on_status)
     raw = not sys.stdout.isatty()
     follower = Tail(TailOptions(path=path, run_id=run_id, name=name or f"tail {path}", until=until,
@@ -796,14 +794,16 @@ def tail(path, server, token, run_id, name, until, timeout, from_start) -> None:
                     emit=outbox.put, echo=lambda line: _echo_line(line, raw),
                     notice=lambda message: click.echo(f"loop: {message}", err=True))
     done = threading.Event()
-    threading.Thread(target=_listen_for_control, args=(server, token, run_id, follower, done), daemon=True).start()
+    if server:
+        threading.Thread(target=_listen_for_control, args=(server, token, run_id, follower, done),
+                         daemon=True).start()
     previous = _stop_runner_on_signals(follower)
     try:
         result = follower.run()
     finally:
         done.set()
         _restore_signals(previous)
-        outbox.close(timeout=10 if outbox.status.state == "live" else 1)
+        outbox.close(timeout=CLOSE_BUDGET)
     click.echo(f"loop: run {run_id}: {result.lines} lines, "
                + {0: "matched", 1: f"failed: {result.reason}", 130: f"stopped: {result.reason}"}[result.code],
                err=True)
