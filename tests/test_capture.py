@@ -387,3 +387,18 @@ def test_exec_with_no_sidecar_starts_one_that_outlives_it_as_loop_run_does(tmp_p
         assert events[-1]["type"] == "task_completed" and output_texts(events) == ["hello\n"]
     finally:
         os.kill(record["pid"], signal.SIGTERM)
+
+
+def test_tail_with_a_sidecar_that_hangs_midway_still_follows_and_exits(tmp_path, server):
+    log = tmp_path / "h.log"
+    log.write_text("")
+    tail, out = start_tail(log, server.url, "--run", "tail-hung", "--until", "^END$")
+    wait_for(lambda: transcript(server, "tail-hung"), message="task_started")
+    os.killpg(server.proc.pid, signal.SIGSTOP)
+    try:
+        with open(log, "a") as f:
+            f.write("".join(f"line {i}\n" for i in range(200)) + "END\n")
+        assert tail.wait(30) == 0        # the deadline: a tail waiting on the sidecar would hang here
+    finally:
+        os.killpg(server.proc.pid, signal.SIGCONT)
+    assert b"".join(out.lines) == ("".join(f"line {i}\n" for i in range(200)) + "END\n").encode()
