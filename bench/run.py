@@ -1,6 +1,8 @@
 """Run every scenario against the sidecar and the peers, print markdown tables, write a plot.
 
     python -m bench [--smoke] [--out DIR] [--only NAME,...] [--skip-capacity] [--skip-soak] [--skip-faults]
+
+`--only history-load` runs the history row alone (bench/history_load.py).
 """
 from __future__ import annotations
 
@@ -440,6 +442,11 @@ def main(argv=None) -> None:
 
         print("· dashboard", file=sys.stderr, flush=True)
         results["dashboard"] = measure(seconds=3 if args.smoke else 10)
+    if not args.only or "history-load" in args.only.split(","):
+        from .history_load import history_load
+
+        print("· history-load", file=sys.stderr, flush=True)
+        results["history_load"] = history_load(args.smoke)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     plot(results["latency"], out / "latency.png")
     print(report(results, sizes))
@@ -510,6 +517,10 @@ def report(r: dict, sizes: Sizes) -> str:
         from .dashboard import report as dashboard_report
 
         lines += ["", "| what | measured | value | target |", "|---|---|---|---|", dashboard_report(r["dashboard"])]
+    if "history_load" in r:
+        from .history_load import report as history_report
+
+        lines += history_report(r["history_load"])
     return "\n".join(lines)
 
 

@@ -43,7 +43,7 @@ from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any, Iterable
 
-from tinydb import Query, TinyDB
+from tinydb import TinyDB
 from tinydb.middlewares import CachingMiddleware
 from tinydb.storages import Storage
 from tinydb.table import Document
@@ -155,8 +155,9 @@ class History:
         self.run_dir = self.path.parent / "finished"
         self.keep = keep
         self._files: OrderedDict[str, object] = OrderedDict()
-        self._pending: deque[tuple[str, str, str | None]] = deque()  # ("finished"|"pruned", run, record)
-        self.index: dict[str, dict] = {}         # run -> summary of finished runs (serving thread only)
+        self._pending: deque[tuple[str, str, str | None, str | None]] = deque()  # (kind, run, record, summary)
+        self.index: dict[str, dict] = {}         # run -> summary, oldest finished first (serving thread only)
+        self._doc_ids: dict[str, int] = {}       # run -> its row in the index table (writer thread only)
         self._unwritten: dict[str, str] = {}     # run -> record JSON whose file the writer has yet to write
         self._warned: set[str] = set()
         self.write_errors = 0
@@ -177,8 +178,10 @@ class History:
         meta, records = self._load_index()
         self._db = TinyDB(self.path, storage=CachingMiddleware(AtomicJSONStorage))
         self._db.storage.WRITE_CACHE_SIZE = 1 << 30    # written once per flush, by flush()
-        for rec in records:
+        for rec in sorted(records, key=lambda r: _finished_at(r["summary"])):
             self.index[rec["run"]] = rec["summary"]
+        self._doc_ids = {doc["run"]: doc.doc_id for doc in self._db.table("index").all()}
+        self._next_doc = max(self._doc_ids.values(), default=0) + 1
         self._adopt_run_files()
         return meta, self._recover_journals()
 
@@ -230,7 +233,7 @@ class History:
             rec = self._read_run_file(run)
             if rec is not None:
                 self.index[run] = rec["summary"]
-                self._pending.append(("finished", run, None))   # the index row, not the file again
+                self._pending.append(("finished", run, None, ev.dumps(rec["summary"])))   # the row, not the file
 
     def _recover_journals(self) -> list[dict]:
         restored = []
@@ -302,20 +305,22 @@ class History:
     def finished(self, snap: dict) -> None:
         """A run finished: listed and readable at once, its file written by the writer thread."""
         run = snap["run"]
-        record = ev.dumps({"run": run, "summary": state.summarize(snap), "snapshot": snap})
+        summary = state.summarize(snap)
+        summary_json = ev.dumps(summary)     # the writer gets text: the live snapshot may change meanwhile
+        record = ev.dumps({"run": run, "summary": summary, "snapshot": snap})
         with self._lock:
             self._unwritten[run] = record
         self.index.pop(run, None)
-        self.index[run] = state.summarize(snap)
-        self._pending.append(("finished", run, record))
+        self.index[run] = json.loads(summary_json)
+        self._pending.append(("finished", run, record, summary_json))
         while len(self.index) > self.keep:
-            oldest = min(self.index, key=lambda r: _finished_at(self.index[r]))
+            oldest = next(iter(self.index))   # finished first
             del self.index[oldest]
             with self._lock:
                 self._unwritten.pop(oldest, None)
-            self._pending.append(("pruned", oldest, None))
+            self._pending.append(("pruned", oldest, None, None))
 
-    def start_writer(self, interval: float = 0.2) -> None:
+    def start_writer(self, interval: float = 0.5) -> None:
         start_thread, allocate_lock, sleep = _native_thread_tools()
         self._done = allocate_lock()
         self._done.acquire()
@@ -340,12 +345,12 @@ class History:
         while self._pending:
             batch.append(self._pending.popleft())
         try:
-            table, Run = self._db.table("index"), Query()
-            for kind, run, record in batch:
+            table = self._db.table("index")
+            for kind, run, record, summary in batch:
                 if kind == "finished":
-                    self._write_finished(table, Run, run, record)
+                    self._write_finished(table, run, record, summary)
                 else:
-                    self._remove(table, Run, run)
+                    self._remove(table, run)
             self._db.storage.flush()
         except OSError as e:
             self.write_errors += 1
@@ -353,23 +358,24 @@ class History:
             self._pending.extendleft(reversed(batch))
             return
         with self._lock:
-            for kind, run, record in batch:
+            for kind, run, record, _ in batch:
                 if record is not None and self._unwritten.get(run) is record:
                     del self._unwritten[run]
 
-    def _write_finished(self, table, Run, run: str, record: str | None) -> None:
+    def _write_finished(self, table, run: str, record: str | None, summary: str) -> None:
+        """The run's own file, then its index row (by doc id: no scan of the table)."""
         if record is not None:
             write_atomic(self._run_file(run), self._run_file_text(record))
-            summary = json.loads(record)["summary"]
-        else:
-            rec = self._read_run_file(run)
-            if rec is None:
-                return
-            summary = rec["summary"]
-        table.upsert({"run": run, "summary": summary}, Run.run == run)
+        doc_id = self._doc_ids.get(run)
+        if doc_id is None:
+            doc_id = self._doc_ids[run] = self._next_doc
+            self._next_doc += 1
+        table.upsert(Document({"run": run, "summary": json.loads(summary)}, doc_id=doc_id))
 
-    def _remove(self, table, Run, run: str) -> None:
-        table.remove(Run.run == run)
+    def _remove(self, table, run: str) -> None:
+        doc_id = self._doc_ids.pop(run, None)
+        if doc_id is not None:
+            table.remove(doc_ids=[doc_id])
         for path in (self._run_file(run), self.journal_dir / f"{run}.jsonl"):
             try:
                 os.unlink(path)
