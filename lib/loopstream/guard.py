@@ -6,9 +6,9 @@ resolves to 127.0.0.1, so the browser sends ``Host: evil.example``) or by a
 cross-origin "simple" request (a form POST with ``text/plain``, sent without a
 CORS preflight). So, as Jupyter, webpack-dev-server and Vite do:
 
-- the ``Host`` header must name a loopback address, the bind address, or a
-  name given with ``--allowed-host`` (``*`` allows any, for a proxy that
-  rewrites it);
+- the ``Host`` header must be an IP address (rebinding needs a name the
+  attacker controls), a loopback name, the bind address, or a name given with
+  ``--allowed-host`` (``*`` allows any, for a proxy that checks it);
 - a request carrying an ``Origin`` must come from the server's own origin or
   a ``--cors`` one (static dashboard files excepted);
 - a POST body must be ``application/json``, which a page on another origin
@@ -33,6 +33,14 @@ def host_name(host_header: str) -> str:
     elif ":" in value:   # a bare IPv6 address is not a valid Host header
         return ""
     return value
+
+
+def is_ip_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
 
 
 def is_loopback_name(name: str) -> bool:
@@ -64,7 +72,7 @@ class HostPolicy:
         if self.any_host:
             return True
         name = host_name(host_header)
-        return bool(name) and (is_loopback_name(name) or name in self.names)
+        return bool(name) and (is_ip_address(name) or is_loopback_name(name) or name in self.names)
 
     def origin_ok(self, origin: str | None, host_header: str | None) -> bool:
         """No Origin (curl, the CLI, same-origin GETs), the page's own origin, or a --cors one."""
