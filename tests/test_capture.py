@@ -226,8 +226,8 @@ def loop_exec(server_url, *args, env=None, stdin=None, timeout=60):
 
 
 def isolated(tmp_path) -> dict:
-    """Story logs and the embedded sidecar's record under the test's own directory."""
-    return {"XDG_STATE_HOME": str(tmp_path / "state")}
+    """Story logs, the embedded sidecar's record and its history under the test's own directory."""
+    return {"XDG_STATE_HOME": str(tmp_path / "state"), "XDG_DATA_HOME": str(tmp_path / "data")}
 
 
 def test_exec_passes_output_through_byte_exact_and_streams_all_of_it_in_order(tmp_path, server):
