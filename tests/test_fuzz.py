@@ -193,22 +193,22 @@ def encode(req: dict, port: int) -> bytes:
         lines.append(f"Content-Type: {req['content_type']}")
     if req["last_event_id"]:
         lines.append(f"Last-Event-ID: {req['last_event_id']}")
-    body = req["body"]
-    if req["framing"] == "chunked" and body:
-        lines.append("Transfer-Encoding: chunked")
-        body = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 4000]), body[i:i + 4000])
-                        for i in range(0, len(body), 4000)) + b"0\r\n\r\n"
-    elif req["framing"] == "bad-chunk" and body:
-        lines.append("Transfer-Encoding: chunked")
-        body = b"ZZ\r\n" + body + b"\r\n0\r\n\r\n"
-        lines.append("Connection: close")      # the rest of the junk must not be read as a next request
-    elif req["framing"] == "lying-length" and body:
-        lines.append(f"Content-Length: {len(body) + 5}")
-        lines.append("Connection: close")
-        body += b"\r\n\r\n\r\n"[:5]            # exactly the 5 bytes promised, junk that ends the body
-    else:
-        lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body
+    framing, body = frame(req["framing"], req["body"])
+    return ("\r\n".join(lines + framing) + "\r\n\r\n").encode("latin-1", "replace") + body
+
+
+def frame(framing: str, body: bytes) -> tuple[list[str], bytes]:
+    """The body-framing headers and the body as sent: by length, chunked, or broken on purpose."""
+    if not body or framing == "length":
+        return [f"Content-Length: {len(body)}"], body
+    if framing == "chunked":
+        return ["Transfer-Encoding: chunked"], b"".join(
+            b"%x\r\n%s\r\n" % (len(body[i:i + 4000]), body[i:i + 4000]) for i in range(0, len(body), 4000)
+        ) + b"0\r\n\r\n"
+    if framing == "bad-chunk":   # Connection: close, so the junk left over is not read as a next request
+        return ["Transfer-Encoding: chunked", "Connection: close"], b"ZZ\r\n" + body + b"\r\n0\r\n\r\n"
+    # lying-length: 5 bytes more than the body, which arrive as junk that ends it
+    return [f"Content-Length: {len(body) + 5}", "Connection: close"], body + b"\r\n\r\n\r"
 
 
 # -- the test ----------------------------------------------------------------------------------------------
@@ -254,6 +254,28 @@ def events_since(client: RawClient, port: int, since: str | None) -> list[tuple[
         since = out[-1][0]
 
 
+def follow(sub: Subscriber, ledger: Ledger) -> None:
+    """Record every event id a live subscriber receives."""
+    try:
+        for eid, name, _ in iter(sub.next, None):
+            if name not in ("heartbeat", "hello", "reset"):
+                ledger.streamed.append(eid)
+    except Exception:   # closed at the end of the test
+        return
+
+
+def check_stored(client: RawClient, port: int, new_ids: list[str], cursor: list, transcripts: dict) -> None:
+    """Exactly the accepted events are in the log after the cursor, in order, and each in its
+    run's transcript: nothing from a refused request."""
+    stored = events_since(client, port, cursor[0])
+    assert [eid for eid, _ in stored] == new_ids
+    for _, run in stored:
+        transcripts[run] += 1
+    if stored:
+        cursor[0] = stored[-1][0]
+    assert transcript_lengths(client, port) == transcripts
+
+
 def test_hostile_requests_never_500_hang_or_leave_a_trace_and_the_sidecar_restarts(make_server, backend, tmp_path):
     args = ("--rate", "0", "--buffer", "100000", "--heartbeat", "0.5")
     server = make_server(*args)
@@ -262,15 +284,7 @@ def test_hostile_requests_never_500_hang_or_leave_a_trace_and_the_sidecar_restar
     sub = Subscriber(server.url, read_timeout=30)
     assert sub.next()[1] == "hello"
 
-    def follow():
-        try:
-            for eid, name, data in iter(sub.next, None):
-                if name not in ("heartbeat", "hello", "reset"):
-                    ledger.streamed.append(eid)
-        except Exception:   # closed at the end of the test
-            return
-
-    reader = threading.Thread(target=follow, daemon=True)
+    reader = threading.Thread(target=follow, args=(sub, ledger), daemon=True)
     reader.start()
     transcripts = {run: 0 for run in RUNS}
     cursor: list[str | None] = [None]
@@ -285,14 +299,7 @@ def test_hostile_requests_never_500_hang_or_leave_a_trace_and_the_sidecar_restar
             assert status < 500, (req, status, body[:300])
             new_ids += accepted_ids(status, body)
         ledger.ids += new_ids
-        # Exactly the accepted events are in the log, in order, and each in its run's transcript.
-        stored = events_since(client, server.port, cursor[0])
-        assert [eid for eid, _ in stored] == new_ids
-        for _, run in stored:
-            transcripts[run] += 1
-        if stored:
-            cursor[0] = stored[-1][0]
-        assert transcript_lengths(client, server.port) == transcripts
+        check_stored(client, server.port, new_ids, cursor, transcripts)
 
     group()
     assert len(ledger.ids) > 100, "the fuzz should also have sent events that were accepted"
