@@ -75,3 +75,30 @@ def test_a_sidecar_boots_serves_and_follows_past_poisoned_events(tmp_path, backe
         assert strict(again.get("/api/runs/q"))["progress"]["percent"] == 40
     finally:
         again.stop()
+
+
+BAD_BODIES = [
+    (b'{"type":"task_started","run":"p","data":{"story_count":1e999}}', "data.story_count"),
+    (b'{"type":"task_started","run":"p","data":{"estimated_duration":' + b"9" * 400 + b"}}",
+     "data.estimated_duration"),
+    (b'[{"type":"output","run":"p","data":{"text":"a"}},{"type":"progress","run":"p","data":{"x":[NaN]}}]', "body"),
+    (b'{"type":"progress","run":"p","data":{"n":-Infinity}}', "body"),
+    (b'{"type":"note","run":"p","data":{"t":"\\ud800"}}', "data.t"),
+    (b'{"type":"note","run":"p","data":{"t":"\xed\xa0\x80"}}', "body"),
+    (b'{"type":"note","run":"p","data":{"d":' + b"[" * 40 + b"]" * 40 + b"}}", "data.d"),
+    (b'[{"type":"output","run":"p","data":{"text":"a"}},{"type":"progress","run":"p","data":{"big":1e16}}]',
+     "[1].data.big"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+def test_unbounded_numbers_bad_text_and_deep_nesting_are_400_naming_the_field_and_store_nothing(make_server):
+    server = make_server("--rate", "0")
+    for body, field in BAD_BODIES:
+        r = requests.post(server.url + "/api/events", data=body, timeout=5,
+                          headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, (body[:60], r.text)
+        assert r.json()["field"].startswith(field), (body[:60], r.json())
+    assert strict(server.get("/api/events"))["events"] == []
+    assert server.get("/api/runs/p").status_code == 404
+    assert server.post({"type": "progress", "run": "p", "data": {"n": 1e15, "m": [[1.5]]}}).status_code == 201
