@@ -90,3 +90,32 @@ test("a reset replaces the snapshots and moves the cursor", () => {
   assert.equal(h.conn.cursor, "7-90");
   assert.deepEqual(h.snapshots.at(-1), [{ run: "x" }]);
 });
+
+test("an outage says since when and when the stream is tried next, and clears when it is back", async () => {
+  let now = 50_000;
+  const outages = [];
+  const h = harness(Array(5).fill(() => ({ reset: false, cursor: "7-0", events: [] })));
+  h.conn.o.now = () => now;
+  h.conn.o.onOutage = (info) => outages.push(info);
+  h.conn.start();
+  FakeEventSource.last.onopen();
+  FakeEventSource.last.onerror();
+  assert.deepEqual(outages[0], { since: 50_000, retryAt: 51_000, polling: true, pollOk: null });
+  await new Promise((r) => setImmediate(r));
+  assert.equal(outages.at(-1).pollOk, true);                  // polling reaches the sidecar meanwhile
+  now = 52_000;
+  h.timers.find((t) => t.ms === 1000).fn();
+  FakeEventSource.last.onerror();                             // still down: since stays, retry moves
+  assert.equal(outages.at(-1).since, 50_000);
+  assert.equal(outages.at(-1).retryAt, 54_000);
+  FakeEventSource.last.onopen();
+  assert.equal(outages.at(-1), null);
+});
+
+test("a first stream resumes from a cursor handed over (a tab taking the lead)", () => {
+  const h = harness([]);
+  h.conn.cursor = "7-41";
+  const conn = new Connection({ ...h.conn.o, cursor: "7-41" });
+  conn.start();
+  assert.match(FakeEventSource.last.url, /last_event_id=7-41/);
+});
