@@ -2,8 +2,6 @@
 journal or into Redis (past every input check) are logged and skipped, on both backends."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import requests
 
@@ -27,7 +25,7 @@ def poison_redis(redis_server) -> None:
     for seq, payload in enumerate([INFINITE, b"\xff\xfe not json", WRONG_TYPES, HUGE], 1):
         r("XADD", "loop:stream", f"1000-{seq}", "e", payload)
         if isinstance(payload, str):
-            r("RPUSH", f"loop:transcript:{'p' if seq == 1 else 'q'}", '{"id":"1000-%d",%s' % (seq, payload[1:]))
+            r("RPUSH", f"loop:transcript:{'p' if seq == 1 else 'q'}", f'{{"id":"1000-{seq}",{payload[1:]}')
     r("SADD", "loop:runs", "p", "q", "ghost")
     r("RPUSH", "loop:transcript:ghost", b"\x00\xff\xfe")
     r("HSET", "loop:summary", "p", "nonsense", "q", "[1]")
@@ -39,7 +37,7 @@ def poison_journal(tmp_path) -> None:
     runs.mkdir(parents=True, exist_ok=True)
     lines = [INFINITE, WRONG_TYPES, HUGE]
     (runs / "p.jsonl").write_text('{"id":"1000-1",' + lines[0][1:] + "\n")
-    (runs / "q.jsonl").write_text("".join('{"id":"1000-%d",%s\n' % (i, line[1:]) for i, line in enumerate(lines, 2)))
+    (runs / "q.jsonl").write_text("".join(f'{{"id":"1000-{i}",{line[1:]}\n' for i, line in enumerate(lines, 2)))
 
 
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)

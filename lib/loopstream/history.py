@@ -40,8 +40,9 @@ import logging
 import os
 import time
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from tinydb import TinyDB
 from tinydb.middlewares import CachingMiddleware
@@ -358,7 +359,7 @@ class History:
             self._pending.extendleft(reversed(batch))
             return
         with self._lock:
-            for kind, run, record, _ in batch:
+            for _kind, run, record, _ in batch:
                 if record is not None and self._unwritten.get(run) is record:
                     del self._unwritten[run]
 

@@ -38,7 +38,7 @@ import json
 import logging
 import threading
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import redis
 from redis.exceptions import RedisError
@@ -187,7 +187,7 @@ def _event(entry_id: str, fields: object) -> ev.Event:
     epoch, seq = ev.parse_id(entry_id)
     payload = fields.get("e") if isinstance(fields, dict) else None
     if isinstance(payload, str) and payload.startswith("{") and payload != "{}":
-        text = '{"id":"%s",%s' % (entry_id, payload[1:])
+        text = f'{{"id":"{entry_id}",{payload[1:]}'
         d = ev.parse_stored(text)
         if d is not None:
             e = ev.Event(epoch, seq, d["type"], d["run"], d.get("ts"), d["data"])

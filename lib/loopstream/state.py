@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import Any
 
 OUTPUT_TAIL = 100_000   # characters of output kept per run
 LOG_TAIL = 100          # log lines (unknown types, errors) kept per run
@@ -489,6 +490,17 @@ _HANDLERS = {
 
 def _derive(snap: dict) -> None:
     """Counts, percent, elapsed and ETA: all from the events' own times."""
+    c = snap["counts"] = _counts(snap)
+    decided = c["completed"] + c["failed"]
+    snap["success_rate"] = c["completed"] / decided if decided else None
+    started, end = snap["started_at"], snap["finished_at"] or snap["updated_at"]
+    elapsed = end - started if _num(started) is not None and _num(end) is not None else 0
+    snap["elapsed_s"] = max(0, elapsed)
+    snap["percent"] = _percent(snap, c)
+    snap["eta_s"] = _eta(snap, c) if snap["status"] in LIVE else None
+
+
+def _counts(snap: dict) -> dict:
     stories = snap["stories"]
     c = {"total": 0, "completed": 0, "running": 0, "queued": 0, "failed": 0, "skipped": 0, "cancelled": 0}
     for s in stories:
@@ -499,14 +511,10 @@ def _derive(snap: dict) -> None:
     c["queued"] = c["total"] - c["completed"] - c["running"] - c["failed"] - c["skipped"] - c["cancelled"]
     if snap["status"] == "stopped":  # stories a stopped run never reached (known only by count) were cancelled too
         c["cancelled"], c["queued"] = c["cancelled"] + c["queued"], 0
-    snap["counts"] = c
-    decided = c["completed"] + c["failed"]
-    snap["success_rate"] = c["completed"] / decided if decided else None
+    return c
 
-    started, end = snap["started_at"], snap["finished_at"] or snap["updated_at"]
-    elapsed = end - started if _num(started) is not None and _num(end) is not None else 0
-    snap["elapsed_s"] = max(0, elapsed)
 
+def _percent(snap: dict, c: dict) -> float:
     progress = snap["progress"] or {}
     if c["total"]:  # finished stories: a cancelled one was never done, so a stopped run shows where it stopped
         done = c["completed"] + c["failed"] + c["skipped"]
@@ -517,25 +525,26 @@ def _derive(snap: dict) -> None:
         percent = float(progress["current"]) * 100 / progress["total"]   # in doubles, as JS
     else:
         percent = 0
-    snap["percent"] = min(100, max(0, percent))
-    if snap["status"] in ("passed", "failed") and snap["percent"] < 100 and not c["total"]:
-        snap["percent"] = 100
+    percent = min(100, max(0, percent))
+    if snap["status"] in ("passed", "failed") and percent < 100 and not c["total"]:
+        percent = 100
+    return percent
 
-    snap["eta_s"] = None
-    if snap["status"] not in LIVE:
-        return
-    durations = [s["duration_ms"] for s in stories
+
+def _eta(snap: dict, c: dict) -> float | None:
+    durations = [s["duration_ms"] for s in snap["stories"]
                  if s["status"] in ("passed", "failed") and _num(s["duration_ms"]) is not None]
     remaining = c["queued"] + c["running"]
     if durations and remaining:
         total = 0.0
         for d in durations:   # added in order, in doubles, as JS does (sum() may compensate)
             total += d
-        snap["eta_s"] = total / len(durations) / 1000 * remaining
-    elif _num(snap["estimated_duration"]) is not None:
-        snap["eta_s"] = max(0, snap["estimated_duration"] - snap["elapsed_s"])
-    elif 0 < snap["percent"] < 100:
-        snap["eta_s"] = _finite(snap["elapsed_s"] * (100 - snap["percent"]) / snap["percent"])
+        return total / len(durations) / 1000 * remaining
+    if _num(snap["estimated_duration"]) is not None:
+        return max(0, snap["estimated_duration"] - snap["elapsed_s"])
+    if 0 < snap["percent"] < 100:
+        return _finite(snap["elapsed_s"] * (100 - snap["percent"]) / snap["percent"])
+    return None
 
 
 def reduce(events: Iterable[dict], snap: dict | None = None) -> dict | None:

@@ -143,64 +143,83 @@ def bar(percent: float, width: int) -> str:
 
 def render_box(snap: dict, width: int = 80, now: float | None = None, connection: str | None = None,
                output_lines: int = 4) -> list[str]:
+    """The live box as lines of exactly ``width`` cells; every event field cleaned (see ``field``)."""
     now = time.time() if now is None else now
     width = max(40, min(width, 120))
     inner = width - 4
     top, mid, bottom = "╔" + "═" * (width - 2) + "╗", "╠" + "═" * (width - 2) + "╣", "╚" + "═" * (width - 2) + "╝"
-    row = lambda text: "║ " + fit(text, inner) + " ║"  # noqa: E731
+    body = [*_story_texts(snap, now), *_output_texts(snap, output_lines), *_notice_texts(snap, connection)]
+    return ([top] + [_row(t, inner) for t in _header_texts(snap, inner)] + [mid]
+            + [_row(t, inner) for t in body] + [bottom])
 
+
+def _row(text: str, inner: int) -> str:
+    return "║ " + fit(text, inner) + " ║"
+
+
+def _header_texts(snap: dict, inner: int) -> list[str]:
     c = snap.get("counts") or {}
     total = c.get("total") or 0
     done = (c.get("completed", 0) + c.get("failed", 0) + c.get("skipped", 0) + c.get("cancelled", 0))
     status = snap.get("status", "running")
     title = field(snap.get("task_name") or snap.get("run"))
-    lines = [top, row(f"Task: {title}   [{status.upper()}]" if status != "running" else f"Task: {title}")]
+    texts = [f"Task: {title}   [{status.upper()}]" if status != "running" else f"Task: {title}"]
     percent = snap.get("percent") or 0
     counts_text = f"{done}/{total} stories" if total else f"{percent:.0f}%"
     bar_width = max(10, min(40, inner - 12 - len(counts_text) - 3))
-    lines.append(row(f"Progress: [{bar(percent, bar_width)}] {counts_text}"))
+    texts.append(f"Progress: [{bar(percent, bar_width)}] {counts_text}")
     if total:
-        lines.append(row(f"✅ {c.get('completed', 0)} passed  ❌ {c.get('failed', 0)} failed  "
-                         f"⏳ {c.get('running', 0)} running  ○ {c.get('queued', 0)} queued"))
-    lines.append(mid)
+        texts.append(f"✅ {c.get('completed', 0)} passed  ❌ {c.get('failed', 0)} failed  "
+                     f"⏳ {c.get('running', 0)} running  ○ {c.get('queued', 0)} queued")
+    return texts
 
+
+def _story_texts(snap: dict, now: float) -> list[str]:
+    status = snap.get("status", "running")
+    total = (snap.get("counts") or {}).get("total") or 0
     stories = snap.get("stories") or []
     current = next((s for s in stories if s["id"] == snap.get("current_story")), None)
     running = [s for s in stories if s["status"] == "running"]
+    texts = []
     if current:
-        lines.append(row(f"Current Story: {field(current['id'])} - {field(current.get('title'))}"))
+        texts.append(f"Current Story: {field(current['id'])} - {field(current.get('title'))}")
     elif status in ("running", "paused") and not running:
-        lines.append(row("Current Story: (none running)" if total else
-                         f"Progress: {field((snap.get('progress') or {}).get('message'))}"))
+        texts.append("Current Story: (none running)" if total else
+                     f"Progress: {field((snap.get('progress') or {}).get('message'))}")
     elapsed, eta = live_times(snap, now)
     remaining = "" if status not in ("running", "paused") else (
         f" | ~{duration(eta)} remaining" if eta is not None else " | estimating…")
-    lines.append(row(f"Time: {duration(elapsed)} elapsed{remaining}"))
+    texts.append(f"Time: {duration(elapsed)} elapsed{remaining}")
     if len(running) > 1:
-        lines.append(row("Running: " + ", ".join(field(s["id"]) for s in running)))
-    lines.extend(row(field(text)) for text in _agent_rows(snap, current, now))
+        texts.append("Running: " + ", ".join(field(s["id"]) for s in running))
+    texts.extend(field(text) for text in _agent_rows(snap, current, now))
     if current and current.get("acceptance_criteria"):
-        lines.append(row("Acceptance Criteria:"))
-        for ac in current["acceptance_criteria"]:
-            lines.append(row(f"  {MARK.get(ac['status'], '○')} {field(ac.get('text'))}"))
+        texts.append("Acceptance Criteria:")
+        texts.extend(f"  {MARK.get(ac['status'], '○')} {field(ac.get('text'))}" for ac in current["acceptance_criteria"])
     elif not current and stories and status not in ("running", "paused"):
-        for s in stories[-8:]:
-            lines.append(row(f"  {STORY_MARK.get(s['status'], '○')} {field(s['id'])} - {field(s.get('title'))}"))
+        texts.extend(f"  {STORY_MARK.get(s['status'], '○')} {field(s['id'])} - {field(s.get('title'))}"
+                     for s in stories[-8:])
+    return texts
+
+
+def _output_texts(snap: dict, output_lines: int) -> list[str]:
     out = [ln for ln in clean(snap.get("output") or "").split("\n") if ln.strip()][-output_lines:]
-    for ln in out:
-        lines.append(row(f"> {ln}"))
-    if snap.get("last_error") and status not in ("passed",):
+    return [f"> {ln}" for ln in out]
+
+
+def _notice_texts(snap: dict, connection: str | None) -> list[str]:
+    texts = []
+    if snap.get("last_error") and snap.get("status", "running") not in ("passed",):
         e = snap["last_error"]
-        lines.append(row(f"! {field(e.get('error_type') or 'error')}: {field(e.get('error_message'))}"))
+        texts.append(f"! {field(e.get('error_type') or 'error')}: {field(e.get('error_message'))}")
     control = snap.get("control") or {}
     if control.get("stop_requested"):
-        lines.append(row(f"Stopping: {field(control['stop_requested'])}"))
+        texts.append(f"Stopping: {field(control['stop_requested'])}")
     elif control.get("pause_requested"):
-        lines.append(row("Pausing after the running stories…"))
+        texts.append("Pausing after the running stories…")
     if connection:
-        lines.append(row(f"Sidecar: {field(connection)}"))
-    lines.append(bottom)
-    return lines
+        texts.append(f"Sidecar: {field(connection)}")
+    return texts
 
 
 AGENT_LINES = {
