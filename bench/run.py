@@ -3,6 +3,8 @@
     python -m bench [--smoke] [--out DIR] [--only NAME,...] [--skip-capacity] [--skip-soak] [--skip-faults]
 
 `--only history-load` runs the history row alone (bench/history_load.py).
+
+`--only firehose` runs the firehose row alone (bench/firehose.py).
 """
 from __future__ import annotations
 
@@ -399,7 +401,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny sizes: seconds, for CI")
     p.add_argument("--out", default="artifacts/bench", help="where the JSON results and the plot go")
-    p.add_argument("--only", default="", help="comma-separated target names to run (default: all)")
+    p.add_argument("--only", default="", help="comma-separated target names to run (default: all); "
+                                               "'firehose' for the noisy-run row")
     p.add_argument("--skip-capacity", action="store_true")
     p.add_argument("--skip-soak", action="store_true")
     p.add_argument("--skip-faults", action="store_true")
@@ -447,8 +450,14 @@ def main(argv=None) -> None:
 
         print("· history-load", file=sys.stderr, flush=True)
         results["history_load"] = history_load(args.smoke)
+    if not args.only or "firehose" in args.only.split(","):
+        from .firehose import firehose
+
+        print("· firehose", file=sys.stderr, flush=True)
+        results["firehose"] = firehose(args.smoke)
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    plot(results["latency"], out / "latency.png")
+    if results["latency"]:
+        plot(results["latency"], out / "latency.png")
     print(report(results, sizes))
 
 
@@ -521,6 +530,10 @@ def report(r: dict, sizes: Sizes) -> str:
         from .history_load import report as history_report
 
         lines += history_report(r["history_load"])
+    if "firehose" in r:
+        from .firehose import report as firehose_report
+
+        lines += firehose_report(r["firehose"])
     return "\n".join(lines)
 
 

@@ -318,8 +318,8 @@ def _sidecar_for_run(server: str, no_embed: bool) -> str | None:
         click.echo(f"loop: no sidecar at {server} and none could be started; running without one", err=True)
         return None
     how = "reusing the sidecar an earlier run started" if embedded.reused else "started a sidecar"
-    click.echo(f"loop: {how} at {embedded.url} (pid {embedded.pid}, log {embedded.log_path}; it exits after "
-               f"10 idle minutes)", err=True)
+    click.echo(f"loop: {how} at {embedded.url} (pid {embedded.pid}, log {embedded.log_path}); it keeps serving "
+               "after the run until idle (--idle-exit)", err=True)
     return embedded.url
 
 

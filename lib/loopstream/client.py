@@ -6,6 +6,7 @@ No Click here. ``requests`` is imported lazily by callers of this module only
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import deque
@@ -18,8 +19,7 @@ MAX_BATCH = 50            # events per POST
 MAX_BATCH_BYTES = 48_000  # under the sidecar's 64 KB body limit
 MAX_OUTPUT_CHUNK = 4096   # characters of text in one output event
 PENDING_OUTPUT = 64_000   # characters of one stream's output kept while it waits; older text is elided
-LIMITED_FOR = 5.0         # seconds after a 429 during which output goes as one tail per stream
-LIMITED_GAP = 0.25        # seconds between POSTs while rate-limited
+RESERVE = 5               # tokens kept for lifecycle events once the sidecar has rate-limited us
 
 
 class SidecarError(Exception):
@@ -154,6 +154,58 @@ class PendingOutput:
         self.add(newer.text)
 
 
+class Pace:
+    """A mirror of the sidecar's token bucket for our run, kept once the sidecar has said 429.
+
+    Its rate and burst come from the 429's message ("over 10 events/s (burst 20 ..."). Output then
+    goes only as fast as the bucket refills while keeping ``RESERVE`` tokens for lifecycle events,
+    so a run's last events never wait out a rate limit that its own output ran into.
+    """
+
+    def __init__(self) -> None:
+        self.rate = 0.0          # 0: not rate-limited (yet)
+        self.burst = 20
+        self.tokens = 0.0
+        self.stamp = time.monotonic()
+
+    @property
+    def active(self) -> bool:
+        return self.rate > 0
+
+    def learn(self, message: str, wait: float) -> None:
+        m = re.search(r"over ([0-9.]+) events/s \(burst (\d+)", message or "")
+        if m:
+            self.rate, self.burst = max(0.1, float(m.group(1))), max(1, int(m.group(2)))
+        elif not self.active:
+            self.rate = 10.0
+        self.tokens, self.stamp = -wait * self.rate, time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def output_room(self, closing: bool) -> int | None:
+        """Output events the next batch may carry (None: no limit known)."""
+        if not self.active:
+            return None
+        self._refill()
+        return max(1, int(self.tokens - (0 if closing else RESERVE)))
+
+    def delay(self, count: int, lifecycle: bool) -> float:
+        """Seconds to wait before posting ``count`` events so that the sidecar takes them."""
+        if not self.active:
+            return 0.0
+        self._refill()
+        need = min(count, self.burst) + (0 if lifecycle else RESERVE)
+        return max(0.0, (need - self.tokens) / self.rate)
+
+    def spend(self, count: int) -> None:
+        if self.active:
+            self._refill()
+            self.tokens = max(-float(self.burst), self.tokens - count)
+
+
 def _is_plain_output(event: dict) -> bool:
     data = event.get("data") or {}
     return (event.get("type") == "output" and isinstance(data.get("text"), str) and not data.get("final")
@@ -172,6 +224,15 @@ def _refusal(r) -> str:
     if r.status_code == 401:
         message = message or "the token is missing or wrong (LOOP_TOKEN)"
     return f"{r.status_code} {message or r.reason or 'refused'}"
+
+
+def _retry_after(r) -> float:
+    """Seconds to wait after a 429: the exact figure from its message when given, else Retry-After."""
+    m = re.search(r"retry after ([0-9.]+)s", _refusal(r))
+    try:
+        return max(0.02, float(m.group(1)) if m else float(r.headers.get("Retry-After", "1")))
+    except ValueError:
+        return 1.0
 
 
 def _refused_index(r) -> int | None:
@@ -225,7 +286,7 @@ class Outbox:
         self._inflight = 0
         self._cond = threading.Condition()
         self._closing = False
-        self._limited_until = 0.0
+        self.pace = Pace()
         self._max_events = MAX_BATCH
         self._session = requests.Session()
         self._thread = threading.Thread(target=self._run, name="loop-outbox", daemon=True)
@@ -286,6 +347,7 @@ class Outbox:
                     return
                 taken, batch = self._take()
                 self._inflight = len(batch)
+            time.sleep(self.pace.delay(len(batch), lifecycle=any(isinstance(e, dict) for e in taken)))
             wait = self._deliver(taken, batch)
             with self._cond:
                 self._inflight = 0
@@ -293,8 +355,6 @@ class Outbox:
                 self._cond.notify_all()
                 if wait == 0:
                     backoff = 0.1
-                    if time.monotonic() < self._limited_until and not self._closing:
-                        self._sleep(LIMITED_GAP)
                     continue
                 if wait < 0:
                     wait, backoff = backoff, min(self.max_backoff, backoff * 2)
@@ -308,7 +368,7 @@ class Outbox:
 
     def _take(self) -> tuple[list, list[dict]]:
         """Remove the next batch from the queue: (the entries, to put back on failure; the events)."""
-        collapse = self._closing or time.monotonic() < self._limited_until
+        room = self.pace.output_room(self._closing)
         taken: list = []
         batch: list[dict] = []
         size = 0
@@ -322,15 +382,18 @@ class Outbox:
                 batch.append(head)
                 size += n
                 continue
-            if collapse:
-                head.collapse()
-            piece = head.split(1 if collapse else self._max_events - len(batch), MAX_BATCH_BYTES - size)
+            if room is not None and (room < 1 or len(head.text) > room * MAX_OUTPUT_CHUNK - 200):
+                head.collapse()             # more than the rate allows: the tail, and a marker for the rest
+            events_left = self._max_events - len(batch)
+            piece = head.split(events_left if room is None else max(1, min(room, events_left)),
+                               MAX_BATCH_BYTES - size)
             if piece is None:
                 break
             if not head.text:
                 self._queue.popleft()
             taken.append(piece)
             events = piece.events()
+            room = None if room is None else room - len(events)
             batch += events
             size += sum(_size(e) for e in events)
             if head.text:
@@ -358,15 +421,14 @@ class Outbox:
             self._set("retrying", describe(e, "POST", self.url))
             return self._retry(taken, -1)
         if r.status_code == 201:
+            self.pace.spend(len(batch))
             self._delivered(taken, len(batch))
             return 0
         if r.status_code == 429:
             self._set("rate-limited", "rate-limited by the sidecar")
-            self._limited_until = time.monotonic() + LIMITED_FOR
-            try:
-                return self._retry(taken, max(0.05, float(r.headers.get("Retry-After", "1"))))
-            except ValueError:
-                return self._retry(taken, 1.0)
+            wait = _retry_after(r)
+            self.pace.learn(_refusal(r), wait)
+            return self._retry(taken, wait)
         if r.status_code in (400, 401, 403, 413):
             return self._refused(r, taken, batch)
         self._set("retrying", f"{r.status_code} from the sidecar")
