@@ -420,11 +420,23 @@ for (const k of ["stop_requested", "pause_requested", "resume_requested", "task_
 }
 
 function derive(snap) {
+  const c = snap.counts = counts(snap);
+  const decided = c.completed + c.failed;
+  snap.success_rate = decided ? c.completed / decided : null;
+  const started = snap.started_at;
+  const end = snap.finished_at || snap.updated_at;
+  const elapsed = num(started) !== null && num(end) !== null ? end - started : 0;
+  snap.elapsed_s = Math.max(0, elapsed);
+  snap.percent = percentOf(snap, c);
+  snap.eta_s = LIVE.includes(snap.status) ? eta(snap, c) : null;
+}
+
+function counts(snap) {
   const stories = snap.stories;
   const c = { total: 0, completed: 0, running: 0, queued: 0, failed: 0, skipped: 0, cancelled: 0 };
   for (const s of stories) {
     const key = s.status === "passed" ? "completed" : s.status;
-    if (key in c) c[key] += 1;
+    if (Object.hasOwn(c, key)) c[key] += 1;
   }
   c.total = Math.max(stories.length, Math.trunc(snap.story_count || 0));
   c.queued = c.total - c.completed - c.running - c.failed - c.skipped - c.cancelled;
@@ -432,15 +444,10 @@ function derive(snap) {
     c.cancelled += c.queued;
     c.queued = 0;
   }
-  snap.counts = c;
-  const decided = c.completed + c.failed;
-  snap.success_rate = decided ? c.completed / decided : null;
+  return c;
+}
 
-  const started = snap.started_at;
-  const end = snap.finished_at || snap.updated_at;
-  const elapsed = num(started) !== null && num(end) !== null ? end - started : 0;
-  snap.elapsed_s = Math.max(0, elapsed);
-
+function percentOf(snap, c) {
   const prog = snap.progress || {};
   let percent;
   if (c.total) {   // finished stories: a cancelled one was never done, so a stopped run shows where it stopped
@@ -452,22 +459,20 @@ function derive(snap) {
   } else {
     percent = 0;
   }
-  snap.percent = Math.min(100, Math.max(0, percent));
-  if ((snap.status === "passed" || snap.status === "failed") && snap.percent < 100 && !c.total) snap.percent = 100;
+  percent = Math.min(100, Math.max(0, percent));
+  if ((snap.status === "passed" || snap.status === "failed") && percent < 100 && !c.total) percent = 100;
+  return percent;
+}
 
-  snap.eta_s = null;
-  if (!LIVE.includes(snap.status)) return;
-  const durations = stories
+function eta(snap, c) {
+  const durations = snap.stories
     .filter((s) => (s.status === "passed" || s.status === "failed") && num(s.duration_ms) !== null)
     .map((s) => s.duration_ms);
   const remaining = c.queued + c.running;
-  if (durations.length && remaining) {
-    snap.eta_s = durations.reduce((a, b) => a + b, 0) / durations.length / 1000 * remaining;
-  } else if (num(snap.estimated_duration) !== null) {
-    snap.eta_s = Math.max(0, snap.estimated_duration - snap.elapsed_s);
-  } else if (snap.percent > 0 && snap.percent < 100) {
-    snap.eta_s = finite(snap.elapsed_s * (100 - snap.percent) / snap.percent);
-  }
+  if (durations.length && remaining) return durations.reduce((a, b) => a + b, 0) / durations.length / 1000 * remaining;
+  if (num(snap.estimated_duration) !== null) return Math.max(0, snap.estimated_duration - snap.elapsed_s);
+  if (snap.percent > 0 && snap.percent < 100) return finite(snap.elapsed_s * (100 - snap.percent) / snap.percent);
+  return null;
 }
 
 export function reduce(events, snap = null) {
