@@ -531,6 +531,7 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
             "# TYPE loop_fanout_direct_total counter", f"loop_fanout_direct_total {fanout.direct}",
             "# TYPE loop_fanout_woken_total counter", f"loop_fanout_woken_total {fanout.woken}",
             "# TYPE loop_runs_live gauge", f"loop_runs_live {sum(state.is_live(s) for s in broker.runs.values())}",
+            "# TYPE loop_runs_reaped_total counter", f"loop_runs_reaped_total {metrics.reaped}",
         ]
         if history:
             lines += ["# TYPE loop_history_write_errors_total counter",
