@@ -85,7 +85,7 @@ class AtomicJSONStorage(Storage):
         return json.loads(text) if text.strip() else None
 
     def write(self, data) -> None:
-        write_atomic(self.path, json.dumps(data))
+        write_atomic(self.path, json.dumps(data, allow_nan=False))
 
 
 def quarantine(path: Path, why: str) -> None:
@@ -329,13 +329,22 @@ class History:
         def loop():
             try:
                 while not self._stop:
-                    self.flush()
+                    self._flush_logged()
                     sleep(interval)
-                self.flush()
+                self._flush_logged()
             finally:
                 self._done.release()
 
         start_thread(loop, ())
+
+    def _flush_logged(self) -> None:
+        """flush(), for the writer thread: a bug is logged and counted, and the thread goes on."""
+        try:
+            self.flush()
+        except Exception as e:
+            self.write_errors += 1
+            log.warning("loop: history: the writer failed (%s: %s); finished runs stay readable from memory",
+                        type(e).__name__, e)
 
     def flush(self) -> None:
         """Write what changed since the last flush: each newly finished run's own file, pruned
