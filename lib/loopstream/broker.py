@@ -71,12 +71,19 @@ class Staged:
     finished: list[str]
 
 
+SHARED = {"output": None, "log": None}   # copied by hand in clone(): the bulk of a snapshot
+
+
 def clone(snapshot: dict) -> dict:
-    """A deep copy of a JSON-like snapshot (marshal is C and shares nothing)."""
+    """A copy of a snapshot that folding cannot change the original through: a deep copy (marshal
+    is C) of everything but the output tail, a string shared as it is, and the log, whose lines
+    the reducer only appends and drops (a new list of the same line dicts)."""
+    rest = {k: v for k, v in snapshot.items() if k not in SHARED}
     try:
-        return marshal.loads(marshal.dumps(snapshot))
+        copied = marshal.loads(marshal.dumps(rest))
     except ValueError:   # nested beyond marshal's depth: the slow way
-        return copy.deepcopy(snapshot)
+        copied = copy.deepcopy(rest)
+    return {k: (snapshot[k] if k == "output" else list(snapshot[k]) if k == "log" else copied[k]) for k in snapshot}
 
 
 def ends(before: dict | None, after: dict) -> bool:
