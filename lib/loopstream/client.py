@@ -172,13 +172,14 @@ class Pace:
     def active(self) -> bool:
         return self.rate > 0
 
-    def learn(self, message: str, wait: float) -> None:
+    def learn(self, message: str, wait: float, count: int) -> None:
+        """A batch of ``count`` events was refused: the bucket lacks ``wait`` seconds of refill."""
         m = re.search(r"over ([0-9.]+) events/s \(burst (\d+)", message or "")
         if m:
             self.rate, self.burst = max(0.1, float(m.group(1))), max(1, int(m.group(2)))
         elif not self.active:
             self.rate = 10.0
-        self.tokens, self.stamp = -wait * self.rate, time.monotonic()
+        self.tokens, self.stamp = min(count, self.burst) - wait * self.rate, time.monotonic()
 
     def _refill(self) -> None:
         now = time.monotonic()
@@ -427,7 +428,7 @@ class Outbox:
         if r.status_code == 429:
             self._set("rate-limited", "rate-limited by the sidecar")
             wait = _retry_after(r)
-            self.pace.learn(_refusal(r), wait)
+            self.pace.learn(_refusal(r), wait, len(batch))
             return self._retry(taken, wait)
         if r.status_code in (400, 401, 403, 413):
             return self._refused(r, taken, batch)
@@ -469,6 +470,20 @@ class Outbox:
             self.on_refused(reason, count)
 
 
+def _close_when(stop: threading.Event, response) -> None:
+    """Once ``stop`` is set, shut the stream's socket down: a read blocked on it returns at once."""
+    import socket
+
+    stop.wait()
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    try:
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    response.close()
+
+
 def stream(server: str, token: str | None = None, runs=(), types=(), last_event_id: str | None = None,
            on_state: Callable[[str], None] | None = None, stop: threading.Event | None = None,
            read_timeout: float = 45.0) -> Iterator[tuple[str, str, dict]]:
@@ -488,6 +503,8 @@ def stream(server: str, token: str | None = None, runs=(), types=(), last_event_
             if r.status_code in (401, 403):
                 raise SidecarError(f"{r.status_code} from {url}: the token is missing or wrong (LOOP_TOKEN)")
             r.raise_for_status()
+            if stop:   # a stop ends a read that is waiting for the next event, not only the next read
+                threading.Thread(target=_close_when, args=(stop, r), daemon=True).start()
             if on_state:
                 on_state("live")
             delay = 1.0
