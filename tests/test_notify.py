@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import wait_for
+from conftest import BACKENDS, wait_for
 from loopstream import notify
 
 
@@ -67,6 +67,7 @@ def finish(server, run, status="passed", stories=2):
     assert server.post(events).status_code == 201
 
 
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_a_finished_run_posts_one_json_message_with_counts_duration_and_link(make_server, receiver):
     server = make_server("--rate", "0", "--notify", receiver.url + "/hook")
     finish(server, "nightly", status="failed")

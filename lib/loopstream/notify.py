@@ -33,6 +33,8 @@ FORMATS = ("json", "ntfy")
 RETRY_DELAYS = (1.0, 2.0, 4.0)          # seconds before the 2nd, 3rd and 4th attempt
 QUEUE_SIZE = 100
 TIMEOUT = 5.0
+FINISHED = ("passed", "failed", "stopped")
+FINISHING = ("task_completed", "task_stopped")   # the event types that finish a run
 TAGS = {"passed": ["white_check_mark"], "failed": ["x"], "stopped": ["octagonal_sign"]}
 WORDS = {"passed": "passed", "failed": "failed", "stopped": "was stopped"}
 
@@ -120,19 +122,39 @@ class Notifier:
     def __post_init__(self) -> None:
         check_target(self.url, self.fmt)
 
+    def published(self, broker, result) -> None:
+        """After a publish, queue a message for every run it finished. The memory broker names
+        them and its snapshots are current; a Redis broker's replica folds the events a moment
+        later, so for those the worker reads the snapshot once the replica has caught up."""
+        if broker.fans_out_on_publish:
+            for run in result.finished:
+                self.finished(broker.snapshot(run))
+            return
+        for e in result.events:
+            if e.type in FINISHING:
+                self._put(lambda run=e.run: _caught_up_snapshot(broker, run), e.run)
+
     def finished(self, snap: dict | None) -> bool:
         """Queue the message for a run that just finished; False when skipped or the queue is full."""
-        if not snap:
+        if not self._wanted(snap):
+            return False
+        return self._put(message(snap, self.dashboard_url), snap.get("run"))
+
+    def _wanted(self, snap: dict | None) -> bool:
+        if not snap or snap.get("status") not in FINISHED:
             return False
         duration = snap.get("elapsed_s")
         if self.min_duration and isinstance(duration, (int, float)) and duration < self.min_duration:
             self.skipped += 1
             return False
+        return True
+
+    def _put(self, item, run) -> bool:
         try:
-            self._queue.put_nowait(message(snap, self.dashboard_url))
+            self._queue.put_nowait(item)
         except queue.Full:
             self.dropped += 1
-            log.warning("notify queue full: dropped the message for run %s", snap.get("run"))
+            log.warning("notify queue full: dropped the message for run %s", run)
             return False
         self._ensure_worker()
         return True
@@ -147,6 +169,11 @@ class Notifier:
             msg = self._queue.get()
             if msg is None:
                 return
+            if callable(msg):   # a snapshot still to be read (Redis)
+                snap = msg()
+                if not self._wanted(snap):
+                    continue
+                msg = message(snap, self.dashboard_url)
             if self.deliver(msg):
                 self.sent += 1
             else:
@@ -176,6 +203,18 @@ class Notifier:
         except queue.Full:
             return
         self._worker.join(timeout)
+
+
+def _caught_up_snapshot(broker, run: str) -> dict | None:
+    """The run's snapshot once this worker's replica holds every event accepted so far."""
+    from .broker import BackendDown
+
+    try:
+        broker.catch_up()
+        return broker.snapshot(run)
+    except BackendDown as e:  # Redis is away: nothing to tell, and the worker goes on
+        log.warning("could not read run %s to notify about it: %s", run, e)
+        return None
 
 
 def _post(url: str, data: bytes) -> str:

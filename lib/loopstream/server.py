@@ -164,8 +164,7 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
         if broker.fans_out_on_publish:
             fanout.publish(result.events, result.before, result.after)
         if notifier:
-            for run in result.finished:
-                notifier.finished(broker.snapshot(run))
+            notifier.published(broker, result)
         return result.events
 
     def cursor_id(cur) -> str:
