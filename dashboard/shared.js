@@ -22,7 +22,9 @@ export class SharedStream {
   constructor(options) {
     this.o = { locks: globalThis.navigator?.locks, Channel: globalThis.BroadcastChannel,
       makeConnection: (opts) => new Connection(opts), ...options };
-    this.name = `loop-stream ${this.o.server} ${this.o.transport || "sse"}`;
+    // Tabs share a stream only when they would have opened the same one (same sidecar, transport
+    // and token): a tab never sees what its own URL would not let it read.
+    this.name = `loop-stream ${this.o.server} ${this.o.transport || "sse"} ${this.o.token || ""}`;
     this.id = Math.random().toString(36).slice(2);
     this.role = null;          // "leader" | "follower" | "solo"
     this.cursor = null;        // the last event id this tab applied
