@@ -733,20 +733,43 @@ def test_a_desktop_notification_once_per_run_across_hidden_tabs(browser, server)
             until(browser, lambda: text(browser, "#run-title") == "Ping")
             assert text(browser, "#notify-toggle") == "🔔 Notifications on"
             js(browser, spy)                               # the tab is "hidden": the person looks elsewhere
-        server.post([{"type": "story_completed", "run": "ping", "data": {"story_id": "P", "status": "failed"}},
+        server.post([{"type": "story_stalled", "run": "ping", "data": {"story_id": "P", "silent_s": 300}},
+                     {"type": "story_completed", "run": "ping", "data": {"story_id": "P", "status": "failed"}},
                      {"type": "task_completed", "run": "ping", "data": {}}])
 
         def shown():
             out = []
             for h in (first, second):
                 browser.switch_to.window(h)
-                if (tab_state(browser, "ping") or {}).get("count") != 3:
+                if (tab_state(browser, "ping") or {}).get("count") != 4:
                     return None
                 out += js(browser, "return window.__shown")
-            return out or None
+            return out if len(out) >= 2 else None
 
-        titles = wait_for(shown, timeout=15, interval=0.2, message="the notification")
-        assert titles == ["Ping: failed"]                   # one across the two tabs
+        titles = wait_for(shown, timeout=15, interval=0.2, message="the notifications")
+        assert titles == ["Ping: a story stalled", "Ping: failed"]     # one of each across the two tabs
     finally:
         close_other_tabs(browser, first)
+        browser.get("about:blank")
+
+
+def test_without_web_locks_each_tab_streams_by_itself(browser, server):
+    server.post({"type": "task_started", "run": "solo", "data": {"task_name": "Solo"}})
+    script = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument",
+                                     {"source": "delete Navigator.prototype.locks;"})
+    first = browser.current_window_handle
+    try:
+        open_page(browser, server.url + "/?run=solo")
+        browser.switch_to.new_window("tab")
+        browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": "delete Navigator.prototype.locks;"})
+        open_page(browser, server.url + "/?run=solo")
+        assert js(browser, "return window.loopDashboard.role") == "solo"
+        wait_for(lambda: healthz_subscribers(server) == 2, message="one stream per tab")
+        server.post({"type": "progress", "run": "solo", "data": {"percent": 64}})
+        for h in (first, browser.current_window_handle):
+            browser.switch_to.window(h)
+            until(browser, lambda: text(browser, "#percent") == "64%", message="each tab to update")
+    finally:
+        close_other_tabs(browser, first)
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": script["identifier"]})
         browser.get("about:blank")
