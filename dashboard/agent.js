@@ -98,8 +98,9 @@ export function timeline(events, storyId) {
 }
 
 export class AgentPanel {
-  constructor({ request }) {
+  constructor({ request, onChange = () => {} }) {
     this.request = request;
+    this.onChange = onChange;   // asks the page to redraw (a story picked, earlier events loaded)
     this.events = new Map();   // run -> Map(id -> event)
     this.loaded = new Map();   // run -> "loading" | "done" | event_count when loaded
     this.chosen = null;        // the story picked in the select; null follows the current story
@@ -122,6 +123,7 @@ export class AgentPanel {
       const { events } = await this.request(`/api/runs/${encodeURIComponent(run)}/transcript`);
       for (const e of events.slice(-KEPT_PER_RUN)) this.onEvent({ ...e, run });
       this.loaded.set(run, "done");
+      this.onChange();
     } catch {
       this.loaded.set(run, "failed");   // live events still fill the timeline
     }
@@ -162,7 +164,10 @@ export class AgentPanel {
     if (sid !== null && select.value !== sid) select.value = sid;
     if (!select.dataset.wired) {
       select.dataset.wired = "1";
-      select.addEventListener("change", () => { this.chosen = select.value || null; });
+      select.addEventListener("change", () => {
+        this.chosen = select.value || null;
+        this.onChange();
+      });
     }
   }
 

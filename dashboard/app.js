@@ -34,7 +34,7 @@ let pending = false;
 let outage = null;
 let loaded = false;                // the first snapshots arrived: later new runs get a notice
 const alerts = new Alerts({ server });
-const agentPanel = new AgentPanel({ request: (path) => request(path) });
+const agentPanel = new AgentPanel({ request: (path) => request(path), onChange: () => render() });
 
 // -- talking to the sidecar ------------------------------------------------------------
 function api(path) {
@@ -65,6 +65,7 @@ function onSnapshots(list) {
   resetOutput();
   if (loaded) for (const snap of list) if (!known.has(snap.run) && isLive(snap)) noticeNewRun(snap);
   loaded = true;
+  if (selected) alerts.show(runs.get(selected) ?? null);
   render();
 }
 
@@ -85,6 +86,7 @@ function onEvent(event) {
       resetOutput();   // the run's id was used again: its output starts afresh
     }
     watch(snap, event, statusBefore);
+    alerts.show(snap);   // now, not at the next frame: a hidden tab draws no frames, and its title is what shows
   }
   render();
 }
