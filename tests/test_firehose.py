@@ -247,3 +247,32 @@ def test_a_detached_sidecar_exits_once_idle(tmp_path):
     finally:
         if record.exists() and pid_alive(json.loads(record.read_text())["pid"]):
             os.kill(json.loads(record.read_text())["pid"], signal.SIGTERM)
+
+
+def test_what_a_hung_sidecar_could_not_take_is_handed_to_the_spool_and_delivered_after_the_run(tmp_path, server):
+    gate = tmp_path / "gate"
+    prd = write_prd(tmp_path, [story("A", f"while [ ! -f {gate} ]; do sleep 0.05; done; echo a-done"),
+                               story("B", "echo b-done", priority=2)])
+    env = run_env(tmp_path, LOOP_SHIP_IDLE="1")
+    proc = subprocess.Popen([*LOOP, "run", str(prd), "--server", server.url, "--run", "handoff", "--no-update"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    wait_for(lambda: server.get("/api/runs/handoff").ok, timeout=30, message="the run to reach the sidecar")
+    os.killpg(server.proc.pid, signal.SIGSTOP)               # hung: accepts connections, answers nothing
+    try:
+        gate.write_text("go")
+        assert proc.wait(60) == 0                            # the run ends on time, with its stories' outcome
+        err = proc.stderr.read()
+        assert "not delivered" in err and "queued in" in err
+    finally:
+        os.killpg(server.proc.pid, signal.SIGCONT)
+    snap = wait_for(lambda: (s := server.get("/api/runs/handoff").json())["status"] != "running" and s,
+                    timeout=60, message="the run's end to arrive through the spool")
+    assert snap["status"] == "passed"
+    kinds = [e["type"] for e in transcript(server, "handoff") if e["type"].startswith(LIFECYCLE)]
+    assert kinds == ["task_started", "story_started", "story_completed", "story_started", "story_completed",
+                     "task_completed"]
+    for pidfile in (tmp_path / "spool").glob("*.pid"):
+        try:
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        except (ValueError, ProcessLookupError):
+            pass

@@ -284,9 +284,12 @@ def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_u
         done.set()
         _restore_signals(previous)
         outbox.close(timeout=CLOSE_BUDGET)
+    from .client import hand_to_spool
+
+    spool = hand_to_spool(server, run_id, outbox.leftovers, token) if server and outbox.leftovers else None
     summary = {k: v for k, v in (snap["s"]["counts"] if snap.get("s") else {}).items() if v}
     _say(f"loop: run {run_id} {['passed', 'failed'][code == 1] if code != 130 else 'stopped'} {summary}")
-    for line in _delivery_report(outbox.status, server):
+    for line in _delivery_report(outbox.status, server, spool):
         _say(line)
     sys.exit(code)
 
@@ -349,14 +352,19 @@ def _restore_signals(previous: dict) -> None:
         signal.signal(sig, handler)
 
 
-def _delivery_report(status, server: str | None) -> list[str]:
-    """Lines about what did not reach the sidecar as sent: refused (by reason), undelivered, elided."""
+def _delivery_report(status, server: str | None, spool=None) -> list[str]:
+    """Lines about what did not reach the sidecar as sent: refused (by reason), undelivered (and where
+    it waits to be delivered, when handed to the hooks' ``spool``), elided."""
     lines = []
     if status.refused:
         total = sum(status.refused.values())
         why = "; ".join(f"{n} × {reason}" for reason, n in status.refused.items())
         lines.append(f"loop: {total} event{'s' * (total > 1)} refused by the sidecar at {server}: {why}")
-    if status.undelivered:
+    if status.undelivered and spool:
+        lines.append(f"loop: {status.undelivered} events not delivered to {server} within {CLOSE_BUDGET:g} s "
+                     f"({status.last_error or 'no answer'}); queued in {spool}, a shipper delivers them in order "
+                     "when the sidecar answers")
+    elif status.undelivered:
         lines.append(f"loop: {status.undelivered} events not delivered to {server} within {CLOSE_BUDGET:g} s "
                      f"({status.last_error or 'no answer'}); the sidecar will mark the run interrupted")
     if status.elided_bytes:

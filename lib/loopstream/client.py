@@ -6,11 +6,13 @@ No Click here. ``requests`` is imported lazily by callers of this module only
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import requests
@@ -285,6 +287,7 @@ class Outbox:
         self.read_timeout = read_timeout
         self._queue: deque = deque()      # dict events and PendingOutput, in order
         self._inflight = 0
+        self.leftovers: list[dict] = []     # what close() could not deliver, in order (not the batch in flight)
         self._cond = threading.Condition()
         self._closing = False
         self.pace = Pace()
@@ -323,6 +326,9 @@ class Outbox:
             while (self._queue or self._inflight) and time.monotonic() < deadline:
                 self._cond.wait(min(0.05, max(0.0, deadline - time.monotonic())))
             left = sum(1 for e in self._queue if isinstance(e, dict)) + self._inflight
+            # Not the batch in flight: a hung sidecar still holds it and stores it when it wakes up.
+            self.leftovers = [ev for entry in self._queue
+                              for ev in (entry.events() if isinstance(entry, PendingOutput) else [entry])]
             self._queue.clear()
             self._cond.notify_all()
         if left:
@@ -482,6 +488,50 @@ def _close_when(stop: threading.Event, response) -> None:
     except OSError:
         pass
     response.close()
+
+
+def spool_path(server: str, run: str | None) -> Path:
+    """The spool bin/loop-emit uses for this server and run (the same naming, so one shipper serves both)."""
+    base = os.environ.get("LOOP_SPOOL_DIR") or os.path.join(
+        os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state"), "loop", "spool")
+    host = re.sub(r"[^A-Za-z0-9]", "_", server.split("://", 1)[-1])
+    return Path(base) / f"{host}__{re.sub(r'[^A-Za-z0-9._-]', '_', run or '')}.jsonl"
+
+
+def hand_to_spool(server: str, run: str | None, events: list[dict], token: str | None = None) -> Path | None:
+    """Queue ``events`` in the shell hooks' spool and make sure its shipper runs (bin/loop-emit --ship):
+    what `loop run` could not deliver before exiting is delivered, in order, once the sidecar answers.
+    None when there is no bin/loop-emit beside the package or the spool cannot be written."""
+    import fcntl
+    import subprocess
+
+    emit = Path(__file__).resolve().parents[2] / "bin" / "loop-emit"
+    if not events or not emit.exists():
+        return None
+    spool = spool_path(server, run)
+    try:
+        spool.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{spool}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            with open(spool, "a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events))
+            if not _shipper_alive(Path(f"{spool}.pid")):
+                with open(f"{spool}.log", "ab") as log:
+                    proc = subprocess.Popen(["bash", str(emit), "--ship", str(spool), server], stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                            env={**os.environ, **({"LOOP_TOKEN": token} if token else {})})
+                Path(f"{spool}.pid").write_text(f"{proc.pid}\n")
+    except OSError:
+        return None
+    return spool
+
+
+def _shipper_alive(pidfile: Path) -> bool:
+    try:
+        os.kill(int(pidfile.read_text().strip()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def stream(server: str, token: str | None = None, runs=(), types=(), last_event_id: str | None = None,
