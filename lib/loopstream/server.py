@@ -565,6 +565,10 @@ def create_app(config: Config | None = None, clock=time.time, monotonic=time.mon
         """Finish as interrupted every live run that announced heartbeat_s and went silent."""
         if not broker.healthy:
             return
+        try:
+            broker.catch_up()   # with Redis: judge silence on every event accepted so far, on any worker
+        except BackendDown:
+            return
         for run, silent, last_id in silent_runs(broker.runs.values(), clock(), cfg.stale_after):
             if claim(run, last_id):
                 publish([interrupted(run, silent)])
