@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from conftest import BACKENDS, Server, wait_for
+from conftest import BACKENDS, Server, Subscriber, wait_for
 from loopstream import events as ev
 
 INFINITE = '{"type":"task_started","run":"p","ts":1,"data":{"story_count":1e999,"estimated_duration":Infinity}}'
@@ -53,8 +53,11 @@ def test_a_sidecar_boots_serves_and_follows_past_poisoned_events(tmp_path, backe
         assert "q" in runs
         q = strict(server.get("/api/runs/q"))
         assert q["task_name"] == '{"a":1}' and q["story_count"] is None
-        strict(server.get("/api/events"))
+        polled = strict(server.get("/api/events"))["events"]
+        assert [e["id"] for e in polled] == (["1000-3"] if backend else [])   # stand-ins are never read
         assert strict(server.get("/api/runs/q/transcript"))["complete"] is False    # the 400-digit line
+        sub = Subscriber(server.url)
+        assert sub.next()[1] == "hello"
         if backend:   # a poisoned entry arriving while the follower runs
             redis = request.getfixturevalue("redis_server")
             redis.command("INCR", "loop:seq")
@@ -63,9 +66,13 @@ def test_a_sidecar_boots_serves_and_follows_past_poisoned_events(tmp_path, backe
         wait_for(lambda: strict(server.get("/api/runs/q"))["last_event_id"] == ids[0],
                  message="the event after the poison to be folded")
         assert strict(server.get("/api/runs/q"))["progress"]["percent"] == 40
+        eid, name, data = sub.take(1)[0]              # the stream skips the stand-in and goes on
+        assert (eid, name, data["data"]) == (ids[0], "progress", {"percent": 40})
+        sub.close()
         assert server.get("/healthz").status_code == 200
         log = server.log.read_text()
         assert "Traceback" not in log and ("skipped" in log)
+        assert "unreadable" not in {r["run"] for r in strict(server.get("/api/runs"))["runs"]}
     finally:
         server.stop()
     again = Server(tmp_path, port=server.port, backend=backend, args=["--rate", "0"]).start()   # boots again

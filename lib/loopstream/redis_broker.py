@@ -170,7 +170,7 @@ class RedisBuckets:
         return (float(wait), charges[int(index) - 1][0]) if int(index) else (0.0, None)
 
 
-UNREADABLE = "loop.unreadable"   # stands in for a stream entry that is not an event: never folded
+UNREADABLE = "loop.unreadable"   # stands in for a stream entry that is not an event: never folded or read
 
 
 def _json_or_none(text: object) -> object:
@@ -183,7 +183,8 @@ def _json_or_none(text: object) -> object:
 def _event(entry_id: str, fields: object) -> ev.Event:
     """A stream entry as an Event. Entries are written by our Lua script, but Redis is shared and
     may hold what an older version or someone else wrote: an entry that is not a sound event is
-    logged and replaced by a stand-in with the same id, so the sequence keeps no gap."""
+    logged and replaced by a stand-in with the same id, so the buffer keeps no gap; the stand-in is
+    never folded, never returned by ``read`` and its frame is an SSE comment: no client sees it."""
     epoch, seq = ev.parse_id(entry_id)
     payload = fields.get("e") if isinstance(fields, dict) else None
     if isinstance(payload, str) and payload.startswith("{") and payload != "{}":
@@ -198,7 +199,7 @@ def _event(entry_id: str, fields: object) -> ev.Event:
     e = ev.Event(epoch, seq, UNREADABLE, "unreadable", None,
                  {"message": f"entry {entry_id} of the shared stream is not a sound event; skipped"})
     e.json = ev.dumps(e.as_dict())
-    e.frame = sse.frame(entry_id, e.type, e.json)
+    e.frame = f": entry {entry_id} is not a sound event; skipped\n\n".encode()
     return e
 
 
@@ -256,7 +257,10 @@ class RedisBroker(MemoryBroker):
     def read(self, cursor: Cursor | None, flt: Filter | None = None, limit: int = 1000) -> ReadResult:
         if cursor is not None and cursor[0] == self.epoch and cursor[1] > self.seq and self._exists(cursor[1]):
             return ReadResult([], cursor)         # another worker is ahead of this one's follower: wait
-        return super().read(cursor, flt, limit)
+        res = super().read(cursor, flt, limit)
+        if any(e.type == UNREADABLE for e in res.events):
+            res.events = [e for e in res.events if e.type != UNREADABLE]
+        return res
 
     def _exists(self, seq: int) -> bool:
         if seq <= self._known_seq:
