@@ -412,6 +412,8 @@ def test_served_from_an_installed_wheel(tmp_path):
         r = wait_for(up, message="the wheel's sidecar")
         assert r.status_code == 200 and "<title>loop</title>" in r.text
         assert requests.get(server.url + "/app.js", timeout=5).status_code == 200
+        for module in sorted((ROOT / "dashboard").glob("*.js")):      # every module the page imports
+            assert requests.get(f"{server.url}/{module.name}", timeout=5).status_code == 200, module.name
         assert requests.get(server.url + "/state.js", timeout=5).headers["Content-Type"].startswith(
             ("text/javascript", "application/javascript"))
     finally:
