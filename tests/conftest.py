@@ -172,9 +172,9 @@ def make_server(tmp_path, backend):
 
     def make(*args, **kw) -> Server:
         kw.setdefault("backend", backend)
-        s = Server(tmp_path, args=args, **kw).start()
-        servers.append(s)
-        return s
+        s = Server(tmp_path, args=args, **kw)
+        servers.append(s)          # before start(): a server that starts too slowly is still stopped
+        return s.start()
 
     yield make
     for s in servers:
