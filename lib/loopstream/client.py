@@ -476,6 +476,12 @@ class Outbox:
             self.on_refused(reason, count)
 
 
+def _close_when_stopped(stop: threading.Event | None, response) -> None:
+    """A stop ends a read that waits for the next event, not only the next read."""
+    if stop is not None:
+        threading.Thread(target=_close_when, args=(stop, response), daemon=True).start()
+
+
 def _close_when(stop: threading.Event, response) -> None:
     """Once ``stop`` is set, shut the stream's socket down: a read blocked on it returns at once."""
     import socket
@@ -553,8 +559,7 @@ def stream(server: str, token: str | None = None, runs=(), types=(), last_event_
             if r.status_code in (401, 403):
                 raise SidecarError(f"{r.status_code} from {url}: the token is missing or wrong (LOOP_TOKEN)")
             r.raise_for_status()
-            if stop:   # a stop ends a read that is waiting for the next event, not only the next read
-                threading.Thread(target=_close_when, args=(stop, r), daemon=True).start()
+            _close_when_stopped(stop, r)
             if on_state:
                 on_state("live")
             delay = 1.0

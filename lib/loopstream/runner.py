@@ -62,10 +62,11 @@ class StoryLog:
             self.output_bytes += len(chunk)
             self._write(chunk)
 
-    def note(self, text: str) -> None:
-        """A line of loop's own (between attempts); not counted as the story's output."""
-        with self._lock:
-            self._write(text.encode())
+    def begin_attempt(self, attempt: int) -> None:
+        """Retries are appended after a line of loop's own (not counted as the story's output)."""
+        if attempt > 1:
+            with self._lock:
+                self._write(f"--- loop: attempt {attempt} ---\n".encode())
 
     def _write(self, data: bytes) -> None:
         if self._failed:
@@ -207,6 +208,15 @@ class Runner:
         agent's output into richer events.
         """
         return [("output", {"story_id": story_id, "stream": stream, "text": text})]
+
+    def _output_sink(self, story: Story, log: StoryLog) -> Callable[[str, str, bytes], None]:
+        """Where a story's output goes: every byte to its log, the text through ``output_events``."""
+        def on_output(stream: str, text: str, raw: bytes) -> None:
+            log.write(raw)
+            if text:
+                for type_, data in self.output_events(story.id, stream, text):
+                    self.emit(type_, **data)
+        return on_output
 
     def _keep_alive(self) -> None:
         """task_alive whenever heartbeat_s passed without any other event, until the run ends."""
@@ -351,8 +361,7 @@ class Runner:
                 if self._stop.is_set():
                     status = "cancelled"
                     break
-                if attempt > 1:
-                    log.note(f"--- loop: attempt {attempt} ---\n")
+                log.begin_attempt(attempt)
                 status = self._attempt(story, attempt, log)
                 if status != "failed":
                     break
@@ -434,12 +443,7 @@ class Runner:
                           error_message=f"the agent template has an unknown placeholder: {e}", retryable=False)
                 return "failed"
 
-            def on_output(stream: str, text: str, raw: bytes) -> None:
-                log.write(raw)
-                if text:
-                    for type_, data in self.output_events(story.id, stream, text):
-                        self.emit(type_, **data)
-
+            on_output = self._output_sink(story, log)
             stdin = json.dumps({**story.as_json(), "prompt": prompt, "run": self.opts.run_id})
             code, child = self._spawn(command, stdin, env, on_output)
         finally:
