@@ -131,8 +131,23 @@ def test_a_flush_writes_what_changed_and_the_index_holds_no_snapshot(tmp_path):
     h.flush()
     again = os.stat(tmp_path / "finished" / "a.json")
     assert (first.st_ino, first.st_mtime_ns) == (again.st_ino, again.st_mtime_ns)   # a's file untouched
+    assert (tmp_path / "finished" / "b.json").exists()
+    h.close()                                    # the index, written at most every few seconds, at last
     index = (tmp_path / "h.json").read_text()
     assert '"b"' in index and "AAAA" not in index and "BBBB" not in index and len(index) < 5000
+
+
+def test_a_run_file_the_lagging_index_does_not_list_is_adopted_at_start(tmp_path):
+    h = History(tmp_path / "h.json")
+    h.open()
+    h.finished(snap_of("a", 1))
+    h.flush()
+    h.finished(snap_of("b", 2, "bee"))
+    h.flush()                                    # b's file written, the index not yet (it lags)
+    assert '"b"' not in (tmp_path / "h.json").read_text()
+    again = History(tmp_path / "h.json")         # as after a kill -9
+    again.open()
+    assert sorted(again.index) == ["a", "b"] and again.snapshot("b")["output"] == "bee"
 
 
 def test_the_one_file_layout_is_migrated_to_a_file_per_run(tmp_path):

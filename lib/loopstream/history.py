@@ -56,6 +56,7 @@ from .events import Event
 KEEP_RUNS = 500       # finished runs kept in history (older ones are pruned)
 OPEN_JOURNALS = 64    # journal files kept open at once
 TAIL_SCAN = 1 << 20   # bytes read back from a journal's end to find its last whole line
+INDEX_EVERY = 5.0     # seconds between two writes of the index (run files are written at once)
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,7 @@ class History:
         self._warned: set[str] = set()
         self.write_errors = 0
         self._db: TinyDB | None = None
+        self._index_written = 0.0
         self._stop = False
         self._done = None
         _, allocate_lock, _ = _native_thread_tools()
@@ -180,7 +182,8 @@ class History:
         self._db = TinyDB(self.path, storage=CachingMiddleware(AtomicJSONStorage))
         self._db.storage.WRITE_CACHE_SIZE = 1 << 30    # written once per flush, by flush()
         for rec in sorted(records, key=lambda r: _finished_at(r["summary"])):
-            self.index[rec["run"]] = rec["summary"]
+            if self._run_file(rec["run"]).exists():   # else pruned after the index was last written
+                self.index[rec["run"]] = rec["summary"]
         self._doc_ids = {doc["run"]: doc.doc_id for doc in self._db.table("index").all()}
         self._next_doc = max(self._doc_ids.values(), default=0) + 1
         self._adopt_run_files()
@@ -332,6 +335,7 @@ class History:
                     self._flush_logged()
                     sleep(interval)
                 self._flush_logged()
+                self._write_index(force=True)
             finally:
                 self._done.release()
 
@@ -347,10 +351,17 @@ class History:
                         type(e).__name__, e)
 
     def flush(self) -> None:
-        """Write what changed since the last flush: each newly finished run's own file, pruned
-        runs' files removed, and the index once (one atomic write of a file of summaries)."""
-        if not self._pending:
-            return
+        """Write what changed since the last flush: each newly finished run's own file and pruned
+        runs' files removed at once; the index (one file of summaries) at most every INDEX_EVERY s."""
+        if self._pending:
+            self._write_batch()
+        try:
+            self._write_index()
+        except OSError as e:
+            self.write_errors += 1
+            log.warning("loop: history: writing %s failed (%s); will retry", self.path, e)
+
+    def _write_batch(self) -> None:
         batch = []
         while self._pending:
             batch.append(self._pending.popleft())
@@ -361,16 +372,24 @@ class History:
                     self._write_finished(table, run, record, summary)
                 else:
                     self._remove(table, run)
-            self._db.storage.flush()
         except OSError as e:
             self.write_errors += 1
-            log.warning("loop: history: writing %s failed (%s); will retry", self.path, e)
+            log.warning("loop: history: writing under %s failed (%s); will retry", self.run_dir, e)
             self._pending.extendleft(reversed(batch))
             return
         with self._lock:
             for _kind, run, record, _ in batch:
                 if record is not None and self._unwritten.get(run) is record:
                     del self._unwritten[run]
+
+    def _write_index(self, force: bool = False) -> None:
+        """The index file, at most every INDEX_EVERY seconds (CachingMiddleware holds the changes
+        meanwhile): serialising every summary is the one cost of a flush that grows with history,
+        and the index may lag — a run file it does not list is adopted at the next start."""
+        now = time.monotonic()
+        if force or self._stop or now - self._index_written >= INDEX_EVERY:
+            self._db.storage.flush()
+            self._index_written = now
 
     def _write_finished(self, table, run: str, record: str | None, summary: str) -> None:
         """The run's own file, then its index row (by doc id: no scan of the table)."""
