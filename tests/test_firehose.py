@@ -276,3 +276,27 @@ def test_what_a_hung_sidecar_could_not_take_is_handed_to_the_spool_and_delivered
             os.kill(int(pidfile.read_text()), signal.SIGKILL)
         except (ValueError, ProcessLookupError):
             pass
+
+
+def test_a_sidecar_started_elsewhere_because_the_port_was_taken_is_found_and_reused(tmp_path):
+    import socket
+
+    env = run_env(tmp_path)
+    prd = write_prd(tmp_path, [story("E", "echo embedded")])
+    record = tmp_path / "state" / "loop" / "sidecar.json"
+    with socket.socket() as squatter:                    # something else (not a sidecar) holds the wanted port
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        wanted = f"http://127.0.0.1:{squatter.getsockname()[1]}"
+        try:
+            first = loop_run(prd, wanted, "--run", "elsewhere-1", env=env, timeout=60)
+            assert first.returncode == 0 and "started a sidecar" in first.stderr
+            rec = json.loads(record.read_text())
+            assert rec["wanted"] == wanted and rec["url"] != wanted
+            second = loop_run(prd, wanted, "--run", "elsewhere-2", env=env, timeout=60)
+            assert second.returncode == 0 and "reusing the sidecar" in second.stderr
+            assert f"dashboard: {rec['url']}/" in second.stderr
+            assert requests.get(rec["url"] + "/api/runs/elsewhere-2", timeout=5).json()["status"] == "passed"
+        finally:
+            if record.exists():
+                os.kill(json.loads(record.read_text())["pid"], signal.SIGTERM)
