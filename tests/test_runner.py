@@ -114,7 +114,9 @@ echo "$LOOP_SERVER $LOOP_RUN $LOOP_STORY" > {tmp_path}/env.txt
     assert stdin["id"] == "S-9" and stdin["description"] == "the description"
     assert "S-9" in stdin["prompt"] and "agent says so" in stdin["prompt"]
     assert (tmp_path / "env.txt").read_text().split() == [server.url, "agent-run", "S-9"]
-    ac = [e for e in transcript(server, "agent-run") if e["type"] == "ac_completed"]
+    # The agent's hook queued its event and returned; its shipper delivers it (possibly after the run's end).
+    ac = wait_for(lambda: [e for e in transcript(server, "agent-run") if e["type"] == "ac_completed"], timeout=30,
+                  message="the agent's own event to be delivered")
     assert ac[0]["data"]["ac_text"] == "done by the agent"
 
 

@@ -31,6 +31,7 @@ from .prd import Prd, Story, mark_passed
 
 ERROR_TAIL = 600  # characters of a failing command's output kept in the error
 DEFAULT_HEARTBEAT = 10.0  # seconds between task_alive events while the run is otherwise quiet
+HOOK_PATIENCE = 1.0       # seconds a finished story waits for the events its hooks queued to be delivered
 
 
 def story_log_dir() -> Path:
@@ -89,6 +90,13 @@ class StoryLog:
                 except OSError:
                     pass
                 self._file = None
+
+
+def _has_lines(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def _file_name(text: str) -> str:
@@ -217,6 +225,18 @@ class Runner:
                 for type_, data in self.output_events(story.id, stream, text):
                     self.emit(type_, **data)
         return on_output
+
+    def _let_hooks_land(self, patience: float = HOOK_PATIENCE) -> None:
+        """Events the story sent with the shell hooks wait in their spool until its shipper delivers them:
+        give it a moment (at most ``patience`` s) so they reach the sidecar before the story's end does."""
+        if not self.opts.server:
+            return
+        from .client import spool_path
+
+        spool = spool_path(self.opts.server, self.opts.run_id)
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline and _has_lines(spool):
+            time.sleep(0.02)
 
     def _keep_alive(self) -> None:
         """task_alive whenever heartbeat_s passed without any other event, until the run ends."""
@@ -448,6 +468,7 @@ class Runner:
             code, child = self._spawn(command, stdin, env, on_output)
         finally:
             os.unlink(prompt_file)
+        self._let_hooks_land()
         self.emit("output", story_id=story.id, stream="stdout", text="", final=True, exit_code=code)
         if self._stop.is_set():
             return "cancelled"
