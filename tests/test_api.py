@@ -29,7 +29,7 @@ def app(request, tmp_path):
         backend = r.url
     a = create_app(Config(rate=0, db=str(tmp_path / "h.json"), backend=backend))
     yield a
-    a.extensions["loop"]["broker"].close()
+    a.extensions["loop"].broker.close()
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def client(app):
 
 def settle(app):
     """With Redis, events reach this worker's replica through its follower: wait until they have."""
-    b = app.extensions["loop"]["broker"]
+    b = app.extensions["loop"].broker
     if not b.fans_out_on_publish:
         target = int(b.client.get(b.prefix + "seq") or 0)
         wait_for(lambda: b.seq >= target, 5, 0.002, "the follower to catch up")
@@ -47,7 +47,7 @@ def settle(app):
 
 def buffered(app):
     settle(app)
-    return len(app.extensions["loop"]["broker"].buffer)
+    return len(app.extensions["loop"].broker.buffer)
 
 
 def post(client, body, path="/api/events", **kw):
@@ -96,7 +96,7 @@ def test_bad_input_is_refused_naming_the_field_and_stores_nothing(app, client, b
     assert r.status_code == status
     assert r.get_json()["field"] == field
     assert buffered(app) == 0
-    assert app.extensions["loop"]["broker"].runs == {}
+    assert app.extensions["loop"].broker.runs == {}
 
 
 def test_rate_limit_gives_429_with_retry_after_and_stores_nothing(tmp_path):
@@ -266,7 +266,7 @@ def test_the_dashboard_is_served_at_the_root(client):
 def test_a_reducer_bug_in_a_batch_leaves_no_trace_anywhere(app, client, monkeypatch, tmp_path):
     """A 500 from a bug (here: a reducer that raises on one event) must leave the buffer, the
     snapshots, the journal and (with Redis) the shared stream as they were."""
-    broker = app.extensions["loop"]["broker"]
+    broker = app.extensions["loop"].broker
     post(client, {"type": "task_started", "run": "r", "data": {"task_name": "T"}})
     real = broker.reduce
 

@@ -149,6 +149,7 @@ def test_a_worker_loads_live_and_recent_runs_and_reads_older_ones_from_redis(bac
     from loopstream.redis_broker import RedisBroker
 
     first = RedisBroker(backend, keep_finished=2)
+    first.start()
     try:
         for name in ["old1", "old2", "new1", "new2", "live"]:
             first.publish([Draft("task_started", name, {"task_name": name})])
@@ -158,6 +159,7 @@ def test_a_worker_loads_live_and_recent_runs_and_reads_older_ones_from_redis(bac
     finally:
         first.close()
     joiner = RedisBroker(backend, keep_finished=2)   # a worker started later
+    joiner.start()
     try:
         assert joiner.healthy and joiner.seq == 9
         assert sorted(joiner.runs) == ["live", "new1", "new2"]

@@ -7,9 +7,9 @@ falls behind itself. A cursor that has fallen out of the buffer (or comes
 from another epoch, i.e. before a restart) reads as a *reset*: the caller
 sends the current snapshots and continues from the head.
 
-The same small interface (publish, read, head, tail, snapshots, transcript)
-is what the Redis broker (redis_broker.py) keeps: there, this class is each
-worker's local replica of the shared stream.
+The same small interface (``Broker``, below: publish, read, head, tail,
+snapshots, transcript...) is what the Redis broker (redis_broker.py) keeps:
+there, this class is each worker's local replica of the shared stream.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import marshal
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 from . import events as ev
 from . import sse, state
@@ -90,6 +90,36 @@ def ends(before: dict | None, after: dict) -> bool:
     """Did this event finish the run (so it goes to history)?"""
     was_live = before is None or state.is_live(before) or before["status"] == "interrupted"
     return was_live and after["status"] in ENDED
+
+
+class Broker(Protocol):
+    """What the hub (hub.py) relies on in a broker; MemoryBroker and RedisBroker both are one."""
+
+    fans_out_on_publish: bool      # True: the hub fans a publish out; False: the broker's on_events does
+    healthy: bool                  # False while the shared store is unreachable
+    capacity: int
+    epoch: int
+    buffer: deque[ev.Event]        # the last ``capacity`` events, oldest first
+    runs: dict[str, dict]          # run -> snapshot held here, most recently updated last
+
+    @property
+    def head(self) -> Cursor: ...
+    @property
+    def tail(self) -> Cursor: ...
+    def start(self) -> None: ...
+    def stage(self, drafts: Iterable[ev.Draft]) -> Staged: ...
+    def commit(self, staged: Staged) -> PublishResult: ...
+    def publish(self, drafts: Iterable[ev.Draft]) -> PublishResult: ...
+    def read(self, cursor: Cursor | None, flt: Filter | None = None, limit: int = 1000) -> ReadResult: ...
+    def catch_up(self, timeout: float = 2.0) -> None: ...
+    def snapshot(self, run: str) -> dict | None: ...
+    def snapshots(self, flt: Filter | None = None, recent: int = 10, live: int = HELLO_LIVE) -> list[dict]: ...
+    def summaries(self) -> dict[str, dict]: ...
+    def transcript(self, run: str) -> tuple[list[dict], bool]: ...
+    def live_count(self) -> int: ...
+    def is_live_run(self, run: str) -> bool: ...
+    def claim_reap(self, run: str, last_event_id: str | None) -> bool: ...
+    def close(self) -> None: ...
 
 
 class MemoryBroker:
@@ -228,8 +258,15 @@ class MemoryBroker:
                     break
         return ReadResult(picked, (epoch, last))
 
+    def start(self) -> None:
+        """Begin following the shared stream (here there is none: nothing to start)."""
+
     def catch_up(self, timeout: float = 2.0) -> None:
         """Wait until every published event is in this broker (here they always are)."""
+
+    def claim_reap(self, run: str, last_event_id: str | None) -> bool:
+        """May this worker finish ``run``, silent since ``last_event_id``? One process: always."""
+        return True
 
     def snapshot(self, run: str) -> dict | None:
         return self.runs.get(run)

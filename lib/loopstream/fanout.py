@@ -65,39 +65,58 @@ class Fanout:
             sub.wake.set()
 
     def publish(self, events: list[Event], before: Cursor, after: Cursor) -> None:
-        everything = chunked = None
+        """Write ``events`` (the head moved from ``before`` to ``after``) to every parked subscriber;
+        wake the ones that must catch up by themselves."""
+        wires = Wires(events)
         for sub in list(self.subscribers):
             if not sub.parked or sub.pending is not None:
                 continue                           # busy: it reads the buffer itself when done
             if sub.pos != before or sub.raw is None:
-                sub.wake.set()
-                self.woken += 1
+                self._wake(sub)
                 continue
             sub.pos = after
-            if sub.flt.everything:
-                if everything is None:
-                    everything = b"".join(e.frame for e in events)
-                if sub.chunked:
-                    chunked = chunked or sub.frame_bytes(everything)
-                    wire = chunked
-                else:
-                    wire = everything
-            else:
-                data = b"".join(e.frame for e in events if sub.flt(e))
-                if not data:
-                    continue                       # nothing for this filter: the cursor moves silently
-                wire = sub.frame_bytes(data)
-            try:
-                sent = sub.raw.send(wire)
-            except BlockingIOError:
-                sent = 0
-            except OSError:                        # the client has gone: end its stream
-                sub.gone = True
-                self.subscribers.discard(sub)
-                sub.wake.set()
-                continue
-            self.direct += 1
-            if sent < len(wire):
-                sub.pending = wire[sent:]
-                sub.wake.set()
-                self.woken += 1
+            wire = wires.for_subscriber(sub)
+            if wire:                               # else nothing for its filter: the cursor moves silently
+                self._send(sub, wire)
+
+    def _wake(self, sub: Subscriber) -> None:
+        sub.wake.set()
+        self.woken += 1
+
+    def _send(self, sub: Subscriber, wire: bytes) -> None:
+        """One non-blocking send; what the socket did not take is left for the subscriber to finish."""
+        try:
+            sent = sub.raw.send(wire)
+        except BlockingIOError:
+            sent = 0
+        except OSError:                            # the client has gone: end its stream
+            sub.gone = True
+            self.subscribers.discard(sub)
+            sub.wake.set()
+            return
+        self.direct += 1
+        if sent < len(wire):
+            sub.pending = wire[sent:]
+            self._wake(sub)
+
+
+class Wires:
+    """The bytes one publish puts on the wire, made once for all unfiltered subscribers."""
+
+    def __init__(self, events: list[Event]):
+        self.events = events
+        self._everything: bytes | None = None
+        self._chunked: bytes | None = None
+
+    def for_subscriber(self, sub: Subscriber) -> bytes:
+        """The frames ``sub``'s filter passes, framed for its connection (b"" when none)."""
+        if not sub.flt.everything:
+            data = b"".join(e.frame for e in self.events if sub.flt(e))
+            return sub.frame_bytes(data) if data else b""
+        if self._everything is None:
+            self._everything = b"".join(e.frame for e in self.events)
+        if not sub.chunked:
+            return self._everything
+        if self._chunked is None:
+            self._chunked = sub.frame_bytes(self._everything)
+        return self._chunked

@@ -12,10 +12,14 @@ CORS preflight). So, as Jupyter, webpack-dev-server and Vite do:
 - a request carrying an ``Origin`` must come from the server's own origin or
   a ``--cors`` one (static dashboard files excepted);
 - a POST body must be ``application/json``, which a page on another origin
-  cannot send without a preflight that the sidecar refuses.
+  cannot send without a preflight that the sidecar refuses;
+- with ``--token``, every request but /healthz and the static files carries it.
+
+routes/hooks.py applies these checks to every request.
 """
 from __future__ import annotations
 
+import hmac
 import ipaddress
 from urllib.parse import urlsplit
 
@@ -92,3 +96,14 @@ def is_json_content_type(value: str | None) -> bool:
     if not value:
         return False
     return value.split(";", 1)[0].strip().lower() == "application/json"
+
+
+def token_ok(token: str | None, authorization: str, query_token: str | None = None) -> bool:
+    """No token configured, or ``Authorization: Bearer TOKEN`` (else ``?token=``, which the
+    caller passes on GETs only: an EventSource cannot send headers) matches it, in constant time."""
+    if not token:
+        return True
+    given = authorization[7:] if authorization.startswith("Bearer ") else None
+    if given is None:
+        given = query_token
+    return given is not None and hmac.compare_digest(given.encode(), token.encode())

@@ -207,7 +207,12 @@ class RedisBroker(MemoryBroker):
     fans_out_on_publish = False
 
     def __init__(self, url: str, capacity: int = 100, clock: Callable[[], float] = time.time,
-                 prefix: str = "loop:", keep_finished: int = 50, retry_s: float = 0.5):
+                 prefix: str = "loop:", keep_finished: int = 50, retry_s: float = 0.5,
+                 on_events: Callable[[list[ev.Event], Cursor, Cursor], None] | None = None,
+                 on_down: Callable[[], None] | None = None, on_resync: Callable[[], None] | None = None):
+        """Connect (nothing is read yet: ``start()`` loads the state and follows the stream).
+        ``on_events(events, before, after)`` is told of the events the follower takes in,
+        ``on_down()`` when Redis goes away, ``on_resync()`` when the state was loaded again."""
         super().__init__(capacity, epoch=0, clock=clock, keep_finished=keep_finished)
         self.url = url
         self.prefix = prefix
@@ -218,9 +223,9 @@ class RedisBroker(MemoryBroker):
         self._publish = self.client.register_script(PUBLISH)
         self._ensure_epoch = self.client.register_script(ENSURE_EPOCH)
         self._checkpoint = self._follower_client.register_script(CHECKPOINT)
-        self.on_events: Callable[[list[ev.Event], Cursor, Cursor], None] | None = None
-        self.on_down: Callable[[], None] | None = None
-        self.on_resync: Callable[[], None] | None = None
+        self.on_events = on_events
+        self.on_down = on_down
+        self.on_resync = on_resync
         self.healthy = False                      # Redis answers and this replica is loaded
         self._stale = True                        # the replica must be loaded (again)
         self.resyncs = 0
@@ -228,12 +233,25 @@ class RedisBroker(MemoryBroker):
         self._checkpointed: dict[str, int] = {}   # run -> event_count of its last checkpoint
         self._closed = False
         self._advanced = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Load the state (if Redis answers) and start the follower thread; once."""
+        if self._thread is not None:
+            return
         try:
             self._resync()
         except RedisError:
             pass                                  # the follower keeps trying
         self._thread = threading.Thread(target=self._follow, name="loop-redis-follower", daemon=True)
         self._thread.start()
+
+    def claim_reap(self, run: str, last_event_id: str | None) -> bool:
+        """One reap per silence, whichever worker sees it first: a SET NX key."""
+        try:
+            return bool(self.client.set(f"{self.prefix}reaped:{run}:{last_event_id}", 1, nx=True, ex=86400))
+        except RedisError:
+            return False
 
     # -- writing -------------------------------------------------------------------
     def publish(self, drafts: Iterable[ev.Draft]) -> PublishResult:
@@ -403,7 +421,7 @@ class RedisBroker(MemoryBroker):
         events = events[max(start, 0):]
         seq = events[-1].seq if events else int(seq_text or 0)
         runs = self._load_runs(self._worth_loading(sorted(names)), (epoch, seq))
-        # Only the follower (or __init__, before it starts) writes the replica: no lock.
+        # Only the follower (or start(), before it starts the follower) writes the replica: no lock.
         self.epoch, self.seq = epoch, seq
         self.buffer.clear()
         self.buffer.extend(events)

@@ -81,7 +81,4 @@ class Sidecar(BaseApplication):
 
     def _worker_exit(self, server, worker) -> None:
         if self.app is not None:
-            parts = self.app.extensions["loop"]
-            if parts["history"]:
-                parts["history"].close()
-            parts["broker"].close()
+            self.app.extensions["loop"].close()   # the hub: flush the history, let go of the backend

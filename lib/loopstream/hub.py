@@ -1,0 +1,446 @@
+"""The hub: the one object a sidecar worker's routes talk to (no Flask here).
+
+It owns the broker (memory or Redis), the history, the fan-out, the rate
+limiters, the reaper, the notifier and the metrics, all built from a
+``Config``; the operations the HTTP routes expose are its methods: publish,
+admit a batch (rate limits, live-run cap), the hello/reset snapshots, the SSE
+frames of one subscriber, polling, control, the run list, health and
+metrics. A method that turns a request down raises ``Refused`` (an HTTP
+status, a code and a message that says what to do); the blueprints in
+routes/ only parse requests, call these and write responses.
+
+As datasette hands one ``Datasette`` object to every view and Mercure's
+handlers are methods of its ``Hub``, this keeps every decision importable
+and testable without a server (tests/test_hub.py).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator
+
+from . import __version__, sse, state
+from . import events as ev
+from .broker import BackendDown, Broker, Cursor, Filter, MemoryBroker
+from .config import Config
+from .fanout import Fanout, Subscriber
+from .history import History
+from .ratelimit import Budget, TokenBuckets
+from .reaper import interrupted, silent_runs
+
+if TYPE_CHECKING:
+    from .redis_broker import RedisBuckets
+
+CONTROL_ACTIONS = {"stop": "stop_requested", "pause": "pause_requested", "resume": "resume_requested"}
+READ_BATCH = 500          # events a stream reads from the buffer at a time
+
+log = logging.getLogger("loopstream.server")
+
+
+class Refused(Exception):
+    """A request the hub turns down: the HTTP status, an error code, a message that says how to
+    do better, the field at fault and headers (Retry-After) for the answer."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+        self.headers = headers or {}
+
+
+class Metrics:
+    """The counters /metrics shows, and when the worker last had something to do (--idle-exit)."""
+
+    def __init__(self, now: float = 0.0):
+        self.accepted = 0
+        self.rejected: dict[str, int] = {}
+        self.rate_limited = 0
+        self.resets = 0
+        self.subscribers = 0
+        self.streams_by_client: dict[str, int] = {}
+        self.last_activity = now   # the last request or stream end (monotonic seconds)
+        self.reaped = 0
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+
+def cursor_id(cur: Cursor) -> str:
+    return f"{cur[0]}-{cur[1]}"
+
+
+def with_runs(obj: dict, runs_json: str) -> str:
+    """``obj`` as JSON with a ``runs`` member spliced in already serialised."""
+    return ev.dumps(obj)[:-1] + ',"runs":' + runs_json + "}"
+
+
+@dataclass
+class Parts:
+    """What a backend brings: its broker, its rate limiter and (memory only) the history."""
+
+    broker: Broker
+    limiter: TokenBuckets | RedisBuckets
+    history: History | None = None
+
+
+def redis_parts(cfg: Config, clock: Callable[[], float], fanout: Fanout) -> Parts:
+    """Redis keeps the stream, the snapshots, the history and the rate limit."""
+    from .redis_broker import RedisBroker, RedisBuckets
+
+    broker = RedisBroker(cfg.backend, cfg.buffer, clock=clock, on_events=fanout.publish,
+                         on_down=fanout.end_all, on_resync=fanout.wake_all)
+    return Parts(broker, RedisBuckets(broker.client, broker.prefix, cfg.rate, cfg.burst))
+
+
+def memory_parts(cfg: Config, clock: Callable[[], float], monotonic: Callable[[], float]) -> Parts:
+    """One process keeps everything; with --db, finished runs and the epoch survive a restart."""
+    history = History(cfg.db) if cfg.db else None
+    epoch = int(clock() * 1000)
+    restored: list[dict] = []
+    if history:
+        floor, restored = history.open()
+        epoch = max(epoch, floor + 1)
+        history.save_epoch(epoch)
+        history.start_writer()
+    broker = MemoryBroker(cfg.buffer, epoch=epoch, clock=clock)
+    for snap in restored:
+        broker.restore(snap)
+    return Parts(broker, TokenBuckets(cfg.rate, cfg.burst, clock=monotonic), history)
+
+
+def make_notifier(cfg: Config):
+    """The notifier told of each finished run off the request path (notify.py), with --notify."""
+    if not cfg.notify:
+        return None
+    from .notify import Notifier
+
+    return Notifier(cfg.notify, cfg.notify_format, cfg.notify_min_duration, cfg.dashboard_url)
+
+
+class Hub:
+    """One worker's sidecar: its parts and every operation the routes expose."""
+
+    def __init__(self, config: Config | None = None, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic):
+        self.config = cfg = config or Config()
+        self.clock, self.monotonic = clock, monotonic
+        self.fanout = Fanout()
+        parts = redis_parts(cfg, clock, self.fanout) if cfg.backend else memory_parts(cfg, clock, monotonic)
+        self.broker, self.limiter, self.history = parts.broker, parts.limiter, parts.history
+        self.metrics = Metrics(monotonic())
+        self.run_budget = Budget(cfg.rate, cfg.burst)
+        # --rate 0 turns rate limiting off altogether; --client-rate 0 only the per-client budget.
+        self.client_budget = Budget(cfg.client_rate if cfg.rate > 0 else 0, cfg.client_burst)
+        self.notifier = make_notifier(cfg)
+        self._publish_lock = threading.Lock()
+        self._snapshot_cache: dict = {}
+        self.broker.start()
+
+    # -- events in -----------------------------------------------------------------
+    def publish(self, drafts: list[ev.Draft]) -> list[ev.Event]:
+        """Validated drafts -> events. The batch is folded on copies of the snapshots first:
+        a reducer bug raises here, before anything is journalled, buffered or streamed."""
+        broker, history = self.broker, self.history
+        with self._publish_lock:
+            staged = broker.stage(drafts)
+            if broker.fans_out_on_publish:     # memory: journal, then make visible
+                if history:
+                    history.record(staged.events)
+                result = broker.commit(staged)
+            else:                              # Redis: one Lua script makes the batch visible
+                result = broker.publish(drafts)
+        if history:
+            for run in result.finished:
+                history.finished(broker.snapshot(run))
+        self.metrics.accepted += len(result.events)
+        if broker.fans_out_on_publish:
+            self.fanout.publish(result.events, result.before, result.after)
+        if self.notifier:
+            self.notifier.published(broker, result)
+        return result.events
+
+    def admit(self, drafts: list[ev.Draft], explicit_run: bool, addr: str) -> None:
+        """Raise Refused when the batch is over a rate limit or would start too many live runs."""
+        self.charge(drafts, explicit_run, addr)
+        self.check_live_runs(drafts)
+
+    def charge(self, drafts: list[ev.Draft], explicit_run: bool, addr: str) -> None:
+        """Take the batch from the run's budget (as named, else the client's address) and from the
+        client address's own, which no choice of run names dodges: a 429 when either is spent,
+        charging neither."""
+        key = f"run:{drafts[0].run}" if explicit_run else f"addr:{addr}"
+        budgets = [(key, self.run_budget), (f"client:{addr}", self.client_budget)]
+        wait, refused_by = self.limiter.take_all(budgets, len(drafts))
+        if not wait:
+            return
+        self.metrics.rate_limited += 1
+        self.metrics.reject("rate_limited")
+        budget = self.client_budget if refused_by.startswith("client:") else self.run_budget
+        flag = "--client-rate" if budget is self.client_budget else "--rate"
+        raise Refused(429, "rate_limited", f"over {budget.rate:g} events/s (burst {budget.burst}, {flag}) for "
+                                           f"{refused_by}; retry after {wait:.2f}s",
+                      headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+
+    def check_live_runs(self, drafts: list[ev.Draft]) -> None:
+        """A batch that would start runs past --max-live-runs is refused (503), not half-taken."""
+        new = {d.run for d in drafts if not self.broker.is_live_run(d.run)}
+        cap = self.config.max_live_runs
+        if not new or self.broker.live_count() + len(new) <= cap:
+            return
+        self.metrics.reject("too_many_live_runs")
+        raise Refused(503, "too_many_live_runs", f"the server already holds {cap} live runs "
+                                                 "(--max-live-runs); finish some, or retry later", "run",
+                      headers={"Retry-After": "5"})
+
+    # -- snapshots -------------------------------------------------------------------
+    def snapshots_json(self, flt: Filter) -> str:
+        """The snapshots as JSON, made once per head position and run filter: a thousand
+        subscribers connecting after one event share one serialisation, not a thousand."""
+        head, cache = self.broker.head, self._snapshot_cache
+        key = (head, flt.runs)
+        text = cache.get(key)
+        if text is None:
+            if len(cache) > 64 or any(k[0] != head for k in cache):
+                cache.clear()
+            text = cache[key] = ev.dumps(self.broker.snapshots(flt))
+        return text
+
+    def hello(self, sub: Subscriber) -> bytes:
+        """The hello frame; a stream that does not resume gets the snapshots and starts at the head."""
+        broker = self.broker
+        payload = {"epoch": broker.epoch, "version": __version__, "heartbeat": self.config.heartbeat,
+                   "buffer": broker.capacity, "resumed": sub.pos is not None}
+        if sub.pos is not None:
+            payload["cursor"] = cursor_id(sub.pos)
+            return sse.frame(cursor_id(sub.pos), "hello", ev.dumps(payload))
+        sub.pos = broker.head
+        payload["cursor"] = cursor_id(sub.pos)
+        return sse.frame(cursor_id(sub.pos), "hello", with_runs(payload, self.snapshots_json(sub.flt)))
+
+    def reset(self, sub: Subscriber, cursor: Cursor, reason: str) -> bytes:
+        """The reset frame for a subscriber whose cursor cannot be read: snapshots, from ``cursor`` on."""
+        self.metrics.resets += 1
+        sub.pos = cursor
+        data = {"epoch": self.broker.epoch, "cursor": cursor_id(cursor), "reason": reason}
+        return sse.frame(cursor_id(cursor), "reset", with_runs(data, self.snapshots_json(sub.flt)))
+
+    # -- events out: SSE ---------------------------------------------------------------
+    def open_stream(self, addr: str) -> None:
+        """Count a new stream from ``addr``, or raise Refused (too many) / BackendDown."""
+        cfg, metrics, broker = self.config, self.metrics, self.broker
+        if metrics.streams_by_client.get(addr, 0) >= cfg.max_streams_per_client:
+            metrics.reject("too_many_streams")
+            raise Refused(429, "too_many_streams", f"at most {cfg.max_streams_per_client} streams per client",
+                          headers={"Retry-After": "5"})
+        if not broker.healthy:
+            raise BackendDown("the stream is not available")
+        broker.catch_up()   # the hello holds every event accepted before this request, on any worker
+        if metrics.subscribers >= cfg.max_streams:
+            metrics.reject("server_full")
+            raise Refused(503, "server_full", f"the server holds {cfg.max_streams} streams already",
+                          headers={"Retry-After": "5"})
+        metrics.subscribers += 1
+        metrics.streams_by_client[addr] = metrics.streams_by_client.get(addr, 0) + 1
+
+    def close_stream(self, addr: str) -> None:
+        """A stream from ``addr`` ended (its response was closed)."""
+        metrics = self.metrics
+        metrics.subscribers -= 1
+        metrics.last_activity = self.monotonic()
+        n = metrics.streams_by_client.get(addr, 1) - 1
+        if n:
+            metrics.streams_by_client[addr] = n
+        else:
+            metrics.streams_by_client.pop(addr, None)
+
+    def frames(self, sub: Subscriber) -> Iterator[bytes]:
+        """One subscriber's SSE body: retry, hello, then events, resets and heartbeats until it goes."""
+        self.fanout.add(sub)
+        try:
+            yield sse.retry(self.config.retry_ms)
+            yield self.hello(sub)
+            while not sub.gone:
+                chunk = self._catch_up(sub)
+                if chunk is None:
+                    chunk = self._park(sub)
+                if chunk:
+                    yield chunk
+        finally:
+            self.fanout.discard(sub)
+
+    def _catch_up(self, sub: Subscriber) -> bytes | None:
+        """The next frames from the buffer (events or a reset); None when the subscriber is at the head."""
+        if sub.pending is not None:
+            sub.flush_pending()
+        res = self.broker.read(sub.pos, sub.flt, limit=READ_BATCH)
+        if res.reset:
+            return self.reset(sub, res.cursor, res.reason)
+        sub.pos = res.cursor
+        if res.events:
+            return b"".join(e.frame for e in res.events)
+        return None
+
+    def _park(self, sub: Subscriber) -> bytes:
+        """Wait at the head: publishes write to this socket directly (fanout.py) and wake it only
+        when it has to catch up itself. A heartbeat when nothing came for a while."""
+        sub.wake.clear()
+        sub.parked = True
+        try:
+            woken = sub.wake.wait(self.config.heartbeat)
+        finally:
+            sub.parked = False
+        if woken or sub.gone:
+            return b""
+        return sse.frame(cursor_id(sub.pos), "heartbeat", ev.dumps({"ts": round(self.clock(), 3)}))
+
+    # -- events out: polling -------------------------------------------------------------
+    def poll(self, flt: Filter, since: Cursor | None, limit: int) -> str:
+        """The JSON body of GET /api/events: events after ``since`` (or the whole buffer), or a reset."""
+        broker = self.broker
+        if not broker.healthy:
+            raise BackendDown("the event log is not available")
+        broker.catch_up()
+        res = broker.read(since if since is not None else broker.tail, flt, limit)
+        head = (f'{{"epoch":{broker.epoch},"cursor":"{cursor_id(res.cursor)}",'
+                f'"reset":{"true" if res.reset else "false"}')
+        if res.reset:
+            self.metrics.resets += 1
+            head += ',"runs":' + self.snapshots_json(flt)
+        return head + ',"events":[' + ",".join(e.json for e in res.events) + "]}"
+
+    # -- runs and control --------------------------------------------------------------------
+    def run_list(self) -> list[dict]:
+        """Every run's summary (live, recent and from history), the most recently updated first."""
+        rows = self.broker.summaries()
+        if self.history:
+            for r, summary in self.history.index.items():
+                rows.setdefault(r, summary)
+        return sorted(rows.values(), key=lambda s: s.get("updated_at") or 0, reverse=True)
+
+    def run_state(self, run: str) -> dict:
+        snap = self.broker.snapshot(run) or (self.history.snapshot(run) if self.history else None)
+        if snap is None:
+            raise Refused(404, "not_found", f"no run named '{run}'", "run")
+        return snap
+
+    def transcript(self, run: str) -> dict:
+        events, complete = self.history.transcript(run) if self.history else self.broker.transcript(run)
+        if not events:
+            raise Refused(404, "not_found", f"no recorded events for run '{run}'", "run")
+        return {"run": run, "complete": complete, "events": events}
+
+    @staticmethod
+    def check_action(action: str) -> None:
+        if action not in CONTROL_ACTIONS:
+            raise Refused(404, "not_found", f"unknown action '{action}'; use stop, pause or resume", "action")
+
+    def control(self, run: str, action: str, reason: str = "") -> dict:
+        """Ask a live run to stop, pause or resume: an event its runner acts on. Idempotent: asking
+        again for what is already asked (or already so) publishes nothing and says so."""
+        self.check_action(action)
+        self.broker.catch_up()
+        snap = self.broker.snapshot(run)
+        if snap is None:
+            raise Refused(404, "not_found", f"no live run named '{run}'", "run")
+        if already_so(snap, action):
+            return {"run": run, "action": action, "requested": False, "status": snap["status"]}
+        data = {"reason": reason[:500]} if reason else {}
+        (e,) = self.publish([ev.Draft(CONTROL_ACTIONS[action], run, data)])
+        return {"run": run, "action": action, "requested": True, "id": e.id}
+
+    # -- operations ------------------------------------------------------------------------
+    def health(self) -> dict:
+        broker = self.broker
+        return {"ok": broker.healthy, "version": __version__, "epoch": broker.epoch,
+                "pid": self.config.master_pid or os.getpid(),
+                "backend": "redis" if self.config.backend else "memory",
+                "subscribers": self.metrics.subscribers, "buffered": len(broker.buffer)}
+
+    def metrics_text(self) -> str:
+        """The Prometheus text exposition of the counters and gauges."""
+        m, broker, fanout = self.metrics, self.broker, self.fanout
+        lines = [
+            "# TYPE loop_events_accepted_total counter", f"loop_events_accepted_total {m.accepted}",
+            "# TYPE loop_events_rejected_total counter",
+            *[f'loop_events_rejected_total{{reason="{r}"}} {n}' for r, n in sorted(m.rejected.items())],
+            "# TYPE loop_rate_limited_total counter", f"loop_rate_limited_total {m.rate_limited}",
+            "# TYPE loop_resets_total counter", f"loop_resets_total {m.resets}",
+            "# TYPE loop_subscribers gauge", f"loop_subscribers {m.subscribers}",
+            "# TYPE loop_buffer_events gauge", f"loop_buffer_events {len(broker.buffer)}",
+            "# TYPE loop_buffer_capacity gauge", f"loop_buffer_capacity {broker.capacity}",
+            "# TYPE loop_fanout_direct_total counter", f"loop_fanout_direct_total {fanout.direct}",
+            "# TYPE loop_fanout_woken_total counter", f"loop_fanout_woken_total {fanout.woken}",
+            "# TYPE loop_runs_live gauge", f"loop_runs_live {sum(state.is_live(s) for s in broker.runs.values())}",
+            "# TYPE loop_runs_reaped_total counter", f"loop_runs_reaped_total {m.reaped}",
+        ]
+        if self.history:
+            lines += ["# TYPE loop_history_write_errors_total counter",
+                      f"loop_history_write_errors_total {self.history.write_errors}"]
+        return "\n".join(lines) + "\n"
+
+    def touch(self) -> None:
+        """A request came in (for --idle-exit)."""
+        self.metrics.last_activity = self.monotonic()
+
+    # -- housekeeping: stale runs and --idle-exit ------------------------------------------------
+    def reap(self) -> int:
+        """Finish as interrupted every live run that announced heartbeat_s and went silent;
+        how many this worker finished (one reap per silence, whichever worker sees it first)."""
+        broker = self.broker
+        if not broker.healthy:
+            return 0
+        try:
+            broker.catch_up()   # with Redis: judge silence on every event accepted so far, on any worker
+        except BackendDown:
+            return 0
+        reaped = 0
+        for run, silent, last_id in silent_runs(broker.runs.values(), self.clock(), self.config.stale_after):
+            if broker.claim_reap(run, last_id):
+                self.publish([interrupted(run, silent)])
+                self.metrics.reaped += 1
+                reaped += 1
+        return reaped
+
+    def idle(self) -> bool:
+        """No request and no stream for --idle-exit seconds."""
+        cfg, m = self.config, self.metrics
+        return bool(cfg.idle_exit) and m.subscribers == 0 and self.monotonic() - m.last_activity >= cfg.idle_exit
+
+    def housekeeping(self) -> None:
+        """Reap now and then; stop the server (signal its master) once idle for --idle-exit."""
+        cfg = self.config
+        tick = max(0.05, min(1.0, (cfg.stale_after or 4.0) / 4, (cfg.idle_exit or 4.0) / 4))
+        while True:
+            time.sleep(tick)
+            try:
+                self.reap()
+            except Exception:   # a bug here must not stop the reaper for good
+                log.exception("reaping stale runs failed")
+            if self.idle():
+                log.warning("no request or stream for %gs (--idle-exit): exiting", cfg.idle_exit)
+                os.kill(cfg.master_pid or os.getpid(), signal.SIGTERM)
+                return
+
+    def start_housekeeping(self) -> None:
+        threading.Thread(target=self.housekeeping, name="loop-housekeeping", daemon=True).start()
+
+    def close(self) -> None:
+        """Flush the history and let go of the backend (a worker exits)."""
+        if self.history:
+            self.history.close()
+        self.broker.close()
+
+
+def already_so(snap: dict, action: str) -> bool:
+    """Is what ``action`` asks for already asked for, or already the case (or the run is over)?"""
+    if not state.is_live(snap):
+        return True
+    c = snap["control"]
+    if action == "stop":
+        return c["stop_requested"] is not None
+    paused = bool(c["pause_requested"]) or snap["status"] == "paused"
+    return paused if action == "pause" else not c["pause_requested"] and snap["status"] != "paused"

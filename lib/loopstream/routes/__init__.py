@@ -1,0 +1,20 @@
+"""The sidecar's HTTP routes: thin blueprints by concern, each reaching the hub through ``current_app``.
+
+- events_in: POST /api/events and /emit
+- stream: GET /stream/progress (SSE) and GET /api/events (polling)
+- runs: the run list, one run, its transcript, and control (stop/pause/resume)
+- operations: /healthz and /metrics
+- dashboard: the static dashboard files
+
+hooks.py registers, in one place, the request guards (Host, Origin, token,
+Content-Type: guard.py decides), the CORS headers and the error handlers.
+"""
+from __future__ import annotations
+
+from .dashboard import bp as dashboard
+from .events_in import bp as events_in
+from .operations import bp as operations
+from .runs import bp as runs
+from .stream import bp as stream
+
+BLUEPRINTS = (events_in, stream, runs, operations, dashboard)
