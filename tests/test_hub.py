@@ -186,3 +186,17 @@ def test_the_reaper_finishes_a_silent_run_once(clock):
     clock.t += 16
     assert hub.reap() == 1 and hub.run_state("r")["status"] == "interrupted"
     assert hub.reap() == 0 and hub.metrics.reaped == 1
+
+
+def test_both_brokers_are_what_the_hub_relies_on_and_redis_reads_nothing_before_start():
+    from loopstream.broker import Broker, MemoryBroker
+    from loopstream.redis_broker import RedisBroker
+
+    assert isinstance(MemoryBroker(), Broker)
+    told = []
+    redis = RedisBroker("redis://127.0.0.1:9/0", on_down=lambda: told.append("down"))   # nothing listens
+    try:
+        assert isinstance(redis, Broker)
+        assert not redis.healthy and redis.seq == 0 and told == []   # constructing connects to nothing
+    finally:
+        redis.close()

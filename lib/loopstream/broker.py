@@ -18,7 +18,7 @@ import marshal
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, Protocol, runtime_checkable
 
 from . import events as ev
 from . import sse, state
@@ -92,6 +92,7 @@ def ends(before: dict | None, after: dict) -> bool:
     return was_live and after["status"] in ENDED
 
 
+@runtime_checkable
 class Broker(Protocol):
     """What the hub (hub.py) relies on in a broker; MemoryBroker and RedisBroker both are one."""
 
