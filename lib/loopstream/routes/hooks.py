@@ -8,7 +8,7 @@ page must load to ask for a token), /healthz from the token.
 """
 from __future__ import annotations
 
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from ..broker import BackendDown
@@ -118,7 +118,5 @@ def http_error(e: HTTPException) -> Response:
 
 def unexpected(e: Exception) -> Response:
     """A bug, never a user's fault: say so without a traceback (it goes to the log)."""
-    from flask import current_app
-
     current_app.logger.exception("unexpected error")
     return error(500, "internal", f"internal error ({type(e).__name__}); the event was not stored")
