@@ -23,7 +23,7 @@ def test_emit_builds_data_from_items_and_json(server):
     (event,) = server.get("/api/events").json()["events"]
     assert event["id"] == r.stdout.strip()
     assert event["run"] == "cli-run" and event["type"] == "progress"
-    assert event["data"] == {"extra": 1, "percent": 40, "message": "compiling = fast", "tags[]": "x"}
+    assert event["data"] == {"extra": 1, "percent": 40, "message": "compiling = fast", "tags": ["x"]}
 
 
 def test_emit_takes_server_run_and_token_from_the_environment(make_server):

@@ -431,37 +431,18 @@ def validate(prd_path) -> None:
 # -- talking to a sidecar --------------------------------------------------------------
 
 def _parse_items(items: tuple[str, ...], data_json: str | None) -> dict:
-    import json
+    """The event's data from --data and the items (loopstream.items), or a usage error."""
+    from .items import ItemError, parse_items
 
-    data: dict = {}
-    if data_json:
-        try:
-            parsed = json.loads(data_json)
-        except json.JSONDecodeError as e:
-            raise click.BadParameter(f"not JSON: {e}", param_hint="--data") from e
-        if not isinstance(parsed, dict):
-            raise click.BadParameter("must be a JSON object", param_hint="--data")
-        data.update(parsed)
-    for item in items:
-        if ":=" in item and ("=" not in item or item.index(":=") < item.index("=")):
-            key, raw = item.split(":=", 1)
-            try:
-                data[key] = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise click.BadParameter(f"{item!r}: the value after := must be JSON ({e})") from e
-        elif "=" in item:
-            key, value = item.split("=", 1)
-            data[key] = value
-        else:
-            raise click.BadParameter(f"{item!r}: use key=text or key:=JSON")
-        if not key:
-            raise click.BadParameter(f"{item!r}: the key is empty")
-    return data
+    try:
+        return parse_items(items, data_json)
+    except ItemError as e:
+        raise click.BadParameter(str(e), param_hint=e.param) from e
 
 
 @cli.command()
 @click.argument("event_type", metavar="TYPE")
-@click.argument("items", nargs=-1, metavar="[KEY=TEXT | KEY:=JSON]...")
+@click.argument("items", nargs=-1, metavar="[KEY=TEXT | KEY:=JSON | KEY[]=TEXT]...")
 @click.option("--data", "data_json", help="A JSON object of data fields (items are added to it).")
 @click.option("--run", "run_id", envvar="LOOP_RUN", help="The run this event belongs to.")
 @server_option
@@ -469,9 +450,13 @@ def _parse_items(items: tuple[str, ...], data_json: str | None) -> dict:
 def emit(event_type, items, data_json, run_id, server, token) -> None:
     """Send one event; waits and retries when rate-limited.
 
+    Items as httpie writes them: KEY=TEXT a string, KEY:=JSON a JSON value,
+    KEY[]=TEXT appends to a list (KEY[]:=JSON appends a JSON value).
+
     \b
       loop emit progress percent:=40 message="compiling"
       loop emit ac_completed story_id=US-1 ac_index:=0 --run build-7
+      loop emit note tags[]=a tags[]=b        # data: {"tags": ["a", "b"]}
     """
     import json
     import time
@@ -488,7 +473,7 @@ def emit(event_type, items, data_json, run_id, server, token) -> None:
                         headers={"Content-Type": "application/json"})
             break
         except SidecarError as e:
-            if str(e).startswith("429") and time.monotonic() < deadline:
+            if e.status == 429 and time.monotonic() < deadline:
                 time.sleep(0.5)
                 continue
             raise click.ClickException(str(e)) from e
@@ -504,7 +489,7 @@ def runs(server, token, as_json) -> None:
     import json
 
     from .client import SidecarError, request
-    from .view import clean, duration
+    from .view import run_row
 
     try:
         rows = request("GET", server.rstrip("/") + "/api/runs", token).json()["runs"]
@@ -518,11 +503,7 @@ def runs(server, token, as_json) -> None:
         return
     click.echo(f"{'RUN':40} {'STATUS':12} {'DONE':>9} {'ELAPSED':>9}  TASK")
     for r in rows:
-        c = r.get("counts") or {}
-        done = f"{c.get('completed', 0) + c.get('failed', 0)}/{c.get('total', 0)}" if c.get("total") else \
-            f"{r.get('percent', 0):.0f}%"
-        click.echo(f"{clean(r['run'])[:40]:40} {r['status']:12} {done:>9} {duration(r.get('elapsed_s')):>9}  "
-                   f"{clean(r.get('task_name') or '')[:40]}")
+        click.echo(run_row(r))
 
 
 def _control_command(action: str):
@@ -686,7 +667,7 @@ def watch(run_id, server, token, as_json) -> None:
             r = request("GET", f"{server}/api/runs/{run_id}", token, timeout=3)
             snaps[run_id] = r.json()
         except SidecarError as e:
-            if not str(e).startswith("404"):
+            if e.status != 404:
                 raise click.ClickException(str(e)) from e
     try:
         if finished_code() is None:

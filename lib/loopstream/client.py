@@ -25,7 +25,12 @@ RESERVE = 5               # tokens kept for lifecycle events once the sidecar ha
 
 
 class SidecarError(Exception):
-    """The sidecar answered with an error, or could not be reached."""
+    """The sidecar answered with an error (``status`` is its HTTP status), or could not be reached
+    (``status`` is None)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 def auth_headers(token: str | None) -> dict:
@@ -55,7 +60,7 @@ def request(method: str, url: str, token: str | None = None, timeout: float = 5.
                 message = f"{body['field']}: {message}"
         except ValueError:
             message = r.text[:200]
-        raise SidecarError(f"{r.status_code} from {url}: {message}")
+        raise SidecarError(f"{r.status_code} from {url}: {message}", r.status_code)
     return r
 
 
@@ -557,7 +562,8 @@ def stream(server: str, token: str | None = None, runs=(), types=(), last_event_
         try:
             r = requests.get(url, params=params, headers=headers, stream=True, timeout=(3, read_timeout))
             if r.status_code in (401, 403):
-                raise SidecarError(f"{r.status_code} from {url}: the token is missing or wrong (LOOP_TOKEN)")
+                raise SidecarError(f"{r.status_code} from {url}: the token is missing or wrong (LOOP_TOKEN)",
+                                   r.status_code)
             r.raise_for_status()
             _close_when_stopped(stop, r)
             if on_state:
