@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Protocol
 
+from .exitstatus import ExitStatus
+
 READ_CHUNK = 65_536
 MAX_READ_PER_POLL = 1 << 20   # a huge backlog is read over several polls, so a stop is never delayed
 MAX_LINE = 1 << 20            # a "line" longer than this (a file without newlines) goes out in pieces
@@ -271,7 +273,7 @@ class Exec:
         code = exit_status(returncode)
         duration_ms = int((time.monotonic() - started) * 1000)
         if self._stop.is_set():
-            return ExecResult(130, code, duration_ms, self.stop_reason)
+            return ExecResult(ExitStatus.INTERRUPTED, code, duration_ms, self.stop_reason)
         return ExecResult(code, code, duration_ms)
 
     def _not_started(self, e: OSError, started: float) -> ExecResult:
@@ -412,7 +414,7 @@ class Tail:
                 raise failure
             result = self._follow(follower, deadline)
         except OSError as e:
-            result = TailResult(1, reason=f"cannot read {o.path}: {e.strerror or e}", error_type="tail_failed")
+            result = TailResult(ExitStatus.FAILURE, reason=f"cannot read {o.path}: {e.strerror or e}", error_type="tail_failed")
         finally:
             follower.close()
         self._finish(result, int((time.monotonic() - started) * 1000))
@@ -428,13 +430,13 @@ class Tail:
                 self.echo(line)
                 self._output(line)
                 if o.until and o.until.search(line.decode("utf-8", "replace").rstrip("\n")):
-                    return TailResult(0, count, matched=line.decode("utf-8", "replace").rstrip("\n"))
+                    return TailResult(ExitStatus.OK, count, matched=line.decode("utf-8", "replace").rstrip("\n"))
             if self._stop.is_set():
-                return self._flush(follower, TailResult(130, count, reason=self.stop_reason), count)
+                return self._flush(follower, TailResult(ExitStatus.INTERRUPTED, count, reason=self.stop_reason), count)
             if deadline is not None and time.monotonic() >= deadline:
                 reason = f"no line matched {o.until.pattern!r} within {o.timeout:g} s" if o.until else \
                     f"stopped following after {o.timeout:g} s (--timeout)"
-                return self._flush(follower, TailResult(1, count, reason=reason, error_type="timeout"), count)
+                return self._flush(follower, TailResult(ExitStatus.FAILURE, count, reason=reason, error_type="timeout"), count)
             if not lines:
                 self._stop.wait(o.interval)
 
@@ -448,10 +450,10 @@ class Tail:
 
     def _finish(self, result: TailResult, duration_ms: int) -> None:
         summary = {"lines": result.lines, "duration_ms": duration_ms}
-        if result.code == 130:
+        if result.code == ExitStatus.INTERRUPTED:
             self._event("task_stopped", reason=result.reason or "stopped", summary=summary, duration_ms=duration_ms)
             return
-        if result.code == 1:
+        if result.code == ExitStatus.FAILURE:
             self._event("error_occurred", error_type=result.error_type, error_message=result.reason,
                         retryable=False)
             self._event("task_completed", status="failed", reason=result.reason, summary=summary,

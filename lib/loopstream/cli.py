@@ -5,19 +5,12 @@ them, so ``loop serve`` starts clean under gevent's monkey-patching.
 """
 from __future__ import annotations
 
-import enum
 import sys
 
 import click
 
 from . import __version__
-
-
-class ExitStatus(enum.IntEnum):
-    OK = 0
-    FAILURE = 1
-    USAGE = 2
-    INTERRUPTED = 130
+from .exitstatus import ExitStatus
 
 
 DEFAULT_SERVER = "http://127.0.0.1:8765"
@@ -115,7 +108,8 @@ def serve(ctx, host, port, buffer, rate, burst, heartbeat, db, no_history, backe
         probe = subprocess.run([sys.executable, "-m", "loopstream.redis_broker", redis_url],
                                capture_output=True, text=True)
         if probe.returncode:
-            raise click.ClickException(f"{probe.stderr.strip().rstrip('.')}. Start redis-server, or pass --backend memory.")
+            raise click.ClickException(f"{probe.stderr.strip().rstrip('.')}. Start redis-server, "
+                                       "or pass --backend memory.")
     config = Config(buffer=buffer, rate=rate, burst=burst, heartbeat=heartbeat, token=token or None,
                     db=None if no_history else str(db or default_db_path()), cors=cors_origins,
                     max_streams=max_streams, max_streams_per_client=max_streams_per_client,
@@ -162,34 +156,6 @@ def _configure_notify(config, url: str | None, fmt: str, min_duration: float, ho
 
 # -- running a PRD -------------------------------------------------------------------
 
-def _new_run_id(prd_path: str) -> str:
-    import re
-    import secrets
-    from datetime import datetime
-    from pathlib import Path
-
-    stem = re.sub(r"[^A-Za-z0-9._-]", "-", Path(prd_path).stem)[:32] or "run"
-    return f"{stem}-{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-
-
-def _estimate(server: str | None, token: str | None, task_id: str, stories: int) -> float | None:
-    """Seconds the stories took in this PRD's latest finished run, scaled to this run."""
-    if not server or not stories:
-        return None
-    from .client import SidecarError, request
-
-    try:
-        runs = request("GET", server + "/api/runs", token, timeout=1).json()["runs"]
-    except (SidecarError, ValueError, KeyError):
-        return None
-    for r in runs:
-        c = r.get("counts") or {}
-        decided = c.get("completed", 0) + c.get("failed", 0)
-        if r.get("task_id") == task_id and r.get("status") in ("passed", "failed") and decided:
-            return round(r["elapsed_s"] / decided * stories, 1)
-    return None
-
-
 @cli.command()
 @click.argument("prd_path", metavar="PRD", type=click.Path(dir_okay=False))
 @server_option
@@ -229,72 +195,51 @@ def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_u
     dashboard). Each story's complete output is kept in a log file (path in
     its story_completed event); the stream may elide what comes too fast.
     """
-    import threading
-
-    from . import state
-    from .client import Outbox
+    from . import orchestrate as orch
     from .agentrun import AgentRunner, agent_options
+    from .client import Outbox
     from .runner import RunOptions
-    from .view import LiveView, plain_line
 
     prd = _load_prd(prd_path, ExitStatus.USAGE)
-    if run_id is not None and not _valid_run(run_id):
-        raise click.BadParameter("must match [A-Za-z0-9._-]{1,64}", param_hint="--run")
-    run_id = run_id or _new_run_id(prd_path)
-    server = _sidecar_for_run(server.rstrip("/"), no_embed)
+    run_id = _run_name(run_id, prd_path)
+    server = orch.sidecar_for_run(server.rstrip("/"), no_embed, _say)
     click.echo(f"loop: run {run_id}" + (f" — dashboard: {server}/" if server else ""), err=True)
-
     live_view = stream and sys.stdout.isatty()
-    lock = threading.Lock()
-    snap: dict = {}
     outbox = Outbox(server, token, on_refused=lambda reason, n: _say(
         f"loop: the sidecar refused {n} event{'s' * (n > 1)}: {reason}; the run goes on"))
-
-    def sink(event: dict) -> None:
-        outbox.put(event)
-        if event["type"] == "task_alive":
-            return
-        with lock:
-            snap["s"] = state.apply(snap.get("s"), event)
-        if not live_view and not (event["type"] == "output" and not event["data"].get("text")):
-            _say(plain_line(event), err=False)
-
-    estimate = _estimate(server, token, prd.path.stem, sum(1 for s in prd.stories if not s.passes))
+    feed = orch.EventFeed(outbox, None if live_view else lambda line: _say(line, err=False))
+    eta = orch.estimate(server, token, prd.path.stem, sum(1 for s in prd.stories if not s.passes))
     runner = AgentRunner(prd, RunOptions(run_id=run_id, server=server, max_attempts=max_attempts, jobs=jobs,
-                                         grace=grace, update=not no_update, estimated_duration=estimate,
-                                         heartbeat_s=heartbeat_s), sink, agent_options(prd, **agent_settings))
-    done = threading.Event()
-    if server:
-        threading.Thread(target=_listen_for_control, args=(server, token, run_id, runner, done),
-                         daemon=True).start()
-
-    previous = _stop_runner_on_signals(runner)
-    try:
-        if live_view:
-            def connection() -> str:
-                st = outbox.status
-                where = server or "none"
-                return f"{st.state} {where}" + (f" ({st.queued} queued)" if st.queued > 1 else "")
-
-            with LiveView(lambda: snap.get("s"), connection):
-                code = runner.run()
-        else:
-            code = runner.run()
-    finally:
-        done.set()
-        _restore_signals(previous)
-        outbox.close(timeout=CLOSE_BUDGET)
-    from .client import hand_to_spool
-
-    spool = hand_to_spool(server, run_id, outbox.leftovers, token) if server and outbox.leftovers else None
-    summary = {k: v for k, v in (snap["s"]["counts"] if snap.get("s") else {}).items() if v}
-    _say(f"loop: run {run_id} {['passed', 'failed'][code == 1] if code != 130 else 'stopped'} {summary}")
-    for line in _delivery_report(outbox.status, server, spool):
+                                         grace=grace, update=not no_update, estimated_duration=eta,
+                                         heartbeat_s=heartbeat_s), feed, agent_options(prd, **agent_settings))
+    with orch.supervised(runner, server, token, run_id, outbox, _say):
+        code = _shown(live_view, lambda: feed.snapshot, lambda: feed.connection(server), runner.run)
+    spool = orch.hand_over_leftovers(server, run_id, outbox, token)
+    summary = {k: v for k, v in (feed.snapshot["counts"] if feed.snapshot else {}).items() if v}
+    outcome = {ExitStatus.OK: "passed", ExitStatus.INTERRUPTED: "stopped"}.get(code, "failed")
+    _say(f"loop: run {run_id} {outcome} {summary}")
+    for line in orch.delivery_report(outbox.status, server, spool):
         _say(line)
     sys.exit(code)
 
 
-CLOSE_BUDGET = 2.5   # seconds `loop run` gives its outbox after the last story: lifecycle first, output elided
+def _run_name(run_id: str | None, source: str) -> str:
+    """--run as given (checked), or a new name from the PRD, file or command."""
+    from .orchestrate import new_run_id
+
+    if run_id is not None and not _valid_run(run_id):
+        raise click.BadParameter("must match [A-Za-z0-9._-]{1,64}", param_hint="--run")
+    return run_id or new_run_id(source)
+
+
+def _shown(live_view: bool, snapshot, connection, body):
+    """``body()``, under the live view of ``snapshot()`` on a terminal."""
+    if not live_view:
+        return body()
+    from .view import LiveView
+
+    with LiveView(snapshot, connection):
+        return body()
 
 
 def _say(line: str, err: bool = True) -> None:
@@ -303,74 +248,6 @@ def _say(line: str, err: bool = True) -> None:
         click.echo(line, err=err)
     except OSError:
         pass
-
-
-def _sidecar_for_run(server: str, no_embed: bool) -> str | None:
-    """The sidecar this run reports to: the one at ``server``, one left by an earlier run, or a new
-    detached one (it outlives the run; `loop serve --idle-exit`); None to run without one."""
-    from .client import healthy
-    from .embedded import EmbeddedSidecar
-
-    if healthy(server):
-        return server
-    if no_embed:
-        click.echo(f"loop: no sidecar at {server}; running without one (--no-embed)", err=True)
-        return None
-    embedded = EmbeddedSidecar.find_or_start(server)
-    if embedded is None:
-        click.echo(f"loop: no sidecar at {server} and none could be started; running without one", err=True)
-        return None
-    how = "reusing the sidecar an earlier run started" if embedded.reused else "started a sidecar"
-    click.echo(f"loop: {how} at {embedded.url} (pid {embedded.pid}, log {embedded.log_path}); it keeps serving "
-               "after the run until idle (--idle-exit)", err=True)
-    return embedded.url
-
-
-def _stop_runner_on_signals(runner) -> dict:
-    """SIGINT, SIGTERM and SIGHUP all stop the run the same way (grace, then SIGKILL); a second one
-    kills the children at once. Returns the previous handlers."""
-    import signal
-
-    reasons = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM)",
-               signal.SIGHUP: "hangup (SIGHUP)"}
-    received: list[int] = []
-
-    def handler(signum, frame):
-        received.append(signum)
-        if len(received) == 1:
-            runner.request_stop(reasons[signum])
-        else:
-            runner.force_kill()
-
-    return {sig: signal.signal(sig, handler) for sig in reasons}
-
-
-def _restore_signals(previous: dict) -> None:
-    import signal
-
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
-
-
-def _delivery_report(status, server: str | None, spool=None) -> list[str]:
-    """Lines about what did not reach the sidecar as sent: refused (by reason), undelivered (and where
-    it waits to be delivered, when handed to the hooks' ``spool``), elided."""
-    lines = []
-    if status.refused:
-        total = sum(status.refused.values())
-        why = "; ".join(f"{n} × {reason}" for reason, n in status.refused.items())
-        lines.append(f"loop: {total} event{'s' * (total > 1)} refused by the sidecar at {server}: {why}")
-    if status.undelivered and spool:
-        lines.append(f"loop: {status.undelivered} events not delivered to {server} within {CLOSE_BUDGET:g} s "
-                     f"({status.last_error or 'no answer'}); queued in {spool}, a shipper delivers them in order "
-                     "when the sidecar answers")
-    elif status.undelivered:
-        lines.append(f"loop: {status.undelivered} events not delivered to {server} within {CLOSE_BUDGET:g} s "
-                     f"({status.last_error or 'no answer'}); the sidecar will mark the run interrupted")
-    if status.elided_bytes:
-        lines.append(f"loop: {status.elided_bytes} bytes of output were elided from the stream (faster than the "
-                     "sidecar's rate limit); every story's log file has all of it")
-    return lines
 
 
 def _load_prd(path: str, failure: ExitStatus):
@@ -389,34 +266,6 @@ def _valid_run(name: str) -> bool:
     from .events import RUN_RE
 
     return bool(RUN_RE.match(name))
-
-
-def _listen_for_control(server, token, run_id, runner, done) -> None:
-    """Act on stop/pause/resume requests for this run, from its snapshot and live events."""
-    from .client import SidecarError, stream
-
-    def from_snapshot(runs) -> None:
-        for s in runs or []:
-            if s.get("run") == run_id:
-                c = s.get("control") or {}
-                if c.get("stop_requested"):
-                    runner.request_stop(c["stop_requested"])
-                elif c.get("pause_requested"):
-                    runner.request_pause("requested")
-
-    try:
-        for _, name, data in stream(server, token, runs=[run_id], stop=done,
-                                    types=["stop_requested", "pause_requested", "resume_requested"]):
-            if name in ("hello", "reset"):
-                from_snapshot(data.get("runs"))
-            elif name == "stop_requested":
-                runner.request_stop((data.get("data") or {}).get("reason") or "stop requested")
-            elif name == "pause_requested":
-                runner.request_pause((data.get("data") or {}).get("reason"))
-            elif name == "resume_requested":
-                runner.request_resume((data.get("data") or {}).get("reason"))
-    except SidecarError as e:
-        click.echo(f"loop: control from the sidecar is off: {e}", err=True)
 
 
 @cli.command()
@@ -605,91 +454,81 @@ def watch(run_id, server, token, as_json) -> None:
 
     Exits when the named run finishes: 0 passed, 1 failed, 130 stopped.
     """
-    import json
     import threading
 
-    from . import state
-    from .client import SidecarError, stream
-    from .view import LiveView, plain_line
-
-    server = server.rstrip("/")
-    snaps: dict[str, dict] = {}
-    conn = {"state": "connecting"}
-    followed = {"run": run_id}
-    live_view = not as_json and sys.stdout.isatty()
-    stop = threading.Event()
-
-    def current():
-        r = followed["run"]
-        return snaps.get(r) if r else None
-
-    def follow_latest():
-        if run_id:
-            return
-        live = [s for s in snaps.values() if state.is_live(s)]
-        if live:
-            followed["run"] = max(live, key=lambda s: s.get("updated_at") or 0)["run"]
-
-    def finished_code():
-        s = current()
-        if run_id and s and s["status"] in state.FINISHED:  # "interrupted" may yet come back
-            return {"passed": 0, "failed": 1, "stopped": 130}.get(s["status"], 1)
-        return None
-
-    def consume():
-        for eid, name, data in stream(server, token, runs=[run_id] if run_id else (), stop=stop,
-                                      on_state=lambda st: conn.update(state=st)):
-            if name == "heartbeat":
-                continue
-            if as_json:
-                click.echo(json.dumps(data if name not in ("hello", "reset") else
-                                      {"id": eid, "type": name, "data": data}))
-            if name in ("hello", "reset"):
-                if name == "reset" or not data.get("resumed"):
-                    if name == "reset":
-                        snaps.clear()
-                    for s in data.get("runs") or []:
-                        snaps[s["run"]] = s
-            else:
-                snaps[data["run"]] = state.apply(snaps.get(data["run"]), data)
-                if not as_json and not live_view:
-                    click.echo(plain_line(data))
-            follow_latest()
-            if finished_code() is not None:
-                return
+    from .client import Follower, RunWatch, SidecarError, follow, poller
 
     if run_id and not _valid_run(run_id):
         raise click.BadParameter("must match [A-Za-z0-9._-]{1,64}", param_hint="RUN")
-    if run_id:
-        from .client import request
+    server = server.rstrip("/")
+    runs = [run_id] if run_id else []
+    watched = RunWatch(run_id, _known_run(server, token, run_id) if run_id else None)
+    live_view = not as_json and sys.stdout.isatty()
+    printer = _WatchPrinter(watched, as_json, live_view)
+    follower = Follower(printer.on_event, watched.replace, poller(server, token, runs))
+    conn = {"state": "connecting"}
+    stop = threading.Event()
 
-        try:
-            r = request("GET", f"{server}/api/runs/{run_id}", token, timeout=3)
-            snaps[run_id] = r.json()
-        except SidecarError as e:
-            if e.status != 404:
-                raise click.ClickException(str(e)) from e
+    def consume() -> None:
+        if watched.finished() is None:
+            follow(server, token, follower, runs=runs, stop=stop, on_state=lambda st: conn.update(state=st),
+                   on_frame=printer.on_frame, until=lambda: watched.finished() is not None)
+
+    def connection() -> str:
+        return f"{conn['state'] if watched.finished() is None else 'finished'} {server}"
+
     try:
-        if finished_code() is None:
-            if live_view:
-                with LiveView(current, lambda: f"{conn['state']} {server}"):
-                    consume()
-            else:
-                consume()
-        elif live_view:
-            with LiveView(current, lambda: f"finished {server}"):
-                pass
+        _shown(live_view, watched.current, connection, consume)
     except SidecarError as e:
         raise click.ClickException(str(e)) from e
     except KeyboardInterrupt:
         stop.set()
         sys.exit(ExitStatus.INTERRUPTED)
-    if not live_view and not as_json and current():
+    printer.at_end()
+    sys.exit(watched.finished() or ExitStatus.OK)
+
+
+def _known_run(server: str, token: str | None, run_id: str) -> dict | None:
+    """The named run as the sidecar has it (live or history), None when it has not started yet."""
+    from .client import SidecarError, request
+
+    try:
+        return request("GET", f"{server}/api/runs/{run_id}", token, timeout=3).json()
+    except SidecarError as e:
+        if e.status != 404:
+            raise click.ClickException(str(e)) from e
+    return None
+
+
+class _WatchPrinter:
+    """What `loop watch` prints: JSON lines (--json), plain lines and a last box (piped), or nothing
+    while the live view draws (a terminal)."""
+
+    def __init__(self, watched, as_json: bool, live_view: bool):
+        self.watched, self.as_json, self.live_view = watched, as_json, live_view
+
+    def on_frame(self, eid: str | None, name: str, data: dict) -> None:
+        import json
+
+        if self.as_json and name in ("hello", "reset"):
+            click.echo(json.dumps({"id": eid, "type": name, "data": data}))
+
+    def on_event(self, event: dict) -> None:
+        import json
+
+        from .view import plain_line
+
+        self.watched.apply(event)
+        if self.as_json:
+            click.echo(json.dumps(event))
+        elif not self.live_view:
+            click.echo(plain_line(event))
+
+    def at_end(self) -> None:
         from .view import render_box
 
-        click.echo("\n".join(render_box(current(), 80)))
-    code = finished_code()
-    sys.exit(code if code is not None else 0)
+        if not self.live_view and not self.as_json and self.watched.current():
+            click.echo("\n".join(render_box(self.watched.current(), 80)))
 
 
 # -- capturing anything: loop tail ------------------------------------------------------------
@@ -766,15 +605,12 @@ def tail(path, server, token, run_id, name, until, timeout, from_start, no_embed
     \b
       loop tail build.log --until '=== Run Complete ===' --timeout 3600
     """
-    import threading
-
+    from . import orchestrate as orch
     from .capture import Tail, TailOptions
     from .client import Outbox
 
-    if run_id is not None and not _valid_run(run_id):
-        raise click.BadParameter("must match [A-Za-z0-9._-]{1,64}", param_hint="--run")
-    run_id = run_id or _new_run_id(path)
-    server = _sidecar_for_run(server.rstrip("/"), no_embed)
+    run_id = _run_name(run_id, path)
+    server = orch.sidecar_for_run(server.rstrip("/"), no_embed, _say)
     _say(f"loop: run {run_id}" + (f" — dashboard: {server}/" if server else ""))
     outbox = Outbox(server, token, on_status=_OneWarning(server).on_status)
     raw = not sys.stdout.isatty()
@@ -782,62 +618,15 @@ def tail(path, server, token, run_id, name, until, timeout, from_start, no_embed
                                 timeout=timeout, from_start=from_start),
                     emit=outbox.put, echo=lambda line: _echo_line(line, raw),
                     notice=lambda message: click.echo(f"loop: {message}", err=True))
-    done = threading.Event()
-    if server:
-        threading.Thread(target=_listen_for_control, args=(server, token, run_id, follower, done),
-                         daemon=True).start()
-    previous = _stop_runner_on_signals(follower)
-    try:
+    with orch.supervised(follower, server, token, run_id, outbox, _say):
         result = follower.run()
-    finally:
-        done.set()
-        _restore_signals(previous)
-        outbox.close(timeout=CLOSE_BUDGET)
-    click.echo(f"loop: run {run_id}: {result.lines} lines, "
-               + {0: "matched", 1: f"failed: {result.reason}", 130: f"stopped: {result.reason}"}[result.code],
-               err=True)
+    outcome = {ExitStatus.OK: "matched", ExitStatus.FAILURE: f"failed: {result.reason}",
+               ExitStatus.INTERRUPTED: f"stopped: {result.reason}"}[result.code]
+    click.echo(f"loop: run {run_id}: {result.lines} lines, {outcome}", err=True)
     sys.exit(result.code)
 
 
 # -- capturing anything: loop exec ------------------------------------------------------------
-
-class _ExecView:
-    """Where `loop exec`'s events go: the outbox, and with --stream the live view (a terminal) or
-    one plain line per event (piped), from a snapshot folded as `loop run` does."""
-
-    def __init__(self, outbox, server: str | None, stream: bool):
-        self.outbox, self.server, self.stream = outbox, server, stream
-        self.live = stream and sys.stdout.isatty()
-        self.snapshot: dict | None = None
-
-    def sink(self, event: dict) -> None:
-        from . import state
-        from .view import plain_line
-
-        self.outbox.put(event)
-        if not self.stream or event["type"] == "task_alive":
-            return
-        self.snapshot = state.apply(self.snapshot, event)
-        if not self.live and not (event["type"] == "output" and not event["data"].get("text")):
-            _say(plain_line(event), err=False)
-
-    def log_warning(self, run_id: str):
-        """The log's warn callback: one line on stderr and an error_occurred (a warning) in the run."""
-        def warn(message: str) -> None:
-            _say(f"loop: {message}")
-            self.sink({"type": "error_occurred", "run": run_id, "data": {
-                "error_type": "log_write_failed", "error_message": message, "retryable": False,
-                "severity": "warning"}})
-        return warn
-
-    def run(self, job):
-        if not self.live:
-            return job.run()
-        from .view import LiveView
-
-        with LiveView(lambda: self.snapshot, lambda: f"{self.outbox.status.state} {self.server or 'none'}"):
-            return job.run()
-
 
 @cli.command(name="exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD [ARGS]...")
@@ -861,39 +650,30 @@ def exec_(argv, server, token, run_id, name, stream, grace, no_embed) -> None:
     \b
       loop exec --name "Nightly tests" -- make -k test
     """
-    import threading
-
+    from . import orchestrate as orch
     from .capture import Exec, ExecOptions
     from .client import Outbox
     from .runner import StoryLog, _file_name, story_log_dir
 
-    if run_id is not None and not _valid_run(run_id):
-        raise click.BadParameter("must match [A-Za-z0-9._-]{1,64}", param_hint="--run")
-    run_id = run_id or _new_run_id(argv[0])
-    server = _sidecar_for_run(server.rstrip("/"), no_embed)
+    run_id = _run_name(run_id, argv[0])
+    server = orch.sidecar_for_run(server.rstrip("/"), no_embed, _say)
     human = sys.stderr.isatty()      # loop's own lines only for a person: a pipeline's stderr stays the command's
     if human:
         _say(f"loop: run {run_id}" + (f" — dashboard: {server}/" if server else ""))
     warning = _OneWarning(server)
     outbox = Outbox(server, token, on_status=warning.on_status, on_refused=warning.on_refused)
-    view = _ExecView(outbox, server, stream)
-    log = StoryLog(story_log_dir() / _file_name(run_id) / "output.log", view.log_warning(run_id))
+    live_view = stream and sys.stdout.isatty()
+    print_line = (lambda line: _say(line, err=False)) if stream and not live_view else None
+    feed = orch.EventFeed(outbox, print_line, fold=stream)
+    log = StoryLog(story_log_dir() / _file_name(run_id) / "output.log", feed.log_warning(run_id, _say))
     job = Exec(ExecOptions(argv=list(argv), run_id=run_id, name=name, grace=grace, server=server),
-               view.sink, log, passthrough={} if stream else None, notice=lambda message: _say(f"loop: {message}"))
-    done = threading.Event()
-    if server:
-        threading.Thread(target=_listen_for_control, args=(server, token, run_id, job, done), daemon=True).start()
-    previous = _stop_runner_on_signals(job)
-    try:
-        result = view.run(job)
-    finally:
-        done.set()
-        _restore_signals(previous)
-        outbox.close(timeout=CLOSE_BUDGET)
+               feed, log, passthrough={} if stream else None, notice=lambda message: _say(f"loop: {message}"))
+    with orch.supervised(job, server, token, run_id, outbox, _say):
+        result = _shown(live_view, lambda: feed.snapshot, lambda: f"{outbox.status.state} {server or 'none'}", job.run)
     if human or stream:
         _say(f"loop: run {run_id}: exit {result.exit_code}" + (f", stopped: {result.stop_reason}"
                                                                if result.stop_reason else "") + f"; log {log.path}")
-        for line in _delivery_report(outbox.status, server):
+        for line in orch.delivery_report(outbox.status, server):
             _say(line)
     else:
         warning.at_close(outbox.status)

@@ -17,6 +17,8 @@ from typing import Callable, Iterator
 
 import requests
 
+from .exitstatus import ExitStatus
+
 MAX_BATCH = 50            # events per POST
 MAX_BATCH_BYTES = 48_000  # under the sidecar's 64 KB body limit
 MAX_OUTPUT_CHUNK = 4096   # characters of text in one output event
@@ -547,42 +549,222 @@ def _shipper_alive(pidfile: Path) -> bool:
 
 def stream(server: str, token: str | None = None, runs=(), types=(), last_event_id: str | None = None,
            on_state: Callable[[str], None] | None = None, stop: threading.Event | None = None,
-           read_timeout: float = 45.0) -> Iterator[tuple[str, str, dict]]:
-    """Yield (id, event, data) from /stream/progress forever, reconnecting with Last-Event-ID."""
-    import sseclient
-
+           read_timeout: float = 45.0, cursor: Callable[[], str | None] | None = None,
+           ) -> Iterator[tuple[str, str, dict]]:
+    """Yield (id, event, data) from /stream/progress forever, reconnecting with Last-Event-ID
+    (the last id seen, or ``cursor()`` when given: a Follower's cursor, which polls move too)."""
     url = server.rstrip("/") + "/stream/progress"
     params = [("run", r) for r in runs] + ([("types", ",".join(types))] if types else [])
     if token:
         params.append(("token", token))
-    cursor = last_event_id
+    seen = [last_event_id]
     delay = 1.0
     while not (stop and stop.is_set()):
-        headers = {"Last-Event-ID": cursor} if cursor else {}
+        resume_from = cursor() if cursor is not None else seen[0]
         try:
-            r = requests.get(url, params=params, headers=headers, stream=True, timeout=(3, read_timeout))
-            if r.status_code in (401, 403):
-                raise SidecarError(f"{r.status_code} from {url}: the token is missing or wrong (LOOP_TOKEN)",
-                                   r.status_code)
-            r.raise_for_status()
-            _close_when_stopped(stop, r)
-            if on_state:
-                on_state("live")
-            delay = 1.0
-            for e in sseclient.SSEClient(r).events():
-                if e.id:
-                    cursor = e.id
-                yield e.id, e.event, json.loads(e.data) if e.data else {}
+            for frame in _one_connection(url, params, resume_from, stop, on_state, read_timeout):
+                delay = 1.0
+                if frame[0]:
+                    seen[0] = frame[0]
+                yield frame
                 if stop and stop.is_set():
-                    r.close()
                     return
         except (requests.RequestException, ValueError):
             pass
         if on_state:
             on_state("reconnecting")
-        if stop:
-            if stop.wait(delay):
-                return
-        else:
-            time.sleep(delay)
+        if _wait(stop, delay):
+            return
         delay = min(30.0, delay * 2)
+
+
+def _one_connection(url: str, params: list, resume_from: str | None, stop: threading.Event | None,
+                    on_state: Callable[[str], None] | None, read_timeout: float) -> Iterator[tuple[str, str, dict]]:
+    """The frames of one stream connection, until it ends (or raises)."""
+    import sseclient
+
+    headers = {"Last-Event-ID": resume_from} if resume_from else {}
+    r = requests.get(url, params=params, headers=headers, stream=True, timeout=(3, read_timeout))
+    if r.status_code in (401, 403):
+        raise SidecarError(f"{r.status_code} from {url}: the token is missing or wrong (LOOP_TOKEN)", r.status_code)
+    r.raise_for_status()
+    _close_when_stopped(stop, r)
+    if on_state:
+        on_state("live")
+    try:
+        for e in sseclient.SSEClient(r).events():
+            yield e.id, e.event, json.loads(e.data) if e.data else {}
+    finally:
+        r.close()
+
+
+def _wait(stop: threading.Event | None, seconds: float) -> bool:
+    """Sleep before a reconnect; True when ``stop`` was set meanwhile."""
+    if stop:
+        return stop.wait(seconds)
+    time.sleep(seconds)
+    return False
+
+
+# -- following a stream: the same reading as dashboard/connection.js ------------------------------------
+
+POLL_PAGE = 1000    # events in a full /api/events page (a shorter one is the last)
+POLL_PAGES = 20     # pages read at most in one catch-up
+
+
+class Follower:
+    """What each frame of /stream/progress means, read exactly as dashboard/connection.js reads it
+    (tests/fixtures/tables/follower_cases.json is run against both): a fresh ``hello`` and every
+    ``reset`` replace the snapshots (``on_snapshots(runs, reason)``) and move the cursor; a resumed
+    ``hello`` keeps them; an event at or before the cursor (same epoch) is dropped; a gap in ids, or
+    a heartbeat past the cursor, is caught up from /api/events (``poll(since) -> page | None``)
+    before the event is applied; an event of another epoch is applied as it comes.
+
+    Sans-IO: the caller feeds frames and supplies ``poll``; nothing here reads a socket.
+    """
+
+    def __init__(self, on_event: Callable[[dict], None], on_snapshots: Callable[[list, str | None], None],
+                 poll: Callable[[str], dict | None] | None = None, cursor: str | None = None):
+        self.on_event, self.on_snapshots, self.poll = on_event, on_snapshots, poll
+        self.cursor = cursor
+
+    def feed(self, eid: str | None, name: str, data: dict) -> None:
+        """One frame: its id (the SSE ``id:``), event name and parsed data."""
+        if name in ("hello", "reset"):
+            self.cursor = data.get("cursor")
+            if name == "reset" or not data.get("resumed"):
+                self.on_snapshots(data.get("runs") or [], data.get("reason") if name == "reset" else None)
+        elif name == "heartbeat":
+            self._check_gap(eid)
+        else:
+            self.receive(data)
+
+    def receive(self, event: dict) -> None:
+        """An event from either the stream or a poll: applied once, in order."""
+        eid, cur = _parse_id(event.get("id")), _parse_id(self.cursor)
+        if eid and cur and eid[0] == cur[0]:
+            if eid[1] <= cur[1]:
+                return                       # seen already
+            if eid[1] > cur[1] + 1 and self.poll is not None:
+                self._catch_up(eid[1])       # the ones between, then this one
+                if self._seen(eid):
+                    return
+        self.cursor = event.get("id")
+        self.on_event(event)
+
+    def _seen(self, eid: tuple[int, int] | None) -> bool:
+        cur = _parse_id(self.cursor)
+        return bool(eid and cur and eid[0] == cur[0] and eid[1] <= cur[1])
+
+    def _check_gap(self, heartbeat_id: str | None) -> None:
+        hid, cur = _parse_id(heartbeat_id), _parse_id(self.cursor)
+        if hid and cur and hid[0] == cur[0] and hid[1] > cur[1] and self.poll is not None:
+            self._catch_up(None)
+
+    def _catch_up(self, before_seq: int | None) -> bool:
+        """Read /api/events from the cursor, applying events below ``before_seq``; False if it failed."""
+        assert self.poll is not None
+        for _ in range(POLL_PAGES):
+            page = self.poll(self.cursor or "0-0")
+            if page is None:
+                return False
+            if page.get("reset"):
+                self.cursor = page.get("cursor")
+                self.on_snapshots(page.get("runs") or [], "poll")
+                return True
+            events = page.get("events") or []
+            if self._apply_page(events, before_seq):
+                return True
+            if len(events) < POLL_PAGE:
+                return True
+        return True
+
+    def _apply_page(self, events: list[dict], before_seq: int | None) -> bool:
+        """Apply a page's events in order; True once one at or past ``before_seq`` is reached."""
+        for event in events:
+            eid = _parse_id(event.get("id"))
+            if eid and before_seq is not None and eid[1] >= before_seq:
+                return True
+            if not self._seen(eid):
+                self.cursor = event.get("id")
+                self.on_event(event)
+        return False
+
+
+def _parse_id(value) -> tuple[int, int] | None:
+    from .events import parse_id
+
+    return parse_id(value) if isinstance(value, str) else None
+
+
+def poller(server: str, token: str | None, runs=(), types=()) -> Callable[[str], dict | None]:
+    """``poll(since)`` for a Follower: one page of /api/events with the stream's filter, None on failure."""
+    url = server.rstrip("/") + "/api/events"
+    params = [("run", r) for r in runs] + ([("types", ",".join(types))] if types else [])
+
+    def poll(since: str) -> dict | None:
+        try:
+            return request("GET", url, token, timeout=5, params=[*params, ("since", since)]).json()
+        except (SidecarError, ValueError):
+            return None
+    return poll
+
+
+def follow(server: str, token: str | None, follower: Follower, runs=(), types=(),
+           stop: threading.Event | None = None, on_state: Callable[[str], None] | None = None,
+           on_frame: Callable[[str | None, str, dict], None] | None = None,
+           until: Callable[[], bool] | None = None) -> None:
+    """Feed /stream/progress to ``follower`` (resuming from its cursor) until ``stop`` is set or
+    ``until()`` is true after a frame. ``on_frame`` sees every frame first (e.g. to print it)."""
+    for eid, name, data in stream(server, token, runs=runs, types=types, stop=stop, on_state=on_state,
+                                  cursor=lambda: follower.cursor):
+        if on_frame is not None:
+            on_frame(eid, name, data)
+        follower.feed(eid, name, data)
+        if until is not None and until():
+            return
+
+
+class RunWatch:
+    """`loop watch`'s runs: every run's snapshot (replaced by a fresh hello or a reset, folded event by
+    event), and the run shown: the named one, else the live run updated last."""
+
+    def __init__(self, run_id: str | None, known: dict | None = None):
+        self.run_id = run_id
+        self.followed = run_id
+        self.known = known           # the named run as /api/runs/RUN gave it before the stream opened
+        self.snaps: dict[str, dict] = {}
+
+    def replace(self, runs: list, reason: str | None = None) -> None:
+        """A fresh hello or a reset: these snapshots are the whole picture now."""
+        self.snaps = {s["run"]: s for s in runs if isinstance(s, dict) and "run" in s}
+        self._follow_latest()
+
+    def apply(self, event: dict) -> None:
+        from . import state
+
+        self.snaps[event["run"]] = state.apply(self.snaps.get(event["run"]), event)
+        self._follow_latest()
+
+    def current(self) -> dict | None:
+        if not self.followed:
+            return None
+        return self.snaps.get(self.followed) or (self.known if self.followed == self.run_id else None)
+
+    def finished(self) -> ExitStatus | None:
+        """The exit status once the named run has finished ("interrupted" may yet come back: not finished)."""
+        from . import state
+
+        s = self.current()
+        if self.run_id and s and s["status"] in state.FINISHED:
+            return ExitStatus.of_run(s["status"])
+        return None
+
+    def _follow_latest(self) -> None:
+        from . import state
+
+        if self.run_id:
+            return
+        live = [s for s in self.snaps.values() if state.is_live(s)]
+        if live:
+            self.followed = max(live, key=lambda s: s.get("updated_at") or 0)["run"]

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .exitstatus import ExitStatus
 from .prd import Prd, Story, mark_passed
 
 ERROR_TAIL = 600  # characters of a failing command's output kept in the error
@@ -336,9 +337,9 @@ class Runner:
         self._finished.set()
         if self._stop.is_set():
             self.emit("task_stopped", reason=self.stop_reason, summary=counts, duration_ms=duration_ms)
-            return 130
+            return ExitStatus.INTERRUPTED
         self.emit("task_completed", summary={**counts, "duration_ms": duration_ms}, duration_ms=duration_ms)
-        return 1 if counts["failed"] or counts["skipped"] else 0
+        return ExitStatus.FAILURE if counts["failed"] or counts["skipped"] else ExitStatus.OK
 
     def _dependency_state(self, story: Story, passed_before: set[str]) -> str:
         for d in story.dependencies:
