@@ -28,7 +28,8 @@ CHUNK = 4_000
 
 def _run_batches(run: str) -> list[bytes]:
     """One run as POST bodies under 64 KB: start, 50 KB of output in 4 KB chunks, the end."""
-    chunks = [{"type": "output", "run": run, "data": {"stream": "stdout", "text": f"{run} " + "x" * (CHUNK - 20) + "\n"}}
+    text = f"{run} " + "x" * (CHUNK - 20) + "\n"
+    chunks = [{"type": "output", "run": run, "data": {"stream": "stdout", "text": text}}
               for _ in range(OUTPUT_BYTES // CHUNK + 1)]
     first = [{"type": "task_started", "run": run, "data": {"task_name": run, "story_count": 1}}] + chunks[:7]
     last = chunks[7:] + [{"type": "task_completed", "run": run, "data": {"summary": {"passed": 1}}}]

@@ -59,6 +59,79 @@ class Sub:
                 self.latencies.append((now - float(s.group(1))) * 1000)
 
 
+class Pool:
+    """The subscribers' sockets under one epoll."""
+
+    def __init__(self) -> None:
+        self.ep = select.epoll()
+        self.subs: dict[int, Sub] = {}
+        self.failed = 0
+
+    def connect(self, host: str, port: int, request: bytes, n: int) -> None:
+        for _ in range(n):
+            try:
+                s = socket.create_connection((host, port), timeout=10)
+                s.sendall(request)
+                s.setblocking(False)
+            except OSError:
+                self.failed += 1
+                continue
+            self.subs[s.fileno()] = Sub(s)
+            self.ep.register(s.fileno(), select.EPOLLIN)
+
+    def pump(self, timeout: float) -> None:
+        for fd, _ in self.ep.poll(timeout):
+            now = time.time()
+            sub = self.subs.get(fd)
+            if sub is None:    # stdin: read by the caller
+                continue
+            try:
+                data = sub.sock.recv(1 << 18)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self.ep.unregister(fd)
+                sub.open = False
+                continue
+            sub.feed(data, now)
+
+    def wait_ready(self) -> int:
+        """Wait until every subscriber has its headers (or had HEADER_WAIT seconds); drop the bad ones."""
+        deadline = time.monotonic() + HEADER_WAIT
+        while time.monotonic() < deadline and not all(s.head_done for s in self.subs.values()):
+            self.pump(0.05)
+        bad = [fd for fd, s in self.subs.items() if (s.head_done and not s.status_ok) or not s.open]
+        for fd in bad:
+            if self.subs[fd].open:
+                self.ep.unregister(fd)
+            self.subs.pop(fd).sock.close()
+        return len(bad)
+
+    def read_command(self) -> bytes:
+        """Keep reading the streams until a line comes on stdin."""
+        stdin = sys.stdin.fileno()
+        self.ep.register(stdin, select.EPOLLIN)
+        command = b""
+        while b"\n" not in command:
+            if any(fd == stdin for fd, _ in self.ep.poll(0)):
+                command += sys.stdin.buffer.raw.read(4096)
+            self.pump(1.0)
+        return command
+
+    def result(self, lo: int, hi: int) -> dict:
+        """Latencies and per-subscriber counts of the events numbered lo..hi."""
+        result: dict = {"latencies_ms": [], "per_sub": [], "resets": 0, "connected": len(self.subs)}
+        for sub in self.subs.values():
+            got = {q for q in sub.seqs if lo <= q <= hi}
+            result["latencies_ms"] += [lat for q, lat in zip(sub.seqs, sub.latencies, strict=False) if lo <= q <= hi]
+            result["per_sub"].append([len(got), sub.resets])
+            result["resets"] += sub.resets
+            sub.sock.close()
+        return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--host", default="127.0.0.1")
@@ -69,66 +142,12 @@ def main() -> None:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     request = f"GET {args.path} HTTP/1.0\r\nHost: {args.host}\r\nAccept: text/event-stream\r\n\r\n".encode()
-    ep = select.epoll()
-    subs: dict[int, Sub] = {}
-    failed = 0
-    for _ in range(args.n):
-        try:
-            s = socket.create_connection((args.host, args.port), timeout=10)
-            s.sendall(request)
-            s.setblocking(False)
-        except OSError:
-            failed += 1
-            continue
-        subs[s.fileno()] = Sub(s)
-        ep.register(s.fileno(), select.EPOLLIN)
-
-    def pump(timeout: float) -> None:
-        for fd, _ in ep.poll(timeout):
-            now = time.time()
-            sub = subs.get(fd)
-            if sub is None:    # stdin: read by the caller
-                continue
-            try:
-                data = sub.sock.recv(1 << 18)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            if not data:
-                ep.unregister(fd)
-                sub.open = False
-                continue
-            sub.feed(data, now)
-
-    # Ready when every subscriber has its headers (or had HEADER_WAIT seconds to get them).
-    deadline = time.monotonic() + HEADER_WAIT
-    while time.monotonic() < deadline and not all(s.head_done for s in subs.values()):
-        pump(0.05)
-    bad = [fd for fd, s in subs.items() if (s.head_done and not s.status_ok) or not s.open]
-    for fd in bad:
-        if subs[fd].open:
-            ep.unregister(fd)
-        subs.pop(fd).sock.close()
-    print(json.dumps({"ready": len(subs), "failed": failed + len(bad)}), flush=True)
-
-    stdin = sys.stdin.fileno()
-    ep.register(stdin, select.EPOLLIN)
-    command = b""
-    while b"\n" not in command:
-        if any(fd == stdin for fd, _ in ep.poll(0)):
-            command += sys.stdin.buffer.raw.read(4096)
-        pump(1.0)
-    _, lo, hi = command.decode().split()
-    lo, hi = int(lo), int(hi)
-    result = {"latencies_ms": [], "per_sub": [], "resets": 0, "connected": len(subs)}
-    for sub in subs.values():
-        got = {q for q in sub.seqs if lo <= q <= hi}
-        result["latencies_ms"] += [lat for q, lat in zip(sub.seqs, sub.latencies) if lo <= q <= hi]
-        result["per_sub"].append([len(got), sub.resets])
-        result["resets"] += sub.resets
-        sub.sock.close()
-    print(json.dumps(result), flush=True)
+    pool = Pool()
+    pool.connect(args.host, args.port, request, args.n)
+    bad = pool.wait_ready()
+    print(json.dumps({"ready": len(pool.subs), "failed": pool.failed + bad}), flush=True)
+    _, lo, hi = pool.read_command().decode().split()
+    print(json.dumps(pool.result(int(lo), int(hi))), flush=True)
 
 
 if __name__ == "__main__":

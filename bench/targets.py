@@ -75,7 +75,7 @@ class Target:
     def env(self) -> dict:
         return {}
 
-    def start(self) -> "Target":
+    def start(self) -> Target:
         self.port = free_port()
         self.tmp = tempfile.mkdtemp(prefix=f"bench-{self.name.split()[0]}-")
         self.before_start()

@@ -46,7 +46,7 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         exe = shutil.which("redis-server")
         if exe is None:
             raise AssertionError("redis-server is not installed: run bin/test, which installs it")
@@ -119,7 +119,7 @@ class Server:
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 15.0) -> "Server":
+    def start(self, timeout: float = 15.0) -> Server:
         cmd = [sys.executable, "-m", "loopstream", "serve", "--port", str(self.port), *self.args]
         if not self.backend:
             cmd += ["--db", str(self.db)]

@@ -261,7 +261,7 @@ def test_exec_exits_with_the_commands_exit_code_or_128_plus_its_signal(tmp_path,
                             ("exec-none", ["no-such-command-here"], 127)):
         r = loop_exec(server.url, "--run", run, "--", *argv, env=isolated(tmp_path))
         assert r.returncode == code, (run, r.stderr)
-        last = wait_for(lambda: finished(server, run))[-1]
+        last = wait_for(lambda run=run: finished(server, run))[-1]
         assert last["type"] == "task_completed" and last["data"]["exit_code"] == code
         assert last["data"]["status"] == ("passed" if code == 0 else "failed")
     assert b"no-such-command-here: command not found" in r.stderr
@@ -315,9 +315,9 @@ def test_exec_sigterm_and_ctrl_c_stop_the_command_with_130(tmp_path, server):
         pids = _pids_when_ready(server, run)
         proc.send_signal(sig)
         assert proc.wait(20) == 130
-        last = wait_for(lambda: finished(server, run))[-1]
+        last = wait_for(lambda run=run: finished(server, run))[-1]
         assert last["type"] == "task_stopped" and last["data"]["reason"] == reason
-        wait_for(lambda: not any(map(_alive, pids)), message="no process of the command's group left")
+        wait_for(lambda pids=pids: not any(map(_alive, pids)), message="no process of the command's group left")
 
 
 def test_exec_stop_kills_a_command_ignoring_sigint_after_the_grace_period(tmp_path, server):

@@ -3,7 +3,6 @@
 The behavioural suite (test_stream, test_api, and the restart, runner and CLI tests) runs
 against both backends; this file checks what only a shared backend can do.
 """
-import json
 import threading
 
 import psutil
@@ -36,7 +35,8 @@ def test_published_to_one_sidecar_received_from_another_in_order(make_server, su
     got = sub_b.take(40)
     assert [eid for eid, _, _ in got] == ids
     assert [d["data"]["i"] for _, _, d in got] == list(range(40))
-    key = lambda i: tuple(map(int, i.split("-")))
+    def key(i):
+        return tuple(map(int, i.split("-")))
     assert [key(i) for i in ids] == sorted(map(key, ids)) and len(set(ids)) == 40
 
 
@@ -124,7 +124,7 @@ def test_losing_redis_gives_503s_and_ends_streams_then_recovers_losing_nothing(m
 
     redis_server.start()   # the same port and data directory (append-only file, fsync always)
     for server in (a, b):
-        wait_for(lambda: server.get("/healthz").ok, 15, 0.1, "the sidecar to see Redis again")
+        wait_for(lambda server=server: server.get("/healthz").ok, 15, 0.1, "the sidecar to see Redis again")
     got = []
 
     def resumed():

@@ -139,11 +139,11 @@ def test_reconnects_while_events_keep_flowing_lose_nothing_and_repeat_nothing(se
     t = threading.Thread(target=emitter)
     t.start()
     try:
-        for round_ in range(8):
+        for _round in range(8):
             headers = {"Last-Event-ID": last} if last else {}
             sub = Subscriber(server.url, params=None if last else {"last_event_id": ""}, headers=headers)
             sub.next()  # hello
-            for eid, name, _ in sub.take(25):
+            for eid, _name, _ in sub.take(25):
                 received.append(eid)
                 last = eid
             sub.close()
@@ -182,7 +182,8 @@ def test_restart_keeps_ids_unique_and_ordered_and_old_cursors_resume_or_reset(ma
     again = Server(tmp_path, port=server.port, args=["--rate", "0"], backend=backend).start()
     try:
         after = post_many(again, 5)
-        key = lambda i: tuple(map(int, i.split("-")))
+        def key(i):
+            return tuple(map(int, i.split("-")))
         assert set(before).isdisjoint(after)
         assert max(map(key, before)) < min(map(key, after))
         s = Subscriber(again.url, headers={"Last-Event-ID": before[-1]})

@@ -6,7 +6,7 @@ import uuid
 
 from rich.cells import cell_len
 
-from conftest import ROOT, FIXTURES, wait_for
+from conftest import FIXTURES, ROOT, wait_for
 from loopstream.view import clean, plain_line, render_box
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import select
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .agent import LineSplitter, StreamJsonParser
 from .view import clean
@@ -32,7 +32,8 @@ def _result_line(d: dict) -> str:
              f"{d['duration_ms'] / 1000:.1f} s" if isinstance(d.get("duration_ms"), int) else None,
              f"cost {money(d.get('cost_usd'))}",
              f"{d.get('input_tokens') or 0} in / {d.get('output_tokens') or 0} out tokens"]
-    head = "✗ agent failed" + (f" ({d['subtype']})" if d.get("subtype") else "") if d.get("is_error") else "✓ agent done"
+    failed = "✗ agent failed" + (f" ({d['subtype']})" if d.get("subtype") else "")
+    head = failed if d.get("is_error") else "✓ agent done"
     return f"= {head}: " + ", ".join(p for p in parts if p)
 
 

@@ -21,7 +21,8 @@ import json
 import math
 import re
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 MAX_TEXT = 2000          # characters of one agent_text event (coalesced text is cut here)
 MAX_SUMMARY = 200        # characters of a tool_call / tool_result summary

@@ -12,8 +12,8 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .agent import MAX_LINE_BYTES, StreamJsonParser, is_init_line
 from .runner import Runner

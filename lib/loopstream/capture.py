@@ -18,9 +18,11 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Protocol
+from typing import BinaryIO, Protocol
 
+from .defaults import GRACE
 from .exitstatus import ExitStatus
 
 READ_CHUNK = 65_536
@@ -153,7 +155,7 @@ class ExecOptions:
     argv: list[str]
     run_id: str
     name: str | None = None
-    grace: float = 5.0              # seconds between SIGINT and SIGKILL when stopping
+    grace: float = GRACE            # seconds between SIGINT and SIGKILL when stopping
     server: str | None = None       # given to the command as LOOP_SERVER
     heartbeat_s: float = 10.0       # task_alive after this many quiet seconds (announced in task_started)
 
@@ -414,7 +416,8 @@ class Tail:
                 raise failure
             result = self._follow(follower, deadline)
         except OSError as e:
-            result = TailResult(ExitStatus.FAILURE, reason=f"cannot read {o.path}: {e.strerror or e}", error_type="tail_failed")
+            result = TailResult(ExitStatus.FAILURE, reason=f"cannot read {o.path}: {e.strerror or e}",
+                                error_type="tail_failed")
         finally:
             follower.close()
         self._finish(result, int((time.monotonic() - started) * 1000))
@@ -436,7 +439,8 @@ class Tail:
             if deadline is not None and time.monotonic() >= deadline:
                 reason = f"no line matched {o.until.pattern!r} within {o.timeout:g} s" if o.until else \
                     f"stopped following after {o.timeout:g} s (--timeout)"
-                return self._flush(follower, TailResult(ExitStatus.FAILURE, count, reason=reason, error_type="timeout"), count)
+                timed_out = TailResult(ExitStatus.FAILURE, count, reason=reason, error_type="timeout")
+                return self._flush(follower, timed_out, count)
             if not lines:
                 self._stop.wait(o.interval)
 

@@ -10,10 +10,8 @@ import sys
 import click
 
 from . import __version__
+from .defaults import DEFAULT_PORT, DEFAULT_SERVER, GRACE, SIDECAR
 from .exitstatus import ExitStatus
-
-
-DEFAULT_SERVER = "http://127.0.0.1:8765"
 
 server_option = click.option("--server", envvar="LOOP_SERVER", default=DEFAULT_SERVER, show_default=True,
                              help="The sidecar's URL.")
@@ -28,15 +26,15 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--host", envvar="LOOP_HOST", default="127.0.0.1", show_default=True,
+@click.option("--host", envvar="LOOP_HOST", default=SIDECAR.host, show_default=True,
               help="Address to bind. Anything but loopback needs --token (or --insecure).")
-@click.option("--port", envvar="LOOP_PORT", default=8765, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--buffer", default=100, show_default=True, type=click.IntRange(1, 1_000_000),
+@click.option("--port", envvar="LOOP_PORT", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--buffer", default=SIDECAR.buffer, show_default=True, type=click.IntRange(1, 1_000_000),
               help="Events kept in memory for resume and late joiners.")
-@click.option("--rate", default=10.0, show_default=True, type=click.FloatRange(0),
+@click.option("--rate", default=SIDECAR.rate, show_default=True, type=click.FloatRange(0),
               help="Events per second per emitter (sustained); 0 turns the limit off.")
-@click.option("--burst", default=20, show_default=True, type=click.IntRange(1), help="Token bucket size.")
-@click.option("--heartbeat", default=15.0, show_default=True, type=click.FloatRange(0.05),
+@click.option("--burst", default=SIDECAR.burst, show_default=True, type=click.IntRange(1), help="Token bucket size.")
+@click.option("--heartbeat", default=SIDECAR.heartbeat, show_default=True, type=click.FloatRange(0.05),
               help="Seconds between heartbeat events on an idle stream.")
 @click.option("--db", envvar="LOOP_DB", default=None, type=click.Path(dir_okay=False),
               help="History file (TinyDB) [default: $XDG_DATA_HOME/loop/history.json].")
@@ -51,30 +49,32 @@ def cli() -> None:
 @click.option("--allowed-host", "allowed_hosts", envvar="LOOP_ALLOWED_HOSTS", multiple=True, metavar="NAME",
               help="A Host name the server answers to besides loopback names and the bind address "
                    "(repeatable; '*' = any, e.g. behind a proxy). Other names get 403 (DNS rebinding).")
-@click.option("--client-rate", default=100.0, show_default=True, type=click.FloatRange(0),
+@click.option("--client-rate", default=SIDECAR.client_rate, show_default=True, type=click.FloatRange(0),
               help="Events per second per client address, whatever runs it names; 0 turns it off.")
-@click.option("--client-burst", default=1000, show_default=True, type=click.IntRange(1),
+@click.option("--client-burst", default=SIDECAR.client_burst, show_default=True, type=click.IntRange(1),
               help="Token bucket size of the per-client budget.")
-@click.option("--max-live-runs", default=1000, show_default=True, type=click.IntRange(1),
+@click.option("--max-live-runs", default=SIDECAR.max_live_runs, show_default=True, type=click.IntRange(1),
               help="Live runs held at once; events starting another get 503 until one finishes.")
 @click.option("--stale-after", default=None, type=click.FloatRange(0.1), metavar="S",
               help="Finish as interrupted a run that announced heartbeat_s and sent nothing for S seconds "
                    "[default: 3 x its heartbeat_s].")
-@click.option("--idle-exit", default=0.0, show_default=True, type=click.FloatRange(0), metavar="S",
+@click.option("--idle-exit", default=SIDECAR.idle_exit, show_default=True, type=click.FloatRange(0), metavar="S",
               help="Exit after S seconds with no request and no open stream; 0 = never.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="gunicorn workers; the memory backend allows exactly 1, Redis any number.")
-@click.option("--max-streams", default=20_000, show_default=True, type=click.IntRange(1))
-@click.option("--max-streams-per-client", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--max-streams", default=SIDECAR.max_streams, show_default=True, type=click.IntRange(1))
+@click.option("--max-streams-per-client", default=SIDECAR.max_streams_per_client, show_default=True,
+              type=click.IntRange(1))
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--access-log", is_flag=True, help="Log every request to stderr.")
 @click.option("--notify", "notify_url", envvar="LOOP_NOTIFY", default=None, metavar="URL",
               help="POST one message per finished run to this webhook (or ntfy topic URL).")
-@click.option("--notify-format", envvar="LOOP_NOTIFY_FORMAT", default="json", show_default=True,
+@click.option("--notify-format", envvar="LOOP_NOTIFY_FORMAT", default=SIDECAR.notify_format, show_default=True,
               type=click.Choice(["json", "ntfy"]), help="json: a JSON message; ntfy: ntfy's publish format.")
-@click.option("--notify-min-duration", envvar="LOOP_NOTIFY_MIN_DURATION", default=0.0, show_default=True,
-              type=click.FloatRange(0), metavar="S", help="Do not notify about runs shorter than S seconds.")
+@click.option("--notify-min-duration", envvar="LOOP_NOTIFY_MIN_DURATION", default=SIDECAR.notify_min_duration,
+              show_default=True, type=click.FloatRange(0), metavar="S",
+              help="Do not notify about runs shorter than S seconds.")
 @click.pass_context
 def serve(ctx, host, port, buffer, rate, burst, heartbeat, db, no_history, backend, token, cors, insecure,
           workers, max_streams, max_streams_per_client, log_level, access_log,
@@ -166,7 +166,7 @@ def _configure_notify(config, url: str | None, fmt: str, min_duration: float, ho
               help="Tries per story before it counts as failed.")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 10),
               help="Independent stories run at once.")
-@click.option("--grace", default=5.0, show_default=True, type=click.FloatRange(0, 600),
+@click.option("--grace", default=GRACE, show_default=True, type=click.FloatRange(0, 600),
               help="Seconds between SIGINT and SIGKILL when stopping a story.")
 @click.option("--no-update", is_flag=True, help="Do not write passes: true back to the PRD.")
 @click.option("--no-embed", is_flag=True, help="Do not start a sidecar when none answers.")
@@ -636,7 +636,7 @@ def tail(path, server, token, run_id, name, until, timeout, from_start, no_embed
                                       "inside another run, e.g. a story, this is a run of its own].")
 @click.option("--name", default=None, help="The run's title on the dashboard [default: the command line].")
 @click.option("--stream", is_flag=True, help="Show the live view instead of the command's own output.")
-@click.option("--grace", default=5.0, show_default=True, type=click.FloatRange(0, 600),
+@click.option("--grace", default=GRACE, show_default=True, type=click.FloatRange(0, 600),
               help="Seconds between SIGINT and SIGKILL when stopping the command.")
 @click.option("--no-embed", is_flag=True, help="Do not start a sidecar when none answers.")
 def exec_(argv, server, token, run_id, name, stream, grace, no_embed) -> None:

@@ -11,9 +11,9 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import requests
 
@@ -133,7 +133,7 @@ class PendingOutput:
             newline = self.text.find("\n", start - 1, len(self.text) - 1)
             self._cut(newline + 1 if newline >= start - 1 else start)
 
-    def split(self, max_events: int, max_bytes: int) -> "PendingOutput | None":
+    def split(self, max_events: int, max_bytes: int) -> PendingOutput | None:
         """Take from the front what fits ``max_events`` events and ``max_bytes`` of JSON; None if nothing."""
         first = MAX_OUTPUT_CHUNK - (len(_marker(self.elided)) if self.elided else 0)
         room = first + (max_events - 1) * MAX_OUTPUT_CHUNK
@@ -157,7 +157,7 @@ class PendingOutput:
             out.append({"type": "output", **({"run": self.run} if self.run else {}), "data": d})
         return out
 
-    def absorb(self, newer: "PendingOutput") -> None:
+    def absorb(self, newer: PendingOutput) -> None:
         """Put ``newer`` (the same stream, later text) after this one."""
         self.elided += newer.elided
         self.add(newer.text)

@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .client import healthy
+from .defaults import DEFAULT_PORT
 
 DEFAULT_IDLE_EXIT = 600.0
 
@@ -60,12 +61,12 @@ class EmbeddedSidecar:
 
     @classmethod
     def find_or_start(cls, wanted_url: str, idle_exit: float | None = None,
-                      timeout: float = 15.0) -> "EmbeddedSidecar | None":
+                      timeout: float = 15.0) -> EmbeddedSidecar | None:
         """The sidecar a previous `loop run` left running for ``wanted_url``, else a new one; None if neither."""
         return cls.recorded(wanted_url) or cls.start(wanted_url, idle_exit, timeout)
 
     @classmethod
-    def recorded(cls, wanted_url: str) -> "EmbeddedSidecar | None":
+    def recorded(cls, wanted_url: str) -> EmbeddedSidecar | None:
         try:
             rec = json.loads(record_path().read_text())
         except (OSError, ValueError):
@@ -78,11 +79,11 @@ class EmbeddedSidecar:
 
     @classmethod
     def start(cls, wanted_url: str, idle_exit: float | None = None,
-              timeout: float = 15.0) -> "EmbeddedSidecar | None":
+              timeout: float = 15.0) -> EmbeddedSidecar | None:
         """`loop serve` on the wanted port if it is a free loopback one, else on any free port, detached."""
         parts = urlsplit(wanted_url)
         host = "127.0.0.1"
-        port = parts.port or 8765
+        port = parts.port or DEFAULT_PORT
         if parts.hostname not in ("127.0.0.1", "localhost") or not _port_free(host, port):
             port = _free_port(host)
         if idle_exit is None:

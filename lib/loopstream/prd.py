@@ -41,7 +41,7 @@ class Story:
     command: str | None = None
     index: int = 0
 
-    def prompt(self, prd: "Prd") -> str:
+    def prompt(self, prd: Prd) -> str:
         lines = [f"# {self.id}: {self.title}", ""]
         if prd.project:
             lines += [f"Project: {prd.project}", ""]
@@ -104,83 +104,103 @@ def _agent_problems(raw: dict) -> list[str]:
     return problems
 
 
-def validate(raw: Any) -> list[str]:
-    """Every problem of a parsed PRD, each as 'json.path: message'."""
-    problems: list[str] = []
-    if not isinstance(raw, dict):
-        return [f"$: a PRD is a JSON object, not {_type_name(raw)}"]
+class _Problems(list):
+    """The problems found so far, and the one type check every field goes through."""
 
-    def want(path: str, value: Any, kinds: tuple, label: str, required: bool = False) -> bool:
+    def want(self, path: str, value: Any, kinds: tuple, label: str, required: bool = False) -> bool:
+        """Is ``value`` one of ``kinds``? A missing value is fine unless ``required``; a bool is no number."""
         if value is None:
             if required:
-                problems.append(f"{path}: missing (required, {label})")
+                self.append(f"{path}: missing (required, {label})")
             return False
         if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
-            problems.append(f"{path}: must be {label}, not {_type_name(value)}")
+            self.append(f"{path}: must be {label}, not {_type_name(value)}")
             return False
         return True
 
+
+def validate(raw: Any) -> list[str]:
+    """Every problem of a parsed PRD, each as 'json.path: message'."""
+    if not isinstance(raw, dict):
+        return [f"$: a PRD is a JSON object, not {_type_name(raw)}"]
+    problems = _Problems()
     for key in ("project", "branchName", "description", "agent"):
-        want(f"$.{key}", raw.get(key), (str,), "a string")
+        problems.want(f"$.{key}", raw.get(key), (str,), "a string")
     problems += _agent_problems(raw)
     verification = raw.get("verificationCommands")
-    if want("$.verificationCommands", verification, (dict,), "an object of name: shell command"):
+    if problems.want("$.verificationCommands", verification, (dict,), "an object of name: shell command"):
         for name, cmd in verification.items():
-            want(f"$.verificationCommands.{name}", cmd, (str,), "a shell command string", True)
+            problems.want(f"$.verificationCommands.{name}", cmd, (str,), "a shell command string", True)
     stories = raw.get("userStories")
-    if not want("$.userStories", stories, (list,), "a list of stories", True):
-        return problems
+    if not problems.want("$.userStories", stories, (list,), "a list of stories", True):
+        return list(problems)
     if not stories:
         problems.append("$.userStories: empty; add at least one story")
     ids: dict[str, int] = {}
-    for i, s in enumerate(stories):
-        p = f"$.userStories[{i}]"
-        if not isinstance(s, dict):
-            problems.append(f"{p}: must be an object, not {_type_name(s)}")
-            continue
-        if want(f"{p}.id", s.get("id"), (str,), "a string", True):
-            if s["id"] in ids:
-                problems.append(f"{p}.id: duplicate id '{s['id']}' (also $.userStories[{ids[s['id']]}])")
-            else:
-                ids[s["id"]] = i
-        want(f"{p}.title", s.get("title"), (str,), "a string", True)
-        want(f"{p}.description", s.get("description"), (str,), "a string")
-        want(f"{p}.priority", s.get("priority"), (int, float), "a number")
-        want(f"{p}.passes", s.get("passes"), (bool,), "true or false")
-        want(f"{p}.command", s.get("command"), (str,), "a shell command string")
-        criteria = s.get("acceptanceCriteria")
-        if want(f"{p}.acceptanceCriteria", criteria, (list,), "a list"):
-            for j, c in enumerate(criteria):
-                cp = f"{p}.acceptanceCriteria[{j}]"
-                if isinstance(c, dict):
-                    want(f"{cp}.text", c.get("text"), (str,), "a string", True)
-                    want(f"{cp}.check", c.get("check"), (str,), "a shell command string")
-                elif not isinstance(c, str):
-                    problems.append(f"{cp}: must be text or {{\"text\", \"check\"}}, not {_type_name(c)}")
-        deps = s.get("dependencies")
-        if want(f"{p}.dependencies", deps, (list,), "a list of story ids"):
-            for j, d in enumerate(deps):
-                if not isinstance(d, str):
-                    problems.append(f"{p}.dependencies[{j}]: must be a story id string")
-        if not s.get("command") and not raw.get("agent") and isinstance(s.get("id"), str):
-            problems.append(f"{p}.command: missing, and the PRD has no \"agent\" template to run it with")
-    # Dependencies: known ids, no cycles.
+    for i, story in enumerate(stories):
+        _check_story(problems, story, i, ids, bool(raw.get("agent")))
+    _check_dependencies(problems, stories, ids)
+    return list(problems)
+
+
+def _check_story(problems: _Problems, s: Any, i: int, ids: dict[str, int], has_agent: bool) -> None:
+    """One story's fields; its id goes into ``ids`` (a duplicate is a problem)."""
+    p = f"$.userStories[{i}]"
+    if not isinstance(s, dict):
+        problems.append(f"{p}: must be an object, not {_type_name(s)}")
+        return
+    if problems.want(f"{p}.id", s.get("id"), (str,), "a string", True):
+        if s["id"] in ids:
+            problems.append(f"{p}.id: duplicate id '{s['id']}' (also $.userStories[{ids[s['id']]}])")
+        else:
+            ids[s["id"]] = i
+    problems.want(f"{p}.title", s.get("title"), (str,), "a string", True)
+    problems.want(f"{p}.description", s.get("description"), (str,), "a string")
+    problems.want(f"{p}.priority", s.get("priority"), (int, float), "a number")
+    problems.want(f"{p}.passes", s.get("passes"), (bool,), "true or false")
+    problems.want(f"{p}.command", s.get("command"), (str,), "a shell command string")
+    criteria = s.get("acceptanceCriteria")
+    if problems.want(f"{p}.acceptanceCriteria", criteria, (list,), "a list"):
+        for j, c in enumerate(criteria):
+            _check_criterion(problems, c, f"{p}.acceptanceCriteria[{j}]")
+    deps = s.get("dependencies")
+    if problems.want(f"{p}.dependencies", deps, (list,), "a list of story ids"):
+        for j, d in enumerate(deps):
+            if not isinstance(d, str):
+                problems.append(f"{p}.dependencies[{j}]: must be a story id string")
+    if not s.get("command") and not has_agent and isinstance(s.get("id"), str):
+        problems.append(f"{p}.command: missing, and the PRD has no \"agent\" template to run it with")
+
+
+def _check_criterion(problems: _Problems, c: Any, cp: str) -> None:
+    if isinstance(c, dict):
+        problems.want(f"{cp}.text", c.get("text"), (str,), "a string", True)
+        problems.want(f"{cp}.check", c.get("check"), (str,), "a shell command string")
+    elif not isinstance(c, str):
+        problems.append(f"{cp}: must be text or {{\"text\", \"check\"}}, not {_type_name(c)}")
+
+
+def _check_dependencies(problems: _Problems, stories: list, ids: dict[str, int]) -> None:
+    """Dependencies name known stories, not the story itself, and form no cycle."""
     graph: dict[str, list[str]] = {}
     for i, s in enumerate(stories):
         if isinstance(s, dict) and isinstance(s.get("id"), str) and isinstance(s.get("dependencies"), list):
-            graph[s["id"]] = []
-            for j, d in enumerate(s["dependencies"]):
-                if isinstance(d, str):
-                    if d not in ids:
-                        problems.append(f"$.userStories[{i}].dependencies[{j}]: unknown story id '{d}'")
-                    elif d == s["id"]:
-                        problems.append(f"$.userStories[{i}].dependencies[{j}]: a story cannot depend on itself")
-                    else:
-                        graph[s["id"]].append(d)
+            graph[s["id"]] = [d for j, d in enumerate(s["dependencies"])
+                              if isinstance(d, str) and _known_dependency(problems, s["id"], d, ids, i, j)]
     cycle = _find_cycle(graph)
     if cycle:
         problems.append(f"$.userStories[{ids[cycle[0]]}].dependencies: circular: {' -> '.join(cycle)}")
-    return problems
+
+
+def _known_dependency(problems: _Problems, story: str, d: str, ids: dict[str, int], i: int, j: int) -> bool:
+    """Is ``d`` a dependency to keep in the graph? (Unknown or self: a problem, not kept.)"""
+    if d not in ids:
+        problems.append(f"$.userStories[{i}].dependencies[{j}]: unknown story id '{d}'")
+        return False
+    if d == story:
+        problems.append(f"$.userStories[{i}].dependencies[{j}]: a story cannot depend on itself")
+        return False
+    return True
 
 
 def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:

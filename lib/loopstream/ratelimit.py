@@ -10,8 +10,8 @@ someone else's run locks that run out for at most 2 × burst / rate seconds.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True, slots=True)

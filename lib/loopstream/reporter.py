@@ -22,14 +22,14 @@ import time
 from datetime import datetime
 from typing import Any
 
+from .defaults import DEFAULT_SERVER
 from .events import RUN_RE, STREAM_ONLY, TYPE_RE
 
 log = logging.getLogger("loopstream")
 
-DEFAULT_SERVER = "http://127.0.0.1:8765"
 OUTPUT_TEXT = 4096        # characters per output event (SPEC: chunks of at most 4 KB)
 
-_active: list["Reporter"] = []      # the with-blocks open now, innermost last (what tqdm reports to)
+_active: list[Reporter] = []      # the with-blocks open now, innermost last (what tqdm reports to)
 _active_lock = threading.Lock()
 
 
@@ -89,7 +89,7 @@ class Reporter:
         atexit.register(self.close)     # events queued by a script that never closes still leave
 
     # -- what a caller reports -------------------------------------------------------------
-    def start(self) -> "Reporter":
+    def start(self) -> Reporter:
         """Send ``task_started`` (once; the with-block does it)."""
         if self._started is None:
             self._started = time.monotonic()
@@ -162,7 +162,7 @@ class Reporter:
         return delivered
 
     # -- the with-block ---------------------------------------------------------------------
-    def __enter__(self) -> "Reporter":
+    def __enter__(self) -> Reporter:
         self.start()
         with _active_lock:
             _active.append(self)

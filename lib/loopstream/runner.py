@@ -23,10 +23,11 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from .defaults import GRACE
 from .exitstatus import ExitStatus
 from .prd import Prd, Story, mark_passed
 
@@ -110,7 +111,7 @@ class RunOptions:
     server: str | None = None
     max_attempts: int = 1
     jobs: int = 1
-    grace: float = 5.0
+    grace: float = GRACE
     update: bool = True
     cwd: str | None = None
     estimated_duration: float | None = None
@@ -305,30 +306,15 @@ class Runner:
                         break
                     self._wake.wait(0.1)
                     continue
-                started_one = False
-                if not self._paused.is_set():
-                    for s in list(pending):
-                        if len(running) >= self.opts.jobs:
-                            break
-                        state = self._dependency_state(s, passed_before)
-                        if state == "blocked":
-                            pending.remove(s)
-                            self._skip(s)
-                            started_one = True
-                        elif state == "ready":
-                            pending.remove(s)
-                            t = threading.Thread(target=self._story_thread, args=(s,), daemon=True)
-                            running[s.id] = t
-                            t.start()
-                            started_one = True
-                if not started_one:
-                    if pending and not running and not self._paused.is_set():
-                        # Nothing runs and nothing can start: dependencies wait on skipped stories.
-                        for s in pending:
-                            self._skip(s)
-                        pending.clear()
-                        continue
-                    self._wake.wait(0.1)
+                if self._start_ready(pending, running, passed_before):
+                    continue
+                if pending and not running and not self._paused.is_set():
+                    # Nothing runs and nothing can start: dependencies wait on skipped stories.
+                    for s in pending:
+                        self._skip(s)
+                    pending.clear()
+                    continue
+                self._wake.wait(0.1)
         for s in pending:
             self._finish_story(s, "cancelled", attempts=0, duration_ms=0)
         duration_ms = int((time.monotonic() - started) * 1000)
@@ -340,6 +326,29 @@ class Runner:
             return ExitStatus.INTERRUPTED
         self.emit("task_completed", summary={**counts, "duration_ms": duration_ms}, duration_ms=duration_ms)
         return ExitStatus.FAILURE if counts["failed"] or counts["skipped"] else ExitStatus.OK
+
+    def _start_ready(self, pending: list[Story], running: dict[str, threading.Thread],
+                     passed_before: set[str]) -> bool:
+        """Start (up to --jobs) the pending stories whose dependencies passed, skip the blocked ones;
+        True when any was started or skipped. Nothing starts while paused."""
+        if self._paused.is_set():
+            return False
+        changed = False
+        for s in list(pending):
+            if len(running) >= self.opts.jobs:
+                break
+            state = self._dependency_state(s, passed_before)
+            if state == "blocked":
+                pending.remove(s)
+                self._skip(s)
+                changed = True
+            elif state == "ready":
+                pending.remove(s)
+                t = threading.Thread(target=self._story_thread, args=(s,), daemon=True)
+                running[s.id] = t
+                t.start()
+                changed = True
+        return changed
 
     def _dependency_state(self, story: Story, passed_before: set[str]) -> str:
         for d in story.dependencies:
@@ -441,6 +450,38 @@ class Runner:
                     child.signal_group(signal.SIGKILL)
                 return
 
+    def _check_criteria(self, story: Story, env: dict) -> str:
+        """Run the story's acceptance checks, one event each: "passed", "failed" or "cancelled" (a stop)."""
+        ok = True
+        for index, criterion in enumerate(story.criteria):
+            if criterion.check is None:
+                continue
+            t0 = time.monotonic()
+            ccode, cchild = self._spawn(criterion.check, "", env)
+            if self._stop.is_set():
+                return "cancelled"
+            if ccode == 0:
+                self.emit("ac_completed", story_id=story.id, ac_index=index, ac_text=criterion.text,
+                          duration_ms=int((time.monotonic() - t0) * 1000))
+            else:
+                ok = False
+                self.emit("ac_failed", story_id=story.id, ac_index=index, ac_text=criterion.text,
+                          error=f"check exited {ccode}" + (f": {cchild.tail()}" if cchild.tail() else ""))
+        return "passed" if ok else "failed"
+
+    def _verify(self, story: Story, env: dict) -> str:
+        """Run the PRD's verification commands: "passed", "failed" or "cancelled" (a stop)."""
+        ok = True
+        for name, command in self.prd.verification.items():
+            vcode, vchild = self._spawn(command, "", env)
+            if self._stop.is_set():
+                return "cancelled"
+            if vcode != 0:
+                ok = False
+                self.emit("error_occurred", story_id=story.id, error_type="verification_failed",
+                          error_message=f"{name} ({command}) exited {vcode}: {vchild.tail()}", retryable=False)
+        return "passed" if ok else "failed"
+
     def _command_for(self, story: Story, prompt_file: str) -> str:
         if story.command:
             return story.command
@@ -477,26 +518,11 @@ class Runner:
         if not ok:
             self.emit("error_occurred", story_id=story.id, error_type="command_failed",
                       error_message=f"exit {code}: {child.tail()}", retryable=attempt < self.opts.max_attempts)
-        for index, criterion in enumerate(story.criteria):
-            if criterion.check is None:
-                continue
-            t0 = time.monotonic()
-            ccode, cchild = self._spawn(criterion.check, "", env)
-            if self._stop.is_set():
-                return "cancelled"
-            if ccode == 0:
-                self.emit("ac_completed", story_id=story.id, ac_index=index, ac_text=criterion.text,
-                          duration_ms=int((time.monotonic() - t0) * 1000))
-            else:
-                ok = False
-                self.emit("ac_failed", story_id=story.id, ac_index=index, ac_text=criterion.text,
-                          error=f"check exited {ccode}" + (f": {cchild.tail()}" if cchild.tail() else ""))
-        for name, command in self.prd.verification.items():
-            vcode, vchild = self._spawn(command, "", env)
-            if self._stop.is_set():
-                return "cancelled"
-            if vcode != 0:
-                ok = False
-                self.emit("error_occurred", story_id=story.id, error_type="verification_failed",
-                          error_message=f"{name} ({command}) exited {vcode}: {vchild.tail()}", retryable=False)
+        checks = self._check_criteria(story, env)
+        if checks == "cancelled":
+            return "cancelled"
+        verified = self._verify(story, env)
+        if verified == "cancelled":
+            return "cancelled"
+        ok = ok and checks == "passed" and verified == "passed"
         return "passed" if ok else "failed"

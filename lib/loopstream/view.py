@@ -195,7 +195,8 @@ def _story_texts(snap: dict, now: float) -> list[str]:
     texts.extend(field(text) for text in _agent_rows(snap, current, now))
     if current and current.get("acceptance_criteria"):
         texts.append("Acceptance Criteria:")
-        texts.extend(f"  {MARK.get(ac['status'], '○')} {field(ac.get('text'))}" for ac in current["acceptance_criteria"])
+        texts.extend(f"  {MARK.get(ac['status'], '○')} {field(ac.get('text'))}"
+                     for ac in current["acceptance_criteria"])
     elif not current and stories and status not in ("running", "paused"):
         texts.extend(f"  {STORY_MARK.get(s['status'], '○')} {field(s['id'])} - {field(s.get('title'))}"
                      for s in stories[-8:])
@@ -227,7 +228,8 @@ AGENT_LINES = {
     "agent_text": lambda d: str(d.get("text") or "")[:300],
     "tool_call": lambda d: f"→ {d.get('tool')}: {d.get('summary') or ''}",
     "tool_result": lambda d: f"{'✗' if d.get('is_error') is True else '✓'} {d.get('tool')}: {d.get('summary') or ''}",
-    "agent_result": lambda d: f"{'failed' if d.get('is_error') is True else 'done'} cost={money(d.get('cost_usd')) or 'unknown'} "
+    "agent_result": lambda d: f"{'failed' if d.get('is_error') is True else 'done'} "
+                              f"cost={money(d.get('cost_usd')) or 'unknown'} "
                               f"turns={d.get('num_turns')} tokens={d.get('input_tokens')}/{d.get('output_tokens')}",
     "story_stalled": lambda d: f"silent for {d.get('silent_s')} s",
 }
