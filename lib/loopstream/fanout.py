@@ -7,18 +7,31 @@ whose socket does not take the whole write (or that is behind, or has no raw
 socket) is woken to finish through the normal path, which is also where a
 slow reader falls behind and later gets its ``reset``. Nothing here waits:
 a publish never blocks on any subscriber.
+
+A stream parked at the head is *held*: its request greenlet hands the socket
+over (``hold``) and ends, so gunicorn's request, the WSGI environ and the
+greenlet's saved stack are freed and the stream costs a ``Subscriber`` and a
+socket. A held stream that must catch up (it is behind, or its socket did not
+take a whole write) is served by a short-lived greenlet (``serve_behind``,
+the hub's) that writes from the buffer, or a ``reset``, and parks it again.
 """
 from __future__ import annotations
 
+import _socket
 import threading
+from typing import Callable
+
 from .broker import Cursor, Filter
 from .events import Event
 
+END_CHUNK = b"0\r\n\r\n"   # the end of a chunked body: the client sees the stream close cleanly
+
 
 class Subscriber:
-    __slots__ = ("flt", "pos", "raw", "gsock", "chunked", "parked", "pending", "wake", "gone")
+    __slots__ = ("flt", "pos", "raw", "gsock", "chunked", "parked", "pending", "wake", "gone",
+                 "addr", "held", "busy")
 
-    def __init__(self, flt: Filter, pos: Cursor | None, gsock, chunked: bool):
+    def __init__(self, flt: Filter, pos: Cursor | None, gsock, chunked: bool, addr: str = ""):
         self.flt = flt
         self.pos = pos
         self.gsock = gsock                              # the worker's (gevent) socket, for blocking writes
@@ -26,8 +39,11 @@ class Subscriber:
         self.chunked = chunked
         self.parked = False                             # waiting at the head, nothing being written
         self.pending: bytes | None = None               # bytes a direct write could not finish
-        self.wake = threading.Event()
+        self.wake: threading.Event | None = threading.Event()
         self.gone = False                               # its socket failed: the stream must end
+        self.addr = addr                                # the client, for its stream count
+        self.held = False                               # the socket is the fan-out's: no request greenlet
+        self.busy = False                               # held, and a greenlet is writing to it
 
     def frame_bytes(self, data: bytes) -> bytes:
         """Body bytes as they go on the wire (gunicorn's chunked framing for HTTP/1.1)."""
@@ -37,14 +53,35 @@ class Subscriber:
         """Finish a direct write that the socket did not take at once (may block this greenlet)."""
         data, self.pending = self.pending, None
         if data:
+            self.sendall(data)
+
+    def sendall(self, data: bytes) -> None:
+        """A blocking write that parks only this greenlet (held: on the raw socket, through gevent)."""
+        if not self.held:
             self.gsock.sendall(data)
+            return
+        from gevent.socket import wait_write
+
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.raw.send(view):]
+            except BlockingIOError:
+                wait_write(self.raw.fileno())
+
+
+def nothing(*_args) -> None:
+    return None
 
 
 class Fanout:
-    def __init__(self):
+    def __init__(self, serve_behind: Callable[[Subscriber], None] = nothing,
+                 ended: Callable[[str], None] = nothing):
         self.subscribers: set[Subscriber] = set()
         self.direct = 0        # deliveries written directly
         self.woken = 0         # subscribers woken to catch up themselves
+        self.serve_behind = serve_behind   # run in a new greenlet for a held stream that must catch up
+        self.ended = ended                 # told the client address of a held stream that ended
 
     def add(self, sub: Subscriber) -> None:
         self.subscribers.add(sub)
@@ -52,17 +89,56 @@ class Fanout:
     def discard(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
 
-    def end_all(self) -> None:
-        """End every stream (the backend is gone): each client reconnects and is told when it is back."""
-        for sub in list(self.subscribers):
-            sub.gone = True
+    def hold(self, sub: Subscriber) -> bool:
+        """Take over a stream parked at the head: its socket becomes the fan-out's (detached from the
+        worker's, which gunicorn then drops without closing the connection). False when it cannot."""
+        if sub.raw is None or sub.gsock is None or not hasattr(sub.gsock, "detach"):
+            return False
+        fd = sub.gsock.detach()
+        sub.raw = _socket.socket(fileno=fd)
+        sub.raw.setblocking(False)
+        sub.gsock = sub.wake = None
+        sub.held = True
+        sub.parked = True
+        return True
+
+    def end(self, sub: Subscriber) -> None:
+        """A stream is over: a held one's socket is closed here (once) and its client told of."""
+        sub.gone = True
+        if not sub.held:
+            self.subscribers.discard(sub)
             sub.wake.set()
+            return
+        if sub not in self.subscribers:
+            return
+        self.subscribers.discard(sub)
+        sub.parked = False
+        try:
+            if sub.chunked:
+                sub.raw.send(END_CHUNK)
+        except OSError:
+            pass
+        sub.raw.close()
+        self.ended(sub.addr)
+
+    def end_all(self) -> None:
+        """End every stream (the backend is gone, or the worker exits): each client reconnects."""
+        for sub in list(self.subscribers):
+            self.end(sub)
         self.subscribers.clear()
 
     def wake_all(self) -> None:
         """Make every parked subscriber read again (the state was reloaded)."""
         for sub in list(self.subscribers):
-            sub.wake.set()
+            if sub.held:
+                if sub.parked:
+                    self._wake(sub)
+            else:
+                sub.wake.set()
+
+    def held_parked(self) -> list[Subscriber]:
+        """The held streams parked at the head with nothing left to write (for heartbeats)."""
+        return [s for s in self.subscribers if s.held and s.parked and s.pending is None]
 
     def publish(self, events: list[Event], before: Cursor, after: Cursor) -> None:
         """Write ``events`` (the head moved from ``before`` to ``after``) to every parked subscriber;
@@ -80,8 +156,18 @@ class Fanout:
                 self._send(sub, wire)
 
     def _wake(self, sub: Subscriber) -> None:
-        sub.wake.set()
         self.woken += 1
+        if not sub.held:
+            sub.wake.set()
+        elif not sub.busy:
+            import gevent
+
+            sub.busy, sub.parked = True, False
+            gevent.spawn(self.serve_behind, sub)
+
+    def send(self, sub: Subscriber, wire: bytes) -> None:
+        """Write ``wire`` to a parked subscriber now, without waiting (a heartbeat, say)."""
+        self._send(sub, wire)
 
     def _send(self, sub: Subscriber, wire: bytes) -> None:
         """One non-blocking send; what the socket did not take is left for the subscriber to finish."""
@@ -90,9 +176,7 @@ class Fanout:
         except BlockingIOError:
             sent = 0
         except OSError:                            # the client has gone: end its stream
-            sub.gone = True
-            self.subscribers.discard(sub)
-            sub.wake.set()
+            self.end(sub)
             return
         self.direct += 1
         if sent < len(wire):

@@ -15,6 +15,7 @@ and testable without a server (tests/test_hub.py).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -50,6 +51,14 @@ class Refused(Exception):
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
         self.headers = headers or {}
+
+
+class HandedOff(BrokenPipeError):
+    """Raised out of a stream's body once the fan-out holds its socket: gunicorn then ends the request
+    as if the client had gone (no closing chunk written, its socket object dropped, not the connection)."""
+
+    def __init__(self):
+        super().__init__(errno.EPIPE, "stream handed to the fan-out")
 
 
 class Metrics:
@@ -128,7 +137,8 @@ class Hub:
                  monotonic: Callable[[], float] = time.monotonic):
         self.config = cfg = config or Config()
         self.clock, self.monotonic = clock, monotonic
-        self.fanout = Fanout()
+        self.fanout = Fanout(serve_behind=self._serve_held, ended=self.close_stream)
+        self._beating = False
         parts = redis_parts(cfg, clock, self.fanout) if cfg.backend else memory_parts(cfg, clock, monotonic)
         self.broker, self.limiter, self.history = parts.broker, parts.limiter, parts.history
         self.metrics = Metrics(monotonic())
@@ -266,11 +276,62 @@ class Hub:
             while not sub.gone:
                 chunk = self._catch_up(sub)
                 if chunk is None:
+                    if self._hold(sub):
+                        raise HandedOff()
                     chunk = self._park(sub)
                 if chunk:
                     yield chunk
         finally:
-            self.fanout.discard(sub)
+            if not sub.held:
+                self.fanout.discard(sub)
+
+    def _hold(self, sub: Subscriber) -> bool:
+        """At the head with everything written: let the fan-out hold the socket alone (fanout.py), so
+        the request's greenlet and objects go. Heartbeats then come from one ticker for all."""
+        if not self.fanout.hold(sub):
+            return False
+        if not self._beating:
+            import gevent
+
+            self._beating = True
+            gevent.spawn(self._beat)
+        return True
+
+    def _serve_held(self, sub: Subscriber) -> None:
+        """A held stream that must catch up (behind, or a write left unfinished): write it what it
+        lacks from the buffer, or a reset, in this short-lived greenlet, then park it again."""
+        try:
+            while not sub.gone:
+                chunk = self._catch_up(sub)
+                if chunk is None:
+                    sub.parked = True
+                    return
+                if chunk:
+                    sub.sendall(sub.frame_bytes(chunk))
+        except OSError:
+            self.fanout.end(sub)
+        except Exception:   # a bug must not leave the stream counted but never written again
+            log.exception("serving a held stream failed")
+            self.fanout.end(sub)
+        finally:
+            sub.busy = False
+
+    def _beat(self) -> None:
+        """Every --heartbeat seconds, a named heartbeat to every held stream parked at the head."""
+        import gevent
+
+        while True:
+            gevent.sleep(self.config.heartbeat)
+            self.heartbeat_held()
+
+    def heartbeat_held(self) -> None:
+        frames: dict = {}
+        for sub in self.fanout.held_parked():
+            frame = frames.get(sub.pos)
+            if frame is None:
+                data = ev.dumps({"ts": round(self.clock(), 3)})
+                frame = frames[sub.pos] = sse.frame(cursor_id(sub.pos), "heartbeat", data)
+            self.fanout.send(sub, sub.frame_bytes(frame))
 
     def _catch_up(self, sub: Subscriber) -> bytes | None:
         """The next frames from the buffer (events or a reset); None when the subscriber is at the head."""
@@ -429,7 +490,8 @@ class Hub:
         threading.Thread(target=self.housekeeping, name="loop-housekeeping", daemon=True).start()
 
     def close(self) -> None:
-        """Flush the history and let go of the backend (a worker exits)."""
+        """End the held streams, flush the history and let go of the backend (a worker exits)."""
+        self.fanout.end_all()
         if self.history:
             self.history.close()
         self.broker.close()

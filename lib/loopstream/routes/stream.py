@@ -23,10 +23,11 @@ def stream() -> Response:
     h.open_stream(addr)
     gsock = request.environ.get("gunicorn.socket")
     chunked = request.environ.get("SERVER_PROTOCOL", "HTTP/1.0") >= "HTTP/1.1" and gsock is not None
-    sub = Subscriber(flt, cursor, gsock, chunked)
+    sub = Subscriber(flt, cursor, gsock, chunked, addr)
     resp = Response(h.frames(sub), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    resp.call_on_close(lambda: h.close_stream(addr))
+    # A stream the fan-out took over (hub._hold) is counted until its socket ends, not its request.
+    resp.call_on_close(lambda: sub.held or h.close_stream(addr))
     return resp
 
 
