@@ -200,8 +200,8 @@ class StreamJsonParser:
         if not line.strip():
             return []
         obj = self._parse(line)
-        handler = _HANDLERS.get(obj.get("type")) if obj is not None else None
-        events = handler(self, obj) if handler else None
+        handler = _HANDLERS.get(str(obj.get("type"))) if obj is not None else None
+        events = handler(self, obj) if handler and obj is not None else None
         if events is None:                       # not understood: shown as it is
             return self.flush() + [self._output(line)]
         self.understood += 1
@@ -279,7 +279,7 @@ class StreamJsonParser:
         return events
 
     def _result(self, obj: dict) -> list[Event]:
-        usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else {}
+        usage: Any = obj.get("usage") if isinstance(obj.get("usage"), dict) else {}
         subtype = _name(obj.get("subtype"))
         is_error = obj.get("is_error") is True or (subtype or "").startswith("error")
         cost = _cost(obj.get("total_cost_usd"))
@@ -326,7 +326,7 @@ class LineSplitter:
         self._dropped = 0
 
     def feed(self, chunk: bytes) -> list[str]:
-        lines = []
+        lines: list[str] = []
         start = 0
         while True:
             nl = chunk.find(b"\n", start)

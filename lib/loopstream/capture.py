@@ -107,6 +107,7 @@ class LineFollower:
         self._file, self._key = None, None
 
     def _check_truncated(self) -> list[bytes]:
+        assert self._file is not None        # called while a file is open
         if os.fstat(self._file.fileno()).st_size >= self._file.tell():
             return []
         self.notice(f"{self.path} was truncated; reading it from the start")
@@ -116,6 +117,7 @@ class LineFollower:
     def _read(self) -> list[bytes]:
         read = 0
         lines: list[bytes] = []
+        assert self._file is not None        # called while a file is open
         while read < MAX_READ_PER_POLL:
             chunk = self._file.read(READ_CHUNK)
             if not chunk:
@@ -142,8 +144,10 @@ class LineFollower:
 class OutputLog(Protocol):
     """Where the complete output goes (runner.StoryLog): raw bytes, counted, never failing the work."""
 
-    path: object
     output_bytes: int
+
+    @property
+    def path(self) -> object: ...
 
     def write(self, chunk: bytes) -> None: ...
 
@@ -286,6 +290,7 @@ class Exec:
         return ExecResult(code, code, int((time.monotonic() - started) * 1000))
 
     def _kill_after_grace(self) -> None:
+        assert self.proc is not None         # started once the command is
         while self.proc.poll() is None:
             if self._stop.wait(0.2):
                 deadline = time.monotonic() + self.options.grace

@@ -620,8 +620,9 @@ def tail(path, server, token, run_id, name, until, timeout, from_start, no_embed
                     notice=lambda message: click.echo(f"loop: {message}", err=True))
     with orch.supervised(follower, server, token, run_id, outbox, _say):
         result = follower.run()
-    outcome = {ExitStatus.OK: "matched", ExitStatus.FAILURE: f"failed: {result.reason}",
-               ExitStatus.INTERRUPTED: f"stopped: {result.reason}"}[result.code]
+    outcomes: dict[int, str] = {ExitStatus.OK: "matched", ExitStatus.FAILURE: f"failed: {result.reason}",
+                                ExitStatus.INTERRUPTED: f"stopped: {result.reason}"}
+    outcome = outcomes[result.code]
     click.echo(f"loop: run {run_id}: {result.lines} lines, {outcome}", err=True)
     sys.exit(result.code)
 

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -151,7 +152,7 @@ class PendingOutput:
         data = {"story_id": self.story_id} if self.story_id is not None else {}
         out = []
         for i in range(0, max(1, len(text)), MAX_OUTPUT_CHUNK):
-            d = {**data, "stream": self.stream, "text": text[i:i + MAX_OUTPUT_CHUNK]}
+            d: dict[str, Any] = {**data, "stream": self.stream, "text": text[i:i + MAX_OUTPUT_CHUNK]}
             if self.elided and not i:
                 d["elided"] = self.elided
             out.append({"type": "output", **({"run": self.run} if self.run else {}), "data": d})
@@ -427,12 +428,14 @@ class Outbox:
 
     def _deliver(self, taken: list, batch: list[dict]) -> float:
         """POST one batch. 0: go on at once; > 0: wait that long; -1: back off. Puts back what must be retried."""
+        url = self.url
+        assert url is not None                   # the sender runs only with a sidecar
         try:
             body = json.dumps(batch, ensure_ascii=False).encode("utf-8", "replace")
-            r = self._session.post(self.url, data=body, timeout=(2, self.read_timeout),
+            r = self._session.post(url, data=body, timeout=(2, self.read_timeout),
                                    headers={"Content-Type": "application/json", **auth_headers(self.token)})
         except requests.RequestException as e:
-            self._set("retrying", describe(e, "POST", self.url))
+            self._set("retrying", describe(e, "POST", url))
             return self._retry(taken, -1)
         if r.status_code == 201:
             self.pace.spend(len(batch))
@@ -550,7 +553,7 @@ def _shipper_alive(pidfile: Path) -> bool:
 def stream(server: str, token: str | None = None, runs=(), types=(), last_event_id: str | None = None,
            on_state: Callable[[str], None] | None = None, stop: threading.Event | None = None,
            read_timeout: float = 45.0, cursor: Callable[[], str | None] | None = None,
-           ) -> Iterator[tuple[str, str, dict]]:
+           ) -> Iterator[tuple[str | None, str, dict]]:
     """Yield (id, event, data) from /stream/progress forever, reconnecting with Last-Event-ID
     (the last id seen, or ``cursor()`` when given: a Follower's cursor, which polls move too)."""
     url = server.rstrip("/") + "/stream/progress"
@@ -579,7 +582,8 @@ def stream(server: str, token: str | None = None, runs=(), types=(), last_event_
 
 
 def _one_connection(url: str, params: list, resume_from: str | None, stop: threading.Event | None,
-                    on_state: Callable[[str], None] | None, read_timeout: float) -> Iterator[tuple[str, str, dict]]:
+                    on_state: Callable[[str], None] | None,
+                    read_timeout: float) -> Iterator[tuple[str | None, str, dict]]:
     """The frames of one stream connection, until it ends (or raises)."""
     import sseclient
 
@@ -592,7 +596,7 @@ def _one_connection(url: str, params: list, resume_from: str | None, stop: threa
     if on_state:
         on_state("live")
     try:
-        for e in sseclient.SSEClient(r).events():
+        for e in sseclient.SSEClient(r).events():  # type: ignore[arg-type]  # a Response iterates its bytes
             yield e.id, e.event, json.loads(e.data) if e.data else {}
     finally:
         r.close()

@@ -76,7 +76,7 @@ class Draft:
     data: dict
 
 
-def parse_id(value: str) -> tuple[int, int] | None:
+def parse_id(value: object) -> tuple[int, int] | None:
     """``"1700000000000-42"`` -> ``(1700000000000, 42)``; None when malformed."""
     m = ID_RE.match(value.strip()) if isinstance(value, str) else None
     return (int(m.group(1)), int(m.group(2))) if m else None

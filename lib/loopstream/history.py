@@ -42,7 +42,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tinydb import TinyDB
 from tinydb.middlewares import CachingMiddleware
@@ -156,17 +156,17 @@ class History:
         self.journal_dir = self.path.parent / "runs"
         self.run_dir = self.path.parent / "finished"
         self.keep = keep
-        self._files: OrderedDict[str, object] = OrderedDict()
+        self._files: OrderedDict[str, Any] = OrderedDict()
         self._pending: deque[tuple[str, str, str | None, str | None]] = deque()  # (kind, run, record, summary)
         self.index: dict[str, dict] = {}         # run -> summary, oldest finished first (serving thread only)
         self._doc_ids: dict[str, int] = {}       # run -> its row in the index table (writer thread only)
         self._unwritten: dict[str, str] = {}     # run -> record JSON whose file the writer has yet to write
         self._warned: set[str] = set()
         self.write_errors = 0
-        self._db: TinyDB | None = None
+        self._db: Any = None                     # TinyDB over CachingMiddleware (whose flush() types do not show)
         self._index_written = 0.0
         self._stop = False
-        self._done = None
+        self._done: Any = None                   # a native lock, held until the writer thread ends
         _, allocate_lock, _ = _native_thread_tools()
         self._lock = allocate_lock()
 
@@ -369,7 +369,7 @@ class History:
             table = self._db.table("index")
             for kind, run, record, summary in batch:
                 if kind == "finished":
-                    self._write_finished(table, run, record, summary)
+                    self._write_finished(table, run, record, cast(str, summary))
                 else:
                     self._remove(table, run)
         except OSError as e:
@@ -444,7 +444,7 @@ class History:
         except (ValueError, UnicodeDecodeError, OSError, AttributeError, TypeError) as e:
             quarantine(path, f"is not a readable run file ({type(e).__name__})")
             return None
-        if not _sound_record(rec) or not isinstance(rec.get("snapshot"), dict) or rec["run"] != run:
+        if rec is None or not _sound_record(rec) or not isinstance(rec.get("snapshot"), dict) or rec["run"] != run:
             quarantine(path, "is JSON but not this run's record")
             return None
         return rec

@@ -26,6 +26,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 log = logging.getLogger("loopstream.notify")
 
@@ -64,7 +65,7 @@ def run_link(dashboard_url: str | None, run: str) -> str | None:
 def message(snap: dict, dashboard_url: str | None = None) -> dict:
     """The JSON message for one finished run, copied out of its snapshot (which keeps changing)."""
     counts = dict(snap.get("counts") or {})
-    status = snap.get("status")
+    status: Any = snap.get("status")
     name = snap.get("task_name") or snap.get("run")
     duration = snap.get("elapsed_s")
     total = counts.get("total") or 0
@@ -136,7 +137,7 @@ class Notifier:
 
     def finished(self, snap: dict | None) -> bool:
         """Queue the message for a run that just finished; False when skipped or the queue is full."""
-        if not self._wanted(snap):
+        if snap is None or not self._wanted(snap):
             return False
         return self._put(message(snap, self.dashboard_url), snap.get("run"))
 

@@ -127,11 +127,11 @@ def validate(raw: Any) -> list[str]:
     for key in ("project", "branchName", "description", "agent"):
         problems.want(f"$.{key}", raw.get(key), (str,), "a string")
     problems += _agent_problems(raw)
-    verification = raw.get("verificationCommands")
+    verification: Any = raw.get("verificationCommands")
     if problems.want("$.verificationCommands", verification, (dict,), "an object of name: shell command"):
         for name, cmd in verification.items():
             problems.want(f"$.verificationCommands.{name}", cmd, (str,), "a shell command string", True)
-    stories = raw.get("userStories")
+    stories: Any = raw.get("userStories")
     if not problems.want("$.userStories", stories, (list,), "a list of stories", True):
         return list(problems)
     if not stories:
@@ -159,11 +159,11 @@ def _check_story(problems: _Problems, s: Any, i: int, ids: dict[str, int], has_a
     problems.want(f"{p}.priority", s.get("priority"), (int, float), "a number")
     problems.want(f"{p}.passes", s.get("passes"), (bool,), "true or false")
     problems.want(f"{p}.command", s.get("command"), (str,), "a shell command string")
-    criteria = s.get("acceptanceCriteria")
+    criteria: Any = s.get("acceptanceCriteria")
     if problems.want(f"{p}.acceptanceCriteria", criteria, (list,), "a list"):
         for j, c in enumerate(criteria):
             _check_criterion(problems, c, f"{p}.acceptanceCriteria[{j}]")
-    deps = s.get("dependencies")
+    deps: Any = s.get("dependencies")
     if problems.want(f"{p}.dependencies", deps, (list,), "a list of story ids"):
         for j, d in enumerate(deps):
             if not isinstance(d, str):

@@ -20,7 +20,7 @@ import secrets
 import threading
 import time
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from .defaults import DEFAULT_SERVER
 from .events import RUN_RE, STREAM_ONLY, TYPE_RE
@@ -103,7 +103,8 @@ class Reporter:
     def progress(self, percent: float | None = None, message: str | None = None, *,
                  current: float | None = None, total: float | None = None) -> None:
         """A ``progress`` event: percent (0–100) and/or current of total, and a message."""
-        data = {k: v for k, v in (("percent", percent), ("current", current), ("total", total)) if v is not None}
+        data: dict[str, Any] = {k: v for k, v in (("percent", percent), ("current", current), ("total", total))
+                                if v is not None}
         for key, value in data.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 raise ValueError(f"{key} must be a finite number, got {value!r}")
@@ -168,7 +169,7 @@ class Reporter:
             _active.append(self)
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         with _active_lock:
             if self in _active:
                 _active.remove(self)
@@ -184,6 +185,7 @@ class Reporter:
     def _keep_alive(self) -> None:
         """task_alive whenever heartbeat_s passed without another event: the sidecar finishes a run
         that announced heartbeat_s and went silent (its process killed) as interrupted."""
+        assert self.heartbeat_s is not None  # started only for a run that announced one
         while not self._done.wait(min(1.0, self.heartbeat_s / 4)):
             if time.monotonic() - self._last_emit >= self.heartbeat_s:
                 self.emit("task_alive")
@@ -243,6 +245,12 @@ class ReportingBar:
     """
 
     _loop_closing = True     # a bar whose __init__ failed has nothing to report
+    # tqdm's own attributes, which this mixin reads (declared for the type checker; tqdm sets them).
+    total: Any
+    n: Any
+    disable: bool
+    format_dict: dict
+    format_meter: Any
 
     def __init__(self, *args, reporter: Reporter | None = None, run: str | None = None,
                  interval: float = 1.0, **kwargs):
@@ -262,10 +270,10 @@ class ReportingBar:
 
     def close(self) -> None:
         if self._loop_closing:
-            return super().close()
+            return super().close()  # type: ignore[misc]  # tqdm's, after this mixin in the MRO
         self._loop_closing = True
         enabled = not self.disable
-        super().close()     # sets disable: tqdm's guard against closing twice
+        super().close()  # type: ignore[misc]  # tqdm's: sets disable, its guard against closing twice
         if enabled and self._loop_reporter is not None:
             self._loop_report(final=True)
             if self._loop_owned:
@@ -273,6 +281,7 @@ class ReportingBar:
 
     def _loop_finish(self) -> None:
         done = not self.total or self.n >= self.total
+        assert self._loop_reporter is not None   # only a bar that reported finishes its run
         self._loop_reporter.finish("passed" if done else "failed",
                                    None if done else f"the bar ended at {self.n} of {self.total}")
         self._loop_reporter.close()

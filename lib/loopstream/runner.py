@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from .defaults import GRACE
 from .exitstatus import ExitStatus
@@ -56,7 +57,7 @@ class StoryLog:
         self.path = path
         self.output_bytes = 0
         self._warn = warn
-        self._file = None
+        self._file: IO[bytes] | None = None
         self._failed = False
         self._lock = threading.Lock()
 
@@ -148,9 +149,11 @@ class Child:
         threading.Thread(target=self._write, args=(stdin,), daemon=True).start()
 
     def _write(self, text: str) -> None:
+        stdin = self.proc.stdin
+        assert stdin is not None             # started with stdin=PIPE
         try:
-            self.proc.stdin.write(text.encode())
-            self.proc.stdin.close()
+            stdin.write(text.encode())
+            stdin.close()
         except (BrokenPipeError, OSError, ValueError):
             pass
 
@@ -485,6 +488,7 @@ class Runner:
     def _command_for(self, story: Story, prompt_file: str) -> str:
         if story.command:
             return story.command
+        assert self.prd.agent is not None    # prd.validate: a story without a command needs the agent template
         return self.prd.agent.format(prompt_file=prompt_file, story_id=story.id, title=story.title,
                                      prd=str(self.prd.path))
 

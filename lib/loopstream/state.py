@@ -95,7 +95,7 @@ def _mark_next_running(story: dict) -> None:
             return
 
 
-def _log(snap: dict, etype: str, ts: Any, text: str) -> None:
+def _log(snap: dict, etype: Any, ts: Any, text: Any) -> None:
     snap["log"].append({"type": etype, "ts": ts, "text": text[:LOG_TEXT]})   # code points, as in JS
     if len(snap["log"]) > LOG_TAIL:
         del snap["log"][0]
@@ -131,7 +131,7 @@ def js_number(x: int | float) -> str:
         return "0"
     d = Decimal(repr(abs(float(x)))).normalize().as_tuple()   # the shortest round-trip digits, as JS
     digits = "".join(map(str, d.digits))
-    k, n = len(digits), d.exponent + len(digits)             # x = 0.DIGITS × 10^n
+    k, n = len(digits), int(d.exponent) + len(digits)        # x = 0.DIGITS × 10^n (finite: an int exponent)
     if k <= n <= 21:
         body = digits + "0" * (n - k)
     elif 0 < n <= 21:
@@ -173,7 +173,7 @@ def as_text(value: Any) -> str:
 
 def apply(snap: dict | None, event: dict) -> dict:
     """Fold one event into its run's snapshot (created when None)."""
-    etype = event.get("type")
+    etype: Any = event.get("type")
     data = event.get("data")
     if not isinstance(data, dict):
         data = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import datetime
+from typing import Any
 
 from rich.cells import cell_len
 
@@ -235,7 +236,7 @@ AGENT_LINES = {
 }
 
 
-def _stamp(ts: object) -> str:
+def _stamp(ts: Any) -> str:
     try:
         return datetime.fromtimestamp(ts).strftime("%H:%M:%S")
     except (TypeError, ValueError, OverflowError, OSError):
@@ -248,7 +249,7 @@ def _summary_text(summary: object) -> str:
     return " ".join(f"{field(k)}={_safe(v)}" for k, v in summary.items())
 
 
-def _ms(value: object) -> str:
+def _ms(value: Any) -> str:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     return duration(value / 1000) if ok and abs(value) < 1e15 else "?"
 
@@ -282,7 +283,7 @@ def plain_line(event: dict) -> str:
     elif t == "progress":
         text = " ".join(f"{k}={d[k]}" for k in ("percent", "current", "total", "message") if k in d)
     else:
-        text = d.get("message") if isinstance(raw.get("message"), str) else field(raw)
+        text = str(d.get("message")) if isinstance(raw.get("message"), str) else field(raw)
     return field(f"{_stamp(event.get('ts'))} {field(event.get('run', ''))} {t} {text}".rstrip())
 
 
@@ -292,7 +293,7 @@ def _count(value: object) -> int | float:
 
 def run_row(r: dict) -> str:
     """One row of ``loop runs``'s table, every field cleaned before it is placed."""
-    c = r.get("counts") if isinstance(r.get("counts"), dict) else {}
+    c: Any = r.get("counts") if isinstance(r.get("counts"), dict) else {}
     total = _count(c.get("total"))
     done = (f"{_count(c.get('completed')) + _count(c.get('failed'))}/{total}" if total
             else f"{_count(r.get('percent')):.0f}%")
