@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 from loopstream.client import Follower
 
 TABLE = json.loads((ROOT / "tests" / "fixtures" / "tables" / "follower_cases.json").read_text())["cases"]
@@ -32,3 +32,14 @@ def test_follower_reads_frames_as_the_dashboard_does(case):
     assert polled == case["polled"]
     assert follower.cursor == case["cursor"]
     assert pages == []
+
+
+def test_a_sidecar_error_carries_its_http_status(server):
+    from loopstream.client import SidecarError, request
+
+    with pytest.raises(SidecarError) as missing:
+        request("GET", f"{server.url}/api/runs/no-such-run")
+    assert missing.value.status == 404 and str(missing.value).startswith("404 from ")
+    with pytest.raises(SidecarError) as unreachable:
+        request("GET", f"http://127.0.0.1:{free_port()}/healthz", timeout=2)
+    assert unreachable.value.status is None

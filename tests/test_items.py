@@ -63,3 +63,10 @@ def test_bin_loop_emit_builds_what_the_table_says(spool):
             assert r.returncode == 0, (case["name"], r.stderr)
             (line,) = queued[0].read_text().splitlines()
             assert json.loads(line)["data"] == case["data"], case["name"]
+
+
+def test_loop_emit_help_names_every_item_form():
+    r = subprocess.run([sys.executable, "-m", "loopstream", "emit", "--help"], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0
+    assert "KEY[]=TEXT" in r.stdout and "KEY:=JSON" in r.stdout and "KEY=TEXT" in r.stdout
