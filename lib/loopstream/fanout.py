@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import _socket
 import threading
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 from .broker import Cursor, Filter
 from .events import Event
@@ -35,11 +36,11 @@ class Subscriber:
         self.flt = flt
         self.pos = pos
         self.gsock = gsock                              # the worker's (gevent) socket, for blocking writes
-        self.raw = getattr(gsock, "_sock", None)        # the non-blocking socket underneath
+        self.raw: Any = getattr(gsock, "_sock", None)   # the non-blocking socket underneath (None: none)
         self.chunked = chunked
         self.parked = False                             # waiting at the head, nothing being written
         self.pending: bytes | None = None               # bytes a direct write could not finish
-        self.wake: threading.Event | None = threading.Event()
+        self.wake: Any = threading.Event()              # a threading.Event; None once held
         self.gone = False                               # its socket failed: the stream must end
         self.addr = addr                                # the client, for its stream count
         self.held = False                               # the socket is the fan-out's: no request greenlet

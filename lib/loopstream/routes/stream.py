@@ -27,7 +27,7 @@ def stream() -> Response:
     resp = Response(h.frames(sub), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     # A stream the fan-out took over (hub._hold) is counted until its socket ends, not its request.
-    resp.call_on_close(lambda: sub.held or h.close_stream(addr))
+    resp.call_on_close(lambda: None if sub.held else h.close_stream(addr))
     return resp
 
 
