@@ -5,6 +5,11 @@
 `--only history-load` runs the history row alone (bench/history_load.py).
 
 `--only firehose` runs the firehose row alone (bench/firehose.py).
+
+`--only growth` runs the growth table alone (bench/growth.py; writes docs/bench-growth.png).
+
+`--only =loop --skip-soak --skip-faults` runs the memory-backend rows of loop alone (latency, ingest,
+capacity after them and on a fresh server).
 """
 from __future__ import annotations
 
@@ -145,6 +150,16 @@ def capacity(target: Target, levels: list[int]) -> dict:
         best.update(held=n, rss=rss, rss_sum=rss_sum, per_sub_kb=(rss - base) * 1024 / n, broadcast_ms=worst)
         time.sleep(1.0)
     return best
+
+
+def fresh_capacity(target: Target, levels: list[int]) -> dict:
+    """The capacity row on a server that has served nothing else (the other row comes after the
+    latency and ingest runs in the same process): memory that stays after load shows as a difference."""
+    target.start()
+    try:
+        return capacity(target, levels)
+    finally:
+        target.stop()
 
 
 # -- soak and faults (the sidecar only) -------------------------------------------------------------
@@ -397,11 +412,64 @@ def plot(latency: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def measure_target(t: Target, args, sizes: Sizes, results: dict) -> None:
+    """One server's rows: latency, ingest, capacity after them (and, for loop, on a fresh server)."""
+    print(f"· {t.name}", file=sys.stderr, flush=True)
+    t.start()
+    try:
+        results["latency"][t.name] = [latency_run(t, n, rate, sizes.duration) for n, rate in sizes.latency]
+        if "history" not in t.name:
+            single = ingest(t, sizes.ingest_seconds)
+            batched = ingest(t, sizes.ingest_seconds, batch=100) if t.batches else float("nan")
+            results["ingest"][t.name] = {"single": single, "batch": batched}
+            if not args.skip_capacity and not isinstance(t, LoopRedis):
+                results["capacity"][t.name] = capacity(t, sizes.capacity_levels)
+    finally:
+        t.stop()
+    if t.name == "loop" and not args.skip_capacity:
+        results["capacity"]["loop (fresh server)"] = fresh_capacity(t, sizes.capacity_levels)
+
+
+def run_extra(name: str, smoke: bool) -> dict:
+    """A row measured by its own module: the dashboard, the history load, the firehose, the growth table."""
+    if name == "dashboard":
+        from .dashboard import measure
+
+        return measure(seconds=3 if smoke else 10)
+    if name == "history-load":
+        from .history_load import history_load
+
+        return history_load(smoke)
+    if name == "firehose":
+        from .firehose import firehose
+
+        return firehose(smoke)
+    from .growth import growth
+
+    return growth(smoke)
+
+
+def report_extras(r: dict) -> list[str]:
+    from .dashboard import report as dashboard_report
+    from .firehose import report as firehose_report
+    from .growth import report as growth_report
+    from .history_load import report as history_report
+
+    lines: list[str] = []
+    if "dashboard" in r:
+        lines += ["", "| what | measured | value | target |", "|---|---|---|---|", dashboard_report(r["dashboard"])]
+    for key, fn in (("history_load", history_report), ("firehose", firehose_report), ("growth", growth_report)):
+        if key in r:
+            lines += fn(r[key])
+    return lines
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny sizes: seconds, for CI")
     p.add_argument("--out", default="artifacts/bench", help="where the JSON results and the plot go")
-    p.add_argument("--only", default="", help="comma-separated target names to run (default: all); "
+    p.add_argument("--only", default="", help="comma-separated target names to run (default: all; a name "
+                                               "matches every target containing it, '=loop' only that one); "
                                                "'firehose' for the noisy-run row")
     p.add_argument("--skip-capacity", action="store_true")
     p.add_argument("--skip-soak", action="store_true")
@@ -416,23 +484,12 @@ def main(argv=None) -> None:
     targets: list[Target] = [Loop(), Loop(history=True), LoopRedis(), *peers()]
     if args.only:
         wanted = args.only.split(",")
-        targets = [t for t in targets if any(w in t.name for w in wanted)]
+        targets = [t for t in targets if any(t.name == w[1:] if w.startswith("=") else w in t.name for w in wanted)]
     results: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                                 f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}",
                      "latency": {}, "ingest": {}, "capacity": {}}
     for t in targets:
-        print(f"· {t.name}", file=sys.stderr, flush=True)
-        t.start()
-        try:
-            results["latency"][t.name] = [latency_run(t, n, rate, sizes.duration) for n, rate in sizes.latency]
-            if "history" not in t.name:
-                single = ingest(t, sizes.ingest_seconds)
-                batched = ingest(t, sizes.ingest_seconds, batch=100) if t.batches else float("nan")
-                results["ingest"][t.name] = {"single": single, "batch": batched}
-                if not args.skip_capacity and not isinstance(t, LoopRedis):
-                    results["capacity"][t.name] = capacity(t, sizes.capacity_levels)
-        finally:
-            t.stop()
+        measure_target(t, args, sizes, results)
     if not args.skip_soak and any(t.name == "loop" for t in targets):
         print("· soak", file=sys.stderr, flush=True)
         results["soak"] = soak(sizes)
@@ -440,25 +497,42 @@ def main(argv=None) -> None:
         print("· faults", file=sys.stderr, flush=True)
         results["faults"] = {"slow_reader": slow_reader(sizes), "storm": storm(sizes),
                              "restart": restart_resume(), "kill9": kill9_during_run(sizes)}
-    if not args.only or "dashboard" in args.only.split(","):
-        from .dashboard import measure
-
-        print("· dashboard", file=sys.stderr, flush=True)
-        results["dashboard"] = measure(seconds=3 if args.smoke else 10)
-    if not args.only or "history-load" in args.only.split(","):
-        from .history_load import history_load
-
-        print("· history-load", file=sys.stderr, flush=True)
-        results["history_load"] = history_load(args.smoke)
-    if not args.only or "firehose" in args.only.split(","):
-        from .firehose import firehose
-
-        print("· firehose", file=sys.stderr, flush=True)
-        results["firehose"] = firehose(args.smoke)
+    for name in ("dashboard", "history-load", "firehose", "growth"):
+        if not args.only or name in args.only.split(","):
+            print(f"· {name}", file=sys.stderr, flush=True)
+            results[name.replace("-", "_")] = run_extra(name, args.smoke)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     if results["latency"]:
         plot(results["latency"], out / "latency.png")
     print(report(results, sizes))
+
+
+def report_comparisons(r: dict, sizes: Sizes) -> list[str]:
+    """loop's p99 beside the best peer, the floor, history off and Flask-SSE (Redis)."""
+    lines: list[str] = []
+    names = [n for n in r["latency"] if not n.startswith("loop") and "floor" not in n]
+    if "loop" in r["latency"] and names:
+        lines.append("")
+        for i, (n, _rate) in enumerate(sizes.latency):
+            best_name = min(names, key=lambda k: r["latency"][k][i]["p99"])
+            ours = r["latency"]["loop"][i]["p99"]
+            floor = r["latency"].get("asyncio relay (floor)", [None] * (i + 1))[i]
+            best = r["latency"][best_name][i]["p99"]
+            line = (f"- {n} subscribers: loop p99 {fmt(ours, 2)} ms = {ours / best:.2f} × "
+                    f"the best peer ({best_name}, {fmt(best, 2)} ms)")
+            if floor:
+                line += f", {ours / floor['p99']:.2f} × the asyncio floor"
+            lines.append(line + ".")
+        if "loop (history on)" in r["latency"]:
+            on, off = r["latency"]["loop (history on)"][0]["p99"], r["latency"]["loop"][0]["p99"]
+            lines.append(f"- History on vs off, p99 ratio: {on / off:.2f} ({fmt(on, 2)} vs {fmt(off, 2)} ms).")
+    redis_row, flask_sse = "loop (Redis, 2 workers)", "Flask-SSE + Redis (gunicorn/gevent)"
+    if redis_row in r["latency"] and flask_sse in r["latency"]:
+        for i, (n, _rate) in enumerate(sizes.latency):
+            ours, theirs = r["latency"][redis_row][i]["p99"], r["latency"][flask_sse][i]["p99"]
+            lines.append(f"- {n} subscribers, both through Redis: {redis_row} p99 {fmt(ours, 2)} ms = "
+                         f"{ours / theirs:.2f} × Flask-SSE's {fmt(theirs, 2)} ms.")
+    return lines
 
 
 def report(r: dict, sizes: Sizes) -> str:
@@ -470,34 +544,15 @@ def report(r: dict, sizes: Sizes) -> str:
         cells = [f"{fmt(x['p50'], 2)} / {fmt(x['p99'], 2)} / {fmt(x['max'], 1)} | {x['delivery'] * 100:.1f}%"
                  for x in rows]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    names = [n for n in r["latency"] if not n.startswith("loop") and "floor" not in n]
-    if "loop" in r["latency"] and names:
-        lines.append("")
-        for i, (n, rate) in enumerate(sizes.latency):
-            best_name = min(names, key=lambda k: r["latency"][k][i]["p99"])
-            ours = r["latency"]["loop"][i]["p99"]
-            floor = r["latency"].get("asyncio relay (floor)", [None] * (i + 1))[i]
-            line = (f"- {n} subscribers: loop p99 {fmt(ours, 2)} ms = {ours / r['latency'][best_name][i]['p99']:.2f} × "
-                    f"the best peer ({best_name}, {fmt(r['latency'][best_name][i]['p99'], 2)} ms)")
-            if floor:
-                line += f", {ours / floor['p99']:.2f} × the asyncio floor"
-            lines.append(line + ".")
-        if "loop (history on)" in r["latency"]:
-            on, off = r["latency"]["loop (history on)"][0]["p99"], r["latency"]["loop"][0]["p99"]
-            lines.append(f"- History on vs off, p99 ratio: {on / off:.2f} ({fmt(on, 2)} vs {fmt(off, 2)} ms).")
-    redis_row, flask_sse = "loop (Redis, 2 workers)", "Flask-SSE + Redis (gunicorn/gevent)"
-    if redis_row in r["latency"] and flask_sse in r["latency"]:
-        for i, (n, rate) in enumerate(sizes.latency):
-            ours, theirs = r["latency"][redis_row][i]["p99"], r["latency"][flask_sse][i]["p99"]
-            lines.append(f"- {n} subscribers, both through Redis: {redis_row} p99 {fmt(ours, 2)} ms = "
-                         f"{ours / theirs:.2f} × Flask-SSE's {fmt(theirs, 2)} ms.")
+    lines += report_comparisons(r, sizes)
     if r["ingest"]:
         lines += ["", "| server | single-event POSTs/s (one keep-alive connection) | events/s in batches of 100 |",
                   "|---|---|---|"]
         lines += [f"| {k} | {fmt(v['single'], 0)} | {fmt(v['batch'], 0)} |" for k, v in r["ingest"].items()]
     if r["capacity"]:
         lines += ["", f"| server | most subscribers held, one broadcast to all ≤ 1 s (tried {sizes.capacity_levels}) "
-                      "| broadcast to all (ms) | resident memory then, PSS (RSS sum) MB | per subscriber (KB) | first failure |",
+                      "| broadcast to all (ms) | resident memory then, PSS (RSS sum) MB | per subscriber (KB) "
+                      "| first failure |",
                   "|---|---|---|---|---|---|"]
         lines += [f"| {k} | {v['held']} | {fmt(v['broadcast_ms'], 0)} | {fmt(v['rss'], 0)} ({fmt(v['rss_sum'], 0)}) "
                   f"| {fmt(v['per_sub_kb'], 1)} "
@@ -522,19 +577,7 @@ def report(r: dict, sizes: Sizes) -> str:
                   f"- Restart: a resumed client got the first new event {f['restart']['resumed_after_up_s']:.2f} s "
                   f"after the new sidecar answered (restart took {f['restart']['restart_s']:.2f} s; "
                   f"reset seen: {f['restart']['reset_seen']})."]
-    if "dashboard" in r:
-        from .dashboard import report as dashboard_report
-
-        lines += ["", "| what | measured | value | target |", "|---|---|---|---|", dashboard_report(r["dashboard"])]
-    if "history_load" in r:
-        from .history_load import report as history_report
-
-        lines += history_report(r["history_load"])
-    if "firehose" in r:
-        from .firehose import report as firehose_report
-
-        lines += firehose_report(r["firehose"])
-    return "\n".join(lines)
+    return "\n".join(lines + report_extras(r))
 
 
 if __name__ == "__main__":
