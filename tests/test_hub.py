@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from loopstream import events as ev
 from loopstream.broker import HELLO_LIVE, Filter
 from loopstream.config import Config

@@ -17,8 +17,9 @@ import copy
 import marshal
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from . import events as ev
 from . import sse, state

@@ -9,7 +9,7 @@ that announced nothing (shell scripts) are never declared lost.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from . import events as ev
 from . import state

@@ -217,7 +217,8 @@ class RedisBroker(MemoryBroker):
         self.url = url
         self.prefix = prefix
         self.retry_s = retry_s
-        self.keys = {k: prefix + k for k in ("epoch", "seq", "stream", "runs", "checkpoint", "checkpoint_count", "summary")}
+        names = ("epoch", "seq", "stream", "runs", "checkpoint", "checkpoint_count", "summary")
+        self.keys = {k: prefix + k for k in names}
         self.client = connect(url)
         self._follower_client = connect(url, timeout=15)
         self._publish = self.client.register_script(PUBLISH)
@@ -260,14 +261,14 @@ class RedisBroker(MemoryBroker):
         drafts = list(drafts)
         payloads = [ev.dumps({"type": d.type, "run": d.run, "ts": now, "data": d.data}) for d in drafts]
         args: list = [self.capacity, self.prefix]
-        for d, p in zip(drafts, payloads):
+        for d, p in zip(drafts, payloads, strict=False):
             args += (d.run, p)
         keys = [self.keys["epoch"], self.keys["seq"], self.keys["stream"], self.keys["runs"]]
         try:
             ids = self._publish(keys=keys, args=args)
         except RedisError as e:
             raise BackendDown(f"Redis: {e}") from e
-        out = [ev.Event(*ev.parse_id(i), d.type, d.run, now, d.data) for i, d in zip(ids, drafts)]
+        out = [ev.Event(*ev.parse_id(i), d.type, d.run, now, d.data) for i, d in zip(ids, drafts, strict=False)]
         self._known_seq = max(self._known_seq, out[-1].seq)
         return PublishResult(out)
 
@@ -446,7 +447,7 @@ class RedisBroker(MemoryBroker):
                 p.llen(f"{self.prefix}transcript:{name}")
             summaries, *lengths = p.execute()
         load, finished = [], []
-        for name, text, length in zip(names, summaries, lengths):
+        for name, text, length in zip(names, summaries, lengths, strict=False):
             summary = _json_or_none(text)
             if not isinstance(summary, dict) or not isinstance(summary.get("event_count"), int):
                 summary = None
@@ -473,10 +474,10 @@ class RedisBroker(MemoryBroker):
             bases.append(snap)
         out: dict[str, dict] = {}
         with self.client.pipeline(transaction=False) as p:
-            for name, snap in zip(names, bases):
+            for name, snap in zip(names, bases, strict=False):
                 p.lrange(f"{self.prefix}transcript:{name}", snap["event_count"] if snap else 0, -1)
             tails = p.execute()
-        for name, snap, tail in zip(names, bases, tails):
+        for name, snap, tail in zip(names, bases, tails, strict=False):
             snap = self._fold_tail(name, snap, tail, upto)
             if snap is not None:
                 out[name] = snap

@@ -11,7 +11,7 @@ greenlet, not the worker.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from flask import Flask
 
