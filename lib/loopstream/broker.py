@@ -163,6 +163,7 @@ class MemoryBroker:
         staged: dict[str, dict] = {}
         finished = []
         for e in events:
+            before: dict | None
             if e.run in staged:
                 before = staged[e.run]
             else:

@@ -79,7 +79,8 @@ class Metrics:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
 
-def cursor_id(cur: Cursor) -> str:
+def cursor_id(cur: Cursor | None) -> str:
+    assert cur is not None, "a subscriber at a position has a cursor"
     return f"{cur[0]}-{cur[1]}"
 
 
@@ -101,6 +102,7 @@ def redis_parts(cfg: Config, clock: Callable[[], float], fanout: Fanout) -> Part
     """Redis keeps the stream, the snapshots, the history and the rate limit."""
     from .redis_broker import RedisBroker, RedisBuckets
 
+    assert cfg.backend, "redis_parts needs a redis:// backend URL"
     broker = RedisBroker(cfg.backend, cfg.buffer, clock=clock, on_events=fanout.publish,
                          on_down=fanout.end_all, on_resync=fanout.wake_all)
     return Parts(broker, RedisBuckets(broker.client, broker.prefix, cfg.rate, cfg.burst))
@@ -166,9 +168,11 @@ class Hub:
                 result = broker.publish(drafts)
         if history:
             for run in result.finished:
-                history.finished(broker.snapshot(run))
+                snap = broker.snapshot(run)
+                if snap is not None:
+                    history.finished(snap)
         self.metrics.accepted += len(result.events)
-        if broker.fans_out_on_publish:
+        if broker.fans_out_on_publish and result.before is not None and result.after is not None:
             self.fanout.publish(result.events, result.before, result.after)
         if self.notifier:
             self.notifier.published(broker, result)
@@ -190,7 +194,7 @@ class Hub:
             return
         self.metrics.rate_limited += 1
         self.metrics.reject("rate_limited")
-        budget = self.client_budget if refused_by.startswith("client:") else self.run_budget
+        budget = self.client_budget if (refused_by or "").startswith("client:") else self.run_budget
         flag = "--client-rate" if budget is self.client_budget else "--rate"
         raise Refused(429, "rate_limited", f"over {budget.rate:g} events/s (burst {budget.burst}, {flag}) for "
                                            f"{refused_by}; retry after {wait:.2f}s",

@@ -39,6 +39,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import redis
 from redis.exceptions import RedisError
@@ -180,23 +181,30 @@ def _json_or_none(text: object) -> object:
         return None
 
 
+def _cursor(entry_id: object) -> Cursor:
+    """An id that Redis or our own checks already vouch for, as a cursor."""
+    key = ev.parse_id(entry_id)
+    assert key is not None, f"not an event id: {entry_id!r}"
+    return key
+
+
 def _event(entry_id: str, fields: object) -> ev.Event:
     """A stream entry as an Event. Entries are written by our Lua script, but Redis is shared and
     may hold what an older version or someone else wrote: an entry that is not a sound event is
     logged and replaced by a stand-in with the same id, so the buffer keeps no gap; the stand-in is
     never folded, never returned by ``read`` and its frame is an SSE comment: no client sees it."""
-    epoch, seq = ev.parse_id(entry_id)
+    epoch, seq = _cursor(entry_id)
     payload = fields.get("e") if isinstance(fields, dict) else None
     if isinstance(payload, str) and payload.startswith("{") and payload != "{}":
         text = f'{{"id":"{entry_id}",{payload[1:]}'
         d = ev.parse_stored(text)
         if d is not None:
-            e = ev.Event(epoch, seq, d["type"], d["run"], d.get("ts"), d["data"])
+            e = ev.Event(epoch, seq, d["type"], d["run"], d.get("ts") or 0.0, d["data"])
             e.json = text
             e.frame = sse.frame(entry_id, e.type, e.json)
             return e
     log.warning("loop: redis: stream entry %s is not a sound event; skipped", entry_id)
-    e = ev.Event(epoch, seq, UNREADABLE, "unreadable", None,
+    e = ev.Event(epoch, seq, UNREADABLE, "unreadable", 0.0,
                  {"message": f"entry {entry_id} of the shared stream is not a sound event; skipped"})
     e.json = ev.dumps(e.as_dict())
     e.frame = f": entry {entry_id} is not a sound event; skipped\n\n".encode()
@@ -268,7 +276,7 @@ class RedisBroker(MemoryBroker):
             ids = self._publish(keys=keys, args=args)
         except RedisError as e:
             raise BackendDown(f"Redis: {e}") from e
-        out = [ev.Event(*ev.parse_id(i), d.type, d.run, now, d.data) for i, d in zip(ids, drafts, strict=False)]
+        out = [ev.Event(*_cursor(i), d.type, d.run, now, d.data) for i, d in zip(ids, drafts, strict=False)]
         self._known_seq = max(self._known_seq, out[-1].seq)
         return PublishResult(out)
 
@@ -313,7 +321,7 @@ class RedisBroker(MemoryBroker):
     def summaries(self) -> dict[str, dict]:
         rows = super().summaries()
         try:
-            stored = self.client.hgetall(self.keys["summary"])
+            stored: dict[str, str] = self.client.hgetall(self.keys["summary"])  # type: ignore[assignment]
         except RedisError as e:
             raise BackendDown(f"Redis: {e}") from e
         for run, text in stored.items():
@@ -364,7 +372,7 @@ class RedisBroker(MemoryBroker):
                     self._resync()
                     if self.on_resync:
                         self.on_resync()
-                reply = self._follower_client.xread({self.keys["stream"]: f"{self.epoch}-{self.seq}"},
+                reply: Any = self._follower_client.xread({self.keys["stream"]: f"{self.epoch}-{self.seq}"},
                                                     count=1000, block=5000)
                 if reply:
                     self._take_in([_event(i, f) for i, f in reply[0][1]])
@@ -409,7 +417,8 @@ class RedisBroker(MemoryBroker):
     def _resync(self) -> None:
         """Load the stream, the counter and every run's snapshot as of one moment."""
         epoch = int(self._ensure_epoch(keys=[self.keys["epoch"], self.keys["seq"]]))
-        with self.client.pipeline(transaction=True) as p:
+        with self.client.pipeline(transaction=True) as pipe:
+            p: Any = pipe
             p.get(self.keys["epoch"]).get(self.keys["seq"]).xrange(self.keys["stream"]).smembers(self.keys["runs"])
             epoch_text, seq_text, entries, names = p.execute()
         epoch = int(epoch_text or epoch)
@@ -469,7 +478,7 @@ class RedisBroker(MemoryBroker):
                     and ev.parse_id(snap.get("last_event_id") or "0-0") is not None):
                 snap = None   # none, or not one we wrote: fold the transcript from its start
             # A checkpoint newer than ``upto`` (written meanwhile) cannot be wound back: fold from the start.
-            if snap and ev.parse_id(snap["last_event_id"] or "0-0") > upto:
+            if snap and _cursor(snap["last_event_id"] or "0-0") > upto:
                 snap = None
             bases.append(snap)
         out: dict[str, dict] = {}
@@ -486,14 +495,17 @@ class RedisBroker(MemoryBroker):
     def _fold_tail(self, name: str, snap: dict | None, tail: list[str], upto: Cursor) -> dict | None:
         """Fold a transcript's entries after ``snap`` up to ``upto``; damaged ones are logged and
         skipped (their places still count, so entries already folded are recognised by id)."""
-        done = ev.parse_id(snap["last_event_id"] or "0-0") if snap else (0, 0)
+        done = _cursor(snap["last_event_id"] or "0-0") if snap else (0, 0)
         events, skipped = [], 0
         for line in tail:
             e = ev.parse_stored(line)
             if e is None:
                 skipped += 1
                 continue
-            key = ev.parse_id(e["id"])
+            key = ev.parse_id(e.get("id"))
+            if key is None:
+                skipped += 1
+                continue
             if key > upto:
                 break
             if key > done:

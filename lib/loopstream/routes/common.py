@@ -83,8 +83,9 @@ def read_body() -> bytes:
     """The whole body, at most MAX_BODY bytes: a longer one is refused (413), never cut and
     parsed; a broken chunked encoding is a 400."""
     stream = request.environ["wsgi.input"]
-    if (request.content_length or 0) > MAX_BODY:
-        if request.content_length <= DRAIN_MAX:
+    length = request.content_length or 0
+    if length > MAX_BODY:
+        if length <= DRAIN_MAX:
             drain(stream)
         raise RequestEntityTooLarge()
     try:

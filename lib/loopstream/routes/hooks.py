@@ -44,7 +44,7 @@ def forbidden_host(h: Hub, policy: HostPolicy) -> Response | None:
     if policy.host_ok(host):
         return None
     h.metrics.reject("forbidden_host")
-    return error(403, "forbidden_host", f"this server does not answer to the name {host[:100]!r}; "
+    return error(403, "forbidden_host", f"this server does not answer to the name {(host or '')[:100]!r}; "
                                         "start it with --allowed-host NAME to allow it", "host")
 
 
@@ -57,7 +57,7 @@ def forbidden_origin(h: Hub, policy: HostPolicy, is_static: bool) -> Response | 
     if is_static or policy.origin_ok(origin, request.environ.get("HTTP_HOST")):
         return None
     h.metrics.reject("forbidden_origin")
-    return error(403, "forbidden_origin", f"requests from the origin {origin[:100]!r} are not allowed; "
+    return error(403, "forbidden_origin", f"requests from the origin {(origin or '')[:100]!r} are not allowed; "
                                           "start the server with --cors ORIGIN to allow it", "origin")
 
 
