@@ -161,7 +161,7 @@ def _row(text: str, inner: int) -> str:
 def _header_texts(snap: dict, inner: int) -> list[str]:
     c = snap.get("counts") or {}
     total = c.get("total") or 0
-    done = (c.get("completed", 0) + c.get("failed", 0) + c.get("skipped", 0) + c.get("cancelled", 0))
+    done = c.get("completed", 0) + c.get("failed", 0) + c.get("skipped", 0)   # as the reducers' percent
     status = snap.get("status", "running")
     title = field(snap.get("task_name") or snap.get("run"))
     texts = [f"Task: {title}   [{status.upper()}]" if status != "running" else f"Task: {title}"]
@@ -170,8 +170,12 @@ def _header_texts(snap: dict, inner: int) -> list[str]:
     bar_width = max(10, min(40, inner - 12 - len(counts_text) - 3))
     texts.append(f"Progress: [{bar(percent, bar_width)}] {counts_text}")
     if total:
-        texts.append(f"✅ {c.get('completed', 0)} passed  ❌ {c.get('failed', 0)} failed  "
-                     f"⏳ {c.get('running', 0)} running  ○ {c.get('queued', 0)} queued")
+        line = (f"✅ {c.get('completed', 0)} passed  ❌ {c.get('failed', 0)} failed  "
+                f"⏳ {c.get('running', 0)} running  ○ {c.get('queued', 0)} queued")
+        for name, mark in (("skipped", "⏭"), ("cancelled", "⛔")):
+            if c.get(name):
+                line += f"  {mark} {c[name]} {name}"
+        texts.append(line)
     return texts
 
 
@@ -263,7 +267,8 @@ def plain_line(event: dict) -> str:
     t = field(event.get("type", "?"))
     sid = d.get("story_id")
     if t == "task_started":
-        text = f"{d.get('task_name')} ({d.get('story_count')} stories)"
+        count = d.get("story_count")
+        text = f"{d.get('task_name')}" + (f" ({count} stories)" if count is not None else "")
     elif t == "story_started":
         text = f"{sid} {d.get('title', '')} (attempt {d.get('attempt', 1)})"
     elif t in ("ac_completed", "ac_failed"):
