@@ -300,3 +300,27 @@ def test_a_sidecar_started_elsewhere_because_the_port_was_taken_is_found_and_reu
         finally:
             if record.exists():
                 os.kill(json.loads(record.read_text())["pid"], signal.SIGTERM)
+
+
+def test_a_batch_waiting_for_its_turn_under_the_rate_limit_is_spooled_not_lost_at_exit(tmp_path, make_server):
+    # At 0.5 event/s the outbox paces its batches for longer than the run's close budget: the batch
+    # still waiting for its turn must go to the spool with the rest, never be lost or sent twice.
+    server = make_server("--rate", "0.5", "--burst", "2", "--client-rate", "0")
+    prd = write_prd(tmp_path, [story(f"S{i}", f"echo s{i}", priority=i) for i in range(1, 7)])
+    env = run_env(tmp_path, LOOP_SHIP_IDLE="1")
+    done = loop_run(prd, server.url, "--run", "paced", env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    expected = ["task_started"] + ["story_started", "story_completed"] * 6 + ["task_completed"]
+
+    def lifecycle():
+        r = server.get("/api/runs/paced/transcript")
+        events = r.json()["events"] if r.ok else []
+        return [e["type"] for e in events if e["type"].startswith(LIFECYCLE) and e["type"] != "task_alive"]
+
+    wait_for(lambda: len(lifecycle()) >= len(expected), timeout=90, message="every lifecycle event to arrive")
+    assert lifecycle() == expected
+    for pidfile in (tmp_path / "spool").glob("*.pid"):
+        try:
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        except (ValueError, ProcessLookupError):
+            pass

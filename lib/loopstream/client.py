@@ -298,6 +298,8 @@ class Outbox:
         self.leftovers: list[dict] = []     # what close() could not deliver, in order (not the batch in flight)
         self._cond = threading.Condition()
         self._closing = False
+        self._held: list | None = None     # a batch taken but not yet being posted (its pacing wait)
+        self._abandoned = False            # close() took the held batch back for the spool
         self.pace = Pace()
         self._max_events = MAX_BATCH
         self._session = requests.Session()
@@ -334,8 +336,13 @@ class Outbox:
             while (self._queue or self._inflight) and time.monotonic() < deadline:
                 self._cond.wait(min(0.05, max(0.0, deadline - time.monotonic())))
             left = sum(1 for e in self._queue if isinstance(e, dict)) + self._inflight
-            # Not the batch in flight: a hung sidecar still holds it and stores it when it wakes up.
-            self.leftovers = [ev for entry in self._queue
+            # Not a batch being posted: a hung sidecar still holds it and stores it when it wakes up.
+            # A batch still waiting for its turn under the rate limit was never sent: it goes too.
+            pending = list(self._queue)
+            if self._held is not None:
+                pending = self._held + pending
+                self._abandoned = True
+            self.leftovers = [ev for entry in pending
                               for ev in (entry.events() if isinstance(entry, PendingOutput) else [entry])]
             self._queue.clear()
             self._cond.notify_all()
@@ -362,7 +369,8 @@ class Outbox:
                     return
                 taken, batch = self._take()
                 self._inflight = len(batch)
-            time.sleep(self.pace.delay(len(batch), lifecycle=any(isinstance(e, dict) for e in taken)))
+                if not self._wait_turn(taken, batch):
+                    return
             wait = self._deliver(taken, batch)
             with self._cond:
                 self._inflight = 0
@@ -374,6 +382,20 @@ class Outbox:
                 if wait < 0:
                     wait, backoff = backoff, min(self.max_backoff, backoff * 2)
                 self._sleep(wait)
+
+    def _wait_turn(self, taken: list, batch: list[dict]) -> bool:
+        """Wait (holding the condition) until the rate allows ``batch``; False when close() took it
+        back meanwhile (it goes to the spool instead, so it is never posted twice or out of order)."""
+        self._held = taken
+        until = time.monotonic() + self.pace.delay(len(batch), lifecycle=any(isinstance(e, dict) for e in taken))
+        while not self._abandoned and (left := until - time.monotonic()) > 0:
+            self._cond.wait(left)
+        self._held = None
+        if self._abandoned:
+            self._inflight = 0
+            self._cond.notify_all()
+            return False
+        return True
 
     def _sleep(self, seconds: float) -> None:
         """Wait (holding the condition) for ``seconds``: new events must not cut a Retry-After short."""
