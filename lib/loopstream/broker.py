@@ -60,6 +60,9 @@ class PublishResult:
     finished: list[str] = field(default_factory=list)  # runs this publish finished
     before: Cursor | None = None                        # the head before and after it
     after: Cursor | None = None
+    # the finished runs' final snapshots, kept here because the broker may already have
+    # forgotten the oldest finished runs when a batch finished many of them
+    finished_snapshots: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -187,7 +190,8 @@ class MemoryBroker:
             self.runs[run] = snap   # re-insert: dict order is recency
         if staged.finished:
             self._forget_old_finished()
-        return PublishResult(staged.events, staged.finished, before, self.head)
+        final = {run: staged.runs[run] for run in staged.finished if run in staged.runs}
+        return PublishResult(staged.events, staged.finished, before, self.head, final)
 
     @staticmethod
     def reduce(snapshot: dict | None, event: dict) -> dict:

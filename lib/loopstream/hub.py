@@ -168,7 +168,7 @@ class Hub:
                 result = broker.publish(drafts)
         if history:
             for run in result.finished:
-                snap = broker.snapshot(run)
+                snap = result.finished_snapshots.get(run) or broker.snapshot(run)
                 if snap is not None:
                     history.finished(snap)
         self.metrics.accepted += len(result.events)
@@ -180,8 +180,8 @@ class Hub:
 
     def admit(self, drafts: list[ev.Draft], explicit_run: bool, addr: str) -> None:
         """Raise Refused when the batch is over a rate limit or would start too many live runs."""
+        self.check_live_runs(drafts)   # read-only: a batch it refuses has spent no budget
         self.charge(drafts, explicit_run, addr)
-        self.check_live_runs(drafts)
 
     def charge(self, drafts: list[ev.Draft], explicit_run: bool, addr: str) -> None:
         """Take the batch from the run's budget (as named, else the client's address) and from the
@@ -327,7 +327,10 @@ class Hub:
 
         while True:
             gevent.sleep(self.config.heartbeat)
-            self.heartbeat_held()
+            try:
+                self.heartbeat_held()
+            except Exception:   # a bug must not end the heartbeats: dead clients are found by them
+                log.exception("heartbeat to held streams failed")
 
     def heartbeat_held(self) -> None:
         frames: dict = {}

@@ -129,7 +129,7 @@ class Notifier:
         later, so for those the worker reads the snapshot once the replica has caught up."""
         if broker.fans_out_on_publish:
             for run in result.finished:
-                self.finished(broker.snapshot(run))
+                self.finished(result.finished_snapshots.get(run) or broker.snapshot(run))
             return
         for e in result.events:
             if e.type in FINISHING:
