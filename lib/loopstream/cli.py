@@ -620,11 +620,18 @@ def tail(path, server, token, run_id, name, until, timeout, from_start, no_embed
                     notice=lambda message: click.echo(f"loop: {message}", err=True))
     with orch.supervised(follower, server, token, run_id, outbox, _say):
         result = follower.run()
-    outcomes: dict[int, str] = {ExitStatus.OK: "matched", ExitStatus.FAILURE: f"failed: {result.reason}",
-                                ExitStatus.INTERRUPTED: f"stopped: {result.reason}"}
+    outcomes: dict[int, str] = {ExitStatus.OK: "matched", ExitStatus.FAILURE: f"failed: {_clean(result.reason)}",
+                                ExitStatus.INTERRUPTED: f"stopped: {_clean(result.reason)}"}
     outcome = outcomes[result.code]
     click.echo(f"loop: run {run_id}: {result.lines} lines, {outcome}", err=True)
     sys.exit(result.code)
+
+
+def _clean(text: object) -> str:
+    """Text from the network (a stop reason), fit for the terminal: one line, no control characters."""
+    from . import view
+
+    return view.field(text)
 
 
 # -- capturing anything: loop exec ------------------------------------------------------------
@@ -672,7 +679,7 @@ def exec_(argv, server, token, run_id, name, stream, grace, no_embed) -> None:
     with orch.supervised(job, server, token, run_id, outbox, _say):
         result = _shown(live_view, lambda: feed.snapshot, lambda: f"{outbox.status.state} {server or 'none'}", job.run)
     if human or stream:
-        _say(f"loop: run {run_id}: exit {result.exit_code}" + (f", stopped: {result.stop_reason}"
+        _say(f"loop: run {run_id}: exit {result.exit_code}" + (f", stopped: {_clean(result.stop_reason)}"
                                                                if result.stop_reason else "") + f"; log {log.path}")
         for line in orch.delivery_report(outbox.status, server):
             _say(line)

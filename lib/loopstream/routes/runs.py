@@ -38,4 +38,8 @@ def control(run: str, action: str) -> Response:
         return error(400, "bad_request", e.message, "body")
     if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str):
         return error(400, "bad_request", 'send {"reason": "text"} or nothing', "reason")
+    try:
+        ev.check_value(body.get("reason", ""), "reason")   # valid Unicode, as event text must be
+    except ev.EventError as e:
+        return error(400, "bad_request", e.message, e.field)
     return json_response(h.control(run, action, body.get("reason") or ""), 202)
