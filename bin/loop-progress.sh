@@ -43,11 +43,11 @@ _loop_usage() {
 
 # _loop_int VALUE: is it a whole number?
 _loop_int() {
-  [[ $1 =~ ^-?[0-9]+$ ]]
+  [[ $1 =~ ^-?(0|[1-9][0-9]*)$ ]]
 }
 
 _loop_number() {
-  [[ $1 =~ ^-?[0-9]+(\.[0-9]+)?$ ]]
+  [[ $1 =~ ^-?(0|[1-9][0-9]*)(\.[0-9]+)?$ ]]
 }
 
 loop_task_start() {  # NAME [STORY_COUNT]

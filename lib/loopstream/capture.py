@@ -71,7 +71,8 @@ class LineFollower:
         lines = self._check_truncated()
         lines += self._read()
         if self._replaced():
-            lines += self._read()          # whatever the writer put in the old file before moving on
+            while more := self._read():    # the old file to its end: what the writer put there before moving on
+                lines += more
             lines += self.flush()
             self.notice(f"{self.path} was replaced; following the new file")
             self._close()

@@ -59,6 +59,7 @@ class StoryLog:
         self._warn = warn
         self._file: IO[bytes] | None = None
         self._failed = False
+        self._closed = False   # the story is over: a background process's late output is not its output
         self._lock = threading.Lock()
 
     def write(self, chunk: bytes) -> None:
@@ -73,7 +74,7 @@ class StoryLog:
                 self._write(f"--- loop: attempt {attempt} ---\n".encode())
 
     def _write(self, data: bytes) -> None:
-        if self._failed:
+        if self._failed or self._closed:
             return
         try:
             if self._file is None:
@@ -87,6 +88,7 @@ class StoryLog:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._file is not None:
                 try:
                     self._file.close()
