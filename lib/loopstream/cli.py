@@ -42,7 +42,8 @@ def cli() -> None:
 @click.option("--backend", envvar="LOOP_BACKEND", default="memory", show_default=True,
               help="Where the stream lives: memory (one worker), or a Redis URL such as "
                    "redis://127.0.0.1:6379/0 (shared by any number of workers and hosts; keeps the history).")
-@token_option
+@click.option("--token", envvar="LOOP_TOKEN", default=None,
+              help="Require this bearer token on the API (and ?token= on the stream).")
 @click.option("--cors", "cors", envvar="LOOP_CORS", multiple=True,
               help="An origin allowed to call the API from a browser (repeatable).")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback bind without a token.")
