@@ -463,8 +463,8 @@ class RedisBroker(MemoryBroker):
             if summary is None or summary.get("status") in state.LIVE or length > summary["event_count"]:
                 load.append(name)
             else:
-                updated = summary.get("updated_at")
-                finished.append((updated if isinstance(updated, (int, float)) else 0, name))
+                # recency by the run's last event id: one total order across workers, no ties
+                finished.append((ev.parse_id(summary.get("last_event_id")) or (0, 0), name))
         return load + [name for _, name in sorted(finished)[-self.keep_finished:]]
 
     def _load_runs(self, names: list[str], upto: Cursor) -> dict[str, dict]:
