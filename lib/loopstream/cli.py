@@ -216,9 +216,10 @@ def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_u
     with orch.supervised(runner, server, token, run_id, outbox, _say):
         code = _shown(live_view, lambda: feed.snapshot, lambda: feed.connection(server), runner.run)
     spool = orch.hand_over_leftovers(server, run_id, outbox, token)
-    summary = {k: v for k, v in (feed.snapshot["counts"] if feed.snapshot else {}).items() if v}
+    counts = feed.snapshot["counts"] if feed.snapshot else {}
+    summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v and k != "total")
     outcome = {ExitStatus.OK: "passed", ExitStatus.INTERRUPTED: "stopped"}.get(code, "failed")
-    _say(f"loop: run {run_id} {outcome} {summary}")
+    _say(f"loop: run {run_id} {outcome}" + (f": {summary} of {counts.get('total', 0)} stories" if summary else ""))
     for line in orch.delivery_report(outbox.status, server, spool):
         _say(line)
     sys.exit(code)
