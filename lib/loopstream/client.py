@@ -508,17 +508,23 @@ class Outbox:
             self.on_refused(reason, count)
 
 
-def _close_when_stopped(stop: threading.Event | None, response) -> None:
-    """A stop ends a read that waits for the next event, not only the next read."""
+def _close_when_stopped(stop: threading.Event | None, response) -> threading.Event:
+    """A stop ends a read that waits for the next event, not only the next read. Set the returned
+    event when the connection is over, so the watcher ends with it (one per connection, not one
+    parked thread per reconnect)."""
+    ended = threading.Event()
     if stop is not None:
-        threading.Thread(target=_close_when, args=(stop, response), daemon=True).start()
+        threading.Thread(target=_close_when, args=(stop, ended, response), daemon=True).start()
+    return ended
 
 
-def _close_when(stop: threading.Event, response) -> None:
+def _close_when(stop: threading.Event, ended: threading.Event, response) -> None:
     """Once ``stop`` is set, shut the stream's socket down: a read blocked on it returns at once."""
     import socket
 
-    stop.wait()
+    while not stop.wait(0.5):
+        if ended.is_set():
+            return
     sock = getattr(getattr(response.raw, "connection", None), "sock", None)
     try:
         if sock is not None:
@@ -614,13 +620,14 @@ def _one_connection(url: str, params: list, resume_from: str | None, stop: threa
     if r.status_code in (401, 403):
         raise SidecarError(f"{r.status_code} from {url}: the token is missing or wrong (LOOP_TOKEN)", r.status_code)
     r.raise_for_status()
-    _close_when_stopped(stop, r)
+    ended = _close_when_stopped(stop, r)
     if on_state:
         on_state("live")
     try:
         for e in sseclient.SSEClient(r).events():  # type: ignore[arg-type]  # a Response iterates its bytes
             yield e.id, e.event, json.loads(e.data) if e.data else {}
     finally:
+        ended.set()
         r.close()
 
 
