@@ -227,3 +227,28 @@ def test_a_sidecar_boots_on_damaged_history_logs_the_file_and_serves_the_rest(tm
         assert again.get("/api/runs/after").json()["percent"] == 5
     finally:
         again.stop()
+
+
+def test_a_journal_that_cannot_be_written_refuses_the_batch_and_leaves_no_trace(tmp_path):
+    # A full disk for one run's journal (its file is /dev/full): the batch that touches it gets a
+    # 503 the client retries, nothing of it is streamed, buffered or left in another run's journal,
+    # and the next accepted event takes the next id, with no gap.
+    server = Server(tmp_path, args=("--rate", "0")).start()
+    try:
+        assert server.post({"type": "task_started", "run": "ok", "data": {}}).status_code == 201
+        journals = server.db.parent / "runs"
+        (journals / "full.jsonl").symlink_to("/dev/full")
+        before = server.get("/api/events").json()["events"]
+        r = server.post([{"type": "progress", "run": "ok", "data": {"percent": 5}},
+                         {"type": "task_started", "run": "full", "data": {}}])
+        assert r.status_code == 503 and r.json()["error"] == "journal_unavailable" and "Retry-After" in r.headers
+        assert server.get("/api/events").json()["events"] == before
+        assert server.get("/api/runs/full").status_code == 404
+        assert [json.loads(line)["type"] for line in (journals / "ok.jsonl").read_text().splitlines()] == [
+            "task_started"]
+        r = server.post({"type": "progress", "run": "ok", "data": {"percent": 6}})
+        assert r.status_code == 201
+        first, nxt = before[-1]["id"].split("-"), r.json()["ids"][0].split("-")
+        assert nxt[0] == first[0] and int(nxt[1]) == int(first[1]) + 1
+    finally:
+        server.stop()

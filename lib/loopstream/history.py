@@ -285,12 +285,27 @@ class History:
 
     # -- the hot path: one write() per request and run -------------------------
     def record(self, events: Iterable[Event]) -> None:
+        """Append a batch to its runs' journals, all or nothing: on a failed or short write (a full
+        disk) every journal it touched is cut back to where it was and OSError propagates, so a
+        batch that gets no 201 leaves no line behind (and its ids are free to be given again)."""
         by_run: dict[str, list[str]] = {}
         for e in events:
             by_run.setdefault(e.run, []).append(e.json)
-        for run, lines in by_run.items():
-            f = self._journal(run)
-            f.write(("\n".join(lines) + "\n").encode())
+        touched: list[tuple[Any, int]] = []
+        try:
+            for run, lines in by_run.items():
+                f = self._journal(run)
+                touched.append((f, os.fstat(f.fileno()).st_size))
+                data = ("\n".join(lines) + "\n").encode()
+                if f.write(data) != len(data):
+                    raise OSError(f"short write to the journal of {run}")
+        except OSError:
+            for f, size in touched:
+                try:
+                    f.truncate(size)
+                except OSError:
+                    log.exception("loop: could not cut a journal back after a failed write")
+            raise
 
     def _journal(self, run: str):
         f = self._files.get(run)

@@ -162,7 +162,7 @@ class Hub:
             staged = broker.stage(drafts)
             if broker.fans_out_on_publish:     # memory: journal, then make visible
                 if history:
-                    history.record(staged.events)
+                    self._journal(history, staged.events)
                 result = broker.commit(staged)
             else:                              # Redis: one Lua script makes the batch visible
                 result = broker.publish(drafts)
@@ -177,6 +177,16 @@ class Hub:
         if self.notifier:
             self.notifier.published(broker, result)
         return result.events
+
+    def _journal(self, history, events: list[ev.Event]) -> None:
+        """Write the batch ahead of making it visible; a disk that fails is a 503 the client retries."""
+        try:
+            history.record(events)
+        except OSError as e:
+            log.error("loop: the journal could not be written (%s); the batch was refused", e)
+            self.metrics.reject("journal_unavailable")
+            raise Refused(503, "journal_unavailable", f"the sidecar could not write its journal ({e}); "
+                          "nothing was stored, retry later", None, headers={"Retry-After": "5"}) from e
 
     def admit(self, drafts: list[ev.Draft], explicit_run: bool, addr: str) -> None:
         """Raise Refused when the batch is over a rate limit or would start too many live runs."""
