@@ -669,7 +669,8 @@ def test_title_favicon_and_screen_reader_announce_the_selected_run(browser, serv
                 + [{"type": "task_completed", "run": "demo", "data": {}}])
     until(browser, lambda: browser.title == "✅ passed · Demo", message="the outcome in the title")
     assert js(browser, "return document.getElementById('favicon').href") != running_icon
-    assert text(browser, "#announce") == "Demo: passed."
+    # the title changes at once; the announcement comes with the next drawn frame
+    until(browser, lambda: text(browser, "#announce") == "Demo: passed.", message="the screen-reader announcement")
     assert browser.find_element(By.ID, "announce").get_attribute("aria-live") == "polite"
 
 
