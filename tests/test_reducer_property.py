@@ -3,6 +3,7 @@ and empty fields, unknown types, fields of the wrong type) folded by state.py an
 dashboard/state.js must give identical snapshots, and neither may raise."""
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
@@ -99,3 +100,37 @@ def test_the_text_rule_by_example(node_reducer):
     assert python["stories"][0]["id"] == "7" and python["stories"][0]["acceptance_criteria"][0]["error"] == "1e-7"
     assert python["story_count"] is None and python["estimated_duration"] is None
     assert node_reducer(json.dumps(events)) == json.loads(json.dumps(python))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(events=runs())
+def test_apply_never_changes_the_snapshot_it_is_given(events):
+    """The broker folds a publish ahead on the live snapshots and keeps them if anything fails
+    (a journal that cannot be written, a reducer bug): apply() must copy what it changes."""
+    snap = None
+    for e in json.loads(json.dumps(events, ensure_ascii=False)):
+        frozen = copy.deepcopy(snap)
+        new = state.apply(snap, e)
+        if snap is not None:
+            assert snap == frozen, f"apply() changed its input on a {e['type']!r} event"
+            assert new is not snap
+        snap = new
+
+
+def test_a_batch_refused_by_the_journal_leaves_every_snapshot_as_it_was():
+    """Copy on write, seen from the broker: staging a batch that touches a story, the control
+    record, the agent and the log, then not committing it, leaves the live snapshot unchanged."""
+    from loopstream.broker import MemoryBroker
+
+    broker = MemoryBroker()
+    broker.publish([ev.Draft("task_started", "r", {"stories": [{"id": "S1", "title": "one"}]}),
+                    ev.Draft("story_started", "r", {"story_id": "S1", "acceptance_criteria": ["a", "b"]}),
+                    ev.Draft("tool_call", "r", {"tool": "Bash", "id": "t1"})])
+    live = broker.runs["r"]
+    frozen = copy.deepcopy(live)
+    staged = broker.stage([ev.Draft("ac_completed", "r", {"story_id": "S1", "ac_index": 0}),
+                           ev.Draft("tool_result", "r", {"id": "t1"}), ev.Draft("agent_result", "r", {"cost_usd": 1}),
+                           ev.Draft("progress", "r", {"percent": 40}), ev.Draft("note", "r", {"message": "x"}),
+                           ev.Draft("task_stopped", "r", {"reason": "enough"})])
+    assert staged.runs["r"]["status"] == "stopped" and staged.runs["r"]["agent"]["last_tool"]["finished_at"]
+    assert broker.runs["r"] is live and live == frozen

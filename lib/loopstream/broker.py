@@ -13,8 +13,6 @@ there, this class is each worker's local replica of the shared stream.
 """
 from __future__ import annotations
 
-import copy
-import marshal
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -73,21 +71,6 @@ class Staged:
     events: list[ev.Event]
     runs: dict[str, dict]
     finished: list[str]
-
-
-SHARED = {"output": None, "log": None}   # copied by hand in clone(): the bulk of a snapshot
-
-
-def clone(snapshot: dict) -> dict:
-    """A copy of a snapshot that folding cannot change the original through: a deep copy (marshal
-    is C) of everything but the output tail, a string shared as it is, and the log, whose lines
-    the reducer only appends and drops (a new list of the same line dicts)."""
-    rest = {k: v for k, v in snapshot.items() if k not in SHARED}
-    try:
-        copied = marshal.loads(marshal.dumps(rest))
-    except ValueError:   # nested beyond marshal's depth: the slow way
-        copied = copy.deepcopy(rest)
-    return {k: (snapshot[k] if k == "output" else list(snapshot[k]) if k == "log" else copied[k]) for k in snapshot}
 
 
 def ends(before: dict | None, after: dict) -> bool:
@@ -162,16 +145,12 @@ class MemoryBroker:
         return Staged(out, runs, finished)
 
     def fold_copies(self, events: list[ev.Event]) -> tuple[dict[str, dict], list[str]]:
-        """Each touched run's snapshot after ``events``, folded on a copy; the runs they finished."""
+        """Each touched run's snapshot after ``events`` (new objects: the reducer changes none it is
+        given); the runs they finished."""
         staged: dict[str, dict] = {}
         finished = []
         for e in events:
-            before: dict | None
-            if e.run in staged:
-                before = staged[e.run]
-            else:
-                current = self.runs.get(e.run)
-                before = clone(current) if current is not None else None
+            before: dict | None = staged[e.run] if e.run in staged else self.runs.get(e.run)   # apply() copies on write
             was = None if before is None else {"status": before["status"]}
             staged[e.run] = self.reduce(before, e.as_dict())
             if ends(was, staged[e.run]):

@@ -13,10 +13,11 @@ cut by code points, and a value that is not a string is shown as compact JSON
 """
 from __future__ import annotations
 
-import json
+import marshal
 import math
 from collections.abc import Iterable
 from decimal import Decimal
+from json.encoder import encode_basestring
 from typing import Any
 
 OUTPUT_TAIL = 100_000   # characters of output kept per run
@@ -96,9 +97,8 @@ def _mark_next_running(story: dict) -> None:
 
 
 def _log(snap: dict, etype: Any, ts: Any, text: Any) -> None:
-    snap["log"].append({"type": etype, "ts": ts, "text": text[:LOG_TEXT]})   # code points, as in JS
-    if len(snap["log"]) > LOG_TAIL:
-        del snap["log"][0]
+    line = {"type": etype, "ts": ts, "text": text[:LOG_TEXT]}   # code points, as in JS
+    snap["log"] = [*snap["log"][1 - LOG_TAIL:], line]            # a new list: the old snapshot keeps its own
 
 
 def _num(value: Any) -> float | None:
@@ -129,6 +129,9 @@ def js_number(x: int | float) -> str:
         return "null"
     if x == 0:
         return "0"
+    short = repr(float(x))     # the shortest round-trip digits; positional from 1e-4 to 1e16, as in JS
+    if "e" not in short:
+        return short[:-2] if short.endswith(".0") else short
     d = Decimal(repr(abs(float(x)))).normalize().as_tuple()   # the shortest round-trip digits, as JS
     digits = "".join(map(str, d.digits))
     k, n = len(digits), int(d.exponent) + len(digits)        # x = 0.DIGITS × 10^n (finite: an int exponent)
@@ -147,7 +150,7 @@ def text_json(value: Any) -> str:
     """Compact JSON with keys sorted by UTF-16 units and numbers written as in JS: the text both
     reducers make of a value that is not a string (JS: ``textJson`` in dashboard/state.js)."""
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        return encode_basestring(value)
     if value is None or value is True or value is False:
         return {None: "null", True: "true", False: "false"}[value]
     if isinstance(value, (int, float)):
@@ -156,8 +159,8 @@ def text_json(value: Any) -> str:
         return "[" + ",".join(text_json(v) for v in value) + "]"
     if isinstance(value, dict):
         keys = sorted(value, key=lambda k: str(k).encode("utf-16-be"))
-        return "{" + ",".join(f"{json.dumps(str(k), ensure_ascii=False)}:{text_json(value[k])}" for k in keys) + "}"
-    return json.dumps(str(value), ensure_ascii=False)
+        return "{" + ",".join(f"{encode_basestring(str(k))}:{text_json(value[k])}" for k in keys) + "}"
+    return encode_basestring(str(value))
 
 
 def _opt_text(value: Any) -> str | None:
@@ -172,7 +175,9 @@ def as_text(value: Any) -> str:
 
 
 def apply(snap: dict | None, event: dict) -> dict:
-    """Fold one event into its run's snapshot (created when None)."""
+    """Fold one event into its run's snapshot (created when None) and return the new snapshot.
+    The one given is never changed (copy on write: the parts this event changes are copied, the
+    rest is shared), so a publish can fold ahead and keep the old snapshot if anything fails."""
     etype: Any = event.get("type")
     data = event.get("data")
     if not isinstance(data, dict):
@@ -182,6 +187,8 @@ def apply(snap: dict | None, event: dict) -> dict:
         snap = new_run(event.get("run", "default"))
     elif etype == "task_started" and snap["status"] in FINISHED:
         snap = new_run(snap["run"])  # a finished run's id used again starts afresh
+    else:
+        snap = _writable(snap, etype, data)
     if snap["status"] == "interrupted" and etype not in ("task_completed", "task_stopped", "task_interrupted"):
         snap["status"] = "running"  # its runner came back
         snap["finished_at"] = None
@@ -200,6 +207,22 @@ def apply(snap: dict | None, event: dict) -> dict:
         _log(snap, etype, ts, text)
     _derive(snap)
     return snap
+
+
+def _writable(snap: dict, etype: Any, data: dict) -> dict:
+    """A copy of ``snap`` that this event's handler may change in place: the top level always;
+    the stories (deeply) only when the event can touch one, the control and agent records only
+    when it changes them. The log, progress and counts are replaced, never changed in place."""
+    out = dict(snap)
+    if etype in _TOUCH_STORIES or data.get("story_id") is not None:
+        out["stories"] = marshal.loads(marshal.dumps(snap["stories"]))
+    if etype in _TOUCH_CONTROL:
+        out["control"] = dict(snap["control"])
+    if etype in _TOUCH_AGENT and snap["agent"] is not None:
+        agent = out["agent"] = dict(snap["agent"])
+        if agent["last_tool"] is not None:
+            agent["last_tool"] = dict(agent["last_tool"])
+    return out
 
 
 def _clear_stall(snap: dict, story_id: Any) -> None:
@@ -349,7 +372,7 @@ def _output(snap: dict, data: dict, ts: Any) -> None:
 
 
 def _progress(snap: dict, data: dict, ts: Any) -> None:
-    p = snap["progress"] or {"percent": None, "current": None, "total": None, "message": None}
+    p = dict(snap["progress"] or {"percent": None, "current": None, "total": None, "message": None})
     for k in ("percent", "current", "total"):
         if _num(data.get(k)) is not None:
             p[k] = data[k]
@@ -463,6 +486,14 @@ def _story_stalled(snap: dict, data: dict, ts: Any) -> None:
     _log(snap, "story_stalled", ts, f"{s['id']} stalled: nothing from it for {int(silent)} s" if silent is not None
          else f"{s['id']} stalled")
 
+
+# What _writable copies, by event type: the handlers below that change stories, the control
+# record or the run's agent record in place (an event naming a story_id may change its story).
+_TOUCH_STORIES = frozenset({"task_started", "story_started", "ac_completed", "ac_failed", "story_completed",
+                            "task_stopped", "story_stalled"})
+_TOUCH_CONTROL = frozenset({"task_stopped", "stop_requested", "pause_requested", "resume_requested",
+                            "task_paused", "task_resumed"})
+_TOUCH_AGENT = frozenset({"agent_init", "agent_text", "tool_call", "tool_result", "agent_result"})
 
 _HANDLERS = {
     "task_started": _task_started,
