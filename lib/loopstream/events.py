@@ -86,12 +86,17 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# One decoder and one encoder for every call: json.loads/json.dumps with options build a new one each time.
+_DECODE = json.JSONDecoder(parse_constant=_reject_constant).decode
+_ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
 def loads(body: bytes | str) -> Any:
     """Strict JSON: strict UTF-8 (no encoded surrogates), no NaN/Infinity, and nesting too deep
     is an error, not a crash."""
     try:
         text = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
-        return json.loads(text, parse_constant=_reject_constant)
+        return _DECODE(text)
     except RecursionError as e:
         raise EventError("body", "JSON nested too deeply") from e
     except UnicodeDecodeError as e:
@@ -103,7 +108,7 @@ def loads(body: bytes | str) -> Any:
 def dumps(value: Any) -> str:
     """Compact JSON, ASCII only, so a frame never carries a raw newline or surrogate; never NaN or
     Infinity (a ValueError instead: the checks at input make sure no event holds one)."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return _ENCODE(value)
 
 
 _KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
