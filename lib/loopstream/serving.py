@@ -58,7 +58,7 @@ class Sidecar(BaseApplication):
         settings = {
             "bind": [self.bind],
             "workers": self.workers,
-            "worker_class": "gevent",
+            "worker_class": "loopstream.ingest.IngestWorker",   # gevent, with the event-POST fast path
             "worker_connections": max(1000, min(fds - 64, self.config.max_streams + 256)),
             "graceful_timeout": 1,
             "timeout": 30,

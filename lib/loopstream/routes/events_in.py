@@ -1,9 +1,14 @@
-"""Events in: POST /api/events (and /emit, its short name)."""
+"""Events in: POST /api/events (and /emit, its short name).
+
+``accept`` is the whole operation, shared with the worker's fast path (ingest.py),
+so a POST is validated, admitted and published the same way whichever serves it.
+"""
 from __future__ import annotations
 
 from flask import Blueprint, Response
 
 from .. import events as ev
+from ..hub import Hub
 from .common import client_addr, hub, json_response, read_body
 
 bp = Blueprint("events_in", __name__)
@@ -14,14 +19,24 @@ bp = Blueprint("events_in", __name__)
 def post_events() -> Response:
     h = hub()
     try:
-        body = ev.loads(read_body())
-        drafts = ev.validate_body(body, h.config.default_run)
+        ids = accept(h, read_body(), client_addr())
     except ev.EventError as e:
-        h.metrics.reject("invalid")
-        return Response(ev.dumps({**e.as_json(), "error": "bad_request"}), status=400, mimetype="application/json")
-    h.admit(drafts, names_run(body), client_addr())
-    published = h.publish(drafts)
-    return json_response({"ids": [e.id for e in published]}, 201)
+        return invalid(h, e)
+    return json_response({"ids": ids}, 201)
+
+
+def accept(h: Hub, raw: bytes, addr: str) -> list[str]:
+    """Parse, validate, admit (rate limits, live-run cap) and publish one body; the new ids.
+    Raises EventError (a 400), Refused or BackendDown; nothing is stored unless it returns."""
+    body = ev.loads(raw)
+    drafts = ev.validate_body(body, h.config.default_run)
+    h.admit(drafts, names_run(body), addr)
+    return [e.id for e in h.publish(drafts)]
+
+
+def invalid(h: Hub, e: ev.EventError) -> Response:
+    h.metrics.reject("invalid")
+    return Response(ev.dumps({**e.as_json(), "error": "bad_request"}), status=400, mimetype="application/json")
 
 
 def names_run(body) -> bool:

@@ -1,0 +1,238 @@
+"""POST /api/events without the framework: the sidecar's gunicorn worker and its ingest fast path.
+
+A single-event POST spent about half its time in the framework — gunicorn's
+request parsing, the WSGI environ, Flask's dispatch and response objects —
+and a fifth doing the work. So the worker (``IngestWorker``, gunicorn's gevent
+worker with its connection handler extended) looks at each request on a
+connection first, with ``MSG_PEEK``: nothing leaves the socket unless it is
+served here. A request is served here only when it is plainly an event POST
+that passes every guard:
+
+- ``POST /api/events`` or ``POST /emit`` over HTTP/1.1, its whole head (at most
+  8 KiB) in one read, every header line well formed;
+- a ``Content-Length`` of at most 64 KiB, given once; no ``Transfer-Encoding``,
+  ``Expect``, ``Upgrade`` or ``Origin`` (a browser's request goes through the
+  CORS code); ``Connection`` absent, ``keep-alive`` or ``close``;
+- the Host, Content-Type and token checks of guard.py pass.
+
+Anything else — another path, a refused Host, a chunked body, a head that
+arrives in pieces — is left on the socket untouched, and gunicorn and Flask
+serve the rest of the connection exactly as they always have (every refusal's
+answer is theirs). What the fast path does is what the Flask view does,
+through the same function (``routes.events_in.accept``): strict parsing and
+validation, the rate limits and live-run cap, the journal before the 201, the
+fan-out. Its error answers are built by the app's own handlers, so a 400, 429
+or 503 reads the same whichever path gave it.
+
+With ``--access-log`` every request goes through gunicorn, which writes the log.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import socket
+from collections.abc import Callable
+from email.utils import formatdate
+from time import time
+from typing import TYPE_CHECKING, Any
+
+from gunicorn.workers.ggevent import GeventWorker
+
+from .guard import HostPolicy, is_json_content_type, token_ok
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from .hub import Hub
+
+log = logging.getLogger("loopstream.server")
+
+MAX_HEAD = 8192
+MAX_BODY = 64 * 1024          # routes.common.MAX_BODY (not imported: the master loads this module)
+PEEK = MAX_HEAD + MAX_BODY
+TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+HEAD_RE = re.compile(rb"POST (?:/api/events|/emit) HTTP/1\.1\r\n((?:" + TOKEN + rb":[\t\x20-\x7e]*\r\n)*)\r\n")
+FIELD_RE = re.compile(rb"(" + TOKEN + rb"):[\t ]*([\t\x20-\x7e]*?)[\t ]*\r\n")
+NOT_HERE = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"origin"})
+ONCE = frozenset({b"host", b"content-length", b"content-type", b"authorization", b"connection"})
+REASONS = {201: b"Created", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 413: b"Payload Too Large",
+           429: b"Too Many Requests", 500: b"Internal Server Error", 503: b"Service Unavailable"}
+
+CLOSE, GUNICORN = "close", "gunicorn"     # how a fast-path connection ends: closed, or handed on
+
+
+class Request:
+    """One event POST read off the socket: its body and whether the client asked to close."""
+
+    __slots__ = ("body", "close")
+
+    def __init__(self, body: bytes, close: bool):
+        self.body, self.close = body, close
+
+
+class FastIngest:
+    """Serves the event POSTs of one worker's connections until one is not its to serve."""
+
+    def __init__(self, app: Flask, keepalive: float):
+        self.app = app
+        self.hub: Hub = app.extensions["loop"]
+        cfg = self.hub.config
+        self.policy = HostPolicy(cfg.host, cfg.allowed_hosts, cfg.cors)
+        self.token = cfg.token
+        self.keepalive = keepalive
+        self.hosts: dict[bytes | None, bool] = {}     # Host header -> allowed (policy.host_ok, cached)
+        self._date, self._date_at = b"", -1
+
+    def serve(self, sock: Any, addr: Any, alive: Callable[[], bool]) -> str:
+        """Serve the connection's event POSTs: CLOSE when the connection is over (the caller closes
+        it), GUNICORN when the next request is for gunicorn (nothing of it has been read)."""
+        client = addr[0] if isinstance(addr, tuple) and addr else "?"
+        sock.settimeout(self.keepalive)
+        try:
+            while True:
+                req = self.read(sock)
+                if not isinstance(req, Request):
+                    return req
+                closing = req.close or not alive()
+                sock.sendall(self.answer(req.body, client, closing))
+                if closing:
+                    return CLOSE
+        except OSError:       # reset, broken pipe, or idle past keep-alive (socket.timeout)
+            return CLOSE
+        finally:
+            sock.setblocking(True)
+
+    def read(self, sock: Any) -> Request | str:
+        """The next request if it is the fast path's (taken off the socket), else where it goes."""
+        peeked = sock.recv(PEEK, socket.MSG_PEEK)
+        if not peeked:
+            return CLOSE
+        m = HEAD_RE.match(peeked, 0, MAX_HEAD)
+        if m is None:
+            return GUNICORN
+        fields = self.fields(m.group(1))
+        if fields is None:
+            return GUNICORN
+        length = int(fields[b"content-length"])
+        head, total = m.end(), m.end() + length
+        if len(peeked) >= total:
+            data = recv_exactly(sock, total)
+            body = data[head:]
+        else:
+            recv_exactly(sock, head)
+            body = recv_exactly(sock, length)
+        return Request(body, fields.get(b"connection", b"").lower() == b"close")
+
+    def fields(self, block: bytes) -> dict[bytes, bytes] | None:
+        """The head's fields when every guard passes and nothing needs gunicorn; else None."""
+        fields: dict[bytes, bytes] = {}
+        for name, value in FIELD_RE.findall(block):
+            name = name.lower()
+            if name in NOT_HERE or (name in ONCE and name in fields):
+                return None
+            fields[name] = value
+        length = fields.get(b"content-length", b"")
+        if not (length.isdigit() and len(length) <= 6 and int(length) <= MAX_BODY):
+            return None
+        if fields.get(b"connection", b"keep-alive").lower() not in (b"keep-alive", b"close"):
+            return None
+        ok = (self.host_ok(fields.get(b"host")) and is_json_content_type(latin(fields.get(b"content-type")))
+              and token_ok(self.token, latin(fields.get(b"authorization")) or ""))
+        return fields if ok else None
+
+    def host_ok(self, host: bytes | None) -> bool:
+        ok = self.hosts.get(host)
+        if ok is None:
+            ok = self.policy.host_ok(latin(host))
+            if len(self.hosts) < 256:
+                self.hosts[host] = ok
+        return ok
+
+    def answer(self, body: bytes, client: str, closing: bool) -> bytes:
+        """The whole HTTP response to one event POST, as the Flask view would give it."""
+        from . import events as ev
+        from .routes.events_in import accept
+
+        h = self.hub
+        h.touch()
+        try:
+            ids = accept(h, body, client)
+        except Exception as e:       # noqa: BLE001 — each kind is answered by the app's own handler
+            return self.refusal(e, closing)
+        return self.response(201, ev.dumps({"ids": ids}).encode(), {}, closing)
+
+    def refusal(self, e: Exception, closing: bool) -> bytes:
+        """A refused or failed POST, answered by the handler Flask would use (routes/hooks.py)."""
+        from . import events as ev
+        from .broker import BackendDown
+        from .hub import Refused
+        from .routes import hooks
+        from .routes.events_in import invalid
+
+        with self.app.app_context():
+            if isinstance(e, ev.EventError):
+                resp = invalid(self.hub, e)
+            elif isinstance(e, Refused):
+                resp = hooks.refused(e)
+            elif isinstance(e, BackendDown):
+                resp = hooks.backend_down(e)
+            else:
+                resp = hooks.unexpected(e)
+        extra = {k: v for k, v in resp.headers.items() if k not in ("Content-Type", "Content-Length")}
+        return self.response(resp.status_code, resp.get_data(), extra, closing or resp.status_code == 500)
+
+    def response(self, status: int, payload: bytes, extra: dict[str, str], closing: bool) -> bytes:
+        head = [b"HTTP/1.1 %d %s" % (status, REASONS.get(status, b"Error")), b"Date: " + self.date(),
+                b"Content-Type: application/json", b"Content-Length: %d" % len(payload)]
+        head += [f"{k}: {v}".encode("latin-1") for k, v in extra.items() if k != "Connection"]
+        if closing:
+            head.append(b"Connection: close")
+        return b"\r\n".join(head) + b"\r\n\r\n" + payload
+
+    def date(self) -> bytes:
+        now = int(time())
+        if now != self._date_at:
+            self._date, self._date_at = formatdate(now, usegmt=True).encode(), now
+        return self._date
+
+
+def latin(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
+def recv_exactly(sock: Any, n: int) -> bytes:
+    """``n`` bytes off the socket (a client that closes part-way is an OSError, ending the connection)."""
+    parts, got = [], 0
+    while got < n:
+        chunk = sock.recv(n - got)
+        if not chunk:
+            raise ConnectionResetError("the client closed the connection mid-request")
+        parts.append(chunk)
+        got += len(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class IngestWorker(GeventWorker):
+    """gunicorn's gevent worker, with event POSTs served by FastIngest before gunicorn parses them."""
+
+    fast: FastIngest | None = None
+
+    def handle(self, listener, client, addr) -> None:
+        fast = self.fast_path()
+        if fast is not None and fast.serve(client, addr, lambda: self.alive) == CLOSE:
+            close_quietly(client)
+            return
+        super().handle(listener, client, addr)
+
+    def fast_path(self) -> FastIngest | None:
+        """Built on the first connection (the app is loaded by then); None with --access-log."""
+        if self.fast is None and not self.cfg.accesslog:
+            self.fast = FastIngest(self.wsgi, float(self.cfg.keepalive))
+        return self.fast
+
+
+def close_quietly(sock: Any) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
