@@ -88,13 +88,14 @@ class FastIngest:
         it), GUNICORN when the next request is for gunicorn (nothing of it has been read)."""
         client = addr[0] if isinstance(addr, tuple) and addr else "?"
         sock.settimeout(self.keepalive)
+        raw = getattr(sock, "_sock", sock)     # the non-blocking socket under gevent's: tried first
         try:
             while True:
-                req = self.read(sock)
+                req = self.read(sock, raw)
                 if not isinstance(req, Request):
                     return req
                 closing = req.close or not alive()
-                sock.sendall(self.answer(req.body, client, closing))
+                send(sock, raw, self.answer(req.body, client, closing))
                 if closing:
                     return CLOSE
         except OSError:       # reset, broken pipe, or idle past keep-alive (socket.timeout)
@@ -102,9 +103,12 @@ class FastIngest:
         finally:
             sock.setblocking(True)
 
-    def read(self, sock: Any) -> Request | str:
+    def read(self, sock: Any, raw: Any) -> Request | str:
         """The next request if it is the fast path's (taken off the socket), else where it goes."""
-        peeked = sock.recv(PEEK, socket.MSG_PEEK)
+        try:
+            peeked = raw.recv(PEEK, socket.MSG_PEEK)      # usually there already: no wait, no timer
+        except BlockingIOError:
+            peeked = sock.recv(PEEK, socket.MSG_PEEK)     # wait (gevent), up to the keep-alive timeout
         if not peeked:
             return CLOSE
         m = HEAD_RE.match(peeked, 0, MAX_HEAD)
@@ -198,6 +202,16 @@ class FastIngest:
 
 def latin(value: bytes | None) -> str | None:
     return None if value is None else value.decode("latin-1")
+
+
+def send(sock: Any, raw: Any, data: bytes) -> None:
+    """A response is small: the raw socket almost always takes it whole at once; else gevent finishes."""
+    try:
+        sent = raw.send(data)
+    except BlockingIOError:
+        sent = 0
+    if sent < len(data):
+        sock.sendall(data[sent:])
 
 
 def recv_exactly(sock: Any, n: int) -> bytes:
