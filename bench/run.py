@@ -128,14 +128,17 @@ def ingest(target: Target, seconds: float, batch: int = 1) -> float:
 
 
 def capacity(target: Target, levels: list[int]) -> dict:
-    """The most subscribers held with one broadcast reaching all of them within 1 s."""
+    """The most subscribers held with one broadcast reaching all of them within 1 s. A server with
+    more to say (the Redis backend: redis-server's memory, the streams each worker holds) adds it
+    under "extras" (before the streams) and "extras_held" (with the most held)."""
     base = target.rss_mb()
     best = {"held": 0, "rss": base, "rss_sum": target.rss_sum_mb(), "per_sub_kb": float("nan"),
-            "broadcast_ms": float("nan"), "base": base}
+            "broadcast_ms": float("nan"), "base": base, "extras": target.capacity_extras()}
     for n in levels:
         subs = Subscribers(target, n)
         time.sleep(0.5)
         rss, rss_sum = target.rss_mb(), target.rss_sum_mb()
+        extras = target.capacity_extras()
         (seq,) = Seq.take()
         client = KeepAlive(target.port)
         client.post(target.publish_path, target.body(seq, time.time()))
@@ -147,7 +150,8 @@ def capacity(target: Target, levels: list[int]) -> dict:
         if subs.failed or reached < n or worst > 1000:
             best["failed_at"] = f"{n} ({subs.failed} refused, {reached} reached, {worst:.0f} ms)"
             break
-        best.update(held=n, rss=rss, rss_sum=rss_sum, per_sub_kb=(rss - base) * 1024 / n, broadcast_ms=worst)
+        best.update(held=n, rss=rss, rss_sum=rss_sum, per_sub_kb=(rss - base) * 1024 / n, broadcast_ms=worst,
+                    extras_held=extras)
         time.sleep(1.0)
     return best
 
@@ -422,7 +426,7 @@ def measure_target(t: Target, args, sizes: Sizes, results: dict) -> None:
             single = ingest(t, sizes.ingest_seconds)
             batched = ingest(t, sizes.ingest_seconds, batch=100) if t.batches else float("nan")
             results["ingest"][t.name] = {"single": single, "batch": batched}
-            if not args.skip_capacity and not isinstance(t, LoopRedis):
+            if not args.skip_capacity:
                 results["capacity"][t.name] = capacity(t, sizes.capacity_levels)
     finally:
         t.stop()
@@ -535,6 +539,23 @@ def report_comparisons(r: dict, sizes: Sizes) -> list[str]:
     return lines
 
 
+def report_redis_capacity(r: dict) -> list[str]:
+    """The Redis backend's capacity row, told further: which worker held the streams (the one
+    broadcast reached them all, so it crossed to every worker through Redis) and redis-server's
+    own memory, which the row's PSS leaves out."""
+    lines = []
+    for name, v in r["capacity"].items():
+        before, held = v.get("extras") or {}, v.get("extras_held") or {}
+        if "redis_mb" not in before or not held:
+            continue
+        workers = " / ".join(str(n) for n in held["per_worker"])
+        lines.append(f"- {name}: the {v['held']} streams were held {workers} by its workers (gunicorn master and "
+                     f"workers are the row's PSS); one POST reached every one of them in {fmt(v['broadcast_ms'], 0)} ms. "
+                     f"redis-server, not in the row: {fmt(before['redis_mb'], 1)} MB PSS before the streams, "
+                     f"{fmt(held['redis_mb'], 1)} MB with them.")
+    return [""] + lines if lines else []
+
+
 def report(r: dict, sizes: Sizes) -> str:
     lines = [f"Machine: {r['machine']}", ""]
     head = "| server | " + " | ".join(f"{n} subs @ {rate}/s p50 / p99 / max (ms) | delivery"
@@ -557,6 +578,7 @@ def report(r: dict, sizes: Sizes) -> str:
         lines += [f"| {k} | {v['held']} | {fmt(v['broadcast_ms'], 0)} | {fmt(v['rss'], 0)} ({fmt(v['rss_sum'], 0)}) "
                   f"| {fmt(v['per_sub_kb'], 1)} "
                   f"| {v.get('failed_at', '—')} |" for k, v in r["capacity"].items()]
+    lines += report_redis_capacity(r)
     if "soak" in r:
         s = r["soak"]
         lines += ["", f"Soak: {s['events']:,} events in {s['seconds']:.0f} s with subscribers coming and going; "

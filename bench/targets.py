@@ -123,6 +123,10 @@ class Target:
     def body(self, seq: int, sent: float) -> bytes:
         return json.dumps({"seq": seq, "sent": sent}).encode()
 
+    def capacity_extras(self) -> dict:
+        """What a capacity row adds for this server beside its own processes' memory (see LoopRedis)."""
+        return {}
+
     def batch(self, seqs: range, sent: float) -> bytes:
         raise NotImplementedError
 
@@ -161,6 +165,21 @@ class LoopRedis(Loop):
         return [sys.executable, "-m", "loopstream", "serve", "--port", str(self.port), "--rate", "0",
                 "--max-streams", "100000", "--max-streams-per-client", "100000",
                 "--backend", f"redis://127.0.0.1:{self.redis_port}/0", "--workers", str(self.workers)]
+
+    def capacity_extras(self) -> dict:
+        """redis-server's own memory (PSS; rss_mb() counts gunicorn's master and workers only) and
+        the connections each worker holds on the HTTP port: the held streams, by the worker that
+        accepted them."""
+        extras: dict = {"redis_mb": 0.0, "per_worker": []}
+        try:
+            extras["redis_mb"] = psutil.Process(self.procs[0].pid).memory_full_info().pss / 2**20
+            workers = psutil.Process(self.procs[-1].pid).children(recursive=True)
+            extras["per_worker"] = [sum(1 for c in w.net_connections("tcp")
+                                        if c.laddr and c.laddr.port == self.port and c.status == "ESTABLISHED")
+                                    for w in workers]
+        except psutil.NoSuchProcess:
+            pass
+        return extras
 
 
 class Starlette(Target):

@@ -171,3 +171,40 @@ def test_a_worker_loads_live_and_recent_runs_and_reads_older_ones_from_redis(bac
         assert [e["type"] for e in joiner.transcript("old2")[0]] == ["task_started", "task_completed"]
     finally:
         joiner.close()
+
+
+def test_concurrent_emitters_on_two_sidecars_give_every_subscriber_one_gapless_order(make_server, subscribe):
+    """A sidecar puts the batches it publishes into its own replica at once when Redis numbered
+    them right after its head, and its follower skips them when XREAD brings them back; batches
+    racing on two sidecars must still reach each sidecar's subscribers once, in id order, and fold
+    into the same snapshot everywhere."""
+    a = make_server("--rate", "0")
+    b = make_server("--rate", "0")
+    subs = [subscribe(a), subscribe(b)]
+    for s in subs:
+        assert s.next()[1] == "hello"
+    a.post({"type": "task_started", "run": "race", "data": {"task_name": "Race", "story_count": 1}})
+    ids: list[list[str]] = [[], []]
+
+    def emit(k, server):
+        for i in range(60):
+            batch = [{"type": "output", "run": "race", "data": {"text": f"{k}.{i}.{j}\n"}} for j in range(1 + i % 3)]
+            r = server.post(batch)
+            assert r.status_code == 201, r.text
+            ids[k] += r.json()["ids"]
+
+    threads = [threading.Thread(target=emit, args=(k, srv)) for k, srv in enumerate((a, b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    n = 1 + len(ids[0]) + len(ids[1])
+    for s in subs:
+        got = [eid for eid, _, _ in s.take(n)]
+        seqs = [int(eid.split("-")[1]) for eid in got]
+        assert seqs == list(range(seqs[0], seqs[0] + n))          # each once, in order, no gap
+        assert set(ids[0]) | set(ids[1]) <= set(got)
+    snap_a, snap_b = a.get("/api/runs/race").json(), b.get("/api/runs/race").json()
+    assert snap_a == snap_b and snap_a["event_count"] == n
+    texts = [line for line in snap_a["output"].splitlines()]
+    assert sorted(texts) == sorted(f"{k}.{i}.{j}" for k in (0, 1) for i in range(60) for j in range(1 + i % 3))

@@ -47,7 +47,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from . import events as ev
 from . import sse, state
-from .broker import BackendDown, Cursor, Filter, MemoryBroker, PublishResult, ReadResult
+from .broker import BackendDown, Cursor, Filter, MemoryBroker, PublishResult, ReadResult, Staged
 from .history import fold
 from .ratelimit import Budget
 
@@ -287,6 +287,8 @@ class RedisBroker(MemoryBroker):
         self._closed = False
         self._advanced = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._staged: tuple[list[ev.Draft], Staged] | None = None   # see stage()
+        self.own = 0                              # batches put in the replica by publish(), not the follower
 
     def start(self) -> None:
         """Load the state (if Redis answers) and start the follower thread; once."""
@@ -307,22 +309,48 @@ class RedisBroker(MemoryBroker):
             return False
 
     # -- writing -------------------------------------------------------------------
+    def stage(self, drafts: Iterable[ev.Draft]) -> Staged:
+        """As the memory broker's (the hub stages every batch first: a reducer bug raises before
+        anything is stored); the staged batch is kept for the ``publish`` of the same drafts."""
+        drafts = drafts if isinstance(drafts, list) else list(drafts)
+        staged = super().stage(drafts)
+        self._staged = (drafts, staged)
+        return staged
+
     def publish(self, drafts: Iterable[ev.Draft]) -> PublishResult:
-        """Append to the shared stream; the events reach subscribers through the follower."""
-        now = round(self.clock(), 3)
-        drafts = list(drafts)
-        payloads = [ev.dumps({"type": d.type, "run": d.run, "ts": now, "data": d.data}) for d in drafts]
+        """Append to the shared stream. The payloads are the staged events' JSON (serialised once).
+        When Redis numbered the batch right after this replica's head (no other worker's events
+        came between), the staged events and snapshots are exactly what the follower would fold:
+        they go in here, and the follower skips them when XREAD brings them back. Otherwise the
+        events reach this replica, and the subscribers, through the follower."""
+        kept, self._staged = self._staged, None
+        staged = kept[1] if kept is not None and kept[0] is drafts else super().stage(list(drafts))
         args: list = [self.capacity, self.prefix]
-        for d, p in zip(drafts, payloads, strict=False):
-            args += (d.run, p)
+        for e in staged.events:
+            args += (e.run, "{" + e.json[e.json.index(",") + 1:])   # '{"id":"..",' dropped: Redis gives the id
         keys = [self.keys["epoch"], self.keys["seq"], self.keys["stream"], self.keys["runs"]]
         try:
             ids = self._publish_lane.script(self._publish, keys, args)
         except RedisError as e:
             raise BackendDown(f"Redis: {e}") from e
-        out = [ev.Event(*_cursor(i), d.type, d.run, now, d.data) for i, d in zip(ids, drafts, strict=False)]
+        ts = staged.events[0].ts
+        out = [ev.Event(*_cursor(i), e.type, e.run, ts, e.data) for i, e in zip(ids, staged.events, strict=False)]
         self._known_seq = max(self._known_seq, out[-1].seq)
+        if self.healthy and not self._stale and staged.events[0].seq == self.seq + 1 \
+                and staged.events[0].epoch == self.epoch and [e.id for e in staged.events] == ids:
+            self._take_own(staged)
         return PublishResult(out)
+
+    def _take_own(self, staged: Staged) -> None:
+        """Put a batch this worker published (numbered right after the head) into the replica."""
+        before = self.head
+        self.seq = staged.events[-1].seq
+        self.buffer.extend(staged.events)
+        for run, snap in staged.runs.items():
+            self.runs.pop(run, None)
+            self.runs[run] = snap   # re-insert: dict order is recency
+        self.own += 1
+        self._took_in(staged.events, before, set(staged.finished))
 
     # -- reading -------------------------------------------------------------------
     def read(self, cursor: Cursor | None, flt: Filter | None = None, limit: int = 1000) -> ReadResult:
@@ -418,6 +446,7 @@ class RedisBroker(MemoryBroker):
                         self.on_resync()
                 entries = stream_entries(self._follow_lane.call(
                     "XREAD", "COUNT", 1000, "BLOCK", 5000, "STREAMS", self.keys["stream"], f"{self.epoch}-{self.seq}"))
+                entries = [(i, f) for i, f in entries if self._unseen(i)]
                 if entries:
                     self._take_in([_event(i, f) for i, f in entries])
             except Exception as e:
@@ -437,7 +466,16 @@ class RedisBroker(MemoryBroker):
             self._stale = True
             return
         before = self.head
-        finished = set(self.append(events, forget=False))
+        self._took_in(events, before, set(self.append(events, forget=False)))
+
+    def _unseen(self, entry_id: object) -> bool:
+        """Is this stream entry not yet in the replica? (This worker's own batches went in as
+        they were published.) An id of another epoch, or not an id, is unseen: ``_take_in`` decides."""
+        key = ev.parse_id(entry_id)
+        return key is None or key[0] != self.epoch or key[1] > self.seq
+
+    def _took_in(self, events: list[ev.Event], before: Cursor, finished: set[str]) -> None:
+        """What follows events going into the replica: waiters woken, subscribers told, checkpoints."""
         self._known_seq = max(self._known_seq, self.seq)
         with self._advanced:
             self._advanced.notify_all()
