@@ -107,7 +107,9 @@ def test_rate_limit_gives_429_with_retry_after_and_stores_nothing(tmp_path):
         assert post(c, {"type": "x", "run": "r"}).status_code == 201
     r = post(c, {"type": "x", "run": "r"})
     assert r.status_code == 429 and r.headers["Retry-After"] == "1"
-    assert r.get_json()["error"] == "rate_limited"
+    body = r.get_json()
+    assert body["error"] == "rate_limited" and (body["rate"], body["burst"]) == (10, 20)
+    assert body["retry_after"] == 0.1          # one token at 10/s: the exact wait, not the header's whole second
     assert buffered(app) == 20
     assert post(c, {"type": "x", "run": "other"}).status_code == 201   # keys are per run
     mono.t += 0.1

@@ -6,6 +6,7 @@ No Click here. ``requests`` is imported lazily by callers of this module only
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import threading
@@ -167,7 +168,8 @@ class PendingOutput:
 class Pace:
     """A mirror of the sidecar's token bucket for our run, kept once the sidecar has said 429.
 
-    Its rate and burst come from the 429's message ("over 10 events/s (burst 20 ..."). Output then
+    Its rate and burst come from the 429's ``rate`` and ``burst`` fields (from an older sidecar's
+    message, "over 10 events/s (burst 20 ...", when it has none). Output then
     goes only as fast as the bucket refills while keeping ``RESERVE`` tokens for lifecycle events,
     so a run's last events never wait out a rate limit that its own output ran into.
     """
@@ -182,11 +184,14 @@ class Pace:
     def active(self) -> bool:
         return self.rate > 0
 
-    def learn(self, message: str, wait: float, count: int) -> None:
+    def learn(self, body: dict, wait: float, count: int) -> None:
         """A batch of ``count`` events was refused: the bucket lacks ``wait`` seconds of refill."""
-        m = re.search(r"over ([0-9.]+) events/s \(burst (\d+)", message or "")
-        if m:
-            self.rate, self.burst = max(0.1, float(m.group(1))), max(1, int(m.group(2)))
+        rate, burst = body.get("rate"), body.get("burst")
+        if not (_is_number(rate) and _is_number(burst)):
+            m = re.search(r"over ([0-9.]+) events/s \(burst (\d+)", str(body.get("message") or ""))
+            rate, burst = (float(m.group(1)), int(m.group(2))) if m else (None, None)
+        if rate is not None and burst is not None:
+            self.rate, self.burst = min(1e6, max(0.1, float(rate))), min(10**6, max(1, int(burst or 1)))
         elif not self.active:
             self.rate = 10.0
         self.tokens, self.stamp = min(count, self.burst) - wait * self.rate, time.monotonic()
@@ -237,11 +242,27 @@ def _refusal(r) -> str:
     return f"{r.status_code} {message or r.reason or 'refused'}"
 
 
-def _retry_after(r) -> float:
-    """Seconds to wait after a 429: the exact figure from its message when given, else Retry-After."""
-    m = re.search(r"retry after ([0-9.]+)s", _refusal(r))
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _json_body(r) -> dict:
     try:
-        return max(0.02, float(m.group(1)) if m else float(r.headers.get("Retry-After", "1")))
+        body = r.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _retry_after(r, body: dict) -> float:
+    """Seconds to wait after a 429: its exact ``retry_after`` (an older sidecar: the figure in its
+    message) when given, else the Retry-After header; at most a minute, whatever it says."""
+    wait = body.get("retry_after")
+    if not _is_number(wait):
+        m = re.search(r"retry after ([0-9.]+)s", _refusal(r))
+        wait = m.group(1) if m else r.headers.get("Retry-After", "1")
+    try:
+        return min(60.0, max(0.02, float(str(wait))))
     except ValueError:
         return 1.0
 
@@ -465,8 +486,9 @@ class Outbox:
             return 0
         if r.status_code == 429:
             self._set("rate-limited", "rate-limited by the sidecar")
-            wait = _retry_after(r)
-            self.pace.learn(_refusal(r), wait, len(batch))
+            answer = _json_body(r)
+            wait = _retry_after(r, answer)
+            self.pace.learn(answer, wait, len(batch))
             return self._retry(taken, wait)
         if r.status_code in (400, 401, 403, 413):
             return self._refused(r, taken, batch)

@@ -48,10 +48,11 @@ class Refused(Exception):
     do better, the field at fault and headers (Retry-After) for the answer."""
 
     def __init__(self, status: int, code: str, message: str, field: str | None = None,
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, details: dict | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
         self.headers = headers or {}
+        self.details = details or {}     # more fields for the JSON answer (a 429's rate, burst, wait)
 
 
 class HandedOff(BrokenPipeError):
@@ -208,7 +209,8 @@ class Hub:
         flag = "--client-rate" if budget is self.client_budget else "--rate"
         raise Refused(429, "rate_limited", f"over {budget.rate:g} events/s (burst {budget.burst}, {flag}) for "
                                            f"{refused_by}; retry after {wait:.2f}s",
-                      headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+                      headers={"Retry-After": str(max(1, int(wait + 0.999)))},
+                      details={"rate": budget.rate, "burst": budget.burst, "retry_after": round(wait, 3)})
 
     def check_live_runs(self, drafts: list[ev.Draft]) -> None:
         """A batch that would start runs past --max-live-runs is refused (503), not half-taken."""

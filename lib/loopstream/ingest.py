@@ -233,9 +233,15 @@ class IngestWorker(GeventWorker):
 
     def handle(self, listener, client, addr) -> None:
         fast = self.fast_path()
-        if fast is not None and fast.serve(client, addr, lambda: self.alive) == CLOSE:
-            close_quietly(client)
-            return
+        if fast is not None:
+            try:
+                ended = fast.serve(client, addr, lambda: self.alive) == CLOSE
+            except Exception:     # a bug, never the client's doing: log it, drop this connection only
+                log.exception("loop: the ingest fast path failed; the connection is closed")
+                ended = True
+            if ended:
+                close_quietly(client)
+                return
         super().handle(listener, client, addr)
 
     def fast_path(self) -> FastIngest | None:

@@ -28,8 +28,9 @@ def hub() -> Hub:
     return current_app.extensions["loop"]
 
 
-def error(status: int, code: str, message: str, field: str | None = None, headers=None) -> Response:
-    body = {"error": code, "message": message}
+def error(status: int, code: str, message: str, field: str | None = None, headers=None,
+          details: dict | None = None) -> Response:
+    body = {"error": code, "message": message, **(details or {})}
     if field:
         body["field"] = field
     return Response(ev.dumps(body), status=status, mimetype="application/json", headers=headers or {})

@@ -99,7 +99,7 @@ def bad_param(e: BadParam) -> Response:
 
 
 def refused(e: Refused) -> Response:
-    return error(e.status, e.code, e.message, e.field, headers=e.headers)
+    return error(e.status, e.code, e.message, e.field, headers=e.headers, details=e.details)
 
 
 def backend_down(e: BackendDown) -> Response:
