@@ -24,6 +24,7 @@ from typing import BinaryIO, Protocol
 
 from .defaults import GRACE
 from .exitstatus import ExitStatus
+from .grace import kill_after_grace
 
 READ_CHUNK = 65_536
 MAX_READ_PER_POLL = 1 << 20   # a huge backlog is read over several polls, so a stop is never delayed
@@ -292,14 +293,7 @@ class Exec:
 
     def _kill_after_grace(self) -> None:
         assert self.proc is not None         # started once the command is
-        while self.proc.poll() is None:
-            if self._stop.wait(0.2):
-                deadline = time.monotonic() + self.options.grace
-                while self.proc.poll() is None and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if self.proc.poll() is None:
-                    self._signal(signal.SIGKILL)
-                return
+        kill_after_grace(self.proc, self._stop, self.options.grace, lambda: self._signal(signal.SIGKILL))
 
     def _pump(self, pipe, stream: str) -> None:
         """Copy one pipe: to loop's own fd unchanged, to the log, and as output events."""

@@ -30,6 +30,7 @@ from typing import IO
 
 from .defaults import GRACE
 from .exitstatus import ExitStatus
+from .grace import kill_after_grace
 from .prd import Prd, Story, mark_passed
 
 ERROR_TAIL = 600  # characters of a failing command's output kept in the error
@@ -446,14 +447,7 @@ class Runner:
 
     def _reap_after_grace(self, child: Child) -> None:
         """Once a stop is asked for: SIGINT went out; SIGKILL the group after the grace period."""
-        while child.proc.poll() is None:
-            if self._stop.wait(0.2):
-                deadline = time.monotonic() + self.opts.grace
-                while child.proc.poll() is None and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if child.proc.poll() is None:
-                    child.signal_group(signal.SIGKILL)
-                return
+        kill_after_grace(child.proc, self._stop, self.opts.grace, lambda: child.signal_group(signal.SIGKILL))
 
     def _check_criteria(self, story: Story, env: dict) -> str:
         """Run the story's acceptance checks, one event each: "passed", "failed" or "cancelled" (a stop)."""
