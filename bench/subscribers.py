@@ -80,8 +80,9 @@ class Pool:
             self.ep.register(s.fileno(), select.EPOLLIN)
 
     def pump(self, timeout: float) -> None:
-        for fd, _ in self.ep.poll(timeout):
-            now = time.time()
+        ready = self.ep.poll(timeout)
+        now = time.time()             # once per wake-up: reading the sockets before is not server latency
+        for fd, _ in ready:
             sub = self.subs.get(fd)
             if sub is None:    # stdin: read by the caller
                 continue
