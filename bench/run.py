@@ -417,7 +417,8 @@ def plot(latency: dict, path: Path) -> None:
 
 
 def measure_target(t: Target, args, sizes: Sizes, results: dict) -> None:
-    """One server's rows: latency, ingest, capacity after them (and, for loop, on a fresh server)."""
+    """One server's rows: latency, ingest, capacity after them (and, for loop on either backend, on a
+    fresh server: per-stream memory measured after the other runs is blurred by what they left)."""
     print(f"· {t.name}", file=sys.stderr, flush=True)
     t.start()
     try:
@@ -430,8 +431,9 @@ def measure_target(t: Target, args, sizes: Sizes, results: dict) -> None:
                 results["capacity"][t.name] = capacity(t, sizes.capacity_levels)
     finally:
         t.stop()
-    if t.name == "loop" and not args.skip_capacity:
-        results["capacity"]["loop (fresh server)"] = fresh_capacity(t, sizes.capacity_levels)
+    if (t.name == "loop" or isinstance(t, LoopRedis)) and not args.skip_capacity:
+        results["capacity"][f"{t.name[:-1]}, fresh server)" if t.name.endswith(")") else f"{t.name} (fresh server)"] = \
+            fresh_capacity(t, sizes.capacity_levels)
 
 
 def run_extra(name: str, smoke: bool) -> dict:
