@@ -551,10 +551,10 @@ def report_redis_capacity(r: dict) -> list[str]:
         if "redis_mb" not in before or not held:
             continue
         workers = " / ".join(str(n) for n in held["per_worker"])
-        lines.append(f"- {name}: the {v['held']} streams were held {workers} by its workers (gunicorn master and "
-                     f"workers are the row's PSS); one POST reached every one of them in "
-                     f"{fmt(v['broadcast_ms'], 0)} ms. "
-                     f"redis-server, not in the row: {fmt(before['redis_mb'], 1)} MB PSS before the streams, "
+        lines.append(f"- {name}: of the {v['held']} streams, its workers held {workers} (established connections "
+                     f"counted per worker; a few can be missed); one POST reached every one of them in "
+                     f"{fmt(v['broadcast_ms'], 0)} ms. Gunicorn's master and workers are the row's PSS; "
+                     f"redis-server is not: {fmt(before['redis_mb'], 1)} MB PSS before the streams, "
                      f"{fmt(held['redis_mb'], 1)} MB with them.")
     return [""] + lines if lines else []
 

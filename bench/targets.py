@@ -168,8 +168,10 @@ class LoopRedis(Loop):
 
     def capacity_extras(self) -> dict:
         """redis-server's own memory (PSS; rss_mb() counts gunicorn's master and workers only) and
-        the connections each worker holds on the HTTP port: the held streams, by the worker that
-        accepted them."""
+        the established connections each worker holds on the HTTP port: the held streams, by the
+        worker that accepted them. Read from the kernel's TCP table, which changes while it is read:
+        a few in 10,000 can be missed (a count of open descriptors instead would include the sockets
+        of subscribers gone since, which a worker closes only when it next writes to them)."""
         extras: dict = {"redis_mb": 0.0, "per_worker": []}
         try:
             extras["redis_mb"] = psutil.Process(self.procs[0].pid).memory_full_info().pss / 2**20
