@@ -43,9 +43,12 @@ class Sizes:
     soak_events: int
     storm_clients: int
     prd_lines: int
+    rounds: int = 1     # latency and ingest are measured this many times, the servers taking turns
 
 
-FULL = Sizes([(100, 50), (1000, 20)], 10.0, 5.0, [1000, 5000, 10000], 1_000_000, 1000, 200)
+# Three rounds, the servers taking turns, so that load from elsewhere on a shared machine falls on all
+# of them alike: a latency cell pools every delivery of the three rounds, an ingest cell is the median.
+FULL = Sizes([(100, 50), (1000, 20)], 6.0, 3.0, [1000, 5000, 10000], 1_000_000, 1000, 200, rounds=3)
 SMOKE = Sizes([(5, 20)], 1.0, 0.5, [20], 3000, 30, 10)
 
 
@@ -64,6 +67,10 @@ class Subscribers:
         result = json.loads(self.proc.stdout.readline())
         self.proc.wait(30)
         return result
+
+
+def median(values: list[float]) -> float:
+    return percentile(values, 50)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -110,7 +117,17 @@ def latency_run(target: Target, n: int, rate: int, duration: float) -> dict:
     return {"subs": n, "rate": rate, "connected": subs.connected, "p50": percentile(lat, 50),
             "p99": percentile(lat, 99), "max": max(lat) if lat else float("nan"),
             "delivery": covered / expected if subs.connected == n else covered / (len(seqs) * n),
-            "resets": res["resets"]}
+            "resets": res["resets"], "lat": lat, "covered": covered,
+            "expected": expected if subs.connected == n else len(seqs) * n}
+
+
+def pooled(runs: list[dict]) -> dict:
+    """One latency cell from several rounds: percentiles over every delivery of all of them."""
+    lat = [x for r in runs for x in r["lat"]]
+    return {"subs": runs[0]["subs"], "rate": runs[0]["rate"], "connected": min(r["connected"] for r in runs),
+            "p50": percentile(lat, 50), "p99": percentile(lat, 99), "max": max(lat) if lat else float("nan"),
+            "delivery": sum(r["covered"] for r in runs) / max(1, sum(r["expected"] for r in runs)),
+            "resets": sum(r["resets"] for r in runs), "rounds_p99": [r["p99"] for r in runs]}
 
 
 def ingest(target: Target, seconds: float, batch: int = 1) -> float:
@@ -416,21 +433,28 @@ def plot(latency: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def measure_target(t: Target, args, sizes: Sizes, results: dict) -> None:
+def measure_target(t: Target, args, sizes: Sizes, results: dict, last: bool = True) -> None:
     """One server's rows: latency, ingest, capacity after them (and, for loop on either backend, on a
     fresh server: per-stream memory measured after the other runs is blurred by what they left)."""
     print(f"· {t.name}", file=sys.stderr, flush=True)
     t.start()
     try:
-        results["latency"][t.name] = [latency_run(t, n, rate, sizes.duration) for n, rate in sizes.latency]
+        rounds = results["rounds"].setdefault(t.name, {"latency": [[] for _ in sizes.latency],
+                                                       "single": [], "batch": []})
+        for i, (n, rate) in enumerate(sizes.latency):
+            rounds["latency"][i].append(latency_run(t, n, rate, sizes.duration))
+        results["latency"][t.name] = [pooled(runs) for runs in rounds["latency"]]
         if "history" not in t.name:
-            single = ingest(t, sizes.ingest_seconds)
-            batched = ingest(t, sizes.ingest_seconds, batch=100) if t.batches else float("nan")
-            results["ingest"][t.name] = {"single": single, "batch": batched}
-            if not args.skip_capacity:
+            rounds["single"].append(ingest(t, sizes.ingest_seconds))
+            rounds["batch"].append(ingest(t, sizes.ingest_seconds, batch=100) if t.batches else float("nan"))
+            results["ingest"][t.name] = {"single": median(rounds["single"]), "batch": median(rounds["batch"]),
+                                         "single_rounds": list(rounds["single"])}
+            if last and not args.skip_capacity:
                 results["capacity"][t.name] = capacity(t, sizes.capacity_levels)
     finally:
         t.stop()
+    if not last:
+        return
     if (t.name == "loop" or isinstance(t, LoopRedis)) and not args.skip_capacity:
         results["capacity"][f"{t.name[:-1]}, fresh server)" if t.name.endswith(")") else f"{t.name} (fresh server)"] = \
             fresh_capacity(t, sizes.capacity_levels)
@@ -480,6 +504,8 @@ def main(argv=None) -> None:
     p.add_argument("--skip-capacity", action="store_true")
     p.add_argument("--skip-soak", action="store_true")
     p.add_argument("--skip-faults", action="store_true")
+    p.add_argument("--readme", metavar="PATH", help="also write the tables into PATH (the README) between its "
+                                                     "'<!-- bench:begin -->' and '<!-- bench:end -->' lines")
     args = p.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
     out = Path(args.out)
@@ -493,9 +519,11 @@ def main(argv=None) -> None:
         targets = [t for t in targets if any(t.name == w[1:] if w.startswith("=") else w in t.name for w in wanted)]
     results: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                                 f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}",
-                     "latency": {}, "ingest": {}, "capacity": {}}
-    for t in targets:
-        measure_target(t, args, sizes, results)
+                     "latency": {}, "ingest": {}, "capacity": {}, "rounds": {}}
+    for r in range(sizes.rounds):
+        for t in targets:
+            measure_target(t, args, sizes, results, last=r == sizes.rounds - 1)
+    del results["rounds"]          # every delivery's latency: too much to keep; the cells above pool them
     if not args.skip_soak and any(t.name == "loop" for t in targets):
         print("· soak", file=sys.stderr, flush=True)
         results["soak"] = soak(sizes)
@@ -510,7 +538,23 @@ def main(argv=None) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=1))
     if results["latency"]:
         plot(results["latency"], out / "latency.png")
-    print(report(results, sizes))
+    text = report(results, sizes)
+    print(text)
+    if args.readme:
+        write_between_markers(Path(args.readme), text)
+
+
+def write_between_markers(path: Path, text: str) -> None:
+    """Replace what lies between the bench markers in ``path`` with ``text`` (written whole, then renamed)."""
+    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+    doc = path.read_text()
+    if doc.count(begin) != 1 or doc.count(end) != 1 or doc.index(begin) > doc.index(end):
+        raise SystemExit(f"{path}: needs one '{begin}' line and one '{end}' line after it; nothing written")
+    head, rest = doc.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+    tmp.replace(path)
 
 
 def report_comparisons(r: dict, sizes: Sizes) -> list[str]:
@@ -528,6 +572,12 @@ def report_comparisons(r: dict, sizes: Sizes) -> list[str]:
                     f"the best peer ({best_name}, {fmt(best, 2)} ms)")
             if floor:
                 line += f", {ours / floor['p99']:.2f} × the asyncio floor"
+            rounds = r["latency"]["loop"][i].get("rounds_p99", [])
+            if len(rounds) > 1:
+                line += f" (loop's p99 in each of the {len(rounds)} rounds: " + " / ".join(fmt(x, 2) for x in rounds)
+                if floor and len(floor.get("rounds_p99", [])) > 1:
+                    line += "; the floor's: " + " / ".join(fmt(x, 2) for x in floor["rounds_p99"])
+                line += ")"
             lines.append(line + ".")
         if "loop (history on)" in r["latency"]:
             on, off = r["latency"]["loop (history on)"][0]["p99"], r["latency"]["loop"][0]["p99"]
@@ -539,6 +589,23 @@ def report_comparisons(r: dict, sizes: Sizes) -> list[str]:
             lines.append(f"- {n} subscribers, both through Redis: {redis_row} p99 {fmt(ours, 2)} ms = "
                          f"{ours / theirs:.2f} × Flask-SSE's {fmt(theirs, 2)} ms.")
     return lines
+
+
+def report_ingest(ingest: dict) -> list[str]:
+    """loop's single-event POSTs beside the best framework peer's, and the Redis backend's beside the memory one's."""
+    lines = []
+    peers = {k: v["single"] for k, v in ingest.items() if not k.startswith("loop") and "floor" not in k}
+    if "loop" in ingest and peers:
+        best = max(peers, key=lambda k: peers[k])
+        rounds = " / ".join(fmt(x, 0) for x in ingest["loop"].get("single_rounds", []))
+        lines.append(f"- Single-event POSTs: loop {fmt(ingest['loop']['single'], 0)}/s = "
+                     f"{ingest['loop']['single'] / peers[best]:.2f} × the best peer ({best}, {fmt(peers[best], 0)}/s)"
+                     + (f"; loop's rounds: {rounds}" if rounds.count("/") else "") + ".")
+    redis_row = next((k for k in ingest if k.startswith("loop (Redis")), None)
+    if redis_row and "loop" in ingest:
+        lines.append(f"- {redis_row}: {ingest[redis_row]['single'] / ingest['loop']['single']:.2f} × the memory "
+                     f"backend's single-event POSTs/s.")
+    return [""] + lines if lines else []
 
 
 def report_redis_capacity(r: dict) -> list[str]:
@@ -561,6 +628,10 @@ def report_redis_capacity(r: dict) -> list[str]:
 
 def report(r: dict, sizes: Sizes) -> str:
     lines = [f"Machine: {r['machine']}", ""]
+    if sizes.rounds > 1:
+        lines += [f"Latency and ingest in {sizes.rounds} rounds, the servers taking turns: a latency cell pools "
+                  f"every delivery of the {sizes.rounds} rounds ({fmt(sizes.duration, 0)} s of publishing each), "
+                  "an ingest cell is the median round.", ""]
     head = "| server | " + " | ".join(f"{n} subs @ {rate}/s p50 / p99 / max (ms) | delivery"
                                        for n, rate in sizes.latency) + " |"
     lines += [head, "|" + "---|" * (1 + 2 * len(sizes.latency))]
@@ -573,6 +644,7 @@ def report(r: dict, sizes: Sizes) -> str:
         lines += ["", "| server | single-event POSTs/s (one keep-alive connection) | events/s in batches of 100 |",
                   "|---|---|---|"]
         lines += [f"| {k} | {fmt(v['single'], 0)} | {fmt(v['batch'], 0)} |" for k, v in r["ingest"].items()]
+        lines += report_ingest(r["ingest"])
     if r["capacity"]:
         lines += ["", f"| server | most subscribers held, one broadcast to all ≤ 1 s (tried {sizes.capacity_levels}) "
                       "| broadcast to all (ms) | resident memory then, PSS (RSS sum) MB | per subscriber (KB) "
