@@ -246,3 +246,14 @@ def test_with_access_log_every_post_is_logged_by_gunicorn(make_server):
     assert status == 201 and not fast(headers)
     c.close()
     wait_for(lambda: "POST /api/events" in server.log.read_text(), 10, message="the access log line")
+
+
+def test_header_values_are_read_as_gunicorn_reads_them(server):
+    """Spaces inside and around a value (a long run of them too: read in linear time)."""
+    c = Conn(server.port)
+    padded = post_bytes(EVENT, headers={"X-Note": "a" + " " * 8000 + "b"}).replace(
+        b"Content-Type: application/json", b"Content-Type:   application/json   ")
+    status, headers, _ = c.request(padded)
+    assert status == 201 and fast(headers)
+    c.close()
+

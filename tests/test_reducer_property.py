@@ -19,7 +19,7 @@ from loopstream import state
 KNOWN = ["task_started", "story_started", "ac_completed", "ac_failed", "story_completed", "task_completed",
          "error_occurred", "output", "progress", "stop_requested", "pause_requested", "resume_requested",
          "task_stopped", "task_paused", "task_resumed", "agent_init", "agent_text", "tool_call", "tool_result",
-         "agent_result", "story_stalled"]
+         "agent_result", "story_stalled", "task_interrupted", "task_alive"]
 UNKNOWN = ["deploy.step", "constructor", "x", "tostring", "valueof"]
 FIELDS = ["story_id", "title", "acceptance_criteria", "ac_index", "ac_text", "status", "duration_ms", "attempts",
           "attempt", "text", "stream", "percent", "current", "total", "message", "reason", "error", "error_type",

@@ -189,7 +189,10 @@ class Pace:
         rate, burst = body.get("rate"), body.get("burst")
         if not (_is_number(rate) and _is_number(burst)):
             m = re.search(r"over ([0-9.]+) events/s \(burst (\d+)", str(body.get("message") or ""))
-            rate, burst = (float(m.group(1)), int(m.group(2))) if m else (None, None)
+            try:
+                rate, burst = (float(m.group(1)), int(m.group(2))) if m else (None, None)
+            except ValueError:       # "over 1.2.3 events/s": not a figure
+                rate, burst = None, None
         if rate is not None and burst is not None:
             self.rate, self.burst = min(1e6, max(0.1, float(rate))), min(10**6, max(1, int(burst or 1)))
         elif not self.active:
@@ -230,12 +233,11 @@ def _is_plain_output(event: dict) -> bool:
 
 def _refusal(r) -> str:
     """Why the sidecar refused a batch, in its own words (never None)."""
-    try:
-        body = r.json()
-        message = body.get("message") or body.get("error") or ""
-        if body.get("field"):
-            message = f"{body['field']}: {message}"
-    except ValueError:
+    body = _json_body(r)
+    message = str(body.get("message") or body.get("error") or "")
+    if body.get("field"):
+        message = f"{body['field']}: {message}"
+    if not body:
         message = r.text[:200].strip()
     if r.status_code == 401:
         message = message or "the token is missing or wrong (LOOP_TOKEN)"
@@ -243,7 +245,10 @@ def _refusal(r) -> str:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite number within ±1e15 (a huge int would overflow float(); bools are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return abs(value) <= 1e15 if isinstance(value, int) else math.isfinite(value) and abs(value) <= 1e15
 
 
 def _json_body(r) -> dict:

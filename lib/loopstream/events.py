@@ -96,6 +96,8 @@ def loads(body: bytes | str) -> Any:
     is an error, not a crash."""
     try:
         text = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
+        if text.startswith("\ufeff"):      # json.loads says so too; the decoder alone would not
+            raise EventError("body", "malformed JSON: it starts with a UTF-8 byte order mark; send it without")
         return _DECODE(text)
     except RecursionError as e:
         raise EventError("body", "JSON nested too deeply") from e

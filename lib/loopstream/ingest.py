@@ -36,6 +36,7 @@ from email.utils import formatdate
 from time import time
 from typing import TYPE_CHECKING, Any
 
+import gevent
 from gunicorn.workers.ggevent import GeventWorker
 
 from .guard import HostPolicy, is_json_content_type, token_ok
@@ -52,13 +53,14 @@ MAX_BODY = 64 * 1024          # routes.common.MAX_BODY (not imported: the master
 PEEK = MAX_HEAD + MAX_BODY
 TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 HEAD_RE = re.compile(rb"POST (?:/api/events|/emit) HTTP/1\.1\r\n((?:" + TOKEN + rb":[\t\x20-\x7e]*\r\n)*)\r\n")
-FIELD_RE = re.compile(rb"(" + TOKEN + rb"):[\t ]*([\t\x20-\x7e]*?)[\t ]*\r\n")
+FIELD_RE = re.compile(rb"(" + TOKEN + rb"):([\t\x20-\x7e]*)\r\n")   # greedy, stripped after: linear time
 NOT_HERE = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"origin"})
 ONCE = frozenset({b"host", b"content-length", b"content-type", b"authorization", b"connection"})
 REASONS = {201: b"Created", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 413: b"Payload Too Large",
            429: b"Too Many Requests", 500: b"Internal Server Error", 503: b"Service Unavailable"}
 
 CLOSE, GUNICORN = "close", "gunicorn"     # how a fast-path connection ends: closed, or handed on
+YIELD_EVERY = 16       # requests answered back to back on one connection before other greenlets get a turn
 
 
 class Request:
@@ -89,6 +91,7 @@ class FastIngest:
         client = addr[0] if isinstance(addr, tuple) and addr else "?"
         sock.settimeout(self.keepalive)
         raw = getattr(sock, "_sock", sock)     # the non-blocking socket under gevent's: tried first
+        served = 0
         try:
             while True:
                 req = self.read(sock, raw)
@@ -98,6 +101,9 @@ class FastIngest:
                 send(sock, raw, self.answer(req.body, client, closing))
                 if closing:
                     return CLOSE
+                served += 1
+                if served % YIELD_EVERY == 0:
+                    gevent.sleep(0)   # a client that pipelines without pause must not starve the worker
         except OSError:       # reset, broken pipe, or idle past keep-alive (socket.timeout)
             return CLOSE
         finally:
@@ -130,8 +136,8 @@ class FastIngest:
     def fields(self, block: bytes) -> dict[bytes, bytes] | None:
         """The head's fields when every guard passes and nothing needs gunicorn; else None."""
         fields: dict[bytes, bytes] = {}
-        for name, value in FIELD_RE.findall(block):
-            name = name.lower()
+        for name, raw in FIELD_RE.findall(block):
+            name, value = name.lower(), raw.strip(b" \t")
             if name in NOT_HERE or (name in ONCE and name in fields):
                 return None
             fields[name] = value
@@ -234,15 +240,25 @@ class IngestWorker(GeventWorker):
     def handle(self, listener, client, addr) -> None:
         fast = self.fast_path()
         if fast is not None:
+            ended = True
             try:
                 ended = fast.serve(client, addr, lambda: self.alive) == CLOSE
             except Exception:     # a bug, never the client's doing: log it, drop this connection only
                 log.exception("loop: the ingest fast path failed; the connection is closed")
-                ended = True
+            finally:              # also when gunicorn kills the greenlet at shutdown (GreenletExit)
+                if ended:
+                    close_quietly(client)
             if ended:
-                close_quietly(client)
                 return
         super().handle(listener, client, addr)
+
+    def handle_request(self, listener_name, req, sock, addr):
+        """gunicorn's, then a turn for the other greenlets: a client pipelining requests without
+        pause would otherwise keep the worker to itself until gunicorn's timeout kills it."""
+        try:
+            return super().handle_request(listener_name, req, sock, addr)
+        finally:
+            gevent.sleep(0)
 
     def fast_path(self) -> FastIngest | None:
         """Built on the first connection (the app is loaded by then); None with --access-log."""
