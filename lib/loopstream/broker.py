@@ -162,15 +162,19 @@ class MemoryBroker:
         if staged.events[0].seq != self.seq + 1:
             raise RuntimeError("another publish came between stage() and commit()")
         before = self.head
+        self._put_in(staged)
+        if staged.finished:
+            self._forget_old_finished()
+        final = {run: staged.runs[run] for run in staged.finished if run in staged.runs}
+        return PublishResult(staged.events, staged.finished, before, self.head, final)
+
+    def _put_in(self, staged: Staged) -> None:
+        """The staged events into the buffer and their runs' snapshots into place (numbered after the head)."""
         self.seq = staged.events[-1].seq
         self.buffer.extend(staged.events)
         for run, snap in staged.runs.items():
             self.runs.pop(run, None)
             self.runs[run] = snap   # re-insert: dict order is recency
-        if staged.finished:
-            self._forget_old_finished()
-        final = {run: staged.runs[run] for run in staged.finished if run in staged.runs}
-        return PublishResult(staged.events, staged.finished, before, self.head, final)
 
     @staticmethod
     def reduce(snapshot: dict | None, event: dict) -> dict:

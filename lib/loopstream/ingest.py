@@ -76,6 +76,10 @@ class FastIngest:
     """Serves the event POSTs of one worker's connections until one is not its to serve."""
 
     def __init__(self, app: Flask, keepalive: float):
+        from . import events
+        from .routes.events_in import accept  # here, in the worker: the master imports this module
+
+        self.accept, self.dumps = accept, events.dumps
         self.app = app
         self.hub: Hub = app.extensions["loop"]
         cfg = self.hub.config
@@ -164,16 +168,13 @@ class FastIngest:
 
     def answer(self, body: bytes, client: str, closing: bool) -> bytes:
         """The whole HTTP response to one event POST, as the Flask view would give it."""
-        from . import events as ev
-        from .routes.events_in import accept
-
         h = self.hub
         h.touch()
         try:
-            ids = accept(h, body, client)
+            ids = self.accept(h, body, client)
         except Exception as e:       # noqa: BLE001 — each kind is answered by the app's own handler
             return self.refusal(e, closing)
-        return self.response(201, ev.dumps({"ids": ids}).encode(), {}, closing)
+        return self.response(201, self.dumps({"ids": ids}).encode(), {}, closing)
 
     def refusal(self, e: Exception, closing: bool) -> bytes:
         """A refused or failed POST, answered by the handler Flask would use (routes/hooks.py)."""

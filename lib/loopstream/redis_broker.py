@@ -344,11 +344,7 @@ class RedisBroker(MemoryBroker):
     def _take_own(self, staged: Staged) -> None:
         """Put a batch this worker published (numbered right after the head) into the replica."""
         before = self.head
-        self.seq = staged.events[-1].seq
-        self.buffer.extend(staged.events)
-        for run, snap in staged.runs.items():
-            self.runs.pop(run, None)
-            self.runs[run] = snap   # re-insert: dict order is recency
+        self._put_in(staged)
         self.own += 1
         self._took_in(staged.events, before, set(staged.finished))
 
