@@ -30,6 +30,7 @@ export function newRun(run) {
     stopped_at: null,
     agent: null, cost_usd: null, input_tokens: 0, output_tokens: 0,
     heartbeat_s: null,
+    command: null, exit_code: null, stop_reason: null,
   };
 }
 
@@ -172,6 +173,9 @@ function taskStarted(snap, data, ts) {
   snap.story_count = num(data.story_count);
   snap.estimated_duration = num(data.estimated_duration);
   snap.heartbeat_s = num(data.heartbeat_s);
+  snap.command = optText(get(data, "command"));
+  snap.exit_code = null;
+  snap.stop_reason = null;
   for (const item of Array.isArray(data.stories) ? data.stories : []) {
     if (isObject(item) && item.id !== null && item.id !== undefined) {
       const s = story(snap, item.id);
@@ -235,6 +239,7 @@ function storyCompleted(snap, data, ts) {
 }
 
 const finish = (status) => (snap, data, ts) => {
+  snap.exit_code = num(data.exit_code);
   if (status === "completed") {
     const failed = snap.stories.some((x) => x.status === "failed");
     snap.status = FINISHED.includes(data.status) ? data.status : (failed ? "failed" : "passed");
@@ -255,6 +260,7 @@ const finish = (status) => (snap, data, ts) => {
         for (const ac of x.acceptance_criteria) if (ac.status === "running") ac.status = "pending";
       }
     }
+    snap.stop_reason = truthy(data.reason) ? str(data.reason) : null;
     if (truthy(data.reason)) log(snap, "task_stopped", ts, `stopped: ${str(data.reason)}`);
   }
   snap.finished_at = ts;

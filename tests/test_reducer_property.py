@@ -25,7 +25,7 @@ FIELDS = ["story_id", "title", "acceptance_criteria", "ac_index", "ac_text", "st
           "attempt", "text", "stream", "percent", "current", "total", "message", "reason", "error", "error_type",
           "error_message", "stories", "story_count", "estimated_duration", "task_name", "task_id", "summary",
           "priority", "model", "tool", "id", "is_error", "cost_usd", "input_tokens", "output_tokens", "num_turns",
-          "silent_s", "session_id", "passed", "failed", "skipped"]
+          "silent_s", "session_id", "passed", "failed", "skipped", "command", "exit_code"]
 
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30) | st.sampled_from(
     ["", "😀", "é😀\u202e\r\n", "a\x1b[2Jb", "passed", "failed", "stopped", "cancelled", "skipped", "S1"])
@@ -42,7 +42,8 @@ plausible = st.fixed_dictionaries({}, optional={
     "story_id": story_id, "text": text | huge, "status": st.sampled_from(["passed", "failed", "cancelled", "x", 3]),
     "ac_index": st.integers(-1, 4) | st.sampled_from([1.0, "0", True]), "reason": value, "message": text | huge,
     "percent": number, "current": number, "total": number, "duration_ms": number, "story_count": number,
-    "acceptance_criteria": st.lists(text | value, max_size=4), "title": value, "error": value})
+    "acceptance_criteria": st.lists(text | value, max_size=4), "title": value, "error": value,
+    "command": value, "exit_code": number | st.sampled_from([True, "3", None])})
 data = st.builds(lambda a, b: {**a, **b}, plausible, st.dictionaries(st.sampled_from(FIELDS), field_value, max_size=5))
 
 

@@ -48,6 +48,7 @@ def new_run(run: str) -> dict:
         "stopped_at": None,
         "agent": None, "cost_usd": None, "input_tokens": 0, "output_tokens": 0,
         "heartbeat_s": None,
+        "command": None, "exit_code": None, "stop_reason": None,
     }
 
 
@@ -243,6 +244,9 @@ def _task_started(snap: dict, data: dict, ts: Any) -> None:
     snap["story_count"] = _num(data.get("story_count"))
     snap["estimated_duration"] = _num(data.get("estimated_duration"))
     snap["heartbeat_s"] = _num(data.get("heartbeat_s"))   # the runner's liveness interval (reaper.py)
+    snap["command"] = _opt_text(data.get("command"))      # what `loop exec` runs
+    snap["exit_code"] = None
+    snap["stop_reason"] = None
     stories = data.get("stories")
     for item in stories if isinstance(stories, list) else []:
         if isinstance(item, dict) and item.get("id") is not None:
@@ -316,6 +320,7 @@ def _story_completed(snap: dict, data: dict, ts: Any) -> None:
 
 def _finish(status: str):
     def handle(snap: dict, data: dict, ts: Any) -> None:
+        snap["exit_code"] = _num(data.get("exit_code"))   # the command's, from `loop exec`
         if status == "completed":
             failed = any(x["status"] == "failed" for x in snap["stories"])
             explicit = data.get("status")
@@ -332,6 +337,7 @@ def _finish(status: str):
                     for ac in x["acceptance_criteria"]:
                         if ac["status"] == "running":
                             ac["status"] = "pending"
+            snap["stop_reason"] = as_text(data["reason"]) if data.get("reason") else None
             if data.get("reason"):
                 _log(snap, "task_stopped", ts, f"stopped: {as_text(data['reason'])}")
         snap["finished_at"] = ts
