@@ -201,3 +201,71 @@ def test_both_brokers_are_what_the_hub_relies_on_and_redis_reads_nothing_before_
         assert not redis.healthy and redis.seq == 0 and told == []   # constructing connects to nothing
     finally:
         redis.close()
+
+
+def test_control_requests_are_charged_like_events(clock):
+    hub = make_hub(clock, rate=1, burst=3, client_rate=100, client_burst=1000)
+    hub.publish([started("r")])
+    hub.control("r", "pause", addr="1.2.3.4")
+    hub.control("r", "resume", addr="1.2.3.4")
+    hub.control("r", "pause", addr="1.2.3.4")                        # the run's burst of 3 is spent
+    with pytest.raises(Refused) as refused:
+        hub.control("r", "resume", addr="1.2.3.4")
+    assert refused.value.status == 429 and "run:r" in refused.value.message
+    assert hub.control("r", "pause", addr="1.2.3.4")["requested"] is False   # a no-op is neither charged nor refused
+    kinds = [x["type"] for x in json.loads(hub.poll(Filter(), None, 1000))["events"]]
+    assert kinds == ["task_started", "pause_requested", "resume_requested", "pause_requested"]
+
+
+def test_control_requests_spend_the_client_budget_across_runs(clock):
+    hub = make_hub(clock, rate=100, burst=100, client_rate=1, client_burst=2)
+    hub.publish([started("a"), started("b"), started("c")])
+    hub.control("a", "stop", addr="1.2.3.4")
+    hub.control("b", "stop", addr="1.2.3.4")
+    with pytest.raises(Refused) as refused:
+        hub.control("c", "stop", addr="1.2.3.4")
+    assert "--client-rate" in refused.value.message
+    hub.control("c", "stop", addr="5.6.7.8")
+
+
+def test_a_batch_is_charged_to_every_run_it_names(clock):
+    hub = make_hub(clock, rate=10, burst=20, client_rate=1000, client_burst=10_000)
+    hub.publish([started("victim")])
+
+    def batch(i: int) -> list[ev.Draft]:
+        return [started(f"decoy-{i}")] + [ev.Draft("progress", "victim", {"percent": 1})] * 9
+
+    hub.admit(batch(0), [True] * 10, "6.6.6.6")
+    hub.admit(batch(1), [True] * 10, "6.6.6.6")                     # 18 of the victim's 20
+    with pytest.raises(Refused) as refused:
+        hub.admit(batch(2), [True] * 10, "6.6.6.6")
+    assert "run:victim" in refused.value.message
+    hub.admit([started("decoy-2")], [True], "6.6.6.6")              # the refusal charged decoy-2 nothing
+    hub.admit(batch(3)[:1] + [ev.Draft("progress", "x", {})], [True, False], "6.6.6.6")   # unnamed: the address
+
+
+def test_one_client_cannot_fill_the_live_runs_of_all(clock):
+    hub = make_hub(clock, rate=0, max_live_runs=10, max_live_runs_per_client=4)
+    hub.admit([started(f"a{i}") for i in range(4)], True, "1.1.1.1")
+    hub.publish([started(f"a{i}") for i in range(4)])
+    with pytest.raises(Refused) as refused:
+        hub.admit([started("a4")], True, "1.1.1.1")
+    assert refused.value.status == 429 and "--max-live-runs-per-client" in refused.value.message
+    hub.admit([started("b0")], True, "2.2.2.2")                       # another client starts its run
+    hub.admit([ev.Draft("progress", "a0", {})], True, "1.1.1.1")     # and runs already live go on
+    hub.publish([ev.Draft("task_completed", "a0", {})])
+    hub.admit([started("a4")], True, "1.1.1.1")                       # a finished run frees its slot
+
+
+def test_a_run_only_named_once_is_finished_after_ghost_after(clock):
+    hub = make_hub(clock, rate=0, ghost_after=60, max_live_runs=3)
+    hub.publish([started("ghost"), ev.Draft("progress", "ghost", {"percent": 1})])   # one request
+    hub.publish([started("real")])
+    clock.t += 30
+    hub.publish([ev.Draft("progress", "real", {"percent": 5})])
+    clock.t += 31
+    assert hub.reap() == 1
+    assert hub.broker.snapshot("ghost")["status"] == "interrupted"
+    assert hub.broker.snapshot("real")["status"] == "running"        # updated after it started: not a ghost
+    hub.publish([ev.Draft("progress", "ghost", {"percent": 2})])       # a ghost that speaks again is live again
+    assert hub.broker.snapshot("ghost")["status"] == "running"

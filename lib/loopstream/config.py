@@ -32,6 +32,10 @@ class Config:
     client_rate: float = 100.0         # events/s per client address, above the per-run budget; 0 = off
     client_burst: int = 1000
     max_live_runs: int = 1000          # live runs held at once; a new one past it gets 503
+    max_live_runs_per_client: int = 100   # live runs one client address started; past it 429; 0 = off
+    ghost_after: float = 300.0         # a live run only ever named in one request is finished after this; 0 = never
+    header_timeout: float = 10.0       # seconds a request has to send its whole head (nginx's client_header_timeout)
+    max_connections_per_client: int = 64   # open connections per client address that are not streams
     stale_after: float | None = None   # seconds of silence that end a run with heartbeat_s (None: 3 x it)
     idle_exit: float = 0.0             # exit after this many seconds without a request or stream; 0 = never
     master_pid: int | None = None      # gunicorn's master (the process to signal), set by serving.py

@@ -21,7 +21,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,8 +31,8 @@ from .broker import BackendDown, Broker, Cursor, Filter, MemoryBroker
 from .config import Config
 from .fanout import Fanout, Subscriber
 from .history import History
-from .ratelimit import Budget, TokenBuckets
-from .reaper import interrupted, silent_runs
+from .ratelimit import Budget, Charge, TokenBuckets
+from .reaper import abandoned, ghost_runs, interrupted, silent_runs
 
 if TYPE_CHECKING:
     from .redis_broker import RedisBuckets
@@ -78,6 +78,39 @@ class Metrics:
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+
+class Owners:
+    """Which client address started which live run, for --max-live-runs-per-client. Each worker
+    knows the runs started through it (with Redis and several workers the cap holds per worker)."""
+
+    def __init__(self) -> None:
+        self.owner: dict[str, str] = {}          # run -> the client address that started it
+        self.runs: dict[str, set[str]] = {}      # client address -> the runs it started
+
+    def own(self, addr: str, runs: set[str]) -> None:
+        for run in runs:
+            before = self.owner.get(run)
+            if before is not None and before != addr:
+                self.runs[before].discard(run)
+            self.owner[run] = addr
+        if runs:
+            self.runs.setdefault(addr, set()).update(runs)
+
+    def live_count(self, addr: str, is_live: Callable[[str], bool]) -> int:
+        """How many of the runs ``addr`` started are live; the others are forgotten."""
+        runs = self.runs.get(addr, set())
+        for run in [r for r in runs if not is_live(r)]:
+            runs.discard(run)
+            del self.owner[run]
+        if not runs:
+            self.runs.pop(addr, None)
+        return len(runs)
+
+    def prune(self, is_live: Callable[[str], bool]) -> None:
+        """Forget the runs that are over (housekeeping: a client that never comes back)."""
+        for addr in list(self.runs):
+            self.live_count(addr, is_live)
 
 
 def cursor_id(cur: Cursor | None) -> str:
@@ -150,6 +183,7 @@ class Hub:
         # --rate 0 turns rate limiting off altogether; --client-rate 0 only the per-client budget.
         self.client_budget = Budget(cfg.client_rate if cfg.rate > 0 else 0, cfg.client_burst)
         self.notifier = make_notifier(cfg)
+        self.owners = Owners()
         self._publish_lock = threading.Lock()
         self._snapshot_cache: dict = {}
         self.broker.start()
@@ -189,18 +223,25 @@ class Hub:
             raise Refused(503, "journal_unavailable", f"the sidecar could not write its journal ({e}); "
                           "nothing was stored, retry later", None, headers={"Retry-After": "5"}) from e
 
-    def admit(self, drafts: list[ev.Draft], explicit_run: bool, addr: str) -> None:
-        """Raise Refused when the batch is over a rate limit or would start too many live runs."""
-        self.check_live_runs(drafts)   # read-only: a batch it refuses has spent no budget
+    def admit(self, drafts: list[ev.Draft], explicit_run: bool | Sequence[bool], addr: str) -> None:
+        """Raise Refused when the batch is over a rate limit or would start too many live runs
+        (the server's, or this client's); else the client owns the runs it starts."""
+        new = self.check_live_runs(drafts, addr)   # read-only: a batch it refuses has spent no budget
         self.charge(drafts, explicit_run, addr)
+        self.owners.own(addr, new)
 
-    def charge(self, drafts: list[ev.Draft], explicit_run: bool, addr: str) -> None:
-        """Take the batch from the run's budget (as named, else the client's address) and from the
-        client address's own, which no choice of run names dodges: a 429 when either is spent,
-        charging neither."""
-        key = f"run:{drafts[0].run}" if explicit_run else f"addr:{addr}"
-        budgets = [(key, self.run_budget), (f"client:{addr}", self.client_budget)]
-        wait, refused_by = self.limiter.take_all(budgets, len(drafts))
+    def charge(self, drafts: list[ev.Draft], explicit_run: bool | Sequence[bool], addr: str) -> None:
+        """Take each event from its run's budget (the run as named, else the client's address) and
+        every event from the client address's own, which no choice of run names dodges: a 429 when
+        any is spent, charging none. ``explicit_run``: whether each event named its run (or one for all)."""
+        named = [explicit_run] * len(drafts) if isinstance(explicit_run, bool) else explicit_run
+        costs: dict[str, int] = {}
+        for d, is_named in zip(drafts, named, strict=True):
+            key = f"run:{d.run}" if is_named else f"addr:{addr}"
+            costs[key] = costs.get(key, 0) + 1
+        charges: list[Charge] = [(k, self.run_budget, n) for k, n in costs.items()]
+        charges.append((f"client:{addr}", self.client_budget, len(drafts)))
+        wait, refused_by = self.limiter.take_all(charges)
         if not wait:
             return
         self.metrics.rate_limited += 1
@@ -212,16 +253,26 @@ class Hub:
                       headers={"Retry-After": str(max(1, int(wait + 0.999)))},
                       details={"rate": budget.rate, "burst": budget.burst, "retry_after": round(wait, 3)})
 
-    def check_live_runs(self, drafts: list[ev.Draft]) -> None:
-        """A batch that would start runs past --max-live-runs is refused (503), not half-taken."""
-        new = {d.run for d in drafts if not self.broker.is_live_run(d.run)}
-        cap = self.config.max_live_runs
-        if not new or self.broker.live_count() + len(new) <= cap:
-            return
-        self.metrics.reject("too_many_live_runs")
-        raise Refused(503, "too_many_live_runs", f"the server already holds {cap} live runs "
-                                                 "(--max-live-runs); finish some, or retry later", "run",
-                      headers={"Retry-After": "5"})
+    def check_live_runs(self, drafts: list[ev.Draft], addr: str) -> set[str]:
+        """The runs the batch would start; refused, not half-taken, when they are past
+        --max-live-runs-per-client for this client (429) or --max-live-runs for the server (503)."""
+        broker, cfg = self.broker, self.config
+        new = {d.run for d in drafts if not broker.is_live_run(d.run)}
+        if not new:
+            return new
+        per_client = cfg.max_live_runs_per_client
+        if per_client and self.owners.live_count(addr, broker.is_live_run) + len(new) > per_client:
+            self.metrics.reject("too_many_live_runs")
+            raise Refused(429, "too_many_live_runs", f"this client already holds {per_client} live runs "
+                                                     "(--max-live-runs-per-client); finish some, or retry later",
+                          "run", headers={"Retry-After": "5"})
+        cap = cfg.max_live_runs
+        if broker.live_count() + len(new) > cap:
+            self.metrics.reject("too_many_live_runs")
+            raise Refused(503, "too_many_live_runs", f"the server already holds {cap} live runs "
+                                                     "(--max-live-runs); finish some, or retry later", "run",
+                          headers={"Retry-After": "5"})
+        return new
 
     # -- snapshots -------------------------------------------------------------------
     def snapshots_json(self, flt: Filter) -> str:
@@ -419,9 +470,10 @@ class Hub:
         if action not in CONTROL_ACTIONS:
             raise Refused(404, "not_found", f"unknown action '{action}'; use stop, pause or resume", "action")
 
-    def control(self, run: str, action: str, reason: str = "") -> dict:
-        """Ask a live run to stop, pause or resume: an event its runner acts on. Idempotent: asking
-        again for what is already asked (or already so) publishes nothing and says so."""
+    def control(self, run: str, action: str, reason: str = "", addr: str = "?") -> dict:
+        """Ask a live run to stop, pause or resume: an event its runner acts on, charged to the run's
+        and the client's budgets. Idempotent: asking again for what is already asked (or already so)
+        publishes nothing, charges nothing and says so."""
         self.check_action(action)
         self.broker.catch_up()
         snap = self.broker.snapshot(run)
@@ -429,8 +481,9 @@ class Hub:
             raise Refused(404, "not_found", f"no live run named '{run}'", "run")
         if already_so(snap, action):
             return {"run": run, "action": action, "requested": False, "status": snap["status"]}
-        data = {"reason": reason[:500]} if reason else {}
-        (e,) = self.publish([ev.Draft(CONTROL_ACTIONS[action], run, data)])
+        draft = ev.Draft(CONTROL_ACTIONS[action], run, {"reason": reason[:500]} if reason else {})
+        self.charge([draft], True, addr)   # a control event costs what any event of the run costs
+        (e,) = self.publish([draft])
         return {"run": run, "action": action, "requested": True, "id": e.id}
 
     # -- operations ------------------------------------------------------------------------
@@ -469,7 +522,8 @@ class Hub:
 
     # -- housekeeping: stale runs and --idle-exit ------------------------------------------------
     def reap(self) -> int:
-        """Finish as interrupted every live run that announced heartbeat_s and went silent;
+        """Finish as interrupted every live run that announced heartbeat_s and went silent, and
+        every run only ever named in one request and silent for --ghost-after since;
         how many this worker finished (one reap per silence, whichever worker sees it first)."""
         broker = self.broker
         if not broker.healthy:
@@ -478,12 +532,17 @@ class Hub:
             broker.catch_up()   # with Redis: judge silence on every event accepted so far, on any worker
         except BackendDown:
             return 0
-        reaped = 0
-        for run, silent, last_id in silent_runs(broker.runs.values(), self.clock(), self.config.stale_after):
+        reaped, now, cfg = 0, self.clock(), self.config
+        stale = [(run, last_id, interrupted(run, silent))
+                 for run, silent, last_id in silent_runs(broker.runs.values(), now, cfg.stale_after)]
+        ghosts = [(run, last_id, abandoned(run, silent))
+                  for run, silent, last_id in ghost_runs(broker.runs.values(), now, cfg.ghost_after)]
+        for run, last_id, draft in stale + ghosts:
             if broker.claim_reap(run, last_id):
-                self.publish([interrupted(run, silent)])
+                self.publish([draft])
                 self.metrics.reaped += 1
                 reaped += 1
+        self.owners.prune(broker.is_live_run)
         return reaped
 
     def idle(self) -> bool:
@@ -494,7 +553,7 @@ class Hub:
     def housekeeping(self) -> None:
         """Reap now and then; stop the server (signal its master) once idle for --idle-exit."""
         cfg = self.config
-        tick = max(0.05, min(1.0, (cfg.stale_after or 4.0) / 4, (cfg.idle_exit or 4.0) / 4))
+        tick = max(0.05, min(1.0, *((x or 4.0) / 4 for x in (cfg.stale_after, cfg.idle_exit, cfg.ghost_after))))
         while True:
             time.sleep(tick)
             try:

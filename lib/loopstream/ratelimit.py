@@ -1,8 +1,9 @@
 """Token buckets per emitter key (pure; the clock is injected).
 
-A request costs one token per event, charged to several buckets at once (the
-run's, and the client address's, which a client cannot dodge by naming new
-runs) — to all of them or to none. A batch larger than a bucket is let
+A request costs one token per event, charged to several buckets at once (each
+run it names, for that run's events, and the client address's, for all of
+them, which a client cannot dodge by naming new runs) — to all of them or to
+none. A batch larger than a bucket is let
 through when that bucket is full and leaves it in debt, so a batch is never
 refused forever; the debt is at most one burst, so one big batch posted for
 someone else's run locks that run out for at most 2 × burst / rate seconds.
@@ -24,6 +25,9 @@ class Budget:
     @property
     def enabled(self) -> bool:
         return self.rate > 0
+
+
+Charge = tuple[str, Budget, int]   # a bucket's key, its budget, the tokens to take from it
 
 
 @dataclass(slots=True)
@@ -55,21 +59,21 @@ class TokenBuckets:
 
     def take(self, key: str, cost: int = 1) -> float:
         """Spend ``cost`` tokens of the default budget. 0.0 when allowed, else seconds to wait."""
-        return self.take_all([(key, self.budget)], cost)[0]
+        return self.take_all([(key, self.budget, cost)])[0]
 
-    def take_all(self, charges: list[tuple[str, Budget]], cost: int = 1) -> tuple[float, str | None]:
-        """Charge ``cost`` to every (key, budget) bucket, or to none of them.
+    def take_all(self, charges: list[Charge]) -> tuple[float, str | None]:
+        """Charge every (key, budget, cost) bucket its cost, or none of them.
         Returns (0.0, None) when allowed, else (seconds to wait, the key that refused)."""
-        charges = [(k, b) for k, b in charges if b.enabled]
+        charges = [c for c in charges if c[1].enabled]
         if not charges:
             return 0.0, None
         now = self.clock()
-        buckets = [self._refilled(k, b, now) for k, b in charges]
-        waits = [self._wait(bucket, cost) for bucket in buckets]
+        buckets = [self._refilled(k, b, now) for k, b, _ in charges]
+        waits = [self._wait(bucket, cost) for bucket, (_, _, cost) in zip(buckets, charges, strict=True)]
         worst = max(range(len(waits)), key=waits.__getitem__)
         if waits[worst] > 0:
             return waits[worst], charges[worst][0]
-        for bucket in buckets:
+        for bucket, (_, _, cost) in zip(buckets, charges, strict=True):
             bucket.tokens = max(-float(bucket.budget.burst), bucket.tokens - cost)
         return 0.0, None
 

@@ -5,7 +5,11 @@ and keeps its word with ``task_alive`` pings when it has nothing else to say.
 A live run silent for three of its intervals (or ``loop serve --stale-after``
 seconds) lost its runner (kill -9, a machine gone): the server finishes it
 with a ``task_interrupted`` event, so no run stays "running" for good. Runs
-that announced nothing (shell scripts) are never declared lost.
+that announced nothing (shell scripts) are never declared lost, unless they
+are ghosts: every event of the run came in one request and nothing followed
+for ``loop serve --ghost-after`` seconds (a run only ever named, as a batch
+naming a thousand new runs does, must not hold a live-run slot for long). A
+finished run whose runner speaks again is live again (the reducer).
 """
 from __future__ import annotations
 
@@ -41,3 +45,23 @@ def interrupted(run: str, silent_s: int) -> ev.Draft:
     """The event that finishes a run whose runner is gone."""
     return ev.Draft("task_interrupted", run,
                     {"reason": f"no event for {silent_s} s (runner gone?)", "silent_s": silent_s})
+
+
+def ghost_runs(snapshots: Iterable[dict], now: float, after: float) -> Iterator[tuple[str, int, str | None]]:
+    """(run, whole seconds of silence, its last event id) for each live run whose events all came in
+    one request (one batch: one ``ts``) and that has been silent ``after`` seconds since; none if 0."""
+    if not after:
+        return
+    for snap in list(snapshots):
+        first, last = snap.get("started_at"), snap.get("updated_at")
+        if not state.is_live(snap) or not isinstance(last, (int, float)) or first != last:
+            continue
+        silent = now - last
+        if silent >= after:
+            yield snap["run"], int(silent), snap.get("last_event_id")
+
+
+def abandoned(run: str, silent_s: int) -> ev.Draft:
+    """The event that finishes a ghost run (see ghost_runs)."""
+    return ev.Draft("task_interrupted", run,
+                    {"reason": f"named once and then nothing for {silent_s} s", "silent_s": silent_s})

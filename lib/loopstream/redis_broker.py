@@ -49,7 +49,7 @@ from . import events as ev
 from . import sse, state
 from .broker import BackendDown, Cursor, Filter, MemoryBroker, PublishResult, ReadResult, Staged
 from .history import fold
-from .ratelimit import Budget
+from .ratelimit import Budget, Charge
 
 log = logging.getLogger(__name__)
 
@@ -95,16 +95,15 @@ return 1
 """
 
 # Token buckets with bounded debt (the semantics of ratelimit.TokenBuckets.take_all), on
-# Redis's clock, so the limits hold across workers and hosts. KEYS: the buckets; ARGV: the
-# cost, then a rate and a burst per bucket. Charges every bucket or none; returns
+# Redis's clock, so the limits hold across workers and hosts. KEYS: the buckets; ARGV: a rate,
+# a burst and a cost per bucket. Charges every bucket its cost or none; returns
 # {seconds to wait as text, the 1-based index of the bucket that refused (0: none)}.
 TAKE = """
-local cost = tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local have, worst, worst_i = {}, 0, 0
 for i, key in ipairs(KEYS) do
-  local rate, burst = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local rate, burst, cost = tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i])
   local b = redis.call('HMGET', key, 'tokens', 'stamp')
   local tokens = tonumber(b[1]) or burst
   local stamp = tonumber(b[2]) or now
@@ -117,7 +116,7 @@ for i, key in ipairs(KEYS) do
 end
 if worst_i == 0 then
   for i, key in ipairs(KEYS) do
-    local rate, burst = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+    local rate, burst, cost = tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i])
     local left = math.max(-burst, have[i] - cost)
     redis.call('HSET', key, 'tokens', tostring(left), 'stamp', tostring(now))
     redis.call('PEXPIRE', key, math.ceil((burst - left) / rate * 1000) + 1000)
@@ -195,17 +194,17 @@ class RedisBuckets:
         self._lane = Lane(client)
 
     def take(self, key: str, cost: int = 1) -> float:
-        return self.take_all([(key, self.budget)], cost)[0]
+        return self.take_all([(key, self.budget, cost)])[0]
 
-    def take_all(self, charges: list[tuple[str, Budget]], cost: int = 1) -> tuple[float, str | None]:
-        charges = [(k, b) for k, b in charges if b.enabled]
+    def take_all(self, charges: list[Charge]) -> tuple[float, str | None]:
+        charges = [c for c in charges if c[1].enabled]
         if not charges:
             return 0.0, None
-        args: list = [cost]
-        for _, b in charges:
-            args += (b.rate, b.burst)
+        args: list = []
+        for _, b, cost in charges:
+            args += (b.rate, b.burst, cost)
         try:
-            wait, index = self._lane.script(self._take, [f"{self.prefix}bucket:{k}" for k, _ in charges], args)
+            wait, index = self._lane.script(self._take, [f"{self.prefix}bucket:{k}" for k, _, _ in charges], args)
         except RedisError as e:
             raise BackendDown(f"Redis: {e}") from e
         return (float(wait), charges[int(index) - 1][0]) if int(index) else (0.0, None)

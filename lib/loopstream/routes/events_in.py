@@ -39,6 +39,6 @@ def invalid(h: Hub, e: ev.EventError) -> Response:
     return Response(ev.dumps({**e.as_json(), "error": "bad_request"}), status=400, mimetype="application/json")
 
 
-def names_run(body) -> bool:
-    """Does the batch name its run (else it is charged to the client's address)?"""
-    return isinstance(body, dict) and "run" in body or isinstance(body, list) and "run" in body[0]
+def names_run(body) -> list[bool]:
+    """Does each event name its run (else it is charged to the client's address)? ``body`` is valid."""
+    return [isinstance(e, dict) and "run" in e for e in (body if isinstance(body, list) else [body])]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from .. import events as ev
-from .common import check_run, error, hub, json_response, read_body
+from .common import check_run, client_addr, error, hub, json_response, read_body
 
 bp = Blueprint("runs", __name__)
 
@@ -42,4 +42,4 @@ def control(run: str, action: str) -> Response:
         ev.check_value(body.get("reason", ""), "reason")   # valid Unicode, as event text must be
     except ev.EventError as e:
         return error(400, "bad_request", e.message, e.field)
-    return json_response(h.control(run, action, body.get("reason") or ""), 202)
+    return json_response(h.control(run, action, body.get("reason") or "", client_addr()), 202)
