@@ -204,7 +204,7 @@ def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_u
     prd = _load_prd(prd_path, ExitStatus.USAGE)
     run_id = _run_name(run_id, prd_path)
     server = orch.sidecar_for_run(server.rstrip("/"), no_embed, _say)
-    click.echo(f"loop: run {run_id}" + (f" — dashboard: {server}/" if server else ""), err=True)
+    click.echo(f"loop: run {run_id}" + (f" — dashboard: {server}/?run={run_id}" if server else ""), err=True)
     live_view = stream and sys.stdout.isatty()
     outbox = Outbox(server, token, on_refused=lambda reason, n: _say(
         f"loop: the sidecar refused {n} event{'s' * (n > 1)}: {reason}; the run goes on"))
@@ -219,7 +219,9 @@ def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_u
     counts = feed.snapshot["counts"] if feed.snapshot else {}
     summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v and k != "total")
     outcome = {ExitStatus.OK: "passed", ExitStatus.INTERRUPTED: "stopped"}.get(code, "failed")
-    _say(f"loop: run {run_id} {outcome}" + (f": {summary} of {counts.get('total', 0)} stories" if summary else ""))
+    reason = (feed.snapshot or {}).get("stop_reason") if code == ExitStatus.INTERRUPTED else None
+    _say(f"loop: run {run_id} {outcome}" + (f": {summary} of {counts.get('total', 0)} stories" if summary else "")
+         + (f" — reason: {_clean(reason)}" if reason else ""))
     for line in orch.delivery_report(outbox.status, server, spool):
         _say(line)
     sys.exit(code)
@@ -613,7 +615,7 @@ def tail(path, server, token, run_id, name, until, timeout, from_start, no_embed
 
     run_id = _run_name(run_id, path)
     server = orch.sidecar_for_run(server.rstrip("/"), no_embed, _say)
-    _say(f"loop: run {run_id}" + (f" — dashboard: {server}/" if server else ""))
+    _say(f"loop: run {run_id}" + (f" — dashboard: {server}/?run={run_id}" if server else ""))
     outbox = Outbox(server, token, on_status=_OneWarning(server).on_status)
     raw = not sys.stdout.isatty()
     follower = Tail(TailOptions(path=path, run_id=run_id, name=name or f"tail {path}", until=until,
@@ -669,7 +671,7 @@ def exec_(argv, server, token, run_id, name, stream, grace, no_embed) -> None:
     server = orch.sidecar_for_run(server.rstrip("/"), no_embed, _say)
     human = sys.stderr.isatty()      # loop's own lines only for a person: a pipeline's stderr stays the command's
     if human:
-        _say(f"loop: run {run_id}" + (f" — dashboard: {server}/" if server else ""))
+        _say(f"loop: run {run_id}" + (f" — dashboard: {server}/?run={run_id}" if server else ""))
     warning = _OneWarning(server)
     outbox = Outbox(server, token, on_status=warning.on_status, on_refused=warning.on_refused)
     live_view = stream and sys.stdout.isatty()
