@@ -50,12 +50,14 @@ from tinydb.storages import Storage
 from tinydb.table import Document
 
 from . import events as ev
-from . import state
+from . import state, stored
 from .events import Event
 
 KEEP_RUNS = 500       # finished runs kept in history (older ones are pruned)
 OPEN_JOURNALS = 64    # journal files kept open at once
 TAIL_SCAN = 1 << 20   # bytes read back from a journal's end to find its last whole line
+LINE_START = b'{"id":"'  # how every journal line starts (ev.dumps of an event)
+EPOCH_SCAN = 1 << 17  # bytes read back from a journal's end to find its last id (a line is < 64 KB)
 INDEX_EVERY = 5.0     # seconds between two writes of the index (run files are written at once)
 
 log = logging.getLogger(__name__)
@@ -79,11 +81,11 @@ class AtomicJSONStorage(Storage):
 
     def read(self):
         try:
-            with open(self.path, encoding="utf-8") as f:
+            with open(self.path, "rb") as f:
                 text = f.read()
         except FileNotFoundError:
             return None
-        return json.loads(text) if text.strip() else None
+        return stored.load(text) if text.strip() else None
 
     def write(self, data) -> None:
         write_atomic(self.path, json.dumps(data, allow_nan=False))
@@ -113,6 +115,13 @@ def _native_thread_tools():
     return _thread.start_new_thread, _thread.allocate_lock, time.sleep
 
 
+def torn(tail: bytes) -> bool:
+    """Could ``tail`` (a last line without its newline) be a write a crash cut short? It then starts
+    like every line we write. NUL bytes (a file extended but never written: a power cut) or any
+    other start are damage, not a torn write."""
+    return (tail.startswith(LINE_START) or LINE_START.startswith(tail)) and b"\0" not in tail
+
+
 def read_journal(path: Path) -> tuple[list[dict], int]:
     """Every sound event of a journal, and how many lines were not one. A torn last line (no
     newline: a crash mid-write, never acknowledged) is left out without being counted."""
@@ -120,6 +129,7 @@ def read_journal(path: Path) -> tuple[list[dict], int]:
     with open(path, "rb") as f:
         for line in f:
             if not line.endswith(b"\n"):
+                skipped += not torn(line)
                 break
             e = ev.parse_stored(line)
             if e is None:
@@ -140,14 +150,31 @@ def fold(events: Iterable[dict], snap: dict | None = None, where: str = "") -> d
     return snap
 
 
+def _epoch_of(summary: dict) -> int:
+    key = stored.sound_id(summary.get("last_event_id"))
+    return key[0] if key else 0
+
+
 def _finished_at(summary: dict) -> float:
     t = summary.get("finished_at")
     return t if isinstance(t, (int, float)) and not isinstance(t, bool) else 0
 
 
 def _sound_record(rec: Any) -> bool:
+    """An index row or a run file's record: a run name and a summary of that run."""
     return (isinstance(rec, dict) and isinstance(rec.get("run"), str) and ev.RUN_RE.match(rec["run"]) is not None
-            and isinstance(rec.get("summary"), dict))
+            and stored.sound_summary(rec.get("summary"), rec["run"]))
+
+
+def _table(value: Any, problems: list[str], name: str) -> dict[str, Any]:
+    """A TinyDB table as we write it ({"<doc id>": document}); what is not one counts as a problem."""
+    if not isinstance(value, dict):
+        problems.append(f"its {name} table is not an object")
+        return {}
+    table = {k: v for k, v in value.items() if k.isdigit() and len(k) < 10}
+    if len(table) < len(value):
+        problems.append(f"its {name} table has {len(value) - len(table)} rows that are not numbered")
+    return table
 
 
 class History:
@@ -178,7 +205,7 @@ class History:
                 d.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise OSError(f"cannot create the history folder {d}: {e}") from e
-        meta, records = self._load_index()
+        epoch, records = self._load_index()
         self._db = TinyDB(self.path, storage=CachingMiddleware(AtomicJSONStorage))
         self._db.storage.WRITE_CACHE_SIZE = 1 << 30    # written once per flush, by flush()
         for rec in sorted(records, key=lambda r: _finished_at(r["summary"])):
@@ -187,30 +214,73 @@ class History:
         self._doc_ids = {doc["run"]: doc.doc_id for doc in self._db.table("index").all()}
         self._next_doc = max(self._doc_ids.values(), default=0) + 1
         self._adopt_run_files()
-        return meta, self._recover_journals()
+        restored = self._recover_journals()
+        floor = max([epoch or 0, *(_epoch_of(s) for s in [*self.index.values(), *restored])])
+        if epoch is None:   # no sound epoch stored: stay above every id any journal holds
+            floor = max(floor, self._journals_epoch())
+        return floor, restored
 
-    def _load_index(self) -> tuple[int, list[dict]]:
-        """The epoch and the index rows of history.json; a file that is not what we write is moved aside."""
+    def _journals_epoch(self) -> int:
+        """The highest sound epoch among the last ids of every journal (read from their tails)."""
+        best = 0
+        for path in self.journal_dir.glob("*.jsonl"):
+            try:
+                with open(path, "rb") as f:
+                    f.seek(max(0, f.seek(0, os.SEEK_END) - EPOCH_SCAN))
+                    tail = f.read()
+            except OSError:
+                continue
+            for line in reversed(tail.split(b"\n")):
+                e = ev.parse_stored(line) if line.strip() else None
+                key = stored.sound_id(e["id"]) if e else None
+                if key is not None:
+                    best = max(best, key[0])
+                    break
+        return best
+
+    def _load_index(self) -> tuple[int | None, list[dict]]:
+        """The epoch (None: none sound) and the sound index rows of history.json. A file that is
+        not exactly what we write is moved aside and replaced by what could be read of it."""
         try:
             raw = AtomicJSONStorage(self.path).read() or {}
-        except (ValueError, UnicodeDecodeError, OSError) as e:
-            quarantine(self.path, f"is not a readable history file ({type(e).__name__})")
-            return 0, []
-        if not isinstance(raw, dict) or not all(isinstance(t, dict) for t in raw.values()):
-            quarantine(self.path, "is JSON but not a history file")
-            return 0, []
-        meta = raw.get("meta", {}).get("1")
-        epoch = meta.get("epoch") if isinstance(meta, dict) else 0
-        rows = list(raw.get("index", {}).values())
-        rows += self._migrate(raw.get("runs", {}).values())
-        sound = [r for r in rows if _sound_record(r)]
-        if len(sound) < len(rows) or "runs" in raw:
-            if len(sound) < len(rows):
-                log.warning("loop: history: %s: %d damaged index rows skipped", self.path, len(rows) - len(sound))
+        except (ValueError, OSError) as e:
+            quarantine(self.path, f"is not a readable history file ({type(e).__name__}: {e})")
+            return None, []
+        if not isinstance(raw, dict):
+            quarantine(self.path, f"is JSON but not a history file (a {type(raw).__name__})")
+            return None, []
+        problems: list[str] = [f"has an unknown table {k!r}" for k in raw if k not in ("meta", "index", "runs")]
+        epoch = self._read_meta(raw.get("meta", {}), problems)
+        rows = self._read_rows(raw.get("index", {}), problems)
+        rows += self._migrate(_table(raw.get("runs", {}), problems, "runs").values())
+        if problems or "runs" in raw:
+            if problems:
+                quarantine(self.path, "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)"
+                                                                 if len(problems) > 3 else ""))
             AtomicJSONStorage(self.path).write({
-                "meta": raw.get("meta", {}) if isinstance(meta, dict) else {},
-                "index": {str(i): {"run": r["run"], "summary": r["summary"]} for i, r in enumerate(sound, 1)}})
-        return (epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0), sound
+                "meta": {"1": {"epoch": epoch}} if epoch is not None else {},
+                "index": {str(i): {"run": r["run"], "summary": r["summary"]} for i, r in enumerate(rows, 1)}})
+        return epoch, rows
+
+    @staticmethod
+    def _read_meta(meta: Any, problems: list[str]) -> int | None:
+        table = _table(meta, problems, "meta")
+        if not table:
+            return None
+        doc = table.get("1")
+        epoch = stored.sound_epoch(doc.get("epoch")) if isinstance(doc, dict) else None
+        if epoch is None or len(table) > 1:
+            problems.append(f"its epoch {str(doc)[:40]} is not a sound epoch; a new one is chosen above every "
+                            "id in the journals")
+        return epoch
+
+    @staticmethod
+    def _read_rows(index: Any, problems: list[str]) -> list[dict]:
+        rows = [r for r in _table(index, problems, "index").values()]
+        sound = [r for r in rows if _sound_record(r)]
+        if len(sound) < len(rows):
+            problems.append(f"{len(rows) - len(sound)} damaged index rows")
+        return sound
 
     def _migrate(self, old: Iterable[Any]) -> list[dict]:
         """Rows of the one-file layout (snapshots inside history.json): each snapshot to its own file."""
@@ -448,18 +518,18 @@ class History:
         """The record in ``finished/<run>.json``; a damaged file is moved aside (the run's journal
         then stands in for it)."""
         path = self._run_file(run)
-        if not path.exists():
-            return None
         try:
-            db = TinyDB(path, storage=AtomicJSONStorage)
-            try:
-                rec = db.table("run").get(doc_id=1)
-            finally:
-                db.close()
-        except (ValueError, UnicodeDecodeError, OSError, AttributeError, TypeError) as e:
-            quarantine(path, f"is not a readable run file ({type(e).__name__})")
+            with open(path, "rb") as f:
+                raw = stored.load(f.read())
+        except FileNotFoundError:
             return None
-        if rec is None or not _sound_record(rec) or not isinstance(rec.get("snapshot"), dict) or rec["run"] != run:
+        except (ValueError, OSError) as e:
+            quarantine(path, f"is not a readable run file ({type(e).__name__}: {e})")
+            return None
+        table = raw.get("run") if isinstance(raw, dict) else None
+        rec = table.get("1") if isinstance(table, dict) else None
+        snap = rec.get("snapshot") if isinstance(rec, dict) else None   # only shown: a summary's checks do
+        if not (isinstance(rec, dict) and _sound_record(rec) and stored.sound_summary(snap, run) and rec["run"] == run):
             quarantine(path, "is JSON but not this run's record")
             return None
         return rec
@@ -495,7 +565,9 @@ class History:
 
 def _drop_torn_tail(path: Path) -> None:
     """Cut a journal back to its last whole line before appending: a line torn by a crash (never
-    acknowledged) would otherwise swallow the next event written after it."""
+    acknowledged) would otherwise swallow the next event written after it. A tail that is not a
+    torn write (NUL bytes, anything else) is damage: it is kept aside, with a warning, before the cut;
+    a journal that is nothing but such bytes is quarantined whole."""
     try:
         with open(path, "rb+") as f:
             size = f.seek(0, os.SEEK_END)
@@ -506,7 +578,19 @@ def _drop_torn_tail(path: Path) -> None:
                 return
             start = max(0, size - TAIL_SCAN)
             f.seek(start)
-            cut = f.read().rfind(b"\n")
+            chunk = f.read()
+            cut = chunk.rfind(b"\n")
+            if torn(chunk[cut + 1:]):
+                f.truncate(start + cut + 1 if cut >= 0 else start)
+                return
+            if cut < 0 and start == 0:
+                f.close()
+                quarantine(path, "holds no line (NUL bytes or other damage, not a torn write)")
+                return
+            aside = path.with_name(f"{path.name}.damaged-tail-{int(time.time())}")
+            aside.write_bytes(chunk[cut + 1:])
             f.truncate(start + cut + 1 if cut >= 0 else start)
+            log.warning("loop: history: %s ended in %d bytes that are not a torn write (NUL bytes?); moved them to %s",
+                        path, size - (start + cut + 1), aside.name)
     except FileNotFoundError:
         pass
