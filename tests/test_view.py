@@ -2,6 +2,7 @@
 import json
 import shutil
 import subprocess
+import sys
 import uuid
 
 from rich.cells import cell_len
@@ -140,3 +141,96 @@ def test_loop_watch_piped_prints_no_forged_line_and_no_bidi_against_a_real_sidec
     assert typed.count("task_completed") == 1 and typed[-1] == "task_completed"
     assert any(ln.split(" ")[1:3] == ["spoof", "note"] and FORGED in ln for ln in lines)
     assert "gnp.exe" in text
+
+
+# -- issue 20: runs that are not PRDs read right; a stop says why, last -------------------------------------
+
+LOOP = [sys.executable, "-m", "loopstream"]
+
+
+def fixture_snapshot(name, upto=None):
+    from loopstream import state
+    return state.reduce(json.loads((FIXTURES / f"{name}.json").read_text())["events"][:upto])
+
+
+def test_a_command_run_shows_its_command_and_exit_code_and_no_empty_progress():
+    running = "\n".join(render_box(fixture_snapshot("exec_failed", 2), width=70, now=3.0))
+    assert "Command: make test" in running and "> cc -o app app.c" in running
+    assert "Progress" not in running and "estimating" not in running and "stories" not in running
+    done = "\n".join(render_box(fixture_snapshot("exec_failed"), width=70, now=60.0))
+    assert "Command: make test   [FAILED]" in done and "`make test` failed: exit 3 after 5s" in done
+    assert "Progress" not in done and "stories" not in done
+    named = "\n".join(render_box(fixture_snapshot("exec_stopped"), width=70, now=60.0))
+    assert "Task: Nightly   [STOPPED]" in named and 'Command: ["sleep",60]' in named
+    events = json.loads((FIXTURES / "exec_failed.json").read_text())["events"]
+    assert plain_line(events[-1]).endswith("make-1 task_completed failed: exit 3 after 5s")
+
+
+def test_a_run_with_progress_events_keeps_its_bar_and_a_prd_run_its_counts():
+    plain = "\n".join(render_box(fixture_snapshot("plain_script"), width=70, now=60.0))
+    assert "Progress: [" in plain and "75%" in plain and "Progress: almost" in plain
+    prd = "\n".join(render_box(full_run_midway(), width=70, now=104.0))
+    assert "0/3 stories" in prd and "Command" not in prd and "exit" not in prd
+
+
+def test_a_stopped_run_ends_the_box_with_its_reason():
+    for name in ("stopped_run", "exec_stopped"):
+        rows = render_box(fixture_snapshot(name), width=70, now=60.0, connection="finished http://x")
+        assert rows[-2] == "║ " + "Stopped: wrong branch".ljust(66) + " ║", name
+    assert render_box(fixture_snapshot("exec_stopped"), width=70, now=60.0)[-2].startswith("║ Stopped: wrong branch")
+
+
+def _watch_piped(server, run):
+    return subprocess.Popen(["bash", "-c", f"set -o pipefail; {sys.executable} -m loopstream watch {run} --server {server.url} | cat"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def test_loop_exec_piped_and_loop_watch_show_the_command_and_its_exit_code(server):
+    run = "exec-exit"
+    server.post({"type": "note", "run": "other", "data": {"message": "not this one"}})
+    r = subprocess.run([*LOOP, "exec", "--stream", "--run", run, "--server", server.url, "--",
+                        "sh", "-c", "echo building; echo oops >&2; exit 3"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 3, r.stderr
+    lines = r.stdout.strip().split("\n")
+    assert lines[0].endswith(f"{run} task_started sh -c 'echo building; echo oops >&2; exit 3'"), lines
+    assert "task_completed failed: exit 3 after 0s" in lines[-1], lines
+    watch = _watch_piped(server, run)
+    out, err = watch.communicate(timeout=30)
+    assert watch.returncode == 1, err        # the run failed
+    box = out.strip().split("\n")[-8:]
+    text = "\n".join(box)
+    assert "Command: sh -c 'echo building; echo oops >&2; exit 3'   [FAILED]" in text
+    assert "║ `sh -c 'echo building; echo oops >&2; exit 3'` failed: exit 3 after 0s" in text
+    assert "Progress" not in out and "stories" not in out
+
+
+def test_a_stopped_loop_run_says_why_on_its_last_line_and_loop_watch_ends_on_it(tmp_path, server):
+    prd = tmp_path / "prd.json"
+    prd.write_text(json.dumps({"project": "Stop me", "userStories": [
+        {"id": "S-1", "title": "slow", "command": "sleep 30", "priority": 1},
+        {"id": "S-2", "title": "never", "command": "true", "priority": 2}]}))
+    run = "stop-why"
+    proc = subprocess.Popen([*LOOP, "run", str(prd), "--stream", "--no-update", "--run", run,
+                             "--server", server.url, "--grace", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        wait_for(lambda: server.get(f"/api/runs/{run}").ok
+                 and server.get(f"/api/runs/{run}").json()["current_story"] == "S-1", timeout=30,
+                 message="the story to start")
+        watch = _watch_piped(server, run)
+        wait_for(lambda: server.get("/healthz").json()["subscribers"] >= 1, message="loop watch to connect")
+        stop = subprocess.run([*LOOP, "stop", run, "--reason", "wrong branch", "--server", server.url],
+                              capture_output=True, text=True, timeout=30)
+        assert stop.returncode == 0, stop.stderr
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    last = err.strip().split("\n")[-1]
+    assert last.startswith(f"loop: run {run} stopped") and last.endswith("— reason: wrong branch"), err
+    assert f"/?run={run}" in err.split("\n")[0]            # the dashboard URL opens on this run
+    w_out, w_err = watch.communicate(timeout=30)
+    assert watch.returncode == 130, w_err
+    rows = w_out.rstrip("\n").split("\n")
+    assert rows[-1].startswith("╚") and rows[-2].startswith("║ Stopped: wrong branch"), rows[-4:]

@@ -158,17 +158,42 @@ def _row(text: str, inner: int) -> str:
     return "║ " + fit(text, inner) + " ║"
 
 
+def has_progress(snap: dict) -> bool:
+    """Whether the run reports progress at all (stories, or progress events): a run that does
+    not (a command run by `loop exec`) gets no empty bar and no endless "estimating…"."""
+    return bool((snap.get("counts") or {}).get("total")) or bool(snap.get("progress"))
+
+
+def exit_line(snap: dict) -> str | None:
+    """A finished command's outcome (`make test` failed: exit 3 after 5s); None for a live run
+    or one that ran no command."""
+    status, code = snap.get("status"), snap.get("exit_code")
+    if status in ("running", "paused") or (code is None and snap.get("command") is None):
+        return None
+    what = f"`{field(snap.get('command'))}` " if snap.get("command") is not None else ""
+    code_text = f"exit {code}" if isinstance(code, (int, float)) and not isinstance(code, bool) else "no exit code"
+    return f"{what}{status}: {code_text} after {duration(snap.get('elapsed_s'))}"
+
+
 def _header_texts(snap: dict, inner: int) -> list[str]:
     c = snap.get("counts") or {}
     total = c.get("total") or 0
     done = c.get("completed", 0) + c.get("failed", 0) + c.get("skipped", 0)   # as the reducers' percent
     status = snap.get("status", "running")
     title = field(snap.get("task_name") or snap.get("run"))
-    texts = [f"Task: {title}   [{status.upper()}]" if status != "running" else f"Task: {title}"]
+    command = None if snap.get("command") is None else field(snap["command"])
+    label = "Command" if command == title else "Task"   # a `loop exec` run named by its command
+    texts = [f"{label}: {title}   [{status.upper()}]" if status != "running" else f"{label}: {title}"]
+    if command is not None and command != title:
+        texts.append(f"Command: {command}")
+    ended = exit_line(snap)
+    if ended:
+        texts.append(ended)
     percent = snap.get("percent") or 0
     counts_text = f"{done}/{total} stories" if total else f"{percent:.0f}%"
     bar_width = max(10, min(40, inner - 12 - len(counts_text) - 3))
-    texts.append(f"Progress: [{bar(percent, bar_width)}] {counts_text}")
+    if has_progress(snap):
+        texts.append(f"Progress: [{bar(percent, bar_width)}] {counts_text}")
     if total:
         line = (f"✅ {c.get('completed', 0)} passed  ❌ {c.get('failed', 0)} failed  "
                 f"⏳ {c.get('running', 0)} running  ○ {c.get('queued', 0)} queued")
@@ -186,14 +211,15 @@ def _story_texts(snap: dict, now: float) -> list[str]:
     current = next((s for s in stories if s["id"] == snap.get("current_story")), None)
     running = [s for s in stories if s["status"] == "running"]
     texts = []
+    message = (snap.get("progress") or {}).get("message")
     if current:
         texts.append(f"Current Story: {field(current['id'])} - {field(current.get('title'))}")
-    elif status in ("running", "paused") and not running:
-        texts.append("Current Story: (none running)" if total else
-                     f"Progress: {field((snap.get('progress') or {}).get('message'))}")
+    elif status in ("running", "paused") and not running and (total or message):
+        texts.append("Current Story: (none running)" if total else f"Progress: {field(message)}")
     elapsed, eta = live_times(snap, now)
     remaining = "" if status not in ("running", "paused") else (
-        f" | ~{duration(eta)} remaining" if eta is not None else " | estimating…")
+        f" | ~{duration(eta)} remaining" if eta is not None else
+        " | estimating…" if has_progress(snap) or snap.get("estimated_duration") is not None else "")
     texts.append(f"Time: {duration(elapsed)} elapsed{remaining}")
     if len(running) > 1:
         texts.append("Running: " + ", ".join(field(s["id"]) for s in running))
@@ -225,7 +251,18 @@ def _notice_texts(snap: dict, connection: str | None) -> list[str]:
         texts.append("Pausing after the running stories…")
     if connection:
         texts.append(f"Sidecar: {field(connection)}")
+    ended = stop_line(snap)
+    if ended:
+        texts.append(ended)   # last: what a stopped run ends on is why
     return texts
+
+
+def stop_line(snap: dict) -> str | None:
+    """Why a stopped run stopped (``Stopped: wrong branch``), for the view's last line."""
+    if snap.get("status") != "stopped":
+        return None
+    reason = snap.get("stop_reason")
+    return f"Stopped: {field(reason)}" if reason else "Stopped"
 
 
 AGENT_LINES = {
@@ -253,6 +290,25 @@ def _summary_text(summary: object) -> str:
     return " ".join(f"{field(k)}={_safe(v)}" for k, v in summary.items())
 
 
+def _started_text(d: dict) -> str:
+    """A run's start: its name, its story count, and the command it runs when that is not its name."""
+    count = d.get("story_count")
+    text = f"{d.get('task_name')}" + (f" ({count} stories)" if count is not None else "")
+    if d.get("command") is not None and d.get("command") != d.get("task_name"):
+        text += f" — `{d['command']}`"
+    return text
+
+
+def _finish_text(t: str, raw: dict, d: dict) -> str:
+    """A run's end: a command's exit code and time (``failed: exit 3 after 5s``), else the summary;
+    a stop's reason last."""
+    reason = f" reason={d['reason']}" if d.get("reason") else ""
+    if "exit_code" not in raw:
+        return _summary_text(raw.get("summary")) + reason
+    status = "stopped" if t == "task_stopped" else (d.get("status") or "finished")
+    return f"{status}: exit {d.get('exit_code')} after {_ms(d.get('duration_ms'))}{reason}"
+
+
 def _ms(value: Any) -> str:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     return duration(value / 1000) if ok and abs(value) < 1e15 else "?"
@@ -267,8 +323,7 @@ def plain_line(event: dict) -> str:
     t = field(event.get("type", "?"))
     sid = d.get("story_id")
     if t == "task_started":
-        count = d.get("story_count")
-        text = f"{d.get('task_name')}" + (f" ({count} stories)" if count is not None else "")
+        text = _started_text(d)
     elif t == "story_started":
         text = f"{sid} {d.get('title', '')} (attempt {d.get('attempt', 1)})"
     elif t in ("ac_completed", "ac_failed"):
@@ -282,7 +337,7 @@ def plain_line(event: dict) -> str:
     elif t == "error_occurred":
         text = f"{sid or ''} {d.get('error_type')}: {d.get('error_message')}"
     elif t in ("task_completed", "task_stopped"):
-        text = _summary_text(raw.get("summary")) + (f" reason={d['reason']}" if d.get("reason") else "")
+        text = _finish_text(t, raw, d)
     elif t in AGENT_LINES:
         text = f"{sid or ''} " + AGENT_LINES[t](d)
     elif t == "progress":
