@@ -34,7 +34,6 @@ everything carries on.
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -46,7 +45,7 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError, RedisError
 
 from . import events as ev
-from . import sse, state
+from . import sse, state, stored
 from .broker import BackendDown, Cursor, Filter, MemoryBroker, PublishResult, ReadResult, Staged
 from .history import fold
 from .ratelimit import Budget, Charge
@@ -55,33 +54,111 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY = 200        # events of a run between two checkpoints of its snapshot
 
-PUBLISH = """
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
+# The id counter, made sound before it is used: ``loop:epoch`` and ``loop:seq`` must be decimal
+# numbers below stored.MAX_EPOCH / MAX_SEQ, and the next id must be above the stream's last one (a
+# foreign ``XADD loop:stream * ...`` puts one there). Otherwise a fresh epoch is chosen above the old
+# one, above the stream's last id and at least Redis's clock in ms, and the sequence starts again:
+# every new id stays above every id already issued, and readable. A key of the wrong type under the
+# prefix is renamed aside (``<key>.damaged-<ms>``). KEYS: epoch, seq, stream.
+HEAD = """
+local MAX = 1e15
+local moved = {}
+local function now_ms()
   local t = redis.call('TIME')
-  epoch = tostring(t[1] * 1000 + math.floor(t[2] / 1000))
-  redis.call('SET', KEYS[1], epoch)
-  redis.call('SET', KEYS[2], 0)
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+local function aside(key)
+  local to = key .. '.damaged-' .. string.format('%.0f', now_ms())
+  redis.call('RENAME', key, to)
+  moved[#moved + 1] = key .. ' (of another type) to ' .. to
+end
+local function told(why)
+  if #moved == 0 then return why end
+  return why .. (why == '' and '' or '; ') .. 'moved ' .. table.concat(moved, ', ')
+end
+local function get(key)
+  local v = redis.pcall('GET', key)
+  if type(v) == 'table' and v.err then aside(key) return false end
+  return v
+end
+local function sound(text, least)
+  return text and string.match(text, '^%d+$') and #text <= 15 and tonumber(text) >= least
+end
+local function top()
+  local kind = redis.call('TYPE', KEYS[3])
+  if type(kind) == 'table' then kind = kind.ok end
+  if kind == 'none' then return 0, 0 end
+  if kind ~= 'stream' then aside(KEYS[3]) return 0, 0 end
+  local info = redis.call('XINFO', 'STREAM', KEYS[3])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      local e, s = string.match(info[i + 1], '^(%d+)-(%d+)$')
+      if #e > 15 or tonumber(e) >= MAX - 1 then aside(KEYS[3]) return 0, 0 end
+      return tonumber(e), tonumber(s)
+    end
+  end
+  return 0, 0
+end
+local function renew(old)
+  local e = now_ms()
+  if old and old + 1 > e then e = old + 1 end
+  local te = top()
+  if te + 1 > e then e = te + 1 end
+  local text = string.format('%.0f', e)
+  redis.call('SET', KEYS[1], text)
+  redis.call('SET', KEYS[2], 0)
+  return text
+end
+local function head()
+  local epoch, seq = get(KEYS[1]), get(KEYS[2])
+  if sound(epoch, 1) and sound(seq, 0) then return epoch, '' end
+  if not epoch and not seq then return renew(nil), '' end
+  local why = KEYS[1] .. ' and ' .. KEYS[2] .. ' (' .. string.sub(tostring(epoch), 1, 30) .. ', '
+    .. string.sub(tostring(seq), 1, 30) .. ') were not a sound id counter; a new epoch was chosen'
+  return renew(sound(epoch, 1) and tonumber(epoch) or nil), why
+end
+"""
+
+# Numbers a batch and appends each event to the stream and to its run's transcript. The first XADD
+# fails only when the stream's last id is ahead of the counter (foreign data): the counter is then
+# renewed and the batch numbered in the new epoch. Returns {why the counter was renewed or '', ids...}.
+PUBLISH = HEAD + """
+local epoch, why = head()
 local ids = {}
+local function push(key, value)
+  local r = redis.pcall('RPUSH', key, value)
+  if type(r) == 'table' and r.err then aside(key) redis.call('RPUSH', key, value) end
+end
 for i = 3, #ARGV, 2 do
   local run, payload = ARGV[i], ARGV[i + 1]
   local id = epoch .. '-' .. redis.call('INCR', KEYS[2])
-  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[1], id, 'e', payload)
-  redis.call('RPUSH', ARGV[2] .. 'transcript:' .. run, '{"id":"' .. id .. '",' .. string.sub(payload, 2))
-  redis.call('SADD', KEYS[4], run)
+  local added = redis.pcall('XADD', KEYS[3], 'MAXLEN', ARGV[1], id, 'e', payload)
+  if type(added) == 'table' and added.err then
+    if i > 3 then return redis.error_reply(added.err) end
+    why = KEYS[3] .. ' held an id past the counter (' .. added.err .. '); a new epoch was chosen'
+    epoch = renew(tonumber(epoch))
+    id = epoch .. '-' .. redis.call('INCR', KEYS[2])
+    redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[1], id, 'e', payload)
+  end
+  push(ARGV[2] .. 'transcript:' .. run, '{"id":"' .. id .. '",' .. string.sub(payload, 2))
+  local r = redis.pcall('SADD', KEYS[4], run)
+  if type(r) == 'table' and r.err then aside(KEYS[4]) redis.call('SADD', KEYS[4], run) end
   ids[#ids + 1] = id
 end
-return ids
+return {told(why), unpack(ids)}
 """
 
-ENSURE_EPOCH = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  local t = redis.call('TIME')
-  redis.call('SET', KEYS[1], tostring(t[1] * 1000 + math.floor(t[2] / 1000)))
-  redis.call('SET', KEYS[2], 0)
+# At a (re)load: the counter made sound, and the next id above the stream's last one. Returns {epoch, why}.
+ENSURE_EPOCH = HEAD + """
+local epoch, why = head()
+local te, ts = top()
+local seq = tonumber(redis.call('GET', KEYS[2]))
+if te > tonumber(epoch) or (te == tonumber(epoch) and ts > seq) then
+  why = KEYS[3] .. ' held an id past the counter (' .. string.format('%.0f-%.0f', te, ts)
+    .. '); a new epoch was chosen'
+  epoch = renew(tonumber(epoch))
 end
-return redis.call('GET', KEYS[1])
+return {epoch, told(why)}
 """
 
 # Keep the newest checkpoint whichever worker writes it (every worker folds the same events).
@@ -126,11 +203,22 @@ return {tostring(worst), worst_i}
 """
 
 
+POOL_SIZE = 64        # Redis connections a worker's requests share (its held streams need none)
+POOL_WAIT = 5.0       # seconds a request waits for one of them before its 503
+
+
 def connect(url: str, timeout: float = 5.0) -> redis.Redis:
+    """A client whose requests share POOL_SIZE connections and wait (at most POOL_WAIT s) for a free one:
+    redis-py's own pool refuses the 101st concurrent command ("Too many connections"), which a
+    reconnect storm of a few hundred streams, each asking Redis where the stream is, reached at once."""
     # encoding_errors="replace": bytes that are not UTF-8 (Redis is shared) read as U+FFFD, and the
     # entry is then rejected as not an event instead of stopping the follower.
-    return redis.Redis.from_url(url, decode_responses=True, encoding_errors="replace", socket_connect_timeout=2,
-                                socket_timeout=timeout, health_check_interval=30)
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=POOL_SIZE, timeout=POOL_WAIT, decode_responses=True, encoding_errors="replace",
+        socket_connect_timeout=2, socket_timeout=timeout, health_check_interval=30)
+    client = redis.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True
+    return client
 
 
 class Lane:
@@ -213,13 +301,6 @@ class RedisBuckets:
 UNREADABLE = "loop.unreadable"   # stands in for a stream entry that is not an event: never folded or read
 
 
-def _json_or_none(text: object) -> object:
-    try:
-        return json.loads(text) if isinstance(text, str) else None
-    except ValueError:
-        return None
-
-
 def _cursor(entry_id: object) -> Cursor:
     """An id that Redis or our own checks already vouch for, as a cursor."""
     key = ev.parse_id(entry_id)
@@ -288,6 +369,7 @@ class RedisBroker(MemoryBroker):
         self._thread: threading.Thread | None = None
         self._staged: tuple[list[ev.Draft], Staged] | None = None   # see stage()
         self.own = 0                              # batches put in the replica by publish(), not the follower
+        self._reported: set[str] = set()          # damaged keys already reported (see _report_once)
 
     def start(self) -> None:
         """Load the state (if Redis answers) and start the follower thread; once."""
@@ -329,9 +411,11 @@ class RedisBroker(MemoryBroker):
             args += (e.run, "{" + e.json[e.json.index(",") + 1:])   # '{"id":"..",' dropped: Redis gives the id
         keys = [self.keys["epoch"], self.keys["seq"], self.keys["stream"], self.keys["runs"]]
         try:
-            ids = self._publish_lane.script(self._publish, keys, args)
+            why, *ids = self._publish_lane.script(self._publish, keys, args)
         except RedisError as e:
             raise BackendDown(f"Redis: {e}") from e
+        if why:
+            self._renewed(why, ids[0])
         ts = staged.events[0].ts
         out = [ev.Event(*_cursor(i), e.type, e.run, ts, e.data) for i, e in zip(ids, staged.events, strict=False)]
         self._known_seq = max(self._known_seq, out[-1].seq)
@@ -356,11 +440,18 @@ class RedisBroker(MemoryBroker):
             res.events = [e for e in res.events if e.type != UNREADABLE]
         return res
 
+    def _renewed(self, why: str, first_id: str) -> None:
+        log.warning("loop: redis: %s; ids go on from %s, above every id issued", why, first_id)
+
+    def _stored_seq(self) -> int:
+        """Redis's sequence counter now; 0 when it is not sound (the next publish or load renews it)."""
+        return stored.sound_seq(self.client.get(self.keys["seq"])) or 0
+
     def _exists(self, seq: int) -> bool:
         if seq <= self._known_seq:
             return True
         try:
-            self._known_seq = max(self._known_seq, int(self.client.get(self.keys["seq"]) or 0))
+            self._known_seq = max(self._known_seq, self._stored_seq())
         except RedisError:
             return False
         return seq <= self._known_seq
@@ -369,7 +460,7 @@ class RedisBroker(MemoryBroker):
         """Wait until this worker's replica holds every event Redis holds now (read your writes,
         and other workers' too): a decision taken on a snapshot then sees them all."""
         try:
-            target = int(self.client.get(self.keys["seq"]) or 0)
+            target = self._stored_seq()
         except RedisError as e:
             raise BackendDown(f"Redis: {e}") from e
         with self._advanced:
@@ -388,15 +479,24 @@ class RedisBroker(MemoryBroker):
     def summaries(self) -> dict[str, dict]:
         rows = super().summaries()
         try:
-            stored: dict[str, str] = self.client.hgetall(self.keys["summary"])  # type: ignore[assignment]
+            kept: dict[str, str] = self.client.hgetall(self.keys["summary"])  # type: ignore[assignment]
         except RedisError as e:
             raise BackendDown(f"Redis: {e}") from e
-        for run, text in stored.items():
+        for run, text in kept.items():
             if run not in rows:
-                summary = _json_or_none(text)
-                if isinstance(summary, dict):
+                summary = stored.load_or_none(text)
+                if stored.sound_summary(summary, run):
                     rows[run] = state.summarize(summary)
+                else:
+                    self._report_once(f"{self.keys['summary']} {run}", "is not a sound run summary; skipped")
         return rows
+
+    def _report_once(self, what: str, why: str) -> None:
+        """A one-line warning for a damaged key or field, once per worker (it is read again and again)."""
+        if what not in self._reported:
+            if len(self._reported) < 10_000:
+                self._reported.add(what)
+            log.warning("loop: redis: %s %s", what, why)
 
     def transcript(self, run: str) -> tuple[list[dict], bool]:
         try:
@@ -493,12 +593,14 @@ class RedisBroker(MemoryBroker):
 
     def _resync(self) -> None:
         """Load the stream, the counter and every run's snapshot as of one moment."""
-        epoch = int(self._ensure_epoch(keys=[self.keys["epoch"], self.keys["seq"]]))
+        epoch_text, why = self._ensure_epoch(keys=[self.keys["epoch"], self.keys["seq"], self.keys["stream"]])
+        if why:
+            self._renewed(why, f"{epoch_text}-1")
         with self.client.pipeline(transaction=True) as pipe:
             p: Any = pipe
             p.get(self.keys["epoch"]).get(self.keys["seq"]).xrange(self.keys["stream"]).smembers(self.keys["runs"])
-            epoch_text, seq_text, entries, names = p.execute()
-        epoch = int(epoch_text or epoch)
+            now_epoch, seq_text, entries, names = p.execute()
+        epoch = stored.sound_epoch(now_epoch) or int(epoch_text)
         events = [_event(i, f) for i, f in entries]
         events = [e for e in events if e.epoch == epoch]
         # Only a run of consecutive ids can be read by cursor: keep the newest such run.
@@ -506,7 +608,7 @@ class RedisBroker(MemoryBroker):
         while start > 0 and events[start - 1].seq == events[start].seq - 1:
             start -= 1
         events = events[max(start, 0):]
-        seq = events[-1].seq if events else int(seq_text or 0)
+        seq = events[-1].seq if events else stored.sound_seq(seq_text) or 0
         runs = self._load_runs(self._worth_loading(sorted(names)), (epoch, seq))
         # Only the follower (or start(), before it starts the follower) writes the replica: no lock.
         self.epoch, self.seq = epoch, seq
@@ -534,8 +636,11 @@ class RedisBroker(MemoryBroker):
             summaries, *lengths = p.execute()
         load, finished = [], []
         for name, text, length in zip(names, summaries, lengths, strict=False):
-            summary = _json_or_none(text)
-            if not isinstance(summary, dict) or not isinstance(summary.get("event_count"), int):
+            summary = stored.load_or_none(text)
+            if not stored.sound_summary(summary, name) or "event_count" not in summary:
+                if text is not None:
+                    self._report_once(f"{self.keys['summary']} {name}", "is not a sound run summary; its "
+                                                                          "transcript is folded instead")
                 summary = None
             if summary is None or summary.get("status") in state.LIVE or length > summary["event_count"]:
                 load.append(name)
@@ -549,10 +654,12 @@ class RedisBroker(MemoryBroker):
         if not names:
             return {}
         bases = []
-        for text in self.client.hmget(self.keys["checkpoint"], names):
-            snap = _json_or_none(text)
-            if not (isinstance(snap, dict) and isinstance(snap.get("event_count"), int)
-                    and ev.parse_id(snap.get("last_event_id") or "0-0") is not None):
+        for name, text in zip(names, self.client.hmget(self.keys["checkpoint"], names), strict=False):
+            snap = stored.load_or_none(text)
+            if not stored.sound_snapshot(snap, name):
+                if text is not None:
+                    self._report_once(f"{self.keys['checkpoint']} {name}",
+                                      "is not a sound snapshot; skipped (the transcript is folded from its start)")
                 snap = None   # none, or not one we wrote: fold the transcript from its start
             # A checkpoint newer than ``upto`` (written meanwhile) cannot be wound back: fold from the start.
             if snap and _cursor(snap["last_event_id"] or "0-0") > upto:
