@@ -56,6 +56,11 @@ def cli() -> None:
               help="Token bucket size of the per-client budget.")
 @click.option("--max-live-runs", default=SIDECAR.max_live_runs, show_default=True, type=click.IntRange(1),
               help="Live runs held at once; events starting another get 503 until one finishes.")
+@click.option("--max-live-runs-per-client", default=SIDECAR.max_live_runs_per_client, show_default=True,
+              type=click.IntRange(0), help="Live runs one client address may have started; past it 429; 0 = off.")
+@click.option("--ghost-after", default=SIDECAR.ghost_after, show_default=True, type=click.FloatRange(0), metavar="S",
+              help="Finish as interrupted a live run whose events all came in one request and that sent "
+                   "nothing for S seconds since; 0 = never.")
 @click.option("--stale-after", default=None, type=click.FloatRange(0.1), metavar="S",
               help="Finish as interrupted a run that announced heartbeat_s and sent nothing for S seconds "
                    "[default: 3 x its heartbeat_s].")
@@ -66,6 +71,11 @@ def cli() -> None:
 @click.option("--max-streams", default=SIDECAR.max_streams, show_default=True, type=click.IntRange(1))
 @click.option("--max-streams-per-client", default=SIDECAR.max_streams_per_client, show_default=True,
               type=click.IntRange(1))
+@click.option("--header-timeout", default=SIDECAR.header_timeout, show_default=True, type=click.FloatRange(0.1),
+              metavar="S", help="Seconds a request has to send its whole head; then the connection is closed.")
+@click.option("--max-connections-per-client", default=SIDECAR.max_connections_per_client, show_default=True,
+              type=click.IntRange(1), help="Open connections per client address that are not streams "
+                                           "(unfinished or idle requests); more are refused at once.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--access-log", is_flag=True, help="Log every request to stderr.")
@@ -132,12 +142,12 @@ def serve(ctx, host, port, buffer, rate, burst, heartbeat, db, no_history, backe
     app.run()
 
 
-def _configure_limits(config, allowed_hosts: tuple[str, ...], client_rate: float, client_burst: int,
-                      max_live_runs: int, stale_after: float | None, idle_exit: float) -> None:
-    """The Host names, per-client budget, live-run bound, reaper and idle exit (see README, Security)."""
+def _configure_limits(config, allowed_hosts: tuple[str, ...], **limits) -> None:
+    """The Host names, per-client budgets, live-run bounds, reaper, idle exit and connection limits
+    (see README, Security): each option's value goes to the Config field of its name."""
     config.allowed_hosts = [h.strip() for value in allowed_hosts for h in value.split(",") if h.strip()]
-    config.client_rate, config.client_burst = client_rate, client_burst
-    config.max_live_runs, config.stale_after, config.idle_exit = max_live_runs, stale_after, idle_exit
+    for name, value in limits.items():
+        setattr(config, name, value)
 
 
 def _configure_notify(config, url: str | None, fmt: str, min_duration: float, host: str, port: int) -> None:

@@ -14,6 +14,10 @@ greenlet's saved stack are freed and the stream costs a ``Subscriber`` and a
 socket. A held stream that must catch up (it is behind, or its socket did not
 take a whole write) is served by a short-lived greenlet (``serve_behind``,
 the hub's) that writes from the buffer, or a ``reset``, and parks it again.
+A held stream's socket is watched for readability: an SSE client sends
+nothing, so it is readable when the client has gone (EOF or a reset), and the
+stream ends then — its client's stream count drops at once, not at the next
+heartbeat that fails to write.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ END_CHUNK = b"0\r\n\r\n"   # the end of a chunked body: the client sees the stre
 
 class Subscriber:
     __slots__ = ("flt", "pos", "raw", "gsock", "chunked", "parked", "pending", "wake", "gone",
-                 "addr", "held", "busy")
+                 "addr", "held", "busy", "watch")
 
     def __init__(self, flt: Filter, pos: Cursor | None, gsock, chunked: bool, addr: str = ""):
         self.flt = flt
@@ -45,6 +49,7 @@ class Subscriber:
         self.addr = addr                                # the client, for its stream count
         self.held = False                               # the socket is the fan-out's: no request greenlet
         self.busy = False                               # held, and a greenlet is writing to it
+        self.watch: Any = None                          # held: the watcher of its socket's readability
 
     def frame_bytes(self, data: bytes) -> bytes:
         """Body bytes as they go on the wire (gunicorn's chunked framing for HTTP/1.1)."""
@@ -101,7 +106,37 @@ class Fanout:
         sub.gsock = sub.wake = None
         sub.held = True
         sub.parked = True
+        self._watch(sub)
         return True
+
+    def _watch(self, sub: Subscriber) -> None:
+        """Be told when the client of a held stream goes (its socket turns readable: EOF or reset)."""
+        from gevent import get_hub
+
+        sub.watch = get_hub().loop.io(sub.raw.fileno(), 1)
+        sub.watch.start(self._readable, sub)
+
+    def _readable(self, sub: Subscriber) -> None:
+        """In gevent's hub, never blocking: the client closed (end the stream), or sent bytes (dropped)."""
+        try:
+            if sub.raw.recv(4096):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        if sub.busy:          # a greenlet is writing to it: that greenlet ends it, its socket is in use
+            sub.gone = True
+            self._unwatch(sub)
+        else:
+            self.end(sub)
+
+    @staticmethod
+    def _unwatch(sub: Subscriber) -> None:
+        if sub.watch is not None:
+            sub.watch.stop()
+            sub.watch.close()
+            sub.watch = None
 
     def end(self, sub: Subscriber) -> None:
         """A stream is over: a held one's socket is closed here (once) and its client told of."""
@@ -114,6 +149,7 @@ class Fanout:
             return
         self.subscribers.discard(sub)
         sub.parked = False
+        self._unwatch(sub)
         try:
             if sub.chunked:
                 sub.raw.send(END_CHUNK)

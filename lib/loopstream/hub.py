@@ -383,6 +383,8 @@ class Hub:
             self.fanout.end(sub)
         finally:
             sub.busy = False
+        if sub.gone:        # its client went while this wrote (fanout._readable left the end to us)
+            self.fanout.end(sub)
 
     def _beat(self) -> None:
         """Every --heartbeat seconds, a named heartbeat to every held stream parked at the head."""

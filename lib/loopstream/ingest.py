@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gunicorn.workers.ggevent import GeventWorker
 
+from .connections import Gate, json_error, parser_error, too_many_connections
 from .guard import HostPolicy, is_json_content_type, token_ok
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ class Request:
 class FastIngest:
     """Serves the event POSTs of one worker's connections until one is not its to serve."""
 
-    def __init__(self, app: Flask, keepalive: float):
+    def __init__(self, app: Flask, keepalive: float, header_timeout: float = 10.0):
         from . import events
         from .routes.events_in import accept  # here, in the worker: the master imports this module
 
@@ -86,6 +87,7 @@ class FastIngest:
         self.policy = HostPolicy(cfg.host, cfg.allowed_hosts, cfg.cors)
         self.token = cfg.token
         self.keepalive = keepalive
+        self.header_timeout = header_timeout      # for a connection's first request (then: keep-alive)
         self.hosts: dict[bytes | None, bool] = {}     # Host header -> allowed (policy.host_ok, cached)
         self._date, self._date_at = b"", -1
         # One buffer for every connection's peek: ``recv(PEEK)`` would allocate (and shrink) 72 KiB a request.
@@ -95,8 +97,8 @@ class FastIngest:
     def serve(self, sock: Any, addr: Any, alive: Callable[[], bool]) -> str:
         """Serve the connection's event POSTs: CLOSE when the connection is over (the caller closes
         it), GUNICORN when the next request is for gunicorn (nothing of it has been read)."""
-        client = addr[0] if isinstance(addr, tuple) and addr else "?"
-        sock.settimeout(self.keepalive)
+        client = client_of(addr)
+        sock.settimeout(self.header_timeout)
         raw = getattr(sock, "_sock", sock)     # the non-blocking socket under gevent's: tried first
         served = 0
         try:
@@ -109,6 +111,8 @@ class FastIngest:
                 if closing:
                     return CLOSE
                 served += 1
+                if served == 1:
+                    sock.settimeout(self.keepalive)
                 if served % YIELD_EVERY == 0:
                     gevent.sleep(0)   # a client that pipelines without pause must not starve the worker
         except OSError:       # reset, broken pipe, or idle past keep-alive (socket.timeout)
@@ -211,6 +215,11 @@ class FastIngest:
         return self._date
 
 
+def client_of(addr: Any) -> str:
+    """The client address of a connection (what its limits are counted by)."""
+    return addr[0] if isinstance(addr, tuple) and addr else "?"
+
+
 def latin(value: bytes | None) -> str | None:
     return None if value is None else value.decode("latin-1")
 
@@ -238,11 +247,25 @@ def recv_exactly(sock: Any, n: int) -> bytes:
 
 
 class IngestWorker(GeventWorker):
-    """gunicorn's gevent worker, with event POSTs served by FastIngest before gunicorn parses them."""
+    """gunicorn's gevent worker, with event POSTs served by FastIngest before gunicorn parses them,
+    the connections of one client capped and their request heads timed (connections.py), and
+    gunicorn's own refusals answered in JSON."""
 
     fast: FastIngest | None = None
+    gate: Gate | None = None
+    header_timeout = 10.0
 
     def handle(self, listener, client, addr) -> None:
+        gate, who = self.limits(), client_of(addr)
+        if not gate.enter(who):
+            refuse(client, too_many_connections(gate.cap))
+            return
+        try:
+            self.serve(listener, client, addr)
+        finally:
+            gate.leave(who)
+
+    def serve(self, listener, client, addr) -> None:
         fast = self.fast_path()
         if fast is not None:
             ended = True
@@ -257,6 +280,27 @@ class IngestWorker(GeventWorker):
                 return
         super().handle(listener, client, addr)
 
+    def limits(self) -> Gate:
+        """The per-client gate and the head timeout, from the sidecar's config (the app is loaded)."""
+        if self.gate is None:
+            cfg = self.wsgi.extensions["loop"].config
+            self.gate, self.header_timeout = Gate(cfg.max_connections_per_client), cfg.header_timeout
+        return self.gate
+
+    def timeout_ctx(self):
+        """gunicorn reads each request's head under this (its keep-alive loop): --header-timeout,
+        also for the wait before it (a connection gunicorn serves is kept alive that long)."""
+        return gevent.Timeout(self.header_timeout, False)
+
+    def handle_error(self, req, client, addr, exc) -> None:
+        """gunicorn's refusals and failures, answered in JSON (connections.parser_error)."""
+        status, reason, code, message = parser_error(exc)
+        if status >= 500:
+            log.error("loop: error handling a request from %s", client_of(addr), exc_info=exc)
+        else:
+            log.info("loop: invalid request from %s: %s", client_of(addr), exc)
+        refuse(client, json_error(status, reason, code, message))
+
     def handle_request(self, listener_name, req, sock, addr):
         """gunicorn's, then a turn for the other greenlets: a client pipelining requests without
         pause would otherwise keep the worker to itself until gunicorn's timeout kills it. Only after
@@ -270,8 +314,19 @@ class IngestWorker(GeventWorker):
     def fast_path(self) -> FastIngest | None:
         """Built on the first connection (the app is loaded by then); None with --access-log."""
         if self.fast is None and not self.cfg.accesslog:
-            self.fast = FastIngest(self.wsgi, float(self.cfg.keepalive))
+            self.fast = FastIngest(self.wsgi, float(self.cfg.keepalive), self.header_timeout)
         return self.fast
+
+
+def refuse(sock: Any, answer: bytes) -> None:
+    """Write a refusal if the socket takes it now (never wait on a client being refused), then close."""
+    try:
+        raw = getattr(sock, "_sock", sock)
+        raw.setblocking(False)
+        raw.send(answer)
+    except OSError:
+        pass
+    close_quietly(sock)
 
 
 def close_quietly(sock: Any) -> None:
