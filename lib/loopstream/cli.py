@@ -39,6 +39,10 @@ def cli() -> None:
 @click.option("--db", envvar="LOOP_DB", default=None, type=click.Path(dir_okay=False),
               help="History file (TinyDB) [default: $XDG_DATA_HOME/loop/history.json].")
 @click.option("--no-history", is_flag=True, help="Keep nothing on disk.")
+@click.option("--fsync", envvar="LOOP_FSYNC", default=SIDECAR.fsync, show_default=True,
+              type=click.Choice(["always", "everysec", "never"]),
+              help="When the journal reaches the disk: always = before the 201 (grouped across concurrent "
+                   "POSTs); everysec = about once a second; never = when the OS writes it back.")
 @click.option("--backend", envvar="LOOP_BACKEND", default="memory", show_default=True,
               help="Where the stream lives: memory (one worker), or a Redis URL such as "
                    "redis://127.0.0.1:6379/0 (shared by any number of workers and hosts; keeps the history).")
@@ -89,7 +93,7 @@ def cli() -> None:
 @click.pass_context
 def serve(ctx, host, port, buffer, rate, burst, heartbeat, db, no_history, backend, token, cors, insecure,
           workers, max_streams, max_streams_per_client, log_level, access_log,
-          notify_url, notify_format, notify_min_duration, **limits) -> None:
+          notify_url, notify_format, notify_min_duration, fsync, **limits) -> None:
     """Run the sidecar: gunicorn with gevent workers (one, or several on Redis).
 
     Shell hooks and `loop run` POST events to it; browsers and `loop watch`
@@ -124,7 +128,7 @@ def serve(ctx, host, port, buffer, rate, burst, heartbeat, db, no_history, backe
     config = Config(buffer=buffer, rate=rate, burst=burst, heartbeat=heartbeat, token=token or None,
                     db=None if no_history else str(db or default_db_path()), cors=cors_origins,
                     max_streams=max_streams, max_streams_per_client=max_streams_per_client,
-                    backend=redis_url)
+                    backend=redis_url, fsync=fsync)
     _configure_notify(config, notify_url, notify_format, notify_min_duration, host, port)
     _configure_limits(config, **limits)
     if config.db:

@@ -12,6 +12,13 @@ from pathlib import Path
 
 from .events import DEFAULT_RUN
 
+# When the journal is fsynced (memory backend with history), and what a 201 then survives:
+FSYNC_MODES = {
+    "always": "before the 201 (commits grouped across concurrent POSTs): a power cut loses no acknowledged event",
+    "everysec": "by a background thread about once a second: a power cut may lose the last second or so",
+    "never": "left to the OS (Linux writes dirty pages back within ~30 s): a power cut may lose that much",
+}
+
 
 @dataclass
 class Config:
@@ -20,6 +27,7 @@ class Config:
     burst: int = 20
     heartbeat: float = 15.0
     db: str | None = None              # history file; None = no history
+    fsync: str = "everysec"            # when journals reach the disk: see FSYNC_MODES
     token: str | None = None
     cors: list[str] = field(default_factory=list)
     max_streams_per_client: int = 32

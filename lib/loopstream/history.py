@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
@@ -99,6 +100,19 @@ def quarantine(path: Path, why: str) -> None:
         log.warning("loop: history: %s %s; moved it to %s, serving the rest", path, why, aside.name)
     except OSError as e:
         log.warning("loop: history: %s %s; skipped it (cannot move it aside: %s)", path, why, e)
+
+
+def _off_the_loop(fn, *args):
+    """Run a blocking call (an fsync) in gevent's thread pool when gevent has patched threading, so
+    the worker's other greenlets go on meanwhile (and write the next group of events); else here."""
+    try:
+        from gevent import monkey
+        if monkey.is_module_patched("threading"):
+            import gevent
+            return gevent.get_hub().threadpool.apply(fn, args)
+    except ImportError:
+        pass
+    return fn(*args)
 
 
 def _native_thread_tools():
@@ -178,8 +192,11 @@ def _table(value: Any, problems: list[str], name: str) -> dict[str, Any]:
 
 
 class History:
-    def __init__(self, path: str | Path, keep: int = KEEP_RUNS):
+    def __init__(self, path: str | Path, keep: int = KEEP_RUNS, fsync: str = "everysec"):
+        """``fsync`` (config.FSYNC_MODES): "always" — ``durable()`` waits for the journal on disk;
+        "everysec" — the writer thread fsyncs what was written about once a second; "never" — the OS."""
         self.path = Path(path)
+        self.fsync = fsync
         self.journal_dir = self.path.parent / "runs"
         self.run_dir = self.path.parent / "finished"
         self.keep = keep
@@ -196,6 +213,18 @@ class History:
         self._done: Any = None                   # a native lock, held until the writer thread ends
         _, allocate_lock, _ = _native_thread_tools()
         self._lock = allocate_lock()
+        # fsync bookkeeping (under _lock): journals written since their last fsync, those being
+        # fsynced now, evicted ones to close once fsynced; record() calls made and made durable.
+        self._dirty: set[Any] = set()
+        self._in_flight: set[Any] = set()
+        self._closing: set[Any] = set()
+        self._writes = 0
+        self._synced = 0
+        self._synced_at = 0.0
+        self.sync_errors = 0
+        self.fsyncs = 0                          # group fsyncs done (each covers every journal written before it)
+        self._leader = False                     # a durable() caller is fsyncing for the group
+        self._group = threading.Condition()      # gevent's under the worker: waiting parks a greenlet
 
     # -- start-up ------------------------------------------------------------
     def open(self) -> tuple[int, list[dict]]:
@@ -354,10 +383,11 @@ class History:
         self._db.storage.flush()
 
     # -- the hot path: one write() per request and run -------------------------
-    def record(self, events: Iterable[Event]) -> None:
+    def record(self, events: Iterable[Event]) -> int:
         """Append a batch to its runs' journals, all or nothing: on a failed or short write (a full
         disk) every journal it touched is cut back to where it was and OSError propagates, so a
-        batch that gets no 201 leaves no line behind (and its ids are free to be given again)."""
+        batch that gets no 201 leaves no line behind (and its ids are free to be given again).
+        Returns a ticket for ``durable()``."""
         by_run: dict[str, list[str]] = {}
         for e in events:
             by_run.setdefault(e.run, []).append(e.json)
@@ -376,6 +406,57 @@ class History:
                 except OSError:
                     log.exception("loop: could not cut a journal back after a failed write")
             raise
+        if self.fsync == "never":
+            return 0
+        with self._lock:
+            self._dirty.update(f for f, _ in touched)
+            self._writes += 1
+            return self._writes
+
+    def durable(self, ticket: int) -> None:
+        """With fsync "always": return once the batch of ``ticket`` is on disk. Group commit: one
+        caller fsyncs every journal written so far (off the event loop) while the others wait, and
+        the batches written meanwhile go to disk together in the next fsync."""
+        if self.fsync != "always" or not ticket:
+            return
+        with self._group:
+            while self._synced < ticket:
+                if not self._leader:
+                    self._leader = True
+                    break
+                self._group.wait()
+            else:
+                return
+        try:
+            _off_the_loop(self.sync_journals)
+        finally:
+            with self._group:
+                self._leader = False
+                self._group.notify_all()
+
+    def sync_journals(self) -> None:
+        """fsync every journal written since its last fsync; close the evicted ones after theirs.
+        A failed fsync is logged and counted (the data may not be on disk), never raised."""
+        with self._lock:
+            files, self._dirty = self._dirty, set()
+            self._in_flight |= files
+            upto = self._writes
+        if files:
+            self.fsyncs += 1
+        for f in files:
+            try:
+                os.fsync(f.fileno())
+            except (OSError, ValueError) as e:
+                self.sync_errors += 1
+                log.error("loop: history: fsync of %s failed (%s): acknowledged events may not be on disk",
+                          getattr(f, "name", "a journal"), e)
+        with self._lock:
+            self._in_flight -= files
+            for f in files & self._closing:
+                self._closing.discard(f)
+                f.close()
+            self._synced = max(self._synced, upto)
+            self._synced_at = time.monotonic()
 
     def _journal(self, run: str):
         f = self._files.get(run)
@@ -384,7 +465,12 @@ class History:
             return f
         if len(self._files) >= OPEN_JOURNALS:
             _, old = self._files.popitem(last=False)
-            old.close()
+            with self._lock:
+                unsynced = old in self._dirty or old in self._in_flight
+                if unsynced:
+                    self._closing.add(old)       # closed once fsynced
+            if not unsynced:
+                old.close()
         path = self.journal_dir / f"{run}.jsonl"
         _drop_torn_tail(path)
         f = self._files[run] = open(path, "ab", buffering=0)
@@ -418,7 +504,9 @@ class History:
             try:
                 while not self._stop:
                     self._flush_logged()
-                    sleep(interval)
+                    if self.fsync == "everysec" and time.monotonic() - self._synced_at >= 1.0:
+                        self.sync_journals()
+                    sleep(min(interval, 0.5))
                 self._flush_logged()
                 self._write_index(force=True)
             finally:
@@ -502,6 +590,8 @@ class History:
             self._done.acquire(True, timeout)
         elif self._db is not None:
             self.flush()
+        if self.fsync != "never":
+            self.sync_journals()
         for f in self._files.values():
             f.close()
         self._files.clear()

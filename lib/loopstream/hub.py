@@ -144,7 +144,7 @@ def redis_parts(cfg: Config, clock: Callable[[], float], fanout: Fanout) -> Part
 
 def memory_parts(cfg: Config, clock: Callable[[], float], monotonic: Callable[[], float]) -> Parts:
     """One process keeps everything; with --db, finished runs and the epoch survive a restart."""
-    history = History(cfg.db) if cfg.db else None
+    history = History(cfg.db, fsync=cfg.fsync) if cfg.db else None
     epoch = int(clock() * 1000)
     restored: list[dict] = []
     if history:
@@ -193,15 +193,17 @@ class Hub:
         """Validated drafts -> events. The batch is folded on copies of the snapshots first:
         a reducer bug raises here, before anything is journalled, buffered or streamed."""
         broker, history = self.broker, self.history
+        ticket = 0
         with self._publish_lock:
             staged = broker.stage(drafts)
             if broker.fans_out_on_publish:     # memory: journal, then make visible
                 if history:
-                    self._journal(history, staged.events)
+                    ticket = self._journal(history, staged.events)
                 result = broker.commit(staged)
             else:                              # Redis: one Lua script makes the batch visible
                 result = broker.publish(drafts)
         if history:
+            history.durable(ticket)            # --fsync always: on disk before the 201 (grouped)
             for run in result.finished:
                 snap = result.finished_snapshots.get(run) or broker.snapshot(run)
                 if snap is not None:
@@ -213,10 +215,10 @@ class Hub:
             self.notifier.published(broker, result)
         return result.events
 
-    def _journal(self, history, events: list[ev.Event]) -> None:
+    def _journal(self, history, events: list[ev.Event]) -> int:
         """Write the batch ahead of making it visible; a disk that fails is a 503 the client retries."""
         try:
-            history.record(events)
+            return history.record(events)
         except OSError as e:
             log.error("loop: the journal could not be written (%s); the batch was refused", e)
             self.metrics.reject("journal_unavailable")
@@ -515,7 +517,9 @@ class Hub:
         ]
         if self.history:
             lines += ["# TYPE loop_history_write_errors_total counter",
-                      f"loop_history_write_errors_total {self.history.write_errors}"]
+                      f"loop_history_write_errors_total {self.history.write_errors + self.history.sync_errors}",
+                      "# TYPE loop_journal_fsyncs_total counter",
+                      f"loop_journal_fsyncs_total {self.history.fsyncs}"]
         return "\n".join(lines) + "\n"
 
     def touch(self) -> None:
