@@ -136,6 +136,7 @@ def serve(ctx, host, port, buffer, rate, burst, heartbeat, db, no_history, backe
             check_history(config.db)
         except (ValueError, OSError) as e:
             raise click.ClickException(str(e)) from e
+    _check_port(host, port)
     try:
         app = Sidecar(config, host, port, workers=workers, log_level=log_level, access_log=access_log)
     except WorkerCountError as e:
@@ -144,6 +145,38 @@ def serve(ctx, host, port, buffer, rate, burst, heartbeat, db, no_history, backe
         f"history: {config.db or 'off'}"
     click.echo(f"loop sidecar on http://{host}:{port}/  ({where})", err=True)
     app.run()
+
+
+class _UsageLine(click.ClickException):
+    """A usage mistake that is not about the command line's shape: one line, exit 2."""
+
+    exit_code = ExitStatus.USAGE
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse at once, in one line, a port that is taken (and say when a loop sidecar is what holds it),
+    rather than gunicorn's retries and eleven lines five seconds later."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as gunicorn binds
+        try:
+            s.bind((host, port))
+            return
+        except OSError as e:
+            problem = e
+    from .client import healthy  # only now: requests must not be imported before the workers patch
+
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    if problem.errno == errno.EADDRINUSE and healthy(url, timeout=1):
+        raise _UsageLine(f"a loop sidecar already answers at {url}/ — use it (LOOP_SERVER={url}), "
+                         "or pick another --port")
+    if problem.errno == errno.EADDRINUSE:
+        raise _UsageLine(f"port {port} on {host} is in use by another program; pick another --port")
+    raise _UsageLine(f"cannot listen on {host}:{port}: {problem.strerror or problem}; "
+                     "pick another --host or --port")
 
 
 def _configure_limits(config, allowed_hosts: tuple[str, ...], **limits) -> None:
@@ -217,7 +250,8 @@ def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_u
 
     prd = _load_prd(prd_path, ExitStatus.USAGE)
     run_id = _run_name(run_id, prd_path)
-    server = orch.sidecar_for_run(server.rstrip("/"), no_embed, _say)
+    sidecar = orch.sidecar_for_run(server.rstrip("/"), no_embed, _say)
+    server = sidecar.url
     click.echo(f"loop: run {run_id}" + (f" — dashboard: {server}/?run={run_id}" if server else ""), err=True)
     live_view = stream and sys.stdout.isatty()
     outbox = Outbox(server, token, on_refused=lambda reason, n: _say(
@@ -228,7 +262,7 @@ def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_u
                                          grace=grace, update=not no_update, estimated_duration=eta,
                                          heartbeat_s=heartbeat_s), feed, agent_options(prd, **agent_settings))
     with orch.supervised(runner, server, token, run_id, outbox, _say):
-        code = _shown(live_view, lambda: feed.snapshot, lambda: feed.connection(server), runner.run)
+        code = _shown(live_view, lambda: feed.snapshot, lambda: feed.connection(sidecar), runner.run)
     spool = orch.hand_over_leftovers(server, run_id, outbox, token)
     counts = feed.snapshot["counts"] if feed.snapshot else {}
     summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v and k != "total")
@@ -628,7 +662,7 @@ def tail(path, server, token, run_id, name, until, timeout, from_start, no_embed
     from .client import Outbox
 
     run_id = _run_name(run_id, path)
-    server = orch.sidecar_for_run(server.rstrip("/"), no_embed, _say)
+    server = orch.sidecar_for_run(server.rstrip("/"), no_embed, _say).url
     _say(f"loop: run {run_id}" + (f" — dashboard: {server}/?run={run_id}" if server else ""))
     outbox = Outbox(server, token, on_status=_OneWarning(server).on_status)
     raw = not sys.stdout.isatty()
@@ -682,7 +716,8 @@ def exec_(argv, server, token, run_id, name, stream, grace, no_embed) -> None:
     from .runner import StoryLog, _file_name, story_log_dir
 
     run_id = _run_name(run_id, argv[0])
-    server = orch.sidecar_for_run(server.rstrip("/"), no_embed, _say)
+    sidecar = orch.sidecar_for_run(server.rstrip("/"), no_embed, _say)
+    server = sidecar.url
     human = sys.stderr.isatty()      # loop's own lines only for a person: a pipeline's stderr stays the command's
     if human:
         _say(f"loop: run {run_id}" + (f" — dashboard: {server}/?run={run_id}" if server else ""))
@@ -695,7 +730,7 @@ def exec_(argv, server, token, run_id, name, stream, grace, no_embed) -> None:
     job = Exec(ExecOptions(argv=list(argv), run_id=run_id, name=name, grace=grace, server=server),
                feed, log, passthrough={} if stream else None, notice=lambda message: _say(f"loop: {message}"))
     with orch.supervised(job, server, token, run_id, outbox, _say):
-        result = _shown(live_view, lambda: feed.snapshot, lambda: f"{outbox.status.state} {server or 'none'}", job.run)
+        result = _shown(live_view, lambda: feed.snapshot, lambda: feed.connection(sidecar), job.run)
     if human or stream:
         _say(f"loop: run {run_id}: exit {result.exit_code}" + (f", stopped: {_clean(result.stop_reason)}"
                                                                if result.stop_reason else "") + f"; log {log.path}")
@@ -706,8 +741,33 @@ def exec_(argv, server, token, run_id, name, stream, grace, no_embed) -> None:
     sys.exit(result.code)
 
 
+def _show_envvars(group: click.Group) -> None:
+    """Every option's --help names the environment variable behind it ([env var: LOOP_SERVER])."""
+    for command in group.commands.values():
+        for param in command.params:
+            if isinstance(param, click.Option) and param.envvar:
+                param.show_envvar = True
+
+
+_show_envvars(cli)
+
+
+def _usage_line(e: click.UsageError) -> str:
+    """A usage mistake in one line: what is wrong, and where the help is."""
+    command = e.ctx.command_path if e.ctx else "loop"
+    return f"{command}: {e.format_message()} (see '{command} --help')"
+
+
 def main() -> None:
+    """The entry point: every mistake is one line on stderr and an exit code (ExitStatus), never a traceback."""
     try:
-        cli(prog_name="loop")
-    except KeyboardInterrupt:
+        code = cli.main(prog_name="loop", standalone_mode=False)
+    except click.UsageError as e:
+        _say(_usage_line(e))
+        sys.exit(ExitStatus.USAGE)
+    except click.ClickException as e:
+        _say(f"loop: {e.format_message()}")
+        sys.exit(e.exit_code)
+    except (KeyboardInterrupt, click.Abort):
         sys.exit(ExitStatus.INTERRUPTED)
+    sys.exit(code or ExitStatus.OK)

@@ -572,12 +572,14 @@ def spool_path(server: str, run: str | None) -> Path:
 def hand_to_spool(server: str, run: str | None, events: list[dict], token: str | None = None) -> Path | None:
     """Queue ``events`` in the shell hooks' spool and make sure its shipper runs (bin/loop-emit --ship):
     what `loop run` could not deliver before exiting is delivered, in order, once the sidecar answers.
-    None when there is no bin/loop-emit beside the package or the spool cannot be written."""
+    None when loop-emit is not installed (installed.hook_path) or the spool cannot be written."""
     import fcntl
     import subprocess
 
-    emit = Path(__file__).resolve().parents[2] / "bin" / "loop-emit"
-    if not events or not emit.exists():
+    from .installed import hook_path
+
+    emit = hook_path("loop-emit")
+    if not events or emit is None:
         return None
     spool = spool_path(server, run)
     try:

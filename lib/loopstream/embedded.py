@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -24,6 +25,33 @@ from .client import healthy
 from .defaults import DEFAULT_PORT
 
 DEFAULT_IDLE_EXIT = 600.0
+EXCEPTION_LINE = re.compile(r"([\w.]*(Error|Exception)|Error|loop): ")   # a traceback's last line, Click's Error:
+ERROR_LINE = re.compile(r"(Error|Exception|error|Errno|refus|[Ii]nvalid)")
+
+
+class SidecarStartError(Exception):
+    """No sidecar could be started: ``cause`` is one line for the user, ``log`` where the rest is."""
+
+    def __init__(self, cause: str, log: str):
+        super().__init__(f"{cause} (log: {log})")
+        self.cause, self.log = cause, log
+
+
+def first_error(log_path: Path, offset: int = 0) -> str | None:
+    """The first line that names an error in what the sidecar wrote to its log after ``offset``:
+    a traceback's last line (``ModuleNotFoundError: ...``) or loop's own ``Error: ...``."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            text = f.read(256 * 1024).decode("utf-8", "replace")
+    except OSError:
+        return None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for pattern in (EXCEPTION_LINE.match, ERROR_LINE.search):
+        for line in lines:
+            if pattern(line):
+                return line[:300]
+    return lines[-1][:300] if lines else None
 
 
 def state_dir() -> Path:
@@ -61,8 +89,9 @@ class EmbeddedSidecar:
 
     @classmethod
     def find_or_start(cls, wanted_url: str, idle_exit: float | None = None,
-                      timeout: float = 15.0) -> EmbeddedSidecar | None:
-        """The sidecar a previous `loop run` left running for ``wanted_url``, else a new one; None if neither."""
+                      timeout: float = 15.0) -> EmbeddedSidecar:
+        """The sidecar a previous `loop run` left running for ``wanted_url``, else a new one.
+        Raises SidecarStartError (the cause and the log) when none could be started."""
         return cls.recorded(wanted_url) or cls.start(wanted_url, idle_exit, timeout)
 
     @classmethod
@@ -79,7 +108,7 @@ class EmbeddedSidecar:
 
     @classmethod
     def start(cls, wanted_url: str, idle_exit: float | None = None,
-              timeout: float = 15.0) -> EmbeddedSidecar | None:
+              timeout: float = 15.0) -> EmbeddedSidecar:
         """`loop serve` on the wanted port if it is a free loopback one, else on any free port, detached."""
         parts = urlsplit(wanted_url)
         host = "127.0.0.1"
@@ -88,13 +117,14 @@ class EmbeddedSidecar:
             port = _free_port(host)
         if idle_exit is None:
             idle_exit = float(os.environ.get("LOOP_SIDECAR_IDLE_EXIT") or DEFAULT_IDLE_EXIT)
+        log_path = state_dir() / f"sidecar-{port}.log"
         try:
             state_dir().mkdir(parents=True, exist_ok=True)
-            log_path = state_dir() / f"sidecar-{port}.log"
             log = open(log_path, "ab")
-        except OSError:
-            return None
+        except OSError as e:
+            raise SidecarStartError(f"cannot write its log: {e.strerror or e}", str(log_path)) from e
         with log:
+            offset = log.tell()
             proc = subprocess.Popen(
                 [sys.executable, "-m", "loopstream", "serve", "--host", host, "--port", str(port),
                  "--idle-exit", f"{idle_exit:g}"],
@@ -102,24 +132,26 @@ class EmbeddedSidecar:
                 start_new_session=True,   # its own session: the run's terminal and signals never reach it
                 env={k: v for k, v in os.environ.items() if k not in ("LOOP_HOST", "LOOP_PORT")})
         url = f"http://{host}:{port}"
-        if not cls._wait_up(proc, url, timeout):
-            return None
+        failure = cls._wait_up(proc, url, timeout)
+        if failure:
+            raise SidecarStartError(first_error(log_path, offset) or failure, str(log_path))
         sidecar = cls(url, proc.pid, str(log_path))
         sidecar._record(wanted_url)
         return sidecar
 
     @staticmethod
-    def _wait_up(proc: subprocess.Popen, url: str, timeout: float) -> bool:
+    def _wait_up(proc: subprocess.Popen, url: str, timeout: float) -> str | None:
+        """None once it answers; else why not (and it is killed if it still runs)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                return False
+                return f"it exited with code {proc.returncode}"
             if healthy(url, timeout=0.3):
-                return True
+                return None
             time.sleep(0.05)
         proc.kill()
         proc.wait()
-        return False
+        return f"it did not answer at {url} within {timeout:g} s"
 
     def _record(self, wanted_url: str) -> None:
         """Write where it is (atomically) for the next run and for whoever wants to stop it."""

@@ -255,6 +255,15 @@ class IngestWorker(GeventWorker):
     gate: Gate | None = None
     header_timeout = 10.0
 
+    quitting = False
+
+    def handle_quit(self, sig, frame) -> None:
+        """Quit once. A Ctrl-C in `loop serve`'s terminal reaches the worker, then the master's SIGQUIT
+        does too: a second quit would run during the interpreter's shutdown and print a traceback."""
+        if not self.quitting:
+            self.quitting = True
+            super().handle_quit(sig, frame)
+
     def handle(self, listener, client, addr) -> None:
         gate, who = self.limits(), client_of(addr)
         if not gate.enter(who):

@@ -12,6 +12,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,25 +58,40 @@ def estimate(server: str | None, token: str | None, task_id: str, stories: int) 
     return None
 
 
-def sidecar_for_run(server: str, no_embed: bool, say: Say) -> str | None:
+@dataclass
+class RunSidecar:
+    """The sidecar a run reports to: ``url``, or None and ``absent``, what the live view's Sidecar
+    line says instead (``not running (see LOG)``)."""
+
+    url: str | None
+    absent: str = "off"
+
+    def connection(self, state: str) -> str:
+        """The live view's Sidecar line: the outbox's ``state`` and the URL, or why there is none."""
+        return f"{state} {self.url}" if self.url else self.absent
+
+
+def sidecar_for_run(server: str, no_embed: bool, say: Say) -> RunSidecar:
     """The sidecar this run reports to: the one at ``server``, one left by an earlier run, or a new
-    detached one (it outlives the run; `loop serve --idle-exit`); None to run without one."""
+    detached one (it outlives the run; `loop serve --idle-exit`); or none, and why."""
     from .client import healthy
-    from .embedded import EmbeddedSidecar
+    from .embedded import EmbeddedSidecar, SidecarStartError
 
     if healthy(server):
-        return server
+        return RunSidecar(server)
     if no_embed:
         say(f"loop: no sidecar at {server}; running without one (--no-embed)")
-        return None
-    embedded = EmbeddedSidecar.find_or_start(server)
-    if embedded is None:
-        say(f"loop: no sidecar at {server} and none could be started; running without one")
-        return None
+        return RunSidecar(None, "not running (--no-embed)")
+    try:
+        embedded = EmbeddedSidecar.find_or_start(server)
+    except SidecarStartError as e:
+        say(f"loop: no sidecar at {server}, and the one started for this run failed: {e.cause} "
+            f"(log: {e.log}); running without one")
+        return RunSidecar(None, f"not running (see {e.log})")
     how = "reusing the sidecar an earlier run started" if embedded.reused else "started a sidecar"
     say(f"loop: {how} at {embedded.url} (pid {embedded.pid}, log {embedded.log_path}); it keeps serving "
         "after the run until idle (--idle-exit)")
-    return embedded.url
+    return RunSidecar(embedded.url)
 
 
 # -- control: the sidecar's stop/pause/resume, and signals ------------------------------------------
@@ -189,10 +205,10 @@ class EventFeed:
                 "severity": "warning"}})
         return warn
 
-    def connection(self, server: str | None) -> str:
+    def connection(self, sidecar: RunSidecar) -> str:
         """The live view's connection line: the outbox's state, and its queue when one builds up."""
         st = self.outbox.status
-        return f"{st.state} {server or 'none'}" + (f" ({st.queued} queued)" if st.queued > 1 else "")
+        return sidecar.connection(st.state) + (f" ({st.queued} queued)" if sidecar.url and st.queued > 1 else "")
 
 
 def delivery_report(status: Any, server: str | None, spool: Path | None = None) -> list[str]:
