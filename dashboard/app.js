@@ -47,7 +47,11 @@ async function request(path, options = {}) {
   const response = await fetch(api(path), { ...options, headers });
   let body = null;
   try { body = await response.json(); } catch { /* not JSON */ }
-  if (!response.ok) throw new Error(body?.message || `${response.status} ${response.statusText}`);
+  if (!response.ok) {
+    const error = new Error(body?.message || `${response.status} ${response.statusText}`);
+    error.status = response.status;
+    throw error;
+  }
   return body;
 }
 
@@ -65,7 +69,7 @@ function onSnapshots(list) {
   resetOutput();
   if (loaded) for (const snap of list) if (!known.has(snap.run) && isLive(snap)) noticeNewRun(snap);
   loaded = true;
-  if (selected) alerts.show(runs.get(selected) ?? null);
+  if (selected) showAlerts(runs.get(selected) ?? null);
   render();
 }
 
@@ -86,9 +90,16 @@ function onEvent(event) {
       resetOutput();   // the run's id was used again: its output starts afresh
     }
     watch(snap, event, statusBefore);
-    alerts.show(snap);   // now, not at the next frame: a hidden tab draws no frames, and its title is what shows
+    showAlerts(snap);   // now, not at the next frame: a hidden tab draws no frames, and its title is what shows
   }
   render();
+}
+
+// Title, icon and the screen-reader announcement as the state arrives: announced only when a frame
+// is drawn, a change that came before the first frame after load (a run that ends just then) was lost.
+function showAlerts(snap) {
+  alerts.show(snap);
+  alerts.announce(snap);
 }
 
 // A watched run finished, failed or stalled: a desktop notification when the tab is hidden.
@@ -131,15 +142,25 @@ async function loadHistory() {
   } catch { /* the outage banner already says when the sidecar is away */ }
 }
 
+// The selected run's snapshot when the stream did not bring it (a finished run from history). A
+// run that is not there yet (the URL `loop run` prints, opened before its first event) is waited
+// for: its first event arrives on the stream; the sidecar is asked again every ASK_AGAIN_MS.
+const ASK_AGAIN_MS = 5000;
+const asked = new Map();   // run -> {at, missing}
+
 async function ensureSnapshot(run) {
-  if (runs.has(run)) return;
+  const last = asked.get(run);
+  if (runs.has(run) || (last && (last.pending || Date.now() - last.at < ASK_AGAIN_MS))) return;
+  asked.set(run, { at: Date.now(), pending: true, missing: last?.missing ?? false });
   try {
     const snap = await request(`/api/runs/${encodeURIComponent(run)}`);
     if (!runs.has(run)) runs.set(run, snap);
-    render();
+    asked.delete(run);
   } catch (e) {
-    showActionState(`Could not load ${run}: ${e.message}`, true);
+    asked.set(run, { at: Date.now(), pending: false, missing: e.status === 404 });
+    if (e.status !== 404) showActionState(`Could not load ${run}: ${e.message}`, true);
   }
+  render();
 }
 
 async function ensureTranscript(snap) {
@@ -235,6 +256,27 @@ function draw() {
   for (const panel of PANELS) panel({ rows, snap });
 }
 
+function drawWaiting({ snap }) {
+  const waiting = Boolean(selected && !snap && asked.get(selected)?.missing);
+  setHidden($("waiting"), !waiting);
+  if (waiting) setText($("waiting"), `Waiting for run ${selected} to start…`);
+}
+
+// Whether a run reports progress at all (stories, or progress events). One that does not (a
+// command run by `loop exec`) gets no empty bar, no story counts and no endless "estimating…".
+function reportsProgress(snap) {
+  return Boolean(snap.counts?.total) || Boolean(snap.progress);
+}
+
+// A finished command's outcome, as the terminal says it: "`make test` failed: exit 3 after 5s".
+function exitLine(snap) {
+  const code = snap.exit_code ?? null;
+  const command = snap.command ?? null;
+  if (isLive(snap) || (code === null && command === null)) return null;
+  return `${command === null ? "" : `\`${command}\` `}${snap.status}: ` +
+    `${code === null ? "no exit code" : `exit ${code}`} after ${duration(snap.elapsed_s)}`;
+}
+
 function drawOutage() {
   const box = $("outage");
   setHidden(box, !outage);
@@ -287,8 +329,13 @@ function drawHead({ snap }) {
   alerts.announce(snap);
   setHidden($("panel"), !snap);
   if (!snap) return;
-  setText($("run-title"), snap.task_name || snap.run);
+  const title = snap.task_name || snap.run;
+  setText($("run-title"), title);
+  setAttr($("run-title"), "data-command", snap.command === title ? "" : null);   // named by its command
   setText($("run-id"), snap.run);
+  const command = snap.command ?? null;
+  setHidden($("run-command"), command === null || command === title);
+  setText($("run-command").querySelector("code"), command ?? "");
   const status = $("run-status");
   setText(status, snap.status);
   setAttr(status, "data-status", snap.status);
@@ -296,13 +343,14 @@ function drawHead({ snap }) {
 
 function drawProgress({ snap }) {
   if (!snap) return;
+  setHidden($("progress-row"), !reportsProgress(snap));
   const percent = Math.round(snap.percent || 0);
   const bar = $("progress");
   bar.querySelector(".fill").style.width = `${percent}%`;
   setAttr(bar, "data-status", snap.status);
   setAttr(bar, "aria-valuenow", String(percent));
   setText($("percent"), `${percent}%`);
-  const stoppedAt = snap.status === "stopped";
+  const stoppedAt = snap.status === "stopped" && Boolean(snap.counts?.total);
   setHidden($("stopped-at"), !stoppedAt);
   const c = snap.counts || {};
   const finished = (c.completed ?? 0) + (c.failed ?? 0) + (c.skipped ?? 0);
@@ -315,6 +363,7 @@ function drawProgress({ snap }) {
 function drawCounts({ snap }) {
   if (!snap) return;
   const c = snap.counts || {};
+  for (const cell of document.querySelectorAll("#panel .story-count")) setHidden(cell, !c.total);
   setText($("c-completed"), `${c.completed ?? 0}${c.total ? ` / ${c.total}` : ""}`);
   setText($("c-running"), String(c.running ?? 0));
   setText($("c-queued"), String(c.queued ?? 0));
@@ -325,6 +374,7 @@ function drawCounts({ snap }) {
     ? "—" : `${Math.round(snap.success_rate * 100)}%`);
   const { elapsed, eta } = liveTimes(snap);
   setText($("elapsed"), duration(elapsed));
+  setHidden($("remaining-box"), !reportsProgress(snap) && (snap.eta_s ?? null) === null);
   setText($("remaining"), isLive(snap) ? (eta === null || eta === undefined ? "estimating…" : `~${duration(eta)}`) : "—");
 }
 
@@ -347,9 +397,12 @@ function drawNotice({ snap }) {
   setAttr(notice, "data-status", snap.status);
   const c = snap.counts || {};
   const words = { passed: "Run passed", failed: "Run failed", stopped: "Run stopped", interrupted: "Run interrupted" };
-  setText(notice, `${words[snap.status]}: ${c.completed ?? 0} passed, ${c.failed ?? 0} failed` +
-    (c.skipped ? `, ${c.skipped} skipped` : "") + (c.cancelled ? `, ${c.cancelled} cancelled` : "") +
-    ` in ${duration(snap.elapsed_s)}.`);
+  const ended = exitLine(snap);
+  const reason = snap.status === "stopped" && snap.stop_reason ? ` Reason: ${snap.stop_reason}` : "";
+  setText(notice, (ended && !c.total ? `${ended}.`
+    : `${words[snap.status]}: ${c.completed ?? 0} passed, ${c.failed ?? 0} failed` +
+      (c.skipped ? `, ${c.skipped} skipped` : "") + (c.cancelled ? `, ${c.cancelled} cancelled` : "") +
+      ` in ${duration(snap.elapsed_s)}.`) + reason);
 }
 
 function drawCards({ snap }) {
@@ -384,6 +437,7 @@ function drawChecklist({ snap }) {
 
 function drawStories({ snap }) {
   if (!snap) return;
+  setHidden($("stories-box"), !(snap.stories || []).length);
   keyed($("stories"), snap.stories || [], (s) => s.id, () => fromTemplate("story-row"), (li, s) => {
     setAttr(li, "data-status", s.status);
     setText(li.querySelector(".mark"), STORY_MARK[s.status] || "○");
@@ -423,6 +477,7 @@ function drawOutput({ snap }) {
 
 function drawLogs({ snap }) {
   if (!snap) return;
+  setHidden($("log-box"), !(snap.log || []).length);
   drawLog($("log"), (snap.log || []).slice().reverse(), (entry) => entry);
   drawTranscript(snap);
 }
@@ -477,7 +532,7 @@ function drawNotifyToggle() {
 }
 
 // One render function per panel, in page order; each gets {rows, snap} (snap: the selected run).
-const PANELS = [drawOutage, drawNotices, drawNotifyToggle, drawRunList, drawHead, drawProgress, drawCounts,
+const PANELS = [drawOutage, drawNotices, drawNotifyToggle, drawRunList, drawWaiting, drawHead, drawProgress, drawCounts,
   drawControls, drawNotice, drawCards, drawChecklist, agentPanel.draw, drawStories, drawOutput, drawLogs];
 
 // -- actions --------------------------------------------------------------------------------

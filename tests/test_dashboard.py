@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -134,7 +135,8 @@ def test_stop_from_the_ui_reaches_a_running_loop_run_and_ends_it(browser, server
         browser.find_element(By.ID, "stop-confirm").click()
         assert proc.wait(30) == 130
         until(browser, lambda: text(browser, "#run-status") == "stopped", message="the run to show stopped")
-        assert text(browser, "#notice").startswith("Run stopped")
+        assert text(browser, "#notice").startswith("Run stopped") and text(browser, "#notice").endswith(
+            "Reason: wrong branch")
         events = server.get("/api/runs/ui-stop/transcript").json()["events"]
         assert events[-1]["type"] == "task_stopped" and events[-1]["data"]["reason"] == "wrong branch"
         until(browser, lambda: "task_stopped" in text(browser, "#transcript"), message="the transcript")
@@ -776,3 +778,71 @@ def test_without_web_locks_each_tab_streams_by_itself(browser, server):
         close_other_tabs(browser, first)
         browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": script["identifier"]})
         browser.get("about:blank")
+
+
+# -- issue 20: runs that are not PRDs read right; the URL loop run prints opens on its run ----------------
+
+def hidden(d, css):
+    return js(d, "const e = document.querySelector(arguments[0]); return e.offsetParent === null;", css)
+
+
+def test_a_loop_exec_run_shows_its_command_and_exit_code_and_no_empty_sections(browser, server):
+    script = "echo started; sleep 60"
+    proc = subprocess.Popen([*LOOP, "exec", "--run", "nightly", "--name", "Nightly", "--server", server.url,
+                             "--grace", "1", "--", "sh", "-c", script],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        open_page(browser, server.url + "/?run=nightly")
+        until(browser, lambda: "started" in text(browser, "#output"), message="the command's output")
+        assert text(browser, "#run-title") == "Nightly" and text(browser, "#run-command code") == f"sh -c '{script}'"
+        for empty in ("#progress-row", "#stories-box", "#current", "#remaining-box", "#log-box"):
+            assert hidden(browser, empty), empty
+        assert all(js(browser, "return [...document.querySelectorAll('#panel .story-count')]"
+                               ".map(e => e.offsetParent === null);"))
+        assert not hidden(browser, "#elapsed") and not hidden(browser, "#output")
+        shot(browser, "exec-running")
+        stop = subprocess.run([*LOOP, "stop", "nightly", "--reason", "wrong branch", "--server", server.url],
+                              capture_output=True, text=True, timeout=30)
+        assert stop.returncode == 0, stop.stderr
+        assert proc.wait(30) == 130
+    finally:
+        proc.kill()
+    until(browser, lambda: text(browser, "#run-status") == "stopped", message="the run to show stopped")
+    notice = text(browser, "#notice")
+    assert re.fullmatch(rf"`sh -c '{script}'` stopped: exit 130 after \d+s\. Reason: wrong branch", notice), notice
+    assert hidden(browser, "#stopped-at") and hidden(browser, "#progress-row")
+
+    failed = subprocess.run([*LOOP, "exec", "--run", "make-test", "--server", server.url, "--",
+                             "sh", "-c", "echo compiling; exit 3"], capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 3, failed.stderr
+    open_page(browser, server.url + "/?run=make-test")
+    until(browser, lambda: text(browser, "#run-status") == "failed", message="the failed command")
+    assert re.fullmatch(r"`sh -c 'echo compiling; exit 3'` failed: exit 3 after \d+s\.", text(browser, "#notice"))
+    assert text(browser, "#run-title") == "sh -c 'echo compiling; exit 3'" and hidden(browser, "#run-command")
+    assert hidden(browser, "#stories-box") and hidden(browser, "#progress-row")
+    shot(browser, "exec-failed")
+
+
+def test_the_dashboard_url_loop_run_prints_opens_on_its_run_even_before_it_starts(browser, server, tmp_path):
+    prd = tmp_path / "prd.json"
+    prd.write_text(json.dumps({"project": "Printed URL", "userStories": [
+        {"id": "U-1", "title": "quick", "command": "echo hi", "priority": 1}]}))
+    open_page(browser, server.url + "/?run=printed")
+    until(browser, lambda: text(browser, "#waiting") == "Waiting for run printed to start…", message="the wait note")
+    assert hidden(browser, "#panel") and not text(browser, "#action-state")
+    server.post({"type": "task_started", "run": "other-live", "data": {"task_name": "Another live run"}})
+    r = subprocess.run([*LOOP, "run", str(prd), "--run", "printed", "--server", server.url, "--no-update"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    url = re.search(r"dashboard: (\S+)", r.stderr).group(1)
+    assert url == f"{server.url}/?run=printed"
+    until(browser, lambda: text(browser, "#run-title") == "Printed URL", message="the run, once it started")
+    assert hidden(browser, "#waiting")
+    asks = js(browser, "return performance.getEntriesByType('resource')"
+                       ".filter(e => e.name.endsWith('/api/runs/printed')).length;")
+    assert asks <= 2, f"asked {asks} times for a run that was not there yet"
+    server.post({"type": "task_started", "run": "newest-live", "data": {"task_name": "Newest live run"}})
+    open_page(browser, url)        # as a person opens the printed URL: their run, not the live one
+    until(browser, lambda: text(browser, "#run-title") == "Printed URL", message="the printed run")
+    assert js(browser, "return document.querySelector('#run-list button[aria-current=true] .run-name').textContent") \
+        == "printed"
