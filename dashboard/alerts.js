@@ -8,7 +8,7 @@ const TITLE_MARK = { passed: "✅", failed: "❌", stopped: "⛔", paused: "⏸"
 const ICON_COLOUR = { passed: "#137333", failed: "#b3261e", stopped: "#b3261e", interrupted: "#b3261e",
   paused: "#8a5a00", running: "#1a56db" };
 
-// `✅ passed · Demo`, `⏳ 2/4 · Demo`, `⏳ 40% · script`.
+// `✅ passed · Demo`, `⏳ 2/4 · Demo`, `⏳ 40% · script`, `⏳ running · make test` (no progress reported).
 export function titleFor(snap) {
   if (!snap) return "loop";
   const name = snap.task_name || snap.run;
@@ -17,7 +17,7 @@ export function titleFor(snap) {
   let what = snap.status;
   if (snap.status === "running") {
     const done = (c.completed || 0) + (c.failed || 0) + (c.skipped || 0);
-    what = c.total ? `${done}/${c.total}` : `${Math.round(snap.percent || 0)}%`;
+    what = c.total ? `${done}/${c.total}` : snap.progress ? `${Math.round(snap.percent || 0)}%` : "running";
   }
   return `${mark} ${what} · ${name}`;
 }

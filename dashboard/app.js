@@ -107,8 +107,9 @@ function watch(snap, event, statusBefore) {
   const name = snap.task_name || snap.run;
   if (FINISHED.includes(snap.status) && statusBefore !== snap.status) {
     const c = snap.counts || {};
-    alerts.notify(snap.run, `finished ${snap.finished_at}`, `${name}: ${snap.status}`,
-      `${c.completed ?? 0} passed, ${c.failed ?? 0} failed` + (c.cancelled ? `, ${c.cancelled} cancelled` : ""));
+    const ended = exitLine(snap);
+    alerts.notify(snap.run, `finished ${snap.finished_at}`, `${name}: ${snap.status}`, ended && !c.total ? ended
+      : `${c.completed ?? 0} passed, ${c.failed ?? 0} failed` + (c.cancelled ? `, ${c.cancelled} cancelled` : ""));
   } else if (event.type === "story_stalled") {
     const d = event.data || {};
     alerts.notify(snap.run, `stalled ${event.id}`, `${name}: a story stalled`,

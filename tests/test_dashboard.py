@@ -800,6 +800,7 @@ def test_a_loop_exec_run_shows_its_command_and_exit_code_and_no_empty_sections(b
         assert all(js(browser, "return [...document.querySelectorAll('#panel .story-count')]"
                                ".map(e => e.offsetParent === null);"))
         assert not hidden(browser, "#elapsed") and not hidden(browser, "#output")
+        assert browser.title == "⏳ running · Nightly"           # no "0%" for a run that reports no progress
         shot(browser, "exec-running")
         stop = subprocess.run([*LOOP, "stop", "nightly", "--reason", "wrong branch", "--server", server.url],
                               capture_output=True, text=True, timeout=30)
