@@ -140,7 +140,8 @@ class Loop(Target):
     def command(self) -> list[str]:
         db = ["--db", str(Path(self.tmp) / "history.json")] if self.history else ["--no-history"]
         return [sys.executable, "-m", "loopstream", "serve", "--port", str(self.port), "--rate", "0",
-                "--max-streams", "100000", "--max-streams-per-client", "100000", *db]
+                "--max-streams", "100000", "--max-streams-per-client", "100000",
+                "--max-connections-per-client", "100000", *db]
 
     def body(self, seq: int, sent: float) -> bytes:
         return json.dumps({"type": "bench", "run": "bench", "data": {"seq": seq, "sent": sent}}).encode()
@@ -164,6 +165,7 @@ class LoopRedis(Loop):
     def command(self) -> list[str]:
         return [sys.executable, "-m", "loopstream", "serve", "--port", str(self.port), "--rate", "0",
                 "--max-streams", "100000", "--max-streams-per-client", "100000",
+                "--max-connections-per-client", "100000",
                 "--backend", f"redis://127.0.0.1:{self.redis_port}/0", "--workers", str(self.workers)]
 
     def capacity_extras(self) -> dict:

@@ -17,7 +17,8 @@ def worker_fds(server) -> int:
 
 
 def test_a_storm_of_clients_connecting_and_dropping_leaves_no_leak(make_server):
-    server = make_server("--rate", "0", "--heartbeat", "0.5", "--max-streams-per-client", "1000")
+    server = make_server("--rate", "0", "--heartbeat", "0.5", "--max-streams-per-client", "1000",
+                         "--max-connections-per-client", "1000")
     baseline = worker_fds(server)
     socks = []
     for i in range(300):
@@ -72,7 +73,8 @@ def test_a_client_resumes_after_a_restart(make_server, backend, tmp_path):
 
 
 def test_departed_subscribers_leave_the_fan_out_and_never_slow_publishing(make_server):
-    server = make_server("--rate", "0", "--max-streams-per-client", "1000")
+    server = make_server("--rate", "0", "--max-streams-per-client", "1000",
+                         "--max-connections-per-client", "1000")
     socks = []
     for _ in range(200):
         s = socket.create_connection(("127.0.0.1", server.port))
