@@ -31,6 +31,10 @@ class BackendDown(RuntimeError):
     """The shared store (Redis) cannot be reached: the request can be retried later."""
 
 
+class StoreRefused(BackendDown):
+    """The shared store answered but refused the write (out of memory, read-only...): reachable, not usable."""
+
+
 @dataclass(slots=True)
 class ReadResult:
     events: list[ev.Event]

@@ -271,9 +271,11 @@ class History:
         """The epoch (None: none sound) and the sound index rows of history.json. A file that is
         not exactly what we write is moved aside and replaced by what could be read of it."""
         try:
-            raw = AtomicJSONStorage(self.path).read() or {}
+            raw = AtomicJSONStorage(self.path).read()
         except (ValueError, OSError) as e:
             quarantine(self.path, f"is not a readable history file ({type(e).__name__}: {e})")
+            return None, []
+        if raw is None:   # no file yet, or an empty one
             return None, []
         if not isinstance(raw, dict):
             quarantine(self.path, f"is JSON but not a history file (a {type(raw).__name__})")

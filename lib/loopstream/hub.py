@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__, sse, state
 from . import events as ev
-from .broker import BackendDown, Broker, Cursor, Filter, MemoryBroker
+from .broker import BackendDown, Broker, Cursor, Filter, MemoryBroker, StoreRefused
 from .config import Config
 from .fanout import Fanout, Subscriber
 from .history import History
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 CONTROL_ACTIONS = {"stop": "stop_requested", "pause": "pause_requested", "resume": "resume_requested"}
 READ_BATCH = 500          # events a stream reads from the buffer at a time
+STORE_ERROR_S = 60.0      # /healthz reports a failed publish this long (unless one succeeds meanwhile)
 
 log = logging.getLogger("loopstream.server")
 
@@ -185,6 +186,7 @@ class Hub:
         self.notifier = make_notifier(cfg)
         self.owners = Owners()
         self._publish_lock = threading.Lock()
+        self.store_error: tuple[str, float] | None = None   # the last publish's store failure, and when
         self._snapshot_cache: dict = {}
         self.broker.start()
 
@@ -201,7 +203,12 @@ class Hub:
                     ticket = self._journal(history, staged.events)
                 result = broker.commit(staged)
             else:                              # Redis: one Lua script makes the batch visible
-                result = broker.publish(drafts)
+                try:
+                    result = broker.publish(drafts)
+                except StoreRefused as e:      # answered, but every write fails: /healthz must say so
+                    self.store_failed(str(e))
+                    raise
+            self.store_error = None
         if history:
             history.durable(ticket)            # --fsync always: on disk before the 201 (grouped)
             for run in result.finished:
@@ -220,6 +227,7 @@ class Hub:
         try:
             return history.record(events)
         except OSError as e:
+            self.store_failed(f"the journal could not be written: {e}")
             log.error("loop: the journal could not be written (%s); the batch was refused", e)
             self.metrics.reject("journal_unavailable")
             raise Refused(503, "journal_unavailable", f"the sidecar could not write its journal ({e}); "
@@ -491,9 +499,21 @@ class Hub:
         return {"run": run, "action": action, "requested": True, "id": e.id}
 
     # -- operations ------------------------------------------------------------------------
+    def store_failed(self, error: str) -> None:
+        """A publish found the store unusable (a journal write, or Redis refusing the script):
+        /healthz says 503 until a publish succeeds, or STORE_ERROR_S pass with no failing one."""
+        self.store_error = (error, self.monotonic())
+
+    def _store_failing(self) -> str | None:
+        if self.store_error is None or self.monotonic() - self.store_error[1] > STORE_ERROR_S:
+            return None
+        return self.store_error[0]
+
     def health(self) -> dict:
         broker = self.broker
-        return {"ok": broker.healthy, "version": __version__, "epoch": broker.epoch,
+        failing = self._store_failing()
+        extra = {"error": f"the last publish failed: {failing}"} if failing else {}
+        return {"ok": broker.healthy and not failing, **extra, "version": __version__, "epoch": broker.epoch,
                 "pid": self.config.master_pid or os.getpid(),
                 "backend": "redis" if self.config.backend else "memory",
                 "subscribers": self.metrics.subscribers, "buffered": len(broker.buffer)}

@@ -42,11 +42,11 @@ from typing import Any
 
 import redis
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from . import events as ev
 from . import sse, state, stored
-from .broker import BackendDown, Cursor, Filter, MemoryBroker, PublishResult, ReadResult, Staged
+from .broker import BackendDown, Cursor, Filter, MemoryBroker, PublishResult, ReadResult, Staged, StoreRefused
 from .history import fold
 from .ratelimit import Budget, Charge
 
@@ -148,8 +148,14 @@ end
 return {told(why), unpack(ids)}
 """
 
-# At a (re)load: the counter made sound, and the next id above the stream's last one. Returns {epoch, why}.
+# At a (re)load: the counter made sound, the next id above the stream's last one, and the run set
+# and hashes of their types (KEYS[4..]: runs, checkpoint, checkpoint_count, summary). Returns {epoch, why}.
 ENSURE_EPOCH = HEAD + """
+for i, want in ipairs({'set', 'hash', 'hash', 'hash'}) do
+  local kind = redis.call('TYPE', KEYS[i + 3])
+  if type(kind) == 'table' then kind = kind.ok end
+  if kind ~= 'none' and kind ~= want then aside(KEYS[i + 3]) end
+end
 local epoch, why = head()
 local te, ts = top()
 local seq = tonumber(redis.call('GET', KEYS[2]))
@@ -412,6 +418,8 @@ class RedisBroker(MemoryBroker):
         keys = [self.keys["epoch"], self.keys["seq"], self.keys["stream"], self.keys["runs"]]
         try:
             why, *ids = self._publish_lane.script(self._publish, keys, args)
+        except ResponseError as e:
+            raise StoreRefused(f"Redis: {e}") from e
         except RedisError as e:
             raise BackendDown(f"Redis: {e}") from e
         if why:
@@ -501,6 +509,9 @@ class RedisBroker(MemoryBroker):
     def transcript(self, run: str) -> tuple[list[dict], bool]:
         try:
             lines = self.client.lrange(f"{self.prefix}transcript:{run}", 0, -1)
+        except ResponseError as e:     # a key of another type: the run's next event moves it aside
+            self._report_once(f"{self.prefix}transcript:{run}", f"cannot be read ({e}); skipped")
+            return [], False
         except RedisError as e:
             raise BackendDown(f"Redis: {e}") from e
         events = [e for e in map(ev.parse_stored, lines) if e is not None]
@@ -593,7 +604,8 @@ class RedisBroker(MemoryBroker):
 
     def _resync(self) -> None:
         """Load the stream, the counter and every run's snapshot as of one moment."""
-        epoch_text, why = self._ensure_epoch(keys=[self.keys["epoch"], self.keys["seq"], self.keys["stream"]])
+        epoch_text, why = self._ensure_epoch(keys=[self.keys[k] for k in (
+            "epoch", "seq", "stream", "runs", "checkpoint", "checkpoint_count", "summary")])
         if why:
             self._renewed(why, f"{epoch_text}-1")
         with self.client.pipeline(transaction=True) as pipe:
@@ -633,7 +645,8 @@ class RedisBroker(MemoryBroker):
             p.hmget(self.keys["summary"], names)
             for name in names:
                 p.llen(f"{self.prefix}transcript:{name}")
-            summaries, *lengths = p.execute()
+            summaries, *lengths = p.execute(raise_on_error=False)
+        lengths = [self._list_length(name, n) for name, n in zip(names, lengths, strict=False)]
         load, finished = [], []
         for name, text, length in zip(names, summaries, lengths, strict=False):
             summary = stored.load_or_none(text)
@@ -648,6 +661,13 @@ class RedisBroker(MemoryBroker):
                 # recency by the run's last event id: one total order across workers, no ties
                 finished.append((ev.parse_id(summary.get("last_event_id")) or (0, 0), name))
         return load + [name for _, name in sorted(finished)[-self.keep_finished:]]
+
+    def _list_length(self, name: str, reply: object) -> int:
+        """LLEN's reply for a run's transcript; a key of another type (an error) reads as empty."""
+        if isinstance(reply, int):
+            return reply
+        self._report_once(f"{self.prefix}transcript:{name}", f"cannot be read ({reply}); skipped")
+        return 0
 
     def _load_runs(self, names: list[str], upto: Cursor) -> dict[str, dict]:
         """Each run's snapshot as of ``upto``: its checkpoint plus the transcript after it."""
@@ -669,7 +689,7 @@ class RedisBroker(MemoryBroker):
         with self.client.pipeline(transaction=False) as p:
             for name, snap in zip(names, bases, strict=False):
                 p.lrange(f"{self.prefix}transcript:{name}", snap["event_count"] if snap else 0, -1)
-            tails = p.execute()
+            tails = [t if isinstance(t, list) else [] for t in p.execute(raise_on_error=False)]
         for name, snap, tail in zip(names, bases, tails, strict=False):
             snap = self._fold_tail(name, snap, tail, upto)
             if snap is not None:
