@@ -6,6 +6,8 @@
 
 `--only firehose` runs the firehose row alone (bench/firehose.py).
 
+`--only fsync` runs the `--fsync` modes' ingest table alone (bench/fsync.py).
+
 `--only growth` runs the growth table alone (bench/growth.py; writes docs/bench-growth.png).
 
 `--only =loop --skip-soak --skip-faults` runs the memory-backend rows of loop alone (latency, ingest,
@@ -474,6 +476,10 @@ def run_extra(name: str, smoke: bool) -> dict:
         from .firehose import firehose
 
         return firehose(smoke)
+    if name == "fsync":
+        from .fsync import fsync_modes
+
+        return fsync_modes(smoke)
     from .growth import growth
 
     return growth(smoke)
@@ -482,13 +488,15 @@ def run_extra(name: str, smoke: bool) -> dict:
 def report_extras(r: dict) -> list[str]:
     from .dashboard import report as dashboard_report
     from .firehose import report as firehose_report
+    from .fsync import report as fsync_report
     from .growth import report as growth_report
     from .history_load import report as history_report
 
     lines: list[str] = []
     if "dashboard" in r:
         lines += ["", "| what | measured | value | target |", "|---|---|---|---|", dashboard_report(r["dashboard"])]
-    for key, fn in (("history_load", history_report), ("firehose", firehose_report), ("growth", growth_report)):
+    for key, fn in (("history_load", history_report), ("firehose", firehose_report), ("fsync", fsync_report),
+                    ("growth", growth_report)):
         if key in r:
             lines += fn(r[key])
     return lines
@@ -531,7 +539,7 @@ def main(argv=None) -> None:
         print("· faults", file=sys.stderr, flush=True)
         results["faults"] = {"slow_reader": slow_reader(sizes), "storm": storm(sizes),
                              "restart": restart_resume(), "kill9": kill9_during_run(sizes)}
-    for name in ("dashboard", "history-load", "firehose", "growth"):
+    for name in ("dashboard", "history-load", "firehose", "fsync", "growth"):
         if not args.only or name in args.only.split(","):
             print(f"· {name}", file=sys.stderr, flush=True)
             results[name.replace("-", "_")] = run_extra(name, args.smoke)

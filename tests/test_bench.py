@@ -26,5 +26,7 @@ def test_the_benchmark_smoke_measures_every_server(tmp_path):
     assert faults["kill9"]["output_complete"] and faults["kill9"]["ordered"] and faults["kill9"]["finished"]
     assert faults["storm"]["back_to_zero"] and faults["restart"]["reset_seen"]
     assert (tmp_path / "latency.png").stat().st_size > 10_000
+    assert [row["mode"] for row in results["fsync"]["rows"]] == ["never", "everysec", "always"]
+    assert all(row["single_per_s"] > 0 and row["concurrent_per_s"] > 0 for row in results["fsync"]["rows"])
     hose = results["firehose"]                                      # the noisy run finished, the hooks delivered
     assert hose["throughput"]["finished"] and hose["overhead"]["exit"] == 0 and hose["hooks"]["delivered_in_order"]
