@@ -338,7 +338,7 @@ def _parse_items(items: tuple[str, ...], data_json: str | None) -> dict:
     try:
         return parse_items(items, data_json)
     except ItemError as e:
-        raise click.BadParameter(str(e), param_hint=e.param) from e
+        raise _UsageLine(f"{e.param}: {e}" if e.param else str(e)) from e
 
 
 @cli.command()
@@ -367,6 +367,7 @@ def emit(event_type, items, data_json, run_id, server, token) -> None:
     body = {"type": event_type, "data": _parse_items(items, data_json)}
     if run_id:
         body["run"] = run_id
+    _check_event(body)
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -379,6 +380,36 @@ def emit(event_type, items, data_json, run_id, server, token) -> None:
                 continue
             raise click.ClickException(str(e)) from e
     click.echo(r.json()["ids"][0])
+
+
+def _check_event(body: dict) -> None:
+    """What the sidecar would refuse, refused here first: one line with the JSON path, exit 2."""
+    from .events import EventError, validate_one
+
+    try:
+        validate_one(body)
+    except EventError as e:
+        where = {"type": "TYPE", "run": "--run"}.get(e.field, e.field)
+        raise _UsageLine(f"{where}: {e.message}") from e
+
+
+@cli.command(name="shell-hooks")
+@click.option("--emit", "which", flag_value="loop-emit", help="The path of loop-emit instead.")
+@click.option("--library", "which", flag_value="loop-progress.sh", default=True, hidden=True)
+def shell_hooks(which) -> None:
+    """Print where the shell hooks are installed: loop-progress.sh (to source), or loop-emit.
+
+    \b
+      source "$(loop shell-hooks)"        # loop_task_start, loop_progress, ... in any bash script
+      "$(loop shell-hooks --emit)" progress percent:=40
+    """
+    from .installed import hook_path
+
+    path = hook_path(which)
+    if path is None:
+        raise click.ClickException(f"{which} is not installed beside this loop ({sys.executable}); "
+                                   "reinstall the package (pip install loopstream)")
+    click.echo(str(path))
 
 
 @cli.command()

@@ -154,6 +154,12 @@ def check_value(value: Any, path: str = "data", depth: int = 0) -> None:
             check_value(item, _child(path, key), depth + 1)
 
 
+def _shown(value: Any) -> str:
+    """A refused value, short and printable, for an error message."""
+    text = json.dumps(value, ensure_ascii=True)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
 def validate_one(obj: Any, where: str = "", default_run: str = DEFAULT_RUN) -> Draft:
     """Check one client event and return it as a Draft; raise EventError naming the field."""
     if not isinstance(obj, dict):
@@ -163,14 +169,15 @@ def validate_one(obj: Any, where: str = "", default_run: str = DEFAULT_RUN) -> D
         raise EventError(f"{where}{unknown[0]}", "unknown field; put extra fields inside \"data\"")
     etype = obj.get("type")
     if not isinstance(etype, str) or not TYPE_RE.match(etype):
-        raise EventError(f"{where}type", "required; lowercase name matching [a-z][a-z0-9_.:-]{0,63}")
+        what = "required" if etype is None else f"invalid ({_shown(etype)})"
+        raise EventError(f"{where}type", f"{what}; a lowercase name matching [a-z][a-z0-9_.:-]{{0,63}}")
     if etype in STREAM_ONLY:
         raise EventError(f"{where}type", f"'{etype}' is made by the server and cannot be posted")
     run = obj.get("run")
     if run is None:
         run = default_run
     elif not isinstance(run, str) or not RUN_RE.match(run):
-        raise EventError(f"{where}run", "must match [A-Za-z0-9._-]{1,64}")
+        raise EventError(f"{where}run", f"invalid ({_shown(run)}); a name matching [A-Za-z0-9._-]{{1,64}}")
     data = obj.get("data")
     if data is None:
         data = {}

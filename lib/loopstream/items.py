@@ -34,7 +34,7 @@ def split_item(item: str) -> tuple[str, Any]:
         try:
             return key, json.loads(raw)
         except json.JSONDecodeError as e:
-            raise ItemError(f"{item!r}: the value after := must be JSON ({e})") from e
+            raise ItemError(f"data.{key.removesuffix(LIST_SUFFIX)}: {raw!r} after := is not JSON ({e})") from e
     if "=" in item:
         key, text = item.split("=", 1)
         return key, text
