@@ -176,9 +176,12 @@ def test_a_reconnect_storm_of_500_streams_on_redis_is_served(make_server):
         for i in range(500):
             sock = connect(srv.port, source=f"127.0.1.{10 + i // 20}", timeout=30)
             socks.append(sock)
+        begun = time.monotonic()
         for sock in socks:               # every request on the wire before any answer is read
             sock.sendall(b"GET /stream/progress HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         statuses = [sock.recv(65536)[:12] for sock in socks]
+        print(f"500 stream connects at once on Redis: {statuses.count(b'HTTP/1.1 200')} answered 200 "
+              f"in {(time.monotonic() - begun) * 1000:.0f} ms")
         assert statuses.count(b"HTTP/1.1 200") == 500, sorted(set(statuses))
         assert subscribers(srv.port) == 500
     finally:
