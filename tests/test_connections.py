@@ -139,6 +139,8 @@ def test_a_refused_connection_is_told_why(make_server):
                 status, _, body = answer(sock)
                 return status == 429 and json.loads(body)["error"] == "too_many_connections"
         wait_for(refused, 10, message="a third connection from 127.0.0.1 to be refused")
+        metrics = get(srv.port, "/metrics", source="127.0.0.2").read().decode()
+        assert 'loop_events_rejected_total{reason="too_many_connections"}' in metrics
     finally:
         for sock in held:
             sock.close()

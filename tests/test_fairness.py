@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import BACKENDS
+from conftest import BACKENDS, wait_for
 
 pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 
@@ -32,6 +32,13 @@ class Client:
 
     def post(self, body) -> tuple[int, dict]:
         return self.request("POST", "/api/events", body)
+
+    def post_chunked(self, body) -> tuple[int, dict]:
+        """The same POST with a chunked body: gunicorn and Flask serve it, not the worker's fast path."""
+        self.conn.request("POST", "/api/events", body=iter([json.dumps(body).encode()]), encode_chunked=True,
+                          headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+        resp = self.conn.getresponse()
+        return resp.status, json.loads(resp.read())
 
     def events_of(self, run: str) -> int:
         status, snap = self.request("GET", f"/api/runs/{run}")
@@ -65,8 +72,8 @@ def test_a_batch_is_charged_to_every_run_it_names(make_server):
     owner, flooder = Client(srv.port, "127.0.0.2"), Client(srv.port, "127.0.0.1")
     assert owner.post(started("victim"))[0] == 201
     begun = time.monotonic()
-    answers = [flooder.post([started(f"decoy-{i}")] + [{"type": "progress", "run": "victim", "data": {}}] * 9)
-               for i in range(60)]
+    answers = [(flooder.post_chunked if i % 2 else flooder.post)(     # both paths, charged alike
+        [started(f"decoy-{i}")] + [{"type": "progress", "run": "victim", "data": {}}] * 9) for i in range(60)]
     elapsed = time.monotonic() - begun
     refused = [body for status, body in answers if status == 429]
     assert refused and all("run:victim" in body["message"] for body in refused)
@@ -88,3 +95,16 @@ def test_one_client_naming_new_runs_cannot_stop_another_starting_one(make_server
     assert (status, body["error"]) == (429, "too_many_live_runs")
     assert flooder.post({"type": "progress", "run": "ghost-0-7", "data": {}})[0] == 201   # its live runs go on
     assert other.post(started("mine"))[0] == 201           # and another client starts its run
+
+
+def test_runs_only_named_once_give_their_slots_back(make_server):
+    """The probe's batch naming new runs that fill --max-live-runs: its runs are finished after
+    --ghost-after, and then another client's new run is accepted."""
+    srv = make_server("--max-live-runs", "100", "--max-live-runs-per-client", "0", "--ghost-after", "1")
+    flooder, other = Client(srv.port, "127.0.0.1"), Client(srv.port, "127.0.0.2")
+    assert flooder.post([{"type": "note", "run": f"ghost-{i}"} for i in range(100)])[0] == 201
+    status, body = other.post(started("mine"))
+    assert (status, body["error"]) == (503, "too_many_live_runs")
+    wait_for(lambda: other.post(started("mine"))[0] == 201, 20, 0.2, "the ghost runs to give their slots back")
+    status, snap = other.request("GET", "/api/runs/ghost-7")
+    assert snap["status"] == "interrupted"

@@ -267,6 +267,7 @@ class IngestWorker(GeventWorker):
     def handle(self, listener, client, addr) -> None:
         gate, who = self.limits(), client_of(addr)
         if not gate.enter(who):
+            self.wsgi.extensions["loop"].metrics.reject("too_many_connections")
             refuse(client, too_many_connections(gate.cap))
             return
         try:
