@@ -37,23 +37,28 @@ def test_emit_takes_server_run_and_token_from_the_environment(make_server):
 
 def test_emit_errors_are_one_line_without_traceback(server):
     for args, code, words in [
-        (["emit", "progress", "percent:=notjson"], 2, "must be JSON"),
+        (["emit", "progress", "percent:=notjson"], 2, "data.percent: 'notjson' after := is not JSON"),
+        (["emit", "progress", "percent:=1e999"], 2, "data.percent: must be a finite number"),
+        (["emit", "progress", "n:=[1,{\"a\":1e16}]"], 2, "data.n[1].a: a number must be within"),
         (["emit", "progress", "noequals"], 2, "key=text"),
-        (["emit", "BadType"], 1, "type"),
-        (["emit", "x", "--data", "[1]"], 2, "JSON object"),
+        (["emit", "BadType"], 2, 'TYPE: invalid ("BadType")'),
+        (["emit", "x", "--run", "a b"], 2, '--run: invalid ("a b")'),
+        (["emit", "x", "--data", "[1]"], 2, "--data: must be a JSON object"),
     ]:
         r = loop(*args, "--server", server.url)
         assert r.returncode == code and words in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+        assert r.stderr.count("\n") == 1, (args, r.stderr)
+    assert server.get("/api/events").json()["events"] == []       # nothing was sent
     down = loop("emit", "x", "--server", f"http://127.0.0.1:{free_port()}")
     assert down.returncode == 1 and "cannot reach the sidecar" in down.stderr
     assert len(down.stderr.strip().split("\n")) == 1
 
 
-def test_runs_prints_json_when_piped(server):
+def test_runs_prints_json_lines_when_piped(server):
     server.post([{"type": "task_started", "run": "a", "data": {"task_name": "A", "story_count": 1}},
                  {"type": "task_started", "run": "b", "data": {"task_name": "B"}}])
     r = loop("runs", "--server", server.url)
-    rows = json.loads(r.stdout)
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert {row["run"] for row in rows} == {"a", "b"} and rows[0]["status"] == "running"
 
 

@@ -97,14 +97,14 @@ def test_a_carriage_return_in_a_field_cannot_forge_or_hide_the_start_of_a_plain_
 
 
 def test_every_box_row_and_runs_row_is_free_of_cr_c1_and_bidi_controls():
-    from loopstream.view import run_row
+    from loopstream.view import runs_table
     snap = full_run_midway()
     nasty = f"a\rb\x85c\x9bd{BIDI}e\x1b]0;x"
     snap["task_name"] = nasty
     snap["stories"][0]["title"] = nasty
     snap["last_error"] = {"error_type": nasty, "error_message": {"k": nasty}}
     snap["control"]["stop_requested"] = nasty
-    rows = render_box(snap, width=80, now=104.0) + [run_row({**snap, "status": nasty})]
+    rows = render_box(snap, width=80, now=104.0) + runs_table([{**snap, "status": nasty}], 80)[1:]
     text = "\n".join(rows)
     assert not any(ch in text for ch in "\r\x85\x9b\x1b" + BIDI)
     assert "Task: a b" in text and "Current Story: US-001 - a b" in text

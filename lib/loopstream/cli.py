@@ -103,7 +103,7 @@ def serve(ctx, host, port, buffer, rate, burst, heartbeat, db, no_history, backe
     from .serving import Sidecar, WorkerCountError
 
     if not is_loopback(host) and not token and not insecure:
-        raise click.ClickException(
+        raise _UsageLine(
             f"refusing to bind {host} without a token: anyone who can reach it could post events and "
             "stop runs. Pass --token (or LOOP_TOKEN), or --insecure if the network is trusted.")
     cors_origins = [o for value in cors for o in value.split(",") if o]
@@ -236,6 +236,10 @@ def _configure_notify(config, url: str | None, fmt: str, min_duration: float, ho
 def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_update, no_embed,
         heartbeat_s, **agent_settings) -> None:
     """Run a PRD's open stories and report every step to the sidecar.
+
+    When no sidecar answers at --server, it starts one (detached, on that
+    port or a free one; it stays up after the run until idle, see
+    --no-embed) and prints its dashboard URL.
 
     Stories with "passes": false run by priority, after their dependencies,
     each as its own process group. Exit 0 when all passed, 1 when any
@@ -415,27 +419,31 @@ def shell_hooks(which) -> None:
 @cli.command()
 @server_option
 @token_option
-@click.option("--json", "as_json", is_flag=True, help="JSON even on a terminal.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document (a list of runs), wherever the output goes.")
 def runs(server, token, as_json) -> None:
-    """List runs: live ones and history (a table on a terminal, JSON when piped)."""
+    """List runs: live ones and history.
+
+    On a terminal a table that fits its width (statuses coloured unless
+    NO_COLOR is set); piped, JSON Lines (one run a line, for grep and head);
+    --json, one JSON document.
+    """
     import json
+    import os
+    import shutil
 
-    from .client import SidecarError, request
-    from .view import run_row
+    from .view import runs_table
 
-    try:
-        rows = request("GET", server.rstrip("/") + "/api/runs", token).json()["runs"]
-    except SidecarError as e:
-        raise click.ClickException(str(e)) from e
-    if as_json or not sys.stdout.isatty():
-        click.echo(json.dumps(rows, indent=None))
-        return
-    if not rows:
+    rows = _known_runs(server.rstrip("/"), token)
+    if as_json:
+        click.echo(json.dumps(rows))
+    elif not sys.stdout.isatty():
+        for row in rows:
+            click.echo(json.dumps(row))
+    elif not rows:
         click.echo("no runs yet")
-        return
-    click.echo(f"{'RUN':40} {'STATUS':12} {'DONE':>9} {'ELAPSED':>9}  TASK")
-    for r in rows:
-        click.echo(run_row(r))
+    else:
+        color = not os.environ.get("NO_COLOR")
+        click.echo("\n".join(runs_table(rows, shutil.get_terminal_size().columns, color)))
 
 
 def _control_command(action: str):
@@ -533,9 +541,11 @@ def _transcript_writer():
 @token_option
 @click.option("--json", "as_json", is_flag=True, help="Print raw events as JSON lines.")
 def watch(run_id, server, token, as_json) -> None:
-    """Follow a run live, from anywhere it is emitted (the latest live run if none is named).
+    """Follow a run live, from anywhere it is emitted.
 
-    Exits when the named run finishes: 0 passed, 1 failed, 130 stopped.
+    Without RUN: the live run updated last (or, with none live, the next
+    to start), followed to its end. Exits when the run finishes: 0 passed,
+    1 failed, 130 stopped.
     """
     import threading
 
@@ -545,6 +555,8 @@ def watch(run_id, server, token, as_json) -> None:
         raise click.BadParameter("must match [A-Za-z0-9._-]{1,64}", param_hint="RUN")
     server = server.rstrip("/")
     runs = [run_id] if run_id else []
+    if not run_id:
+        _known_runs(server, token)   # no sidecar: the same one line as with a RUN, not a wait
     watched = RunWatch(run_id, _known_run(server, token, run_id) if run_id else None)
     live_view = not as_json and sys.stdout.isatty()
     printer = _WatchPrinter(watched, as_json, live_view)
@@ -569,6 +581,16 @@ def watch(run_id, server, token, as_json) -> None:
         sys.exit(ExitStatus.INTERRUPTED)
     printer.at_end()
     sys.exit(watched.finished() or ExitStatus.OK)
+
+
+def _known_runs(server: str, token: str | None) -> list[dict]:
+    """Every run the sidecar has (live and history); a sidecar that does not answer is a ClickException."""
+    from .client import SidecarError, request
+
+    try:
+        return request("GET", f"{server}/api/runs", token, timeout=3).json()["runs"]
+    except SidecarError as e:
+        raise click.ClickException(str(e)) from e
 
 
 def _known_run(server: str, token: str | None, run_id: str) -> dict | None:
@@ -602,6 +624,8 @@ class _WatchPrinter:
         from .view import plain_line
 
         self.watched.apply(event)
+        if event.get("run") != self.watched.followed:   # another run than the one watched
+            return
         if self.as_json:
             click.echo(json.dumps(event))
         elif not self.live_view:

@@ -789,7 +789,8 @@ def follow(server: str, token: str | None, follower: Follower, runs=(), types=()
 
 class RunWatch:
     """`loop watch`'s runs: every run's snapshot (replaced by a fresh hello or a reset, folded event by
-    event), and the run shown: the named one, else the live run updated last."""
+    event), and the run shown: the named one, else the live run updated last when the watch began (or
+    the first to start after), followed to its end like a named one."""
 
     def __init__(self, run_id: str | None, known: dict | None = None):
         self.run_id = run_id
@@ -823,10 +824,11 @@ class RunWatch:
         return None
 
     def _follow_latest(self) -> None:
+        """No run named: pick the live run updated last (or the first to start), then keep to it to its end."""
         from . import state
 
         if self.run_id:
             return
         live = [s for s in self.snaps.values() if state.is_live(s)]
         if live:
-            self.followed = max(live, key=lambda s: s.get("updated_at") or 0)["run"]
+            self.followed = self.run_id = max(live, key=lambda s: s.get("updated_at") or 0)["run"]

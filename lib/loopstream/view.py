@@ -351,15 +351,48 @@ def _count(value: object) -> int | float:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 1e15 else 0
 
 
-def run_row(r: dict) -> str:
-    """One row of ``loop runs``'s table, every field cleaned before it is placed."""
+STATUS_SGR = {"passed": "32", "failed": "31", "running": "33", "paused": "33",   # green, red, yellow
+              "stopped": "35", "interrupted": "35"}                            # magenta
+
+
+def _cell(text: str, width: int, right: bool = False) -> str:
+    """``text`` in exactly ``width`` terminal cells: padded, or cut with "…" (wide characters count twice)."""
+    from rich.cells import cell_len, set_cell_size
+
+    if cell_len(text) > width:
+        return set_cell_size(text, max(width - 1, 0)) + "…"[:width]
+    pad = " " * (width - cell_len(text))
+    return pad + text if right else text + pad
+
+
+def _run_cells(r: dict) -> tuple[str, str, str, str, str]:
+    """run, status, done, elapsed and task of one run, every field cleaned before it is placed."""
     c: Any = r.get("counts") if isinstance(r.get("counts"), dict) else {}
     total = _count(c.get("total"))
     done = (f"{_count(c.get('completed')) + _count(c.get('failed'))}/{total}" if total
             else f"{_count(r.get('percent')):.0f}%")
     elapsed = r.get("elapsed_s")
-    return (f"{field(r.get('run'))[:40]:40} {field(r.get('status'))[:12]:12} {done:>9} "
-            f"{duration(_count(elapsed) if elapsed is not None else None):>9}  {field(r.get('task_name'))[:40]}")
+    return (field(r.get("run")), field(r.get("status")), done,
+            duration(_count(elapsed) if elapsed is not None else None), field(r.get("task_name")))
+
+
+def runs_table(rows: list[dict], width: int, color: bool = False) -> list[str]:
+    """``loop runs`` on a terminal: a header and one line a run, never wider than ``width`` (cells cut
+    with "…", never wrapped); statuses coloured when ``color``."""
+    cells = [_run_cells(r) for r in rows]
+    status_w, done_w, elapsed_w = 11, 9, 9
+    rest = max(width - (status_w + done_w + elapsed_w + 5), 12)     # five separating spaces
+    run_w = min(max([3, *(len(c[0]) for c in cells)]), max(rest * 11 // 20, 6))
+    task_w = rest - run_w
+    lines = [" ".join([_cell("RUN", run_w), _cell("STATUS", status_w), _cell("DONE", done_w, True),
+                       _cell("ELAPSED", elapsed_w, True), "", _cell("TASK", task_w)]).rstrip()]
+    for run, status, done, elapsed, task in cells:
+        shown = _cell(status, status_w)
+        if color and status in STATUS_SGR:
+            shown = f"\x1b[{STATUS_SGR[status]}m{shown}\x1b[0m"
+        lines.append(" ".join([_cell(run, run_w), shown, _cell(done, done_w, True), _cell(elapsed, elapsed_w, True),
+                               "", _cell(task, task_w)]).rstrip())
+    return lines
 
 
 class LiveView:
