@@ -157,8 +157,9 @@ def test_adapt_sends_the_events_and_prints_a_transcript(server):
     assert agent["tool_calls"] == 3 and agent["last_tool"]["tool"] == "Grep" and agent["cost_usd"] == 0.0421
     assert snap["cost_usd"] == 0.0421 and snap["input_tokens"] == 12 and snap["output_tokens"] == 845
     types = [e["type"] for e in server.get("/api/runs/adapt-1/transcript").json()["events"]]
-    assert types == ["agent_init", "agent_text", "tool_call", "tool_result", "tool_call", "tool_result",
-                     "tool_call", "tool_result", "agent_text", "agent_result"]
+    assert types == ["story_started", "agent_init", "agent_text", "tool_call", "tool_result", "tool_call",
+                     "tool_result", "tool_call", "tool_result", "agent_text", "agent_result", "story_completed"]
+    assert snap["stories"][0]["status"] == "passed"
 
 
 def test_adapt_keeps_unknown_lines_as_output_and_escapes_off_the_terminal(server, tmp_path):

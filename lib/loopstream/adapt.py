@@ -14,6 +14,7 @@ import os
 import select
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from .agent import LineSplitter, StreamJsonParser
 from .view import clean
@@ -61,20 +62,76 @@ def output_events(data: dict) -> list[dict]:
     return [{**data, "text": text[i:i + OUTPUT_CHUNK]} for i in range(0, len(text), OUTPUT_CHUNK)] or [data]
 
 
+@dataclass
+class Lifecycle:
+    """The story's start and end, when `loop adapt` owns them (a bash loop's `--story`; inside `loop run`
+    the runner owns them): started when the agent's first line comes, finished when its input ends
+    (failed when its result says ``is_error`` or it never gave one), and the run finished after it
+    when this is the ``last`` story."""
+
+    story_id: str
+    title: str | None = None
+    last: bool = False
+    started_at: float | None = None
+    verdict: str = "failed"          # until the agent's result says otherwise
+
+    def start(self) -> list[tuple[str, dict]]:
+        self.started_at = time.monotonic()
+        started = {"story_id": self.story_id}
+        if self.title:              # without one, a title the story already has stays
+            started["title"] = self.title
+        return [("story_started", started)]
+
+    def seen(self, etype: str, data: dict) -> None:
+        if etype == "agent_result":
+            self.verdict = "failed" if data.get("is_error") else "passed"
+
+    def end(self, stopped: str | None = None) -> list[tuple[str, dict]]:
+        """The story's end: its verdict, or cancelled and the run stopped when ``stopped`` (the reason)."""
+        if self.started_at is None:
+            return [("task_stopped", {"reason": stopped})] if stopped else []
+        duration_ms = round((time.monotonic() - self.started_at) * 1000)
+        done = {"story_id": self.story_id, "status": "cancelled" if stopped else self.verdict,
+                "duration_ms": duration_ms}
+        if stopped:
+            return [("story_completed", {**done, "reason": stopped}), ("task_stopped", {"reason": stopped})]
+        return [("story_completed", done)] + ([("task_completed", {})] if self.last else [])
+
+
 class Adapter:
     """Reads a file descriptor to its end, turning each line into events and transcript lines."""
 
     def __init__(self, emit: Callable[[dict], None], write: Callable[[str], None], run: str | None,
-                 story_id: str | None):
+                 story_id: str | None, lifecycle: Lifecycle | None = None):
         self.emit_event = emit
         self.write = write
         self.run = run
         self.parser = StreamJsonParser(story_id)
         self.splitter = LineSplitter()
         self.counts: dict[str, int] = {}
+        self.lifecycle = lifecycle
+        self.stop_reason: str | None = None
+        self._wake_r, self._wake_w = os.pipe()
+
+    def request_stop(self, reason: str) -> None:
+        """A stop for the run (from the sidecar): end the read at once; the caller exits 130."""
+        if self.stop_reason is None:
+            self.stop_reason = reason or "stop requested"
+            os.write(self._wake_w, b"x")
+
+    def request_pause(self, reason: str | None) -> None:
+        """Nothing to pause: the agent is not ours (it runs upstream of the pipe)."""
+
+    def request_resume(self, reason: str | None) -> None:
+        """Nothing to resume."""
+
+    def force_kill(self) -> None:
+        self.request_stop("stop requested")
 
     def _deliver(self, events: list[tuple[str, dict]]) -> None:
         for etype, data in events:
+            if self.lifecycle:
+                self.lifecycle.seen(etype, data)
             self.counts[etype] = self.counts.get(etype, 0) + 1
             for d in (output_events(data) if etype == "output" else [data]):
                 event = {"type": etype, "ts": round(time.time(), 3), "data": d}
@@ -86,22 +143,30 @@ class Adapter:
                 self.write(line)
 
     def feed(self, chunk: bytes) -> None:
+        if self.lifecycle and self.lifecycle.started_at is None:
+            self._deliver(self.lifecycle.start())
         for line in self.splitter.feed(chunk):
             self._deliver(self.parser.feed(line))
 
     def finish(self) -> None:
-        for line in self.splitter.close():
-            self._deliver(self.parser.feed(line))
+        """The end of the input (or a stop): what is held, then the story's end when it is ours."""
+        if self.stop_reason is None:
+            for line in self.splitter.close():
+                self._deliver(self.parser.feed(line))
         self._deliver(self.parser.flush())
+        if self.lifecycle:
+            self._deliver(self.lifecycle.end(self.stop_reason))
 
     def read_fd(self, fd: int) -> None:
-        """Read ``fd`` to end of file; text held for coalescing is shown after a second of quiet."""
-        while True:
+        """Read ``fd`` to end of file or a stop; text held for coalescing is shown after a second of quiet."""
+        while self.stop_reason is None:
             wait = IDLE_FLUSH_S if self.parser.pending_text else None
-            ready, _, _ = select.select([fd], [], [], wait)
+            ready, _, _ = select.select([fd, self._wake_r], [], [], wait)
             if not ready:
                 self._deliver(self.parser.flush())
                 continue
+            if fd not in ready:
+                break
             chunk = os.read(fd, READ_SIZE)
             if not chunk:
                 break

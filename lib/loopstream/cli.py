@@ -481,25 +481,41 @@ for _action in ("stop", "pause", "resume"):
 @click.argument("agent_format", metavar="FORMAT", type=click.Choice(["claude"]))
 @click.option("--run", "run_id", envvar="LOOP_RUN", help="The run the events belong to [default: the sidecar's].")
 @click.option("--story", "story_id", envvar="LOOP_STORY", help="The story the agent works on.")
+@click.option("--title", default=None, help="The story's title, given when it starts.")
+@click.option("--last", is_flag=True, help="The run's last story: finish the run after it (task_completed).")
 @server_option
 @token_option
 @click.option("--wait", default=3.0, show_default=True, type=click.FloatRange(0, 60),
               help="Seconds spent at the end delivering events still queued (a sidecar that is down or hung).")
-def adapt(agent_format, run_id, story_id, server, token, wait) -> None:
+@click.pass_context
+def adapt(ctx, agent_format, run_id, story_id, title, last, server, token, wait) -> None:
     """Turn an agent's stream-json on stdin into events and a readable transcript.
 
     FORMAT is `claude`: Claude Code's `--output-format stream-json --verbose`.
     Tool calls, results, text and the final cost go to the sidecar as
-    events; stdout gets the transcript. Exit 0 whatever the sidecar does.
+    events; stdout gets the transcript.
+
+    With --story (a loop of your own), the story is started when the agent's
+    first line comes and finished when its input ends: passed, or failed when
+    the agent's result is an error or there was none; --last also finishes
+    the run. (Inside `loop run`, where LOOP_STORY is set, the runner does
+    that.) A stop requested for the run (`loop stop`, the dashboard) ends it
+    at once with exit 130, so a `set -o pipefail` loop can end; otherwise it
+    exits 0 at the end of its input, whatever the sidecar does.
 
     \b
-      claude -p "$PROMPT" --output-format stream-json --verbose | loop adapt claude --run nightly
+      set -o pipefail
+      claude -p "$PROMPT" --output-format stream-json --verbose | loop adapt claude --run nightly --story US-1
     """
-    from .adapt import Adapter
+    import threading
+
+    from . import orchestrate as orch
+    from .adapt import Adapter, Lifecycle
     from .client import Outbox
 
     if run_id is not None and not _valid_run(run_id):
         raise click.BadParameter("must match [A-Za-z0-9._-]{1,64}", param_hint="--run")
+    owns_story = story_id is not None and ctx.get_parameter_source("story_id") != click.core.ParameterSource.ENVIRONMENT
     warned: list[bool] = []
 
     def on_status(status) -> None:
@@ -507,8 +523,14 @@ def adapt(agent_format, run_id, story_id, server, token, wait) -> None:
             warned.append(True)
             click.echo(f"loop adapt: {status.last_error}; carrying on", err=True)
 
-    outbox = Outbox(server.rstrip("/"), token, on_status=on_status)
-    adapter = Adapter(outbox.put, _transcript_writer(), run_id, story_id)
+    server = server.rstrip("/")
+    outbox = Outbox(server, token, on_status=on_status)
+    adapter = Adapter(outbox.put, _transcript_writer(), run_id, story_id,
+                      Lifecycle(story_id, title, last) if owns_story else None)
+    done = threading.Event()
+    if run_id:
+        threading.Thread(target=orch.listen_for_control, daemon=True,
+                         args=(server, token, run_id, adapter, done, lambda line: None)).start()
     code = ExitStatus.OK
     try:
         adapter.read_fd(sys.stdin.fileno())
@@ -516,8 +538,12 @@ def adapt(agent_format, run_id, story_id, server, token, wait) -> None:
         adapter.finish()
         code = ExitStatus.INTERRUPTED
     finally:
+        done.set()
         if not outbox.close(timeout=wait):
             click.echo(f"loop adapt: {outbox.status.dropped} events not delivered to {server}", err=True)
+    if adapter.stop_reason is not None:
+        click.echo(f"loop adapt: run {run_id} stopped: {_clean(adapter.stop_reason)}", err=True)
+        code = ExitStatus.INTERRUPTED
     sys.exit(code)
 
 
