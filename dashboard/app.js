@@ -106,10 +106,7 @@ function showAlerts(snap) {
 function watch(snap, event, statusBefore) {
   const name = snap.task_name || snap.run;
   if (FINISHED.includes(snap.status) && statusBefore !== snap.status) {
-    const c = snap.counts || {};
-    const ended = exitLine(snap);
-    alerts.notify(snap.run, `finished ${snap.finished_at}`, `${name}: ${snap.status}`, ended && !c.total ? ended
-      : `${c.completed ?? 0} passed, ${c.failed ?? 0} failed` + (c.cancelled ? `, ${c.cancelled} cancelled` : ""));
+    alerts.notify(snap.run, `finished ${snap.finished_at}`, `${name}: ${snap.status}`, outcome(snap));
   } else if (event.type === "story_stalled") {
     const d = event.data || {};
     alerts.notify(snap.run, `stalled ${event.id}`, `${name}: a story stalled`,
@@ -396,14 +393,25 @@ function drawNotice({ snap }) {
   setHidden(notice, !finished);
   if (!finished) return;
   setAttr(notice, "data-status", snap.status);
+  setText(notice, outcome(snap));
+}
+
+// What a finished run came to, in one line: a command's exit, else the stories' counts, else (a script
+// without stories) its time and last error; a stop's reason last.
+function outcome(snap) {
   const c = snap.counts || {};
-  const words = { passed: "Run passed", failed: "Run failed", stopped: "Run stopped", interrupted: "Run interrupted" };
   const ended = exitLine(snap);
+  const word = `Run ${snap.status}`;
   const reason = snap.status === "stopped" && snap.stop_reason ? ` Reason: ${snap.stop_reason}` : "";
-  setText(notice, (ended && !c.total ? `${ended}.`
-    : `${words[snap.status]}: ${c.completed ?? 0} passed, ${c.failed ?? 0} failed` +
-      (c.skipped ? `, ${c.skipped} skipped` : "") + (c.cancelled ? `, ${c.cancelled} cancelled` : "") +
-      ` in ${duration(snap.elapsed_s)}.`) + reason);
+  if (ended && !c.total) return `${ended}.${reason}`;
+  if (!c.total) {
+    const e = snap.status === "failed" ? snap.last_error : null;
+    return `${word} after ${duration(snap.elapsed_s)}.` +
+      (e ? ` ${e.error_type || "error"}: ${e.error_message ?? ""}` : "") + reason;
+  }
+  return `${word}: ${c.completed ?? 0} passed, ${c.failed ?? 0} failed` +
+    (c.skipped ? `, ${c.skipped} skipped` : "") + (c.cancelled ? `, ${c.cancelled} cancelled` : "") +
+    ` in ${duration(snap.elapsed_s)}.${reason}`;
 }
 
 function drawCards({ snap }) {

@@ -847,3 +847,16 @@ def test_the_dashboard_url_loop_run_prints_opens_on_its_run_even_before_it_start
     until(browser, lambda: text(browser, "#run-title") == "Printed URL", message="the printed run")
     assert js(browser, "return document.querySelector('#run-list button[aria-current=true] .run-name').textContent") \
         == "printed"
+
+
+def test_a_run_without_stories_ends_on_its_time_and_last_error_and_keeps_its_progress_bar(browser, server):
+    server.post([{"type": "task_started", "run": "py-job", "data": {"task_name": "Python job"}},
+                 {"type": "progress", "run": "py-job", "data": {"percent": 40}},
+                 {"type": "error_occurred", "run": "py-job", "data": {"error_type": "ValueError",
+                                                                      "error_message": "bad row 12"}},
+                 {"type": "task_completed", "run": "py-job", "data": {"status": "failed"}}])
+    open_page(browser, server.url + "/?run=py-job")
+    until(browser, lambda: text(browser, "#run-status") == "failed", message="the failed run")
+    assert re.fullmatch(r"Run failed after \d+s\. ValueError: bad row 12", text(browser, "#notice"))
+    assert not hidden(browser, "#progress-row")               # it reported progress: its bar stays
+    assert hidden(browser, "#stories-box") and hidden(browser, "#c-completed") and hidden(browser, "#run-command")
