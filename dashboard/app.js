@@ -2,7 +2,7 @@
 // updates in place — rows are keyed and updated, never rebuilt, so focus, hover, a click in
 // progress and a text selection survive live updates; output is appended. Event text is only ever
 // set with textContent. Each panel is one render function in PANELS: a new panel is one more entry.
-import { apply, isLive, FINISHED } from "./state.js";
+import { apply, asText, isLive, FINISHED } from "./state.js";
 import { SharedStream } from "./shared.js";
 import { Alerts } from "./alerts.js";
 import { $, fromTemplate, keyed, setAttr, setHidden, setText } from "./dom.js";
@@ -316,7 +316,7 @@ function drawRunList({ rows }) {
     const status = li.querySelector(".run-status");
     setText(status, r.status);
     setAttr(status, "data-status", r.status);
-    setText(li.querySelector(".run-percent"), `${Math.round(r.percent || 0)}%`);
+    setText(li.querySelector(".run-percent"), reportsProgress(r) ? ` · ${Math.round(r.percent || 0)}%` : "");
     setText(li.querySelector(".run-task"), r.task_name || "");
     setAttr(li.querySelector("button"), "aria-current", String(r.run === selected));
   });
@@ -513,8 +513,15 @@ function describe(event) {
     case "story_started": return `${d.story_id} ${d.title ?? ""} (attempt ${d.attempt ?? 1})`;
     case "story_completed": return `${d.story_id} ${d.status}`;
     case "ac_completed": case "ac_failed": return `${d.story_id} [${d.ac_index}] ${d.ac_text ?? ""} ${d.error ?? ""}`;
-    default: return describeAgent(event) ?? (typeof d.message === "string" ? d.message : JSON.stringify(d));
+    case "task_started":
+      if (d.command === undefined || d.command === null) break;
+      return asText(d.task_name) + (d.command === d.task_name ? "" : ` — \`${asText(d.command)}\``);
+    case "task_completed": case "task_stopped":   // a command's end, as the terminal's plain line says it
+      if (!("exit_code" in d)) break;
+      return `${event.type === "task_stopped" ? "stopped" : asText(d.status ?? "finished")}: exit ${asText(d.exit_code)}` +
+        ` after ${duration(Number(d.duration_ms) / 1000 || 0)}` + (d.reason ? ` reason=${asText(d.reason)}` : "");
   }
+  return describeAgent(event) ?? (typeof d.message === "string" ? d.message : JSON.stringify(d));
 }
 
 function drawTranscript(snap) {

@@ -821,6 +821,10 @@ def test_a_loop_exec_run_shows_its_command_and_exit_code_and_no_empty_sections(b
     assert re.fullmatch(r"`sh -c 'echo compiling; exit 3'` failed: exit 3 after \d+s\.", text(browser, "#notice"))
     assert text(browser, "#run-title") == "sh -c 'echo compiling; exit 3'" and hidden(browser, "#run-command")
     assert hidden(browser, "#stories-box") and hidden(browser, "#progress-row")
+    assert text(browser, "#run-list button[aria-current=true] .run-meta") == "failed"   # no made-up percentage
+    until(browser, lambda: "task_completed failed: exit 3 after 0s" in text(browser, "#transcript"),
+          message="the command's end in the transcript")
+    assert "task_started sh -c 'echo compiling; exit 3'\n" in text(browser, "#transcript")
     shot(browser, "exec-failed")
 
 
