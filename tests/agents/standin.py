@@ -10,6 +10,11 @@ One server speaks three wire formats, so one script can drive any of the CLIs:
 * Gemini (Gemini CLI): ``POST /v1beta/models/M:streamGenerateContent?alt=sse``,
   ``:generateContent``, ``:countTokens``.
 
+It is also a refusing proxy: with ``HTTPS_PROXY``/``HTTP_PROXY`` set to its URL
+(and ``NO_PROXY=127.0.0.1,localhost``), every attempt of a CLI to reach anything
+else is recorded (``CONNECT host:443``) and refused at once, so nothing leaves
+the machine and nothing waits on a DNS lookup.
+
 A *script* is a JSON list of turns. Each request that the agent makes for its
 next step (a request that offers tools) takes the next turn; a request without
 tools (a title, a summary, a classifier) gets a short canned answer and takes
@@ -170,10 +175,21 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802
         self._record({})
+        if self.path.startswith("http"):  # a proxied plain-HTTP request for somewhere else: refuse
+            return self._json(403, {"error": {"message": "stand-in: offline"}})
         path = urlsplit(self.path).path
         if path.endswith("/models"):
             return self._json(200, {"object": "list", "data": [], "models": []})
         return self._json(404, {"error": {"message": f"stand-in: no GET {path}"}})
+
+    def do_CONNECT(self):  # noqa: N802
+        """As an HTTPS proxy (HTTPS_PROXY=url): record where the CLI tried to go, and refuse."""
+        self._record({})
+        self.send_response(403, "stand-in: offline")
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
 
     def do_HEAD(self):  # noqa: N802
         self.send_response(200)
@@ -183,6 +199,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
         body = self._body()
         self._record(body)
+        if self.path.startswith("http"):
+            return self._json(403, {"error": {"message": "stand-in: offline"}})
         path = urlsplit(self.path).path
         for suffix, fn in ROUTES:
             if path.endswith(suffix) or (suffix.startswith(":") and suffix in path):
