@@ -13,7 +13,8 @@ import pytest
 
 from conftest import ROOT, wait_for
 from loopstream import state
-from loopstream.agent import MAX_TEXT, LineSplitter, StreamJsonParser, is_init_line, tool_summary
+from loopstream.formats import MAX_TEXT, LineSplitter, detect, tool_summary
+from loopstream.formats.claude import ClaudeParser as StreamJsonParser
 
 AGENTS = ROOT / "tests" / "agents"
 FAKE = [sys.executable, str(AGENTS / "fake_claude.py")]
@@ -124,9 +125,9 @@ def test_any_line_gives_events_and_never_raises(line):
 
 
 def test_init_detection_and_tool_summaries():
-    assert is_init_line((AGENTS / "clean.jsonl").read_text().splitlines()[0])
-    assert not is_init_line('{"type": "system", "subtype": "compact_boundary"}')
-    assert not is_init_line("Starting agent…") and not is_init_line("{not json")
+    assert detect((AGENTS / "clean.jsonl").read_text().splitlines()[0]) == "claude"
+    assert detect('{"type": "system", "subtype": "compact_boundary"}') is None
+    assert detect("Starting agent…") is None and detect("{not json") is None
     assert tool_summary("Bash", {"command": "make\nmake test"}) == "make …"
     assert tool_summary("Glob", {"pattern": "**/*.py"}) == "**/*.py"
     assert tool_summary("WebFetch", {"url": "https://example.com", "prompt": "x"}) == "https://example.com"

@@ -23,7 +23,7 @@ def session_text(name: str) -> str:
 
 
 def test_a_first_stream_json_init_line_turns_the_parser_on_even_when_split_across_chunks():
-    s = StoryStream("S", forced=False)
+    s = StoryStream("S")
     text = session_text("clean")
     events = s.feed("stdout", text[:10]) + s.feed("stdout", text[10:500]) + s.feed("stdout", text[500:])
     events += s.close()
@@ -33,26 +33,26 @@ def test_a_first_stream_json_init_line_turns_the_parser_on_even_when_split_acros
 
 
 def test_plain_text_passes_at_once_and_json_that_is_not_init_stays_text():
-    s = StoryStream("S", forced=False)
+    s = StoryStream("S")
     assert s.feed("stdout", "building…") == [("output", {"story_id": "S", "stream": "stdout", "text": "building…"})]
     assert s.feed("stdout", '{"type":"system","subtype":"init"}\n')[0][0] == "output"   # decided: text
-    j = StoryStream("S", forced=False)
+    j = StoryStream("S")
     assert j.feed("stdout", '{"progress": 1') == []                       # held until its line ends
     assert j.feed("stdout", '}\nmore\n') == [("output", {"story_id": "S", "stream": "stdout",
                                                          "text": '{"progress": 1}\nmore\n'})]
-    e = StoryStream("S", forced=False)
+    e = StoryStream("S")
     assert e.feed("stderr", "warning\n") == [("output", {"story_id": "S", "stream": "stderr", "text": "warning\n"})]
 
 
 def test_forced_format_parses_without_an_init_line_and_keeps_unknown_lines_as_output():
-    s = StoryStream("S", forced=True)
+    s = StoryStream("S", "claude-stream-json")
     events = s.feed("stdout", "Starting…\n" + session_text("clean").split("\n", 1)[1])
     assert events[0] == ("output", {"story_id": "S", "stream": "stdout", "text": "Starting…\n"})
     assert events[1][0] == "agent_text" and events[-1][0] == "agent_result"
 
 
 def test_big_unknown_output_is_sent_in_chunks_of_at_most_4_kb():
-    s = StoryStream("S", forced=True)
+    s = StoryStream("S", "claude-stream-json")
     events = s.feed("stdout", "x" * 10_000 + "\n")
     assert [k for k, _ in events] == ["output"] * 3 and all(len(d["text"]) <= 4096 for _, d in events)
     assert "".join(d["text"] for _, d in events) == "x" * 10_000 + "\n"

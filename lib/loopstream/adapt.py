@@ -1,8 +1,10 @@
-"""`loop adapt claude`: stream-json on stdin -> events to the sidecar + a readable transcript.
+"""`loop adapt FORMAT`: an agent's JSON lines on stdin -> events to the sidecar + a readable transcript.
 
 For scripts that run the agent themselves (a ralph-style bash loop)::
 
     claude -p "$PROMPT" --output-format stream-json --verbose | loop adapt claude
+    codex exec --json "$PROMPT" | loop adapt codex
+    gemini -p "$PROMPT" --output-format stream-json | loop adapt gemini
 
 The events leave through the client's outbox (ordered, retrying), which never
 blocks this loop: a sidecar that is down or hung costs at most the bounded
@@ -16,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .agent import LineSplitter, StreamJsonParser
+from .formats import LineSplitter, parser_for
 from .view import clean
 
 IDLE_FLUSH_S = 1.0     # coalesced assistant text is shown after this much quiet
@@ -102,11 +104,11 @@ class Adapter:
     """Reads a file descriptor to its end, turning each line into events and transcript lines."""
 
     def __init__(self, emit: Callable[[dict], None], write: Callable[[str], None], run: str | None,
-                 story_id: str | None, lifecycle: Lifecycle | None = None):
+                 story_id: str | None, lifecycle: Lifecycle | None = None, agent_format: str = "claude"):
         self.emit_event = emit
         self.write = write
         self.run = run
-        self.parser = StreamJsonParser(story_id)
+        self.parser = parser_for(agent_format, story_id)
         self.splitter = LineSplitter()
         self.counts: dict[str, int] = {}
         self.lifecycle = lifecycle

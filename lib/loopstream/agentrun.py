@@ -1,8 +1,8 @@
 """Agent-aware stories in `loop run`: stream-json parsing, stalls, timeouts and a cost ceiling.
 
 ``AgentMonitor`` holds what the runner needs per running story: its stdout
-through the stream-json parser (``agentFormat: "claude-stream-json"``, or
-recognised by a first line that is a ``system``/``init`` object), when it
+through its agent format's parser (``agentFormat``: ``claude-stream-json``,
+``codex-json``, ``gemini-stream-json``; or recognised by its first line), when it
 last showed a sign of life, when it started, and the run's reported cost. It
 does no I/O and reads time only through the injected ``clock``;
 ``AgentRunner`` wires it into the runner (see runner.py: ``output_events``).
@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .agent import MAX_LINE_BYTES, StreamJsonParser, is_init_line
+from .formats import MAX_LINE_BYTES, PRD_FORMATS, AgentParser, detect, parser_for
 from .runner import Runner
 
-AGENT_FORMATS = ("text", "claude-stream-json")
+AGENT_FORMATS = ("text", *PRD_FORMATS)
 OUTPUT_CHUNK = 4096      # an output event carries at most 4 KB of text
 DETECT_LIMIT = 65_536    # a first line longer than this (without a newline yet) is plain text
 IDLE_FLUSH_S = 1.0       # held assistant text is sent after this much quiet
@@ -32,18 +32,18 @@ def output_chunks(story_id: str, stream: str, text: str) -> list[Event]:
 
 
 class StoryStream:
-    """One attempt's stdout: plain text, or stream-json lines through the parser.
+    """One attempt's stdout: plain text, or an agent's JSON lines through its format's parser.
 
-    Undecided (format "text"), the first line decides: a stream-json ``init``
-    object turns the parser on. Output that cannot start such a line (it does
-    not begin with ``{``) passes through at once, so plain agents lose no
-    liveness waiting for a newline.
+    Undecided (format "text"), the first line decides: the first line of a
+    known agent format (formats.detect) turns that parser on. Output that
+    cannot start such a line (it does not begin with ``{``) passes through at
+    once, so plain agents lose no liveness waiting for a newline.
     """
 
-    def __init__(self, story_id: str, forced: bool):
+    def __init__(self, story_id: str, agent_format: str = "text"):
         self.story_id = story_id
-        self.mode = "json" if forced else "undecided"
-        self.parser = StreamJsonParser(story_id)
+        self.mode = "json" if agent_format != "text" else "undecided"
+        self.parser: AgentParser = parser_for(agent_format if agent_format != "text" else "claude", story_id)
         self._buf = ""
 
     def feed(self, stream: str, text: str) -> list[Event]:
@@ -65,7 +65,10 @@ class StoryStream:
         if not head.startswith("{"):
             self.mode = "text"
         elif "\n" in self._buf:
-            self.mode = "json" if is_init_line(self._buf.split("\n", 1)[0]) else "text"
+            fmt = detect(self._buf.split("\n", 1)[0])
+            self.mode = "json" if fmt else "text"
+            if fmt:
+                self.parser = parser_for(fmt, self.story_id)
         elif len(self._buf) > DETECT_LIMIT:
             self.mode = "text"
         else:
@@ -133,8 +136,7 @@ class AgentMonitor:
         now = self.clock()
         with self.lock:
             self.timed_out.discard(story_id)
-            forced = self.options.agent_format == "claude-stream-json"
-            self._active[story_id] = _Active(StoryStream(story_id, forced), now, now)
+            self._active[story_id] = _Active(StoryStream(story_id, self.options.agent_format), now, now)
 
     def end_output(self, story_id: str) -> list[Event]:
         """The command ended: what its stream still holds."""

@@ -222,10 +222,11 @@ def _configure_notify(config, url: str | None, fmt: str, min_duration: float, ho
               type=click.FloatRange(0.1, 3600), metavar="S",
               help="Send task_alive after S quiet seconds (announced as heartbeat_s; the sidecar finishes a run "
                    "silent for 3 × S as interrupted).")
-@click.option("--agent-format", type=click.Choice(["text", "claude-stream-json"]), default=None,
-              help="How to read a story's stdout: claude-stream-json parses Claude Code's stream-json into "
-                   "agent events [default: the PRD's agentFormat, else text; a first line that is a "
-                   "stream-json init object is recognised anyway].")
+@click.option("--agent-format", type=click.Choice(["text", "claude-stream-json", "codex-json", "gemini-stream-json"]),
+              default=None,
+              help="How to read a story's stdout: the agent's JSON lines (Claude Code's stream-json, codex exec "
+                   "--json, Gemini CLI's stream-json) parsed into agent events [default: the PRD's agentFormat, "
+                   "else text; a first line of a known agent format is recognised anyway].")
 @click.option("--stall-after", type=click.FloatRange(0, min_open=True), default=None, metavar="S",
               help="Emit story_stalled when a story printed and emitted nothing for S seconds [PRD: stallAfter].")
 @click.option("--story-timeout", type=click.FloatRange(0, min_open=True), default=None, metavar="S",
@@ -478,7 +479,7 @@ for _action in ("stop", "pause", "resume"):
 
 
 @cli.command()
-@click.argument("agent_format", metavar="FORMAT", type=click.Choice(["claude"]))
+@click.argument("agent_format", metavar="FORMAT", type=click.Choice(["claude", "codex", "gemini"]))
 @click.option("--run", "run_id", envvar="LOOP_RUN", help="The run the events belong to [default: the sidecar's].")
 @click.option("--story", "story_id", envvar="LOOP_STORY", help="The story the agent works on.")
 @click.option("--title", default=None, help="The story's title, given when it starts.")
@@ -489,11 +490,13 @@ for _action in ("stop", "pause", "resume"):
               help="Seconds spent at the end delivering events still queued (a sidecar that is down or hung).")
 @click.pass_context
 def adapt(ctx, agent_format, run_id, story_id, title, last, server, token, wait) -> None:
-    """Turn an agent's stream-json on stdin into events and a readable transcript.
+    """Turn an agent's JSON lines on stdin into events and a readable transcript.
 
-    FORMAT is `claude`: Claude Code's `--output-format stream-json --verbose`.
-    Tool calls, results, text and the final cost go to the sidecar as
-    events; stdout gets the transcript.
+    FORMAT is `claude` (Claude Code's `-p --output-format stream-json
+    --verbose`), `codex` (`codex exec --json`) or `gemini` (Gemini CLI's
+    `-p --output-format stream-json`). Tool calls, results, text, tokens and
+    the cost (when the agent reports one) go to the sidecar as events;
+    stdout gets the transcript.
 
     With --story (a loop of your own), the story is started when the agent's
     first line comes and finished when its input ends: passed, or failed when
@@ -526,7 +529,7 @@ def adapt(ctx, agent_format, run_id, story_id, title, last, server, token, wait)
     server = server.rstrip("/")
     outbox = Outbox(server, token, on_status=on_status)
     adapter = Adapter(outbox.put, _transcript_writer(), run_id, story_id,
-                      Lifecycle(story_id, title, last) if owns_story else None)
+                      Lifecycle(story_id, title, last) if owns_story else None, agent_format)
     done = threading.Event()
     if run_id:
         threading.Thread(target=orch.listen_for_control, daemon=True,

@@ -67,7 +67,7 @@ class Prd:
     stories: list[Story]
     raw: dict
     branch: str | None = None
-    agent_format: str = "text"          # "text" | "claude-stream-json" (agentFormat)
+    agent_format: str = "text"          # agentFormat: "text" or one of AGENT_FORMATS
     stall_after: float | None = None    # stallAfter, seconds
     story_timeout: float | None = None  # storyTimeout, seconds
     max_cost: float | None = None       # maxCost, dollars
@@ -81,7 +81,7 @@ def _type_name(v: Any) -> str:
         type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__)
 
 
-AGENT_FORMATS = ("text", "claude-stream-json")
+AGENT_FORMATS = ("text", "claude-stream-json", "codex-json", "gemini-stream-json")   # formats.PRD_FORMATS
 # Agent-aware run settings: key -> (smallest allowed value, whether it may equal it, what it is).
 AGENT_LIMITS = {"stallAfter": (0, False, "seconds"), "storyTimeout": (0, False, "seconds"),
                 "maxCost": (0, True, "dollars")}

@@ -1,19 +1,13 @@
-"""Claude Code's stream-json, turned into loop events (pure: no I/O, no clock).
+"""What every agent format shares (pure: no I/O, no clock): the event vocabulary, the bounds, the
+summary rules, and ``AgentParser``, the shape each format's parser takes.
 
-``claude -p … --output-format stream-json --verbose`` prints one JSON object a
-line: ``system``/``init`` (model, session), ``assistant`` messages whose
-content holds ``text`` and ``tool_use`` blocks, ``user`` messages holding the
-``tool_result`` blocks, and a final ``result`` (turns, duration, cost, usage).
-``StreamJsonParser.feed(line)`` returns the events one line means, as
-``(type, data)`` pairs: ``agent_init``, ``agent_text``, ``tool_call``,
-``tool_result``, ``agent_result``, and ``output`` for every line it does not
-understand (another type, a future shape, not JSON, truncated): nothing an
-agent prints is dropped, and nothing it prints can raise.
-
-Every string taken from a line is cut to a bounded size and every number is
-checked to be finite and in range, so an event built here is always small
-and valid whatever the agent printed. ``LineSplitter`` cuts bytes into lines
-with a bound on the length of one line, for callers reading a raw pipe.
+A parser is fed one line at a time and returns the loop events that line means, as ``(type, data)``
+pairs: ``agent_init``, ``agent_text``, ``tool_call``, ``tool_result``, ``agent_result``, and
+``output`` for every line it does not understand (another type, a future shape, not JSON,
+truncated): nothing an agent prints is dropped, and nothing it prints can raise. Every string taken
+from a line is cut to a bounded size and every number is checked to be finite and in range, so an
+event built here is always small and valid whatever the agent printed. ``LineSplitter`` cuts bytes
+into lines with a bound on the length of one line, for callers reading a raw pipe.
 """
 from __future__ import annotations
 
@@ -56,35 +50,23 @@ def one_line(value: Any, limit: int = MAX_SUMMARY) -> str:
     return text
 
 
-def _name(value: Any) -> str | None:
+def name(value: Any) -> str | None:
     return one_line(value, MAX_NAME) if isinstance(value, str) and value.strip() else None
 
 
-def _count(value: Any) -> int | None:
+def count(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return int(min(MAX_COUNT, max(0, value)))
 
 
-def _cost(value: Any) -> float | None:
+def cost(value: Any) -> float | None:
     """A reported cost in dollars, or None: a missing or nonsensical cost is unknown, never 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     if value < 0 or value > MAX_COST:
         return None
     return float(value)
-
-
-def is_init_line(line: str) -> bool:
-    """True when ``line`` is a stream-json ``system``/``init`` object: the agent speaks stream-json."""
-    s = line.strip()
-    if not s.startswith("{") or len(s) > MAX_LINE_BYTES:
-        return False
-    try:
-        obj = json.loads(s)
-    except ValueError:
-        return False
-    return isinstance(obj, dict) and obj.get("type") == "system" and obj.get("subtype") == "init"
 
 
 # -- tool summaries ---------------------------------------------------------------------
@@ -127,8 +109,8 @@ TOOL_SUMMARY: dict[str, Callable[[dict], str]] = {
     "TodoWrite": _todos,
 }
 # For tools not in the table (MCP tools, future ones): the first of these that holds text.
-SUMMARY_KEYS = ("command", "file_path", "path", "pattern", "url", "query", "description", "title", "prompt",
-                "name")
+SUMMARY_KEYS = ("command", "file_path", "absolute_path", "path", "dir_path", "pattern", "url", "query",
+                "description", "title", "prompt", "name")
 
 
 def tool_summary(tool: str, inp: Any) -> str:
@@ -166,16 +148,19 @@ def result_summary(content: Any) -> str:
     return one_line(text)
 
 
-# -- the parser -------------------------------------------------------------------------
+# -- the parser's shape ---------------------------------------------------------------------
 
-class StreamJsonParser:
-    """Feed it stream-json lines; it returns the loop events they mean, in order.
+class AgentParser:
+    """Feed it an agent's lines; it returns the loop events they mean, in order.
 
-    Consecutive assistant text is held and coalesced into one ``agent_text``
-    until anything else happens (a tool call, a result, a line it does not
-    understand) or the caller calls ``flush()`` (at the end, or when the agent
-    has been quiet a while). ``story_id`` goes into every event's data when set.
+    A format is a subclass: ``HANDLERS`` maps a line's ``type`` to the name of the method that turns
+    the object into events (or returns None: not understood, shown as output), and ``detect(obj)``
+    says whether a first line is this format's. Consecutive assistant text is held and coalesced into
+    one ``agent_text`` until anything else happens or the caller calls ``flush()`` (at the end, or
+    when the agent has been quiet a while). ``story_id`` goes into every event's data when set.
     """
+
+    HANDLERS: dict[str, str] = {}
 
     def __init__(self, story_id: str | None = None, max_text: int = MAX_TEXT):
         self.story_id = story_id
@@ -185,6 +170,11 @@ class StreamJsonParser:
         self._tools: OrderedDict[str, str] = OrderedDict()
         self.lines = 0
         self.understood = 0
+
+    @staticmethod
+    def detect(obj: dict) -> bool:
+        """True when ``obj``, an agent's first line, is this format's."""
+        return False
 
     @property
     def pending_text(self) -> bool:
@@ -199,9 +189,9 @@ class StreamJsonParser:
         line = line.rstrip("\r\n")
         if not line.strip():
             return []
-        obj = self._parse(line)
-        handler = _HANDLERS.get(str(obj.get("type"))) if obj is not None else None
-        events = handler(self, obj) if handler and obj is not None else None
+        obj = parse_line(line)
+        method = self.HANDLERS.get(str(obj.get("type"))) if obj is not None else None
+        events = getattr(self, method)(obj) if method and obj is not None else None
         if events is None:                       # not understood: shown as it is
             return self.flush() + [self._output(line)]
         self.understood += 1
@@ -217,99 +207,42 @@ class StreamJsonParser:
             text = text[:self.max_text] + f"… [cut: {total - self.max_text} more characters]"
         return [("agent_text", self._data(text=text))]
 
-    def _parse(self, line: str) -> dict | None:
-        if not line.lstrip().startswith("{") or len(line) > MAX_LINE_BYTES:
-            return None
-        try:
-            obj = json.loads(line)
-        except (ValueError, RecursionError):
-            return None
-        return obj if isinstance(obj, dict) else None
-
-    def _output(self, line: str) -> Event:
-        return ("output", self._data(stream="stdout", text=cut(line, MAX_OUTPUT_LINE) + "\n"))
+    def _output(self, line: str, stream: str = "stdout") -> Event:
+        return ("output", self._data(stream=stream, text=cut(line, MAX_OUTPUT_LINE) + "\n"))
 
     def _add_text(self, text: str) -> None:
         if self._text_len <= self.max_text:     # past the cut only the count grows
             self._text.append(text[: self.max_text + 1])
         self._text_len += len(text)
 
-    # -- line types ----------------------------------------------------------------------
-    def _system(self, obj: dict) -> list[Event] | None:
-        if obj.get("subtype") != "init":
-            return None
-        return self.flush() + [("agent_init", self._data(model=_name(obj.get("model")),
-                                                         session_id=_name(obj.get("session_id"))))]
-
-    def _assistant(self, obj: dict) -> list[Event] | None:
-        content = _content(obj)
-        if content is None:
-            return None
-        events: list[Event] = []
-        for block in content:
-            kind = block.get("type") if isinstance(block, dict) else None
-            if kind == "text" and isinstance(block.get("text"), str):
-                self._add_text(block["text"])
-            elif kind == "tool_use":
-                events += self.flush()
-                events.append(self._tool_call(block))
-        return events
-
-    def _tool_call(self, block: dict) -> Event:
-        tool = _name(block.get("name")) or "?"
-        tid = _name(block.get("id")) or ""
+    def _tool_call(self, tool: str, tid: str, summary: str) -> list[Event]:
+        """A tool call (after the text held before it); its id is remembered to name its result."""
         if tid:
             self._tools[tid] = tool
             while len(self._tools) > MAX_TRACKED_TOOLS:
                 self._tools.popitem(last=False)
-        return ("tool_call", self._data(tool=tool, id=tid, summary=tool_summary(tool, block.get("input"))))
+        return self.flush() + [("tool_call", self._data(tool=tool, id=tid, summary=summary))]
 
-    def _user(self, obj: dict) -> list[Event] | None:
-        content = _content(obj)
-        if content is None:
-            return [] if isinstance((obj.get("message") or {}).get("content"), str) else None
-        events: list[Event] = []
-        for block in content:
-            if isinstance(block, dict) and block.get("type") == "tool_result":
-                events += self.flush()
-                tid = _name(block.get("tool_use_id")) or ""
-                events.append(("tool_result", self._data(
-                    tool=self._tools.pop(tid, "?"), id=tid, is_error=block.get("is_error") is True,
-                    summary=result_summary(block.get("content")))))
-        return events
-
-    def _result(self, obj: dict) -> list[Event]:
-        usage: Any = obj.get("usage") if isinstance(obj.get("usage"), dict) else {}
-        subtype = _name(obj.get("subtype"))
-        is_error = obj.get("is_error") is True or (subtype or "").startswith("error")
-        cost = _cost(obj.get("total_cost_usd"))
-        if cost is None:
-            cost = _cost(obj.get("cost_usd"))      # older Claude Code versions
-        return self.flush() + [("agent_result", self._data(
-            is_error=is_error, subtype=subtype, num_turns=_count(obj.get("num_turns")),
-            duration_ms=_count(obj.get("duration_ms")), cost_usd=cost,
-            input_tokens=_count(usage.get("input_tokens")), output_tokens=_count(usage.get("output_tokens")),
-            cache_read_input_tokens=_count(usage.get("cache_read_input_tokens")),
-            cache_creation_input_tokens=_count(usage.get("cache_creation_input_tokens"))))]
+    def _tool_result(self, tid: str, is_error: bool, summary: str, tool: str | None = None) -> list[Event]:
+        """A tool's result, named by the call it answers (``?`` for an id no call had)."""
+        known = self._tools.pop(tid, None)
+        return self.flush() + [("tool_result", self._data(tool=tool or known or "?", id=tid, is_error=is_error,
+                                                          summary=summary))]
 
     def _silent(self, obj: dict) -> list[Event]:
-        """Understood, and nothing to show: partial-message deltas repeat what the full message says."""
+        """Understood, and nothing to show."""
         return []
 
 
-def _content(obj: dict) -> list | None:
-    message = obj.get("message")
-    content = message.get("content") if isinstance(message, dict) else None
-    return content if isinstance(content, list) else None
-
-
-_HANDLERS: dict[str, Callable[[StreamJsonParser, dict], list[Event] | None]] = {
-    "system": StreamJsonParser._system,
-    "assistant": StreamJsonParser._assistant,
-    "user": StreamJsonParser._user,
-    "result": StreamJsonParser._result,
-    "stream_event": StreamJsonParser._silent,
-}
+def parse_line(line: str) -> dict | None:
+    """A line as a JSON object, or None (not one, too long, nested too deep)."""
+    if not line.lstrip().startswith("{") or len(line) > MAX_LINE_BYTES:
+        return None
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 class LineSplitter:
