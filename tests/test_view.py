@@ -234,3 +234,15 @@ def test_a_stopped_loop_run_says_why_on_its_last_line_and_loop_watch_ends_on_it(
     assert watch.returncode == 130, w_err
     rows = w_out.rstrip("\n").split("\n")
     assert rows[-1].startswith("╚") and rows[-2].startswith("║ Stopped: wrong branch"), rows[-4:]
+
+
+def test_loop_runs_says_a_commands_exit_code_and_makes_up_no_percentage():
+    from loopstream.state import reduce, summarize
+    from loopstream.view import runs_table
+    quiet = reduce([{"id": "1-1", "type": "task_started", "run": "quiet", "ts": 1, "data": {"task_name": "Quiet"}}])
+    snaps = [fixture_snapshot("exec_failed"), fixture_snapshot("exec_stopped"), fixture_snapshot("plain_script"),
+             full_run_midway(), quiet]
+    done = [line.split()[2] for line in runs_table([summarize(s) for s in snaps], 100)[1:]]
+    assert done == ["exit", "exit", "75%", "0/3", "—"]
+    lines = runs_table([summarize(s) for s in snaps], 100)
+    assert "exit 3" in lines[1] and "exit 130" in lines[2]

@@ -369,8 +369,13 @@ def _run_cells(r: dict) -> tuple[str, str, str, str, str]:
     """run, status, done, elapsed and task of one run, every field cleaned before it is placed."""
     c: Any = r.get("counts") if isinstance(r.get("counts"), dict) else {}
     total = _count(c.get("total"))
-    done = (f"{_count(c.get('completed')) + _count(c.get('failed'))}/{total}" if total
-            else f"{_count(r.get('percent')):.0f}%")
+    code = r.get("exit_code")
+    if total:
+        done = f"{_count(c.get('completed')) + _count(c.get('failed'))}/{total}"
+    elif isinstance(code, int) and not isinstance(code, bool):
+        done = f"exit {code}"              # a command's (loop exec): its exit code says how it went
+    else:
+        done = f"{_count(r.get('percent')):.0f}%" if r.get("progress") else "—"
     elapsed = r.get("elapsed_s")
     return (field(r.get("run")), field(r.get("status")), done,
             duration(_count(elapsed) if elapsed is not None else None), field(r.get("task_name")))
