@@ -157,12 +157,16 @@ def hooks_settings(log: Path, events: list[str] = HOOK_EVENTS) -> dict:
 
 
 def run_claude(prompt: str, script, cwd, *, args: tuple = (), settings: dict | None = None,
-               env: dict | None = None, keep: bool = False, timeout: float = 120) -> Result:
-    """``claude -p PROMPT --output-format stream-json --verbose --dangerously-skip-permissions``."""
+               env: dict | None = None, skip_permissions: bool = True, keep: bool = False,
+               timeout: float = 120) -> Result:
+    """``claude -p PROMPT --output-format stream-json --verbose --dangerously-skip-permissions``.
+
+    ``settings`` (a dict) goes to ``--settings FILE``; ``skip_permissions=False`` leaves the flag out, so a
+    tool that needs permission is denied (-p cannot ask)."""
     def prepare(home: Path, url: str):
         (home / ".claude").mkdir()
         argv = [str(cli_path("claude")), "-p", prompt, "--output-format", "stream-json", "--verbose",
-                "--dangerously-skip-permissions", *args]
+                *(["--dangerously-skip-permissions"] if skip_permissions else []), *args]
         if settings is not None:
             f = home / "settings.json"
             f.write_text(json.dumps(settings, indent=2))

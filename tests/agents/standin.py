@@ -24,9 +24,14 @@ no turn. A turn is an object with any of:
     {"shell": "pytest -q"}                            # a call to the CLI's own shell tool
     {"tool": "Read", "input": {"file_path": "x"}}     # a call to a named tool
     {"tool": "Agent", "input": {...}}                 # e.g. Claude's subagent tool
+    {"tool": "apply_patch", "input": "*** Begin Patch…"}  # text input: a freeform (custom) tool, Responses
+    {"reasoning": "Thinking about it."}               # thinking block / reasoning summary / thought part
+    {"web_search": "query"}                           # a hosted web_search_call item (Responses only)
     {"usage": {"input_tokens": 120, "output_tokens": 30}}  # tokens reported for the turn
     {"delay": 0.5}                                    # seconds before answering
     {"error": 500, "message": "boom"}                 # an HTTP error instead of an answer
+    {"for": "Count the files", "shell": "ls | wc -l"} # only for a conversation that opens with this text
+    {"error": 529, "times": 3}                        # this turn for the next 3 requests (retries)
 
 ``text`` with ``shell``/``tool`` gives a text block followed by the call (one
 response); a turn without a call ends the agent's turn. ``"shell"`` becomes the
@@ -34,6 +39,11 @@ shell tool the request offers: Claude's ``Bash`` (``command``), Gemini's
 ``run_shell_command`` (``command``), Codex's ``exec_command`` (``cmd``),
 ``shell_command`` (``command``) or ``shell`` (``command`` as an argv list). When
 the script is used up every further step gets ``{"text": "Done."}``.
+
+Turns go out in order, whichever conversation asks. A subagent is its own
+conversation, and one in the background asks at the same time as its parent:
+give its turns ``"for": TEXT`` (TEXT from the prompt the subagent was given)
+and they go only to a conversation whose opening user text contains TEXT.
 
 From Python::
 
@@ -108,18 +118,63 @@ def shell_call(command: str, offered: list[str], flavour: str) -> tuple[str, dic
 
 
 class Script:
-    """The turns, handed out in order to the requests that ask for the agent's next step."""
+    """The turns, handed out in order to the requests that ask for the agent's next step.
+
+    A turn with ``"for": TEXT`` is kept for a conversation whose opening user text contains TEXT
+    (e.g. the prompt a subagent was given); the other turns go, in order, to every other conversation.
+    """
 
     def __init__(self, turns: list[dict]):
         self.turns = list(turns)
+        self.taken = [False] * len(self.turns)
+        self.given = [0] * len(self.turns)
         self.used = 0
         self.lock = threading.Lock()
 
-    def next(self) -> tuple[int, dict]:
+    def next(self, opening: str = "") -> tuple[int, dict]:
         with self.lock:
-            i = self.used
             self.used += 1
-        return i, (self.turns[i] if i < len(self.turns) else DONE)
+            pick = self._pick(opening)
+            if pick is None:
+                return self.used - 1, DONE
+            turn = self.turns[pick]
+            self.given[pick] += 1
+            self.taken[pick] = self.given[pick] >= int(turn.get("times", 1))
+            return pick, turn
+
+    def _pick(self, opening: str) -> int | None:
+        free = [i for i, t in enumerate(self.turns) if not self.taken[i]]
+        for i in free:
+            key = self.turns[i].get("for")
+            if key and key in opening:
+                return i
+        for i in free:
+            if not self.turns[i].get("for"):
+                return i
+        return None
+
+
+def _texts(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    out = []
+    for part in content or []:
+        if isinstance(part, dict) and isinstance(part.get("text"), str):
+            out.append(part["text"])
+    return "\n".join(out)
+
+
+def opening_text(body: dict) -> str:
+    """The user text a conversation opens with (every leading user message), in any of the three formats."""
+    msgs = body.get("messages") or body.get("contents") or body.get("input") or []
+    if isinstance(msgs, str):
+        return msgs
+    out = []
+    for m in msgs:
+        if not isinstance(m, dict) or m.get("role") not in ("user", "developer", "system"):
+            break
+        out.append(_texts(m.get("content") if "content" in m else m.get("parts")))
+    return "\n".join(out)
 
 
 # --------------------------------------------------------------------------- the handler
@@ -209,32 +264,36 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- the turn a request gets
 
-    def _turn(self, has_tools: bool) -> tuple[int, dict] | None:
-        if not has_tools:
+    def _turn(self, body: dict) -> tuple[int, dict] | None:
+        if not body.get("tools"):
             return None
-        i, turn = self.standin.script.next()
+        i, turn = self.standin.script.next(opening_text(body))
         if turn.get("delay"):
             time.sleep(float(turn["delay"]))
         return i, turn
 
     def _error(self, turn: dict) -> bool:
+        """A scripted HTTP error, in a body each API's clients read (Anthropic ``type``, Google ``status``)."""
         if "error" not in turn:
             return False
         status = int(turn["error"])
         msg = turn.get("message", "scripted error")
-        self._json(status, {"type": "error", "error": {"type": "api_error", "message": msg, "code": status,
-                                                       "status": "INTERNAL"}})
+        kind, google = ERROR_KINDS.get(status, ("api_error", "INTERNAL"))
+        self._json(status, {"type": "error", "error": {"type": kind, "message": msg, "code": status,
+                                                       "status": google}})
         return True
 
     # ----------------------------------------------------------------------- Anthropic
 
     def anthropic_messages(self, body: dict, path: str) -> None:
-        got = self._turn(bool(body.get("tools")))
+        got = self._turn(body)
         i, turn = got if got else (0, {"text": SIDE_TEXT})
         if self._error(turn):
             return
         model = body.get("model", "claude-standin")
         blocks: list[dict] = []
+        if turn.get("reasoning"):
+            blocks.append({"type": "thinking", "thinking": turn["reasoning"], "signature": "standin-signature"})
         if turn.get("text"):
             blocks.append({"type": "text", "text": turn["text"]})
         call = self._call(turn, [t.get("name") for t in body.get("tools") or []], "anthropic")
@@ -262,7 +321,17 @@ class Handler(BaseHTTPRequestHandler):
 
     @staticmethod
     def _anthropic_block(idx: int, b: dict) -> list[bytes]:
-        if b["type"] == "text":
+        if b["type"] == "thinking":
+            out = [_sse("content_block_start", {"type": "content_block_start", "index": idx,
+                                                "content_block": {"type": "thinking", "thinking": "",
+                                                                  "signature": ""}})]
+            for piece in _chunks(b["thinking"]):
+                out.append(_sse("content_block_delta", {"type": "content_block_delta", "index": idx,
+                                                        "delta": {"type": "thinking_delta", "thinking": piece}}))
+            out.append(_sse("content_block_delta", {"type": "content_block_delta", "index": idx,
+                                                    "delta": {"type": "signature_delta",
+                                                              "signature": b["signature"]}}))
+        elif b["type"] == "text":
             out = [_sse("content_block_start", {"type": "content_block_start", "index": idx,
                                                 "content_block": {"type": "text", "text": ""}})]
             for piece in _chunks(b["text"]):
@@ -284,21 +353,12 @@ class Handler(BaseHTTPRequestHandler):
     # ----------------------------------------------------------------------- OpenAI Responses
 
     def openai_responses(self, body: dict, path: str) -> None:
-        got = self._turn(bool(body.get("tools")))
+        got = self._turn(body)
         i, turn = got if got else (0, {"text": SIDE_TEXT})
         if self._error(turn):
             return
         rid = "resp_" + uuid.uuid4().hex[:20]
-        items: list[dict] = []
-        if turn.get("text"):
-            items.append({"type": "message", "id": "msg_" + uuid.uuid4().hex[:16], "role": "assistant",
-                          "status": "completed",
-                          "content": [{"type": "output_text", "text": turn["text"], "annotations": []}]})
-        call = self._call(turn, _tool_names_openai(body.get("tools")), "openai")
-        if call:
-            items.append({"type": "function_call", "id": "fc_" + uuid.uuid4().hex[:16], "status": "completed",
-                          "call_id": "call_" + uuid.uuid4().hex[:16], "name": call[0],
-                          "arguments": json.dumps(call[1])})
+        items = self._responses_output(turn, body)
         tin, tout = _usage(turn, i)
         usage = {"input_tokens": tin, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": tout,
                  "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": tin + tout}
@@ -314,24 +374,52 @@ class Handler(BaseHTTPRequestHandler):
         frames.append(_sse("response.completed", {"type": "response.completed", "response": resp}))
         self._send(frames)
 
+    def _responses_output(self, turn: dict, body: dict) -> list[dict]:
+        """The output items of one turn: reasoning, a hosted web search, the message, the tool call."""
+        def new_id(prefix: str) -> str:
+            return prefix + uuid.uuid4().hex[:16]
+        items: list[dict] = []
+        if turn.get("reasoning"):
+            items.append({"type": "reasoning", "id": new_id("rs_"), "encrypted_content": None,
+                          "summary": [{"type": "summary_text", "text": turn["reasoning"]}]})
+        if turn.get("web_search"):
+            items.append({"type": "web_search_call", "id": new_id("ws_"), "status": "completed",
+                          "action": {"type": "search", "query": turn["web_search"]}})
+        if turn.get("text"):
+            items.append({"type": "message", "id": new_id("msg_"), "role": "assistant", "status": "completed",
+                          "content": [{"type": "output_text", "text": turn["text"], "annotations": []}]})
+        call = self._call(turn, _tool_names_openai(body.get("tools")), "openai")
+        if call and isinstance(turn.get("input"), str):     # a freeform tool (apply_patch): input is text
+            items.append({"type": "custom_tool_call", "id": new_id("ctc_"), "status": "completed",
+                          "call_id": new_id("call_"), "name": call[0], "input": turn["input"]})
+        elif call:
+            items.append({"type": "function_call", "id": new_id("fc_"), "status": "completed",
+                          "call_id": new_id("call_"), "name": call[0], "arguments": json.dumps(call[1])})
+        return items
+
     @staticmethod
     def _responses_item(idx: int, item: dict) -> list[bytes]:
-        if item["type"] == "message":
-            text = item["content"][0]["text"]
-            added = dict(item, status="in_progress", content=[])
-            out = [_sse("response.output_item.added", {"type": "response.output_item.added",
-                                                       "output_index": idx, "item": added})]
-            for piece in _chunks(text):
-                out.append(_sse("response.output_text.delta", {"type": "response.output_text.delta",
-                                                               "item_id": item["id"], "output_index": idx,
+        kind = item["type"]
+        blank = {"message": {"content": []}, "function_call": {"arguments": ""}, "custom_tool_call": {"input": ""},
+                 "reasoning": {"summary": []}}.get(kind, {})
+        out = [_sse("response.output_item.added", {"type": "response.output_item.added", "output_index": idx,
+                                                   "item": dict(item, status="in_progress", **blank)})]
+        ref = {"item_id": item["id"], "output_index": idx}
+        if kind == "message":
+            for piece in _chunks(item["content"][0]["text"]):
+                out.append(_sse("response.output_text.delta", {"type": "response.output_text.delta", **ref,
                                                                "content_index": 0, "delta": piece}))
-        else:
-            out = [_sse("response.output_item.added", {"type": "response.output_item.added",
-                                                       "output_index": idx,
-                                                       "item": dict(item, status="in_progress", arguments="")})]
+        elif kind == "reasoning":
+            for piece in _chunks(item["summary"][0]["text"]):
+                out.append(_sse("response.reasoning_summary_text.delta",
+                                {"type": "response.reasoning_summary_text.delta", **ref, "summary_index": 0,
+                                 "delta": piece}))
+        elif kind == "function_call":
             out.append(_sse("response.function_call_arguments.delta",
-                            {"type": "response.function_call_arguments.delta", "item_id": item["id"],
-                             "output_index": idx, "delta": item["arguments"]}))
+                            {"type": "response.function_call_arguments.delta", **ref, "delta": item["arguments"]}))
+        elif kind == "custom_tool_call":
+            out.append(_sse("response.custom_tool_call_input.delta",
+                            {"type": "response.custom_tool_call_input.delta", **ref, "delta": item["input"]}))
         out.append(_sse("response.output_item.done", {"type": "response.output_item.done",
                                                       "output_index": idx, "item": item}))
         return out
@@ -339,7 +427,7 @@ class Handler(BaseHTTPRequestHandler):
     # ----------------------------------------------------------------------- OpenAI Chat Completions
 
     def openai_chat(self, body: dict, path: str) -> None:
-        got = self._turn(bool(body.get("tools")))
+        got = self._turn(body)
         i, turn = got if got else (0, {"text": SIDE_TEXT})
         if self._error(turn):
             return
@@ -374,13 +462,15 @@ class Handler(BaseHTTPRequestHandler):
     def gemini_generate(self, body: dict, path: str) -> None:
         stream = ":streamGenerateContent" in path
         model = path.rsplit("/", 1)[-1].split(":", 1)[0]
-        got = self._turn(bool(body.get("tools")))
+        got = self._turn(body)
         if got is None:
             return self._gemini_side(body, stream, model)
         i, turn = got
         if self._error(turn):
             return
         parts: list[dict] = []
+        if turn.get("reasoning"):
+            parts.append({"text": turn["reasoning"], "thought": True})
         if turn.get("text"):
             parts.append({"text": turn["text"]})
         call = self._call(turn, _tool_names_gemini(body.get("tools")), "gemini")
@@ -429,9 +519,15 @@ class Handler(BaseHTTPRequestHandler):
         if "shell" in turn:
             return shell_call(str(turn["shell"]), [n for n in offered if n], flavour)
         if "tool" in turn:
-            return str(turn["tool"]), dict(turn.get("input") or {})
+            given = turn.get("input")
+            return str(turn["tool"]), (given if isinstance(given, dict) else {"input": given})
         return None
 
+
+ERROR_KINDS = {400: ("invalid_request_error", "INVALID_ARGUMENT"), 401: ("authentication_error", "UNAUTHENTICATED"),
+               403: ("permission_error", "PERMISSION_DENIED"), 404: ("not_found_error", "NOT_FOUND"),
+               429: ("rate_limit_error", "RESOURCE_EXHAUSTED"), 500: ("api_error", "INTERNAL"),
+               503: ("overloaded_error", "UNAVAILABLE"), 529: ("overloaded_error", "UNAVAILABLE")}
 
 KNOWN_ANSWERS = {"next_speaker": "user", "model_choice": "flash", "reasoning": "scripted",
                  "complexity_reasoning": "scripted", "complexity_score": 10}

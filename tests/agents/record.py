@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Record what the real agent CLIs print, driven offline by the stand-in, as fixtures.
+
+    python3 tests/agents/record.py [--cli claude|codex|gemini ...] [--scenario NAME ...] [--out DIR]
+
+For each CLI and scenario: a fresh demo project in a temp dir, the scenario's
+script in the stand-in, the CLI run as clis.py runs it, and its stdout saved as
+``<out>/<cli>/<scenario>.jsonl`` (Claude's under ``claude-real/``). Claude runs
+also carry a command hook for every hook event; what the hooks received is saved
+as ``claude-real/hooks-<scenario>.jsonl``. Paths inside the fixtures are the
+temp project's (``/tmp/loop-agents-demo/...``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import clis  # noqa: E402
+
+DEMO = Path("/tmp/loop-agents-demo")
+LOOPING = "ls build/reports"                # fails the same way every time
+SUBAGENT_PROMPT = "Count the files in the project and report the number."
+
+READ_TOOL = {"claude": ("Read", "file_path"), "gemini": ("read_file", "file_path")}
+PATCH = "*** Begin Patch\n*** Add File: hello.txt\n+hello\n*** End Patch\n"
+
+
+def edit_call(cli: str, project: Path) -> dict:
+    """A call of the CLI's own file-writing tool that creates hello.txt."""
+    if cli == "codex":
+        return {"tool": "apply_patch", "input": PATCH}
+    name = "Write" if cli == "claude" else "write_file"
+    return {"tool": name, "input": {"file_path": str(project / "hello.txt"), "content": "hello\n"}}
+
+
+def scenarios(cli: str, project: Path) -> dict[str, tuple[str, list[dict]]]:
+    """name -> (prompt, script) for one CLI."""
+    out: dict[str, tuple[str, list[dict]]] = {
+        "text": ("What is 2 + 2? Answer in one sentence.",
+                 [{"text": "2 + 2 is 4.", "usage": {"input_tokens": 1200, "output_tokens": 9}}]),
+        "shell": ("Run the tests and tell me whether they pass.",
+                  [{"text": "I'll run the tests.", "shell": "printf '....\\n4 passed in 0.12s\\n'"},
+                   {"text": "All 4 tests pass."}]),
+        "tool_error": ("Show me the contents of missing.txt.",
+                       [{"text": "Let me look at the file.", "shell": "cat missing.txt"},
+                        {"text": "missing.txt does not exist in this project."}]),
+        "looping": ("Show the build reports.",
+                    [{"shell": LOOPING}, {"shell": LOOPING}, {"shell": LOOPING},
+                     {"text": "The build/reports directory does not exist; I keep getting the same error."}]),
+    }
+    # reasoning, a file written with the CLI's own edit tool, a command; codex also a hosted web search
+    first = {"reasoning": "The user wants a hello file; I'll create it and check it.", "text": "Creating hello.txt.",
+             **edit_call(cli, project), **({"web_search": "hello file convention"} if cli == "codex" else {})}
+    out["edit"] = ("Create hello.txt containing hello, then show it.",
+                   [first, {"reasoning": "Now check the file.", "shell": "cat hello.txt"},
+                    {"text": "hello.txt now contains hello."}])
+    # the same failing call six times: does the CLI's own loop detection step in?
+    out["looping_long"] = ("Show the build reports.", [{"shell": LOOPING}] * 6 + [{"text": "Giving up."}])
+    # the API refuses the request (400), every time it is asked
+    out["api_error"] = ("What is 2 + 2?", [{"error": 400, "message": "scripted: the request was refused",
+                                            "times": 20}])
+    if cli in READ_TOOL:
+        name, key = READ_TOOL[cli]
+        out["tool_error"][1].insert(1, {"tool": name, "input": {key: str(project / "missing.txt")}})
+    if cli == "claude":
+        out.update(claude_scenarios())
+    return out
+
+
+def claude_scenarios() -> dict[str, tuple[str, list[dict]]]:
+    agent = {"description": "Count project files", "prompt": SUBAGENT_PROMPT, "subagent_type": "general-purpose"}
+    sub = [{"for": SUBAGENT_PROMPT, "text": "Counting.", "shell": "ls | wc -l"},
+           {"for": SUBAGENT_PROMPT, "text": "The project has 3 files."}]
+    return {
+        # a subagent in the foreground: the parent waits for its result
+        "subagent": ("How many files does the project have? Use a subagent.",
+                     [{"text": "I'll ask a subagent.", "tool": "Agent", "input": dict(agent, run_in_background=False)},
+                      *sub, {"text": "The subagent counted 3 files."}]),
+        # Claude Code's default: the subagent runs in the background and the parent is told when it ends
+        "subagent_background": ("How many files does the project have? Use a subagent.",
+                                [{"text": "I'll ask a subagent.", "tool": "Agent", "input": agent},
+                                 *sub, {"text": "Waiting for the subagent."},
+                                 {"text": "The subagent counted 3 files."}]),
+        # without --dangerously-skip-permissions: -p cannot ask, the call is denied (PermissionRequest hook)
+        "permission": ("Delete the build directory.",
+                       [{"text": "Removing it.", "shell": "rm -rf build"},
+                        {"text": "I could not remove build/: the command needs approval."}]),
+    }
+
+
+def make_project(cli: str, scenario: str) -> Path:
+    project = DEMO / cli / scenario
+    shutil.rmtree(project, ignore_errors=True)
+    project.mkdir(parents=True)
+    (project / "README.md").write_text("# demo\n")
+    (project / "app.py").write_text("print('hello')\n")
+    (project / "test_app.py").write_text("def test_ok():\n    assert True\n")
+    return project
+
+
+def run(cli: str, scenario: str, hooks: Path | None = None) -> clis.Result:
+    project = make_project(cli, scenario)
+    prompt, script = scenarios(cli, project)[scenario]
+    kwargs: dict = {}
+    if cli == "claude":
+        kwargs["skip_permissions"] = scenario != "permission"
+        if hooks:
+            kwargs["settings"] = clis.hooks_settings(hooks)
+    r = clis.RUNNERS[cli](prompt, script, project, **kwargs)
+    summary = {"cli": cli, "scenario": scenario, "hooks": bool(hooks), "rc": r.returncode, "lines": len(r.lines),
+               "model_requests": sum(1 for q in r.requests if q["method"] == "POST"), "stray": r.stray}
+    print(json.dumps(summary), flush=True)
+    if r.returncode:
+        print(r.stderr[-2000:], file=sys.stderr)
+    return r
+
+
+def save(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def record(cli: str, scenario: str, out: Path) -> None:
+    """The CLI's stdout as users run it; for Claude a second run with a hook on every event."""
+    folder = out / ("claude-real" if cli == "claude" else cli)
+    folder.mkdir(parents=True, exist_ok=True)
+    save(folder / f"{scenario}.jsonl", run(cli, scenario).lines)
+    if cli != "claude":
+        return
+    hooks = DEMO / f"hooks-{cli}-{scenario}.jsonl"
+    hooks.unlink(missing_ok=True)
+    hooked = run(cli, scenario, hooks)
+    if scenario == "shell":   # with hooks configured, stream-json also carries system hook_started/hook_response
+        save(folder / f"{scenario}-with-hooks.jsonl", hooked.lines)
+    if hooks.exists():
+        save(folder / f"hooks-{scenario}.jsonl", [ln for ln in hooks.read_text().splitlines() if ln.strip()])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--cli", action="append", choices=sorted(clis.RUNNERS))
+    p.add_argument("--scenario", action="append")
+    p.add_argument("--out", type=Path, default=HERE)
+    args = p.parse_args()
+    for cli in args.cli or sorted(clis.RUNNERS):
+        names = scenarios(cli, DEMO)
+        for scenario in args.scenario or names:
+            if scenario in names:
+                record(cli, scenario, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
