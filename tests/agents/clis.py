@@ -111,7 +111,7 @@ def base_env(home: Path, standin_url: str, extra: dict | None = None) -> dict:
         "NO_COLOR": "1", "CI": "1",
     })
     env.update(extra or {})
-    return env
+    return {k: v for k, v in env.items() if v is not None}   # None in ``extra`` removes a variable
 
 
 def _run(argv: list[str], env: dict, cwd: Path, timeout: float) -> tuple[int, list[str], str]:
@@ -137,6 +137,14 @@ def _go(name: str, script, cwd, keep: bool, timeout: float, prepare) -> Result:
 # --------------------------------------------------------------------------- Claude Code
 
 
+def claude_telemetry_env(url: str) -> dict:
+    """Claude Code's OpenTelemetry export to the stand-in (OTLP/HTTP JSON, exported every second)."""
+    return {"CLAUDE_CODE_ENABLE_TELEMETRY": "1", "DISABLE_TELEMETRY": None,
+            "OTEL_LOGS_EXPORTER": "otlp", "OTEL_METRICS_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json", "OTEL_EXPORTER_OTLP_ENDPOINT": url,
+            "OTEL_LOGS_EXPORT_INTERVAL": "1000", "OTEL_METRIC_EXPORT_INTERVAL": "1000"}
+
+
 def claude_env(home: Path, url: str, extra: dict | None = None) -> dict:
     return base_env(home, url, {
         "CLAUDE_CONFIG_DIR": str(home / ".claude"),
@@ -157,12 +165,13 @@ def hooks_settings(log: Path, events: list[str] = HOOK_EVENTS) -> dict:
 
 
 def run_claude(prompt: str, script, cwd, *, args: tuple = (), settings: dict | None = None,
-               env: dict | None = None, skip_permissions: bool = True, keep: bool = False,
-               timeout: float = 120) -> Result:
+               env: dict | None = None, skip_permissions: bool = True, telemetry: bool = False,
+               keep: bool = False, timeout: float = 120) -> Result:
     """``claude -p PROMPT --output-format stream-json --verbose --dangerously-skip-permissions``.
 
     ``settings`` (a dict) goes to ``--settings FILE``; ``skip_permissions=False`` leaves the flag out, so a
-    tool that needs permission is denied (-p cannot ask)."""
+    tool that needs permission is denied (-p cannot ask); ``telemetry=True`` exports OTLP logs and metrics
+    to the stand-in (``requests`` to ``/v1/logs``, ``/v1/metrics``)."""
     def prepare(home: Path, url: str):
         (home / ".claude").mkdir()
         argv = [str(cli_path("claude")), "-p", prompt, "--output-format", "stream-json", "--verbose",
@@ -171,7 +180,7 @@ def run_claude(prompt: str, script, cwd, *, args: tuple = (), settings: dict | N
             f = home / "settings.json"
             f.write_text(json.dumps(settings, indent=2))
             argv += ["--settings", str(f)]
-        return argv, claude_env(home, url, env)
+        return argv, claude_env(home, url, {**(claude_telemetry_env(url) if telemetry else {}), **(env or {})})
     return _go("claude", script, cwd, keep, timeout, prepare)
 
 

@@ -13,6 +13,7 @@ temp project's (``/tmp/loop-agents-demo/...``).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import shutil
 import sys
@@ -140,12 +141,36 @@ def record(cli: str, scenario: str, out: Path) -> None:
         save(folder / f"hooks-{scenario}.jsonl", [ln for ln in hooks.read_text().splitlines() if ln.strip()])
 
 
+def record_otlp(out: Path) -> None:
+    """Claude Code's OTLP/HTTP export in -p mode (the shell scenario): one logs and one metrics body as
+    JSON, and the logs body as protobuf (``otlp-logs.pb``, what the JavaScript exporter sent, byte for byte)."""
+    folder = out / "claude-real"
+    for protocol in ("http/json", "http/protobuf"):
+        project = make_project("claude", "otlp")
+        prompt, script = scenarios("claude", project)["shell"]
+        r = clis.run_claude(prompt, script, project, telemetry=True,
+                            env={"OTEL_EXPORTER_OTLP_PROTOCOL": protocol})
+        sent = {q["path"]: q["body"] for q in r.requests if q["path"] in ("/v1/logs", "/v1/metrics")}
+        print(json.dumps({"cli": "claude", "scenario": "otlp", "protocol": protocol, "rc": r.returncode,
+                          "bodies": sorted(sent)}), flush=True)
+        for path, body in sent.items():
+            name = "otlp-" + path.rsplit("/", 1)[-1]
+            if protocol == "http/json":
+                (folder / f"{name}.json").write_text(json.dumps(body, indent=1) + "\n")
+            elif name == "otlp-logs":
+                (folder / f"{name}.pb").write_bytes(base64.b64decode(body["_protobuf_base64"]))
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--cli", action="append", choices=sorted(clis.RUNNERS))
     p.add_argument("--scenario", action="append")
     p.add_argument("--out", type=Path, default=HERE)
+    p.add_argument("--otlp", action="store_true", help="record only Claude Code's OTLP export")
     args = p.parse_args()
+    if args.otlp:
+        record_otlp(args.out)
+        return 0
     for cli in args.cli or sorted(clis.RUNNERS):
         names = scenarios(cli, DEMO)
         for scenario in args.scenario or names:

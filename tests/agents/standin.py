@@ -8,7 +8,9 @@ One server speaks three wire formats, so one script can drive any of the CLIs:
 * OpenAI Responses (Codex): ``POST /v1/responses`` (SSE), ``GET /v1/models``;
   and Chat Completions (``POST /v1/chat/completions``) for clients that speak it;
 * Gemini (Gemini CLI): ``POST /v1beta/models/M:streamGenerateContent?alt=sse``,
-  ``:generateContent``, ``:countTokens``.
+  ``:generateContent``, ``:countTokens``;
+* OTLP/HTTP (a CLI's telemetry): ``POST /v1/logs``, ``/v1/metrics``, ``/v1/traces``
+  answer 200 and keep the body (JSON, or ``_protobuf_base64``).
 
 It is also a refusing proxy: with ``HTTPS_PROXY``/``HTTP_PROXY`` set to its URL
 (and ``NO_PROXY=127.0.0.1,localhost``), every attempt of a CLI to reach anything
@@ -59,6 +61,8 @@ prints ``URL`` on its first line and serves until interrupted.
 from __future__ import annotations
 
 import argparse
+import base64
+import gzip
 import json
 import sys
 import threading
@@ -196,6 +200,10 @@ class Handler(BaseHTTPRequestHandler):
     def _body(self) -> dict:
         n = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(n) if n else b""
+        if raw and self.headers.get("Content-Encoding") == "gzip":
+            raw = gzip.decompress(raw)
+        if raw and "protobuf" in (self.headers.get("Content-Type") or ""):
+            return {"_protobuf_base64": base64.b64encode(raw).decode()}
         try:
             body = json.loads(raw) if raw else {}
         except ValueError:
@@ -512,6 +520,12 @@ class Handler(BaseHTTPRequestHandler):
     def gemini_count(self, body: dict, path: str) -> None:
         self._json(200, {"totalTokens": 100})
 
+    # ----------------------------------------------------------------------- OTLP/HTTP
+
+    def otlp(self, body: dict, path: str) -> None:
+        """An OpenTelemetry collector's answer; the body is in ``requests`` (JSON, or base64 protobuf)."""
+        self._json(200, {"partialSuccess": {}})
+
     # ----------------------------------------------------------------------- shared
 
     @staticmethod
@@ -552,6 +566,9 @@ def _fill(schema: dict, name: str = "") -> Any:
 
 
 ROUTES = [
+    ("/v1/logs", Handler.otlp),
+    ("/v1/metrics", Handler.otlp),
+    ("/v1/traces", Handler.otlp),
     ("/messages/count_tokens", Handler.anthropic_count),
     ("/messages", Handler.anthropic_messages),
     ("/responses", Handler.openai_responses),
