@@ -255,6 +255,22 @@ def test_a_journal_ending_in_nul_bytes_keeps_its_lines_and_sets_the_nuls_aside(t
     assert any("r.jsonl" in r.getMessage() and "NUL" in r.getMessage() for r in caplog.records)
 
 
+def test_a_journal_line_whose_time_is_text_is_skipped_and_the_run_list_still_sorts(pristine, tmp_path):
+    root, baseline, issued = pristine
+    shutil.copytree(root, tmp_path, dirs_exist_ok=True)
+    journal = tmp_path / "runs" / "live.jsonl"
+    lines = journal.read_text().splitlines()
+    lines[-1] = lines[-1].replace('"ts":', '"ts":"yesterday","was":', 1)
+    journal.write_text("\n".join(lines) + "\n")
+    hub = memory_hub(tmp_path / "history.json")
+    try:
+        check_serves(hub, baseline, {"live"}, issued)
+        assert hub.transcript("live")["complete"] is False
+        assert {"live", "fresh"} <= {r["run"] for r in hub.run_list()}     # sorted by time: no TypeError
+    finally:
+        hub.close()
+
+
 def test_a_torn_last_line_is_still_dropped_silently(tmp_path, caplog):
     hub = memory_hub(tmp_path / "history.json")
     (first,) = hub.publish([ev.Draft("task_started", "r", {})])

@@ -209,8 +209,11 @@ def parse_stored(line: bytes | str) -> dict | None:
                 and parse_id(obj.get("id")) is not None):
             return None
         check_value(obj["data"])
-        if obj.get("ts") is not None:
-            check_value(obj["ts"], "ts")
+        ts = obj.get("ts")
+        if ts is not None:
+            if not isinstance(ts, (int, float)) or isinstance(ts, bool):   # runs are sorted by it
+                return None
+            check_value(ts, "ts")
     except EventError:
         return None
     return obj
