@@ -6,7 +6,10 @@ hot path, and so that history costs the same with 5 or 500 finished runs:
 - ``runs/<run>.jsonl`` — every accepted event of a run, appended with one
   ``write()`` before the POST is answered (the line is the JSON already made
   for the stream). The OS keeps it if the server is killed; it is the run's
-  transcript.
+  transcript. What survives a power cut is ``fsync``'s (``loop serve
+  --fsync``): "always" fsyncs before the 201, one fsync for every batch
+  written meanwhile (group commit); "everysec" from the writer thread about
+  once a second; "never" leaves it to the OS.
 - ``finished/<run>.json`` — one small TinyDB file per finished run (its final
   snapshot), written once by a background thread: a finished-run request
   reads that file and nothing else.
@@ -21,13 +24,17 @@ requests read the record the writer is about to write. ``index`` (run ->
 summary) is changed only by the serving thread (``finished``, pruning); the
 writer thread only writes files.
 
-Damaged files are never trusted and never stop a start: a journal line that is
-not a sound event is skipped, counted and logged, and the run's transcript says
-``complete: false`` (a torn last line — a crash in the middle of a ``write()``
-that was never acknowledged — is dropped silently); a journal with no readable
-line, an index or run file that is not what we wrote, is renamed aside
+Damaged files are never trusted and never stop a start (every file is read
+through stored.py: strict, bounded JSON of the shape we write): a journal line
+that is not a sound event is skipped, counted and logged, and the run's
+transcript says ``complete: false`` (a torn last line — a crash in the middle
+of a ``write()`` that was never acknowledged — is dropped silently; NUL bytes
+or other damage at the end are set aside with a warning); a journal with no
+readable line, an index or run file that is not what we wrote (another shape,
+NaN, deep nesting, an epoch past stored.MAX_EPOCH), is renamed aside
 (``<name>.damaged-<time>``) with a one-line warning naming it, and the rest is
-served: runs the index lost come back from their own files and journals.
+served: runs the index lost come back from their own files and journals, and
+the epoch stays above every id they hold.
 
 At start-up, a journal whose run has no finished record is folded back into a
 snapshot: the run was live when the server died and is marked ``interrupted``

@@ -7,7 +7,10 @@ Redis holds the truth:
   stream began, the sequence counts from 1 without gaps. So ids are unique and
   totally ordered across workers and hosts, and a cursor from any worker is a
   cursor on every worker.
-- ``<prefix>epoch``, ``<prefix>seq``: the id counter.
+- ``<prefix>epoch``, ``<prefix>seq``: the id counter. Made sound where it is used (HEAD, below):
+  text, a huge number or a stream whose last id is past it (a foreign ``XADD``) gets a fresh epoch
+  above every id issued; a key of another type under the prefix is renamed aside. Checkpoints and
+  summaries are read through stored.py and skipped (reported once) when they are not sound.
 - ``<prefix>transcript:<run>``: every event of a run (the history).
 - ``<prefix>runs``: the set of run names; ``<prefix>checkpoint`` a run's
   snapshot as of some event (``<prefix>checkpoint_count``: how many events it
