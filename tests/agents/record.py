@@ -15,13 +15,19 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
+import shlex
 import shutil
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import clis  # noqa: E402
+from standin import StandIn  # noqa: E402
 
 DEMO = Path("/tmp/loop-agents-demo")
 LOOPING = "ls build/reports"                # fails the same way every time
@@ -161,15 +167,83 @@ def record_otlp(out: Path) -> None:
                 (folder / f"{name}.pb").write_bytes(base64.b64decode(body["_protobuf_base64"]))
 
 
+def _hook_events(log: Path) -> list[dict]:
+    if not log.exists():
+        return []
+    return [json.loads(ln) for ln in log.read_text().splitlines() if ln.strip()]
+
+
+def _wait_hook(log: Path, pred, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for e in _hook_events(log):
+            if pred(e):
+                return e
+        time.sleep(0.2)
+    raise SystemExit(f"interactive: no such hook event within {timeout}s; got "
+                     f"{[e.get('hook_event_name') for e in _hook_events(log)]}")
+
+
+def record_interactive(out: Path) -> None:
+    """An interactive Claude Code session in tmux (--permission-mode default): it asks to run a command
+    (PermissionRequest, Notification permission_prompt), is approved, finishes (Stop), sits idle until Claude
+    says it is waiting (Notification idle_prompt, after about 60 s), and is left with /exit (SessionEnd).
+    Saves what every hook received as claude-real/hooks-interactive.jsonl."""
+    clis.ensure_installed("claude")
+    project = make_project("claude", "interactive")
+    (project / "build").mkdir()
+    log = DEMO / "hooks-claude-interactive.jsonl"
+    log.unlink(missing_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="loop-claude-tty-"))
+    sock = f"loop-agents-record-{os.getpid()}"
+    script = [{"text": "Removing it.", "shell": "rm -rf build"}, {"text": "Removed build/."}]
+    with StandIn(script) as s:
+        (home / ".claude").mkdir()
+        (home / "settings.json").write_text(json.dumps(clis.hooks_settings(log)))
+        # no first-run screens: onboarding done, the API key approved, the project trusted
+        (home / ".claude" / ".claude.json").write_text(json.dumps({
+            "hasCompletedOnboarding": True, "theme": "dark",
+            "customApiKeyResponses": {"approved": ["sk-ant-standin"[-20:]], "rejected": []},
+            "projects": {str(project): {"hasTrustDialogAccepted": True}}}))
+        env = clis.claude_env(home, s.url, {"TERM": "xterm-256color", "NO_COLOR": None, "CI": None})
+        (home / "env.sh").write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()))
+        cmd = (f"source {home / 'env.sh'}; cd {shlex.quote(str(project))}; exec {clis.cli_path('claude')} "
+               f"--permission-mode default --settings {home / 'settings.json'} 'Delete the build directory'")
+        tmux = ["tmux", "-L", sock]
+        subprocess.run([*tmux, "new-session", "-d", "-s", "cc", "-x", "120", "-y", "40",
+                        "bash", "--norc", "-c", cmd], check=True)
+        try:
+            _wait_hook(log, lambda e: e.get("notification_type") == "permission_prompt", 60)
+            subprocess.run([*tmux, "send-keys", "-t", "cc", "Enter"], check=True)      # 1. Yes
+            _wait_hook(log, lambda e: e["hook_event_name"] == "Stop", 60)
+            _wait_hook(log, lambda e: e.get("notification_type") == "idle_prompt", 120)
+            subprocess.run([*tmux, "send-keys", "-t", "cc", "-l", "/exit"], check=True)
+            time.sleep(0.5)
+            subprocess.run([*tmux, "send-keys", "-t", "cc", "Enter"], check=True)
+            _wait_hook(log, lambda e: e["hook_event_name"] == "SessionEnd", 30)
+        finally:
+            subprocess.run([*tmux, "kill-server"], check=False, stderr=subprocess.DEVNULL)
+            shutil.rmtree(home, ignore_errors=True)
+        stray = [f"{q['method']} {q['path']}" for q in s.requests if q["method"] == "CONNECT"]
+    save(out / "claude-real" / "hooks-interactive.jsonl", [json.dumps(e) for e in _hook_events(log)])
+    print(json.dumps({"cli": "claude", "scenario": "interactive", "hooks": [e["hook_event_name"]
+                      for e in _hook_events(log)], "stray": stray}), flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--cli", action="append", choices=sorted(clis.RUNNERS))
     p.add_argument("--scenario", action="append")
     p.add_argument("--out", type=Path, default=HERE)
     p.add_argument("--otlp", action="store_true", help="record only Claude Code's OTLP export")
+    p.add_argument("--interactive", action="store_true",
+                   help="record only the hooks of an interactive Claude Code session in tmux (takes ~75 s)")
     args = p.parse_args()
     if args.otlp:
         record_otlp(args.out)
+        return 0
+    if args.interactive:
+        record_interactive(args.out)
         return 0
     for cli in args.cli or sorted(clis.RUNNERS):
         names = scenarios(cli, DEMO)
