@@ -246,3 +246,23 @@ def test_shell_hooks_prints_the_hooks_it_ships():
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "loop_progress" in r.stdout
 
+
+
+def test_status_words_are_coloured_on_a_terminal_and_never_with_no_color_or_piped(tmp_path):
+    prd = tmp_path / "prd.json"
+    prd.write_text(json.dumps({"project": "Colours", "userStories": [
+        {"id": "S-1", "title": "Quick", "acceptanceCriteria": ["done"], "priority": 1, "passes": False,
+         "command": "echo hi"}]}))
+    args = [*LOOP, "run", str(prd), "--no-update", "--no-embed", "--stream"]
+    for env, coloured in (({}, True), ({"NO_COLOR": "1"}, False)):
+        term = OnTerminal(args, env=env)
+        try:
+            assert term.wait(60) == 0
+            shown = term.read()
+        finally:
+            term.close()
+        assert ("\x1b[32mpassed\x1b[0m" in shown) is coloured, shown[-500:]            # loop's last line
+        assert bool(re.search(r"\x1b\[[0-9;]*32m\[PASSED\]", shown)) is coloured     # the box's status
+        assert "run" in SGR.sub("", shown) and "[PASSED]" in SGR.sub("", shown)
+    piped = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0 and "\x1b" not in piped.stdout + piped.stderr and " passed" in piped.stderr

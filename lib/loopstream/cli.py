@@ -273,7 +273,8 @@ def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_u
     summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v and k != "total")
     outcome = {ExitStatus.OK: "passed", ExitStatus.INTERRUPTED: "stopped"}.get(code, "failed")
     reason = (feed.snapshot or {}).get("stop_reason") if code == ExitStatus.INTERRUPTED else None
-    _say(f"loop: run {run_id} {outcome}" + (f": {summary} of {counts.get('total', 0)} stories" if summary else "")
+    _say(f"loop: run {run_id} {_coloured(outcome)}"
+         + (f": {summary} of {counts.get('total', 0)} stories" if summary else "")
          + (f" — reason: {_clean(reason)}" if reason else ""))
     for line in orch.delivery_report(outbox.status, server, spool):
         _say(line)
@@ -297,6 +298,20 @@ def _shown(live_view: bool, snapshot, connection, body):
 
     with LiveView(snapshot, connection):
         return body()
+
+
+STATUS_COLOURS = {"passed": "green", "matched": "green", "failed": "red", "running": "yellow", "stopped": "magenta"}
+
+
+def _coloured(status: str, err: bool = True) -> str:
+    """A status word coloured (passed green, failed red, …) on a terminal, plain when piped or NO_COLOR."""
+    import os
+
+    stream = sys.stderr if err else sys.stdout
+    word = status.split(":", 1)[0]
+    if word not in STATUS_COLOURS or os.environ.get("NO_COLOR") or not stream.isatty():
+        return status
+    return click.style(word, fg=STATUS_COLOURS[word]) + status[len(word):]
 
 
 def _say(line: str, err: bool = True) -> None:
@@ -759,7 +774,7 @@ def tail(path, server, token, run_id, name, until, timeout, from_start, no_embed
     outcomes: dict[int, str] = {ExitStatus.OK: "matched", ExitStatus.FAILURE: f"failed: {_clean(result.reason)}",
                                 ExitStatus.INTERRUPTED: f"stopped: {_clean(result.reason)}"}
     outcome = outcomes[result.code]
-    click.echo(f"loop: run {run_id}: {result.lines} lines, {outcome}", err=True)
+    click.echo(f"loop: run {run_id}: {result.lines} lines, {_coloured(outcome)}", err=True)
     sys.exit(result.code)
 
 

@@ -400,6 +400,11 @@ def runs_table(rows: list[dict], width: int, color: bool = False) -> list[str]:
     return lines
 
 
+# Status words in the box: passed green, failed red, running yellow, stopped magenta.
+STATUS_STYLES = [(r"\[PASSED\]|\b[1-9]\d* passed\b", "green"), (r"\[FAILED\]|\b[1-9]\d* failed\b", "red"),
+                 (r"\b[1-9]\d* running\b", "yellow"), (r"\[(STOPPED|INTERRUPTED)\]", "magenta")]
+
+
 class LiveView:
     """The box, redrawn in place on a TTY (rich Live), from whatever snapshot is current."""
 
@@ -427,8 +432,11 @@ class LiveView:
             yield Text("waiting for the first event…")
             return
         width = min(options.max_width, 100)
-        yield Text("\n".join(render_box(snap, width, connection=self.get_connection())), no_wrap=True,
-                   overflow="crop")
+        text = Text("\n".join(render_box(snap, width, connection=self.get_connection())), no_wrap=True,
+                    overflow="crop")
+        for pattern, style in STATUS_STYLES:     # rich leaves colour out under NO_COLOR and when piped
+            text.highlight_regex(pattern, style)
+        yield text
 
     def __enter__(self):
         self.live.__enter__()
