@@ -288,6 +288,21 @@ def test_a_torn_last_line_is_still_dropped_silently(tmp_path, caplog):
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
+def test_healthz_says_503_while_the_journal_cannot_be_written_and_200_once_a_publish_succeeds(tmp_path):
+    hub = memory_hub(tmp_path / "history.json")
+    try:
+        (tmp_path / "runs" / "stuck.jsonl").mkdir()        # the journal cannot be opened for writing
+        with pytest.raises(Refused) as refused:
+            hub.publish([ev.Draft("progress", "stuck", {})])
+        assert refused.value.status == 503
+        health = hub.health()
+        assert not health["ok"] and "journal" in health["error"], health
+        hub.publish([ev.Draft("progress", "fine", {})])
+        assert hub.health()["ok"]
+    finally:
+        hub.close()
+
+
 # -- the Redis backend ---------------------------------------------------------------------------
 def redis_hub(url: str) -> Hub:
     hub = Hub(Config(backend=url, rate=0))
