@@ -8,20 +8,21 @@ from __future__ import annotations
 
 from .claude import ClaudeParser
 from .codex import CodexParser
-from .common import MAX_LINE_BYTES, MAX_TEXT, AgentParser, LineSplitter, parse_line, tool_summary
+from .common import LOOP_AFTER, MAX_LINE_BYTES, MAX_TEXT, AgentParser, LineSplitter, parse_line, tool_summary
 from .gemini import GeminiParser
 
-__all__ = ["AgentParser", "LineSplitter", "MAX_LINE_BYTES", "MAX_TEXT", "FORMATS", "PRD_FORMATS", "detect",
-           "parser_for", "tool_summary"]
+__all__ = ["AgentParser", "LineSplitter", "LOOP_AFTER", "MAX_LINE_BYTES", "MAX_TEXT", "FORMATS", "PRD_FORMATS",
+           "detect", "parser_for", "tool_summary"]
 
 FORMATS: dict[str, type[AgentParser]] = {"claude": ClaudeParser, "codex": CodexParser, "gemini": GeminiParser}
 # A PRD's agentFormat -> the format (the long names say which output option of the agent they mean).
 PRD_FORMATS = {"claude-stream-json": "claude", "codex-json": "codex", "gemini-stream-json": "gemini"}
 
 
-def parser_for(fmt: str, story_id: str | None = None) -> AgentParser:
-    """A parser for ``fmt``: a short name (``claude``) or a PRD's long one (``claude-stream-json``)."""
-    return FORMATS[PRD_FORMATS.get(fmt, fmt)](story_id)
+def parser_for(fmt: str, story_id: str | None = None, loop_after: int = LOOP_AFTER) -> AgentParser:
+    """A parser for ``fmt``: a short name (``claude``) or a PRD's long one (``claude-stream-json``);
+    ``loop_after`` identical tool calls in a row give an ``agent_looping``."""
+    return FORMATS[PRD_FORMATS.get(fmt, fmt)](story_id, loop_after=loop_after)
 
 
 def detect(line: str) -> str | None:

@@ -4,12 +4,24 @@ One JSON object a line: ``system``/``init`` (model, session), ``assistant`` mess
 holds ``text`` and ``tool_use`` blocks, ``user`` messages holding the ``tool_result`` blocks, and a
 final ``result`` (turns, duration, cost, usage). Partial-message deltas (``stream_event``) repeat
 what the full message says and are understood as nothing to show.
+
+Subagents: a ``Task`` (now ``Agent``) tool call starts one; the messages it exchanges carry
+``parent_tool_use_id`` (that call's id), so their events carry ``parent_id``. It ends with a
+``system`` ``task_notification`` (status ``completed``, else failed), or, without one, with its
+call's result — unless it runs in the background (``run_in_background``, or ``task_started`` says
+``is_backgrounded``), whose call's result only says it was launched. The other ``system`` task lines
+(``task_started``, ``task_progress``, ``task_updated``, ``background_tasks_changed``) are understood
+and not shown. A ``parent_tool_use_id`` naming no known call is kept flat: the events go to the
+agent itself, without ``parent_id``.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from .common import AgentParser, Event, cost, count, name, result_summary, tool_summary
+from .common import AgentParser, Event, cost, count, name, one_line, result_summary, signature, tool_summary
+
+SUBAGENT_TOOLS = ("Task", "Agent")       # the tool that starts a subagent (renamed Agent in 2.x)
+TASK_LINES = ("task_started", "task_progress", "task_updated", "task_notification", "background_tasks_changed")
 
 
 class ClaudeParser(AgentParser):
@@ -21,34 +33,57 @@ class ClaudeParser(AgentParser):
         return obj.get("type") == "system" and obj.get("subtype") == "init"
 
     def _system(self, obj: dict) -> list[Event] | None:
-        if obj.get("subtype") != "init":
+        subtype = obj.get("subtype")
+        if subtype in TASK_LINES:
+            return self._task_line(obj)
+        if subtype != "init":
             return None
         return self.flush() + [("agent_init", self._data(model=name(obj.get("model")),
                                                          session_id=name(obj.get("session_id"))))]
+
+    def _task_line(self, obj: dict) -> list[Event]:
+        """A subagent's life as Claude Code reports it: started in the background or not, ended."""
+        tid = name(obj.get("tool_use_id")) or ""
+        sub = self._subagents.get(tid)
+        if sub is not None and obj.get("subtype") == "task_started" and obj.get("is_backgrounded") is True:
+            sub["background"] = True
+        if obj.get("subtype") == "task_notification" and isinstance(obj.get("status"), str):
+            return self._subagent_done(tid, obj["status"] != "completed", one_line(obj.get("summary") or ""))
+        return []
 
     def _assistant(self, obj: dict) -> list[Event] | None:
         content = _content(obj)
         if content is None:
             return None
-        events: list[Event] = []
+        events = self._enter(obj.get("parent_tool_use_id"))
         for block in content:
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text" and isinstance(block.get("text"), str):
                 self._add_text(block["text"])
             elif kind == "tool_use":
-                tool = name(block.get("name")) or "?"
-                events += self._tool_call(tool, name(block.get("id")) or "", tool_summary(tool, block.get("input")))
+                events += self._tool_use(block)
         return events
+
+    def _tool_use(self, block: dict) -> list[Event]:
+        tool, tid, inp = name(block.get("name")) or "?", name(block.get("id")) or "", block.get("input")
+        if tool not in SUBAGENT_TOOLS or not isinstance(inp, dict):
+            return self._tool_call(tool, tid, tool_summary(tool, inp), signature(inp))
+        self._subagent_started(tid, inp.get("run_in_background") is True)
+        return self._tool_call(tool, tid, tool_summary(tool, inp), signature(inp),
+                               subagent_type=name(inp.get("subagent_type")), description=name(inp.get("description")))
 
     def _user(self, obj: dict) -> list[Event] | None:
         content = _content(obj)
         if content is None:
             return [] if isinstance((obj.get("message") or {}).get("content"), str) else None
-        events: list[Event] = []
+        events = self._enter(obj.get("parent_tool_use_id"))
         for block in content:
             if isinstance(block, dict) and block.get("type") == "tool_result":
-                events += self._tool_result(name(block.get("tool_use_id")) or "", block.get("is_error") is True,
-                                            result_summary(block.get("content")))
+                tid, failed = name(block.get("tool_use_id")) or "", block.get("is_error") is True
+                summary = result_summary(block.get("content"))
+                events += self._tool_result(tid, failed, summary)
+                if not self._subagents.get(tid, {"background": True})["background"]:
+                    events += self._subagent_done(tid, failed, summary)   # no task_notification came first
         return events
 
     def _result(self, obj: dict) -> list[Event]:

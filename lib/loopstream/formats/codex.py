@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import AgentParser, Event, count, name, one_line, result_summary, tool_summary
+from .common import AgentParser, Event, count, name, one_line, result_summary, signature, tool_summary
 
 TOOL_ITEMS = {"command_execution", "mcp_tool_call", "web_search", "file_change"}
 
@@ -48,7 +48,7 @@ class CodexParser(AgentParser):
             return None
         if item.get("type") in TOOL_ITEMS - {"file_change"}:
             tool, summary = _tool(item)
-            return self._tool_call(tool, name(item.get("id")) or "", summary)
+            return self._tool_call(tool, name(item.get("id")) or "", summary, _signature(item))
         return []
 
     def _item_completed(self, obj: dict) -> list[Event] | None:
@@ -73,7 +73,7 @@ class CodexParser(AgentParser):
 
     def _finished_tool(self, item: dict, iid: str) -> list[Event]:
         tool, summary = _tool(item)
-        events = self._tool_call(tool, iid, summary) if iid not in self._tools else []
+        events = self._tool_call(tool, iid, summary, _signature(item)) if iid not in self._tools else []
         failed = item.get("status") in ("failed", "declined") or bool(item.get("error")) or \
             (isinstance(item.get("exit_code"), int) and item["exit_code"] != 0)
         return events + self._tool_result(iid, failed, _result(item))
@@ -115,6 +115,12 @@ def _tool(item: dict) -> tuple[str, str]:
     changes: list = item["changes"] if isinstance(item.get("changes"), list) else []
     parts = [f"{c.get('kind')} {c.get('path')}" for c in changes[:5] if isinstance(c, dict)]
     return "apply_patch", one_line(", ".join(parts) + (" …" if len(changes) > 5 else ""))
+
+
+def _signature(item: dict) -> str | None:
+    """What makes two tool items the same call: their type and input (not their id, output or status)."""
+    keys = ("command", "server", "tool", "arguments", "query", "changes")
+    return signature({"type": item.get("type"), **{k: item.get(k) for k in keys if k in item}})
 
 
 def _result(item: dict) -> str:

@@ -2,8 +2,9 @@
 summary rules, and ``AgentParser``, the shape each format's parser takes.
 
 A parser is fed one line at a time and returns the loop events that line means, as ``(type, data)``
-pairs: ``agent_init``, ``agent_text``, ``tool_call``, ``tool_result``, ``agent_result``, and
-``output`` for every line it does not understand (another type, a future shape, not JSON,
+pairs: ``agent_init``, ``agent_text``, ``tool_call``, ``tool_result``, ``agent_result``,
+``agent_looping`` (the same tool call again and again), ``subagent_completed``, and ``output`` for
+every line it does not understand (another type, a future shape, not JSON,
 truncated): nothing an agent prints is dropped, and nothing it prints can raise. Every string taken
 from a line is cut to a bounded size and every number is checked to be finite and in range, so an
 event built here is always small and valid whatever the agent printed. ``LineSplitter`` cuts bytes
@@ -11,6 +12,7 @@ into lines with a bound on the length of one line, for callers reading a raw pip
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -26,6 +28,8 @@ MAX_LINE_BYTES = 1 << 20  # a longer line is cut (its rest discarded) before par
 MAX_TRACKED_TOOLS = 4096  # tool ids remembered to name their results
 MAX_COUNT = 10 ** 12     # bound of turns, tokens, milliseconds
 MAX_COST = 1_000_000.0   # dollars; anything beyond is not a cost but garbage
+LOOP_AFTER = 3           # the same tool call this many times in a row is an agent going in circles
+MAX_SUBAGENTS = 1000     # subagents (Task calls) remembered to nest their lines
 
 SPACE = re.compile(r"\s+")
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]")  # as view.py
@@ -126,6 +130,16 @@ def tool_summary(tool: str, inp: Any) -> str:
     return one_line(text)
 
 
+def signature(value: Any) -> str | None:
+    """A tool input's canonical JSON (sorted keys, compact), as a short digest: two calls are the same
+    call when their tool and signature are. None when it cannot be written (nested too deep)."""
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 def result_text(content: Any) -> str:
     """A tool_result's content (a string, or a list of text and other blocks) as plain text."""
     if isinstance(content, str):
@@ -158,16 +172,30 @@ class AgentParser:
     says whether a first line is this format's. Consecutive assistant text is held and coalesced into
     one ``agent_text`` until anything else happens or the caller calls ``flush()`` (at the end, or
     when the agent has been quiet a while). ``story_id`` goes into every event's data when set.
+
+    Subagents: a format whose agent starts subagents registers each by the id of the call that started
+    it (``_subagent_started``); a line that belongs to one is parsed after ``_enter(parent)``, and its
+    events carry ``parent_id`` (that call's id). A parent naming no known call is kept flat.
+
+    Going in circles: every tool call is compared with the same agent's (or subagent's) previous one
+    by tool and ``signature`` (the input's canonical JSON); text and results between them do not
+    matter. The second and later calls of a streak carry ``repeat`` (their place in it), and the
+    ``loop_after``-th gives one ``agent_looping`` (``tool``, ``summary``, ``repeats``) per streak.
     """
 
     HANDLERS: dict[str, str] = {}
 
-    def __init__(self, story_id: str | None = None, max_text: int = MAX_TEXT):
+    def __init__(self, story_id: str | None = None, max_text: int = MAX_TEXT, loop_after: int = LOOP_AFTER):
         self.story_id = story_id
         self.max_text = max_text
+        self.loop_after = max(2, loop_after)
         self._text: list[str] = []
         self._text_len = 0
+        self._text_parent: str | None = None
         self._tools: OrderedDict[str, str] = OrderedDict()
+        self._parent: str | None = None          # the subagent the line being parsed belongs to
+        self._subagents: OrderedDict[str, dict] = OrderedDict()   # its call's id -> background, done
+        self._streaks: OrderedDict[str | None, tuple[tuple[str, str], int]] = OrderedDict()
         self.lines = 0
         self.understood = 0
 
@@ -181,11 +209,15 @@ class AgentParser:
         return bool(self._text)
 
     def _data(self, **fields: Any) -> dict:
-        return {"story_id": self.story_id, **fields} if self.story_id is not None else fields
+        data = {"story_id": self.story_id, **fields} if self.story_id is not None else fields
+        if self._parent is not None:
+            data["parent_id"] = self._parent
+        return data
 
     def feed(self, line: str) -> list[Event]:
         """The events of one line (without its newline; a trailing newline is ignored)."""
         self.lines += 1
+        self._parent = None
         line = line.rstrip("\r\n")
         if not line.strip():
             return []
@@ -193,6 +225,7 @@ class AgentParser:
         method = self.HANDLERS.get(str(obj.get("type"))) if obj is not None else None
         events = getattr(self, method)(obj) if method and obj is not None else None
         if events is None:                       # not understood: shown as it is
+            self._parent = None
             return self.flush() + [self._output(line)]
         self.understood += 1
         return events
@@ -205,23 +238,69 @@ class AgentParser:
         self._text, self._text_len = [], 0
         if total > self.max_text:
             text = text[:self.max_text] + f"… [cut: {total - self.max_text} more characters]"
-        return [("agent_text", self._data(text=text))]
+        data = {"story_id": self.story_id, "text": text} if self.story_id is not None else {"text": text}
+        if self._text_parent is not None:
+            data["parent_id"] = self._text_parent
+        return [("agent_text", data)]
+
+    def _enter(self, parent: Any) -> list[Event]:
+        """The line being parsed belongs to the subagent started by call ``parent`` (kept flat when no
+        known call has that id); text held for another agent is sent first."""
+        self._parent = parent if isinstance(parent, str) and parent in self._subagents else None
+        return self.flush() if self._text and self._text_parent != self._parent else []
 
     def _output(self, line: str, stream: str = "stdout") -> Event:
         return ("output", self._data(stream=stream, text=cut(line, MAX_OUTPUT_LINE) + "\n"))
 
     def _add_text(self, text: str) -> None:
+        if not self._text:
+            self._text_parent = self._parent
         if self._text_len <= self.max_text:     # past the cut only the count grows
             self._text.append(text[: self.max_text + 1])
         self._text_len += len(text)
 
-    def _tool_call(self, tool: str, tid: str, summary: str) -> list[Event]:
-        """A tool call (after the text held before it); its id is remembered to name its result."""
+    def _tool_call(self, tool: str, tid: str, summary: str, sig: str | None = None, **extra: Any) -> list[Event]:
+        """A tool call (after the text held before it); its id is remembered to name its result.
+        ``sig`` is the input's ``signature`` (the summary stands in without one); ``extra`` fields
+        go into the event as they are."""
         if tid:
             self._tools[tid] = tool
             while len(self._tools) > MAX_TRACKED_TOOLS:
                 self._tools.popitem(last=False)
-        return self.flush() + [("tool_call", self._data(tool=tool, id=tid, summary=summary))]
+        repeats = self._repeat((tool, sig if sig is not None else summary))
+        call = self._data(tool=tool, id=tid, summary=summary, **extra)
+        if repeats > 1:
+            call["repeat"] = repeats
+        events = self.flush() + [("tool_call", call)]
+        if repeats == self.loop_after:
+            events.append(("agent_looping", self._data(tool=tool, summary=summary, repeats=repeats)))
+        return events
+
+    def _repeat(self, call: tuple[str, str]) -> int:
+        """This call's place in its agent's streak of identical consecutive calls (1: a new one)."""
+        last = self._streaks.pop(self._parent, None)
+        repeats = last[1] + 1 if last is not None and last[0] == call else 1
+        self._streaks[self._parent] = (call, repeats)
+        while len(self._streaks) > MAX_SUBAGENTS:
+            self._streaks.popitem(last=False)
+        return repeats
+
+    def _subagent_started(self, tid: str, background: bool) -> None:
+        """Call ``tid`` started a subagent: lines naming it as their parent are its."""
+        if tid:
+            self._subagents[tid] = {"background": background, "done": False}
+            while len(self._subagents) > MAX_SUBAGENTS:
+                self._subagents.popitem(last=False)
+
+    def _subagent_done(self, tid: str, failed: bool, summary: str) -> list[Event]:
+        """One ``subagent_completed`` for a known subagent that had not ended (nothing otherwise)."""
+        sub = self._subagents.get(tid)
+        if sub is None or sub["done"]:
+            return []
+        sub["done"] = True
+        data = {"story_id": self.story_id} if self.story_id is not None else {}
+        return self.flush() + [("subagent_completed", {**data, "id": tid, "state": "failed" if failed else "done",
+                                                       "summary": summary})]
 
     def _tool_result(self, tid: str, is_error: bool, summary: str, tool: str | None = None) -> list[Event]:
         """A tool's result, named by the call it answers (``?`` for an id no call had)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import AgentParser, Event, count, name, one_line, result_summary, tool_summary
+from .common import AgentParser, Event, count, name, one_line, result_summary, signature, tool_summary
 
 
 class GeminiParser(AgentParser):
@@ -35,7 +35,8 @@ class GeminiParser(AgentParser):
 
     def _tool_use(self, obj: dict) -> list[Event]:
         tool = name(obj.get("tool_name")) or "?"
-        return self._tool_call(tool, name(obj.get("tool_id")) or "", tool_summary(tool, obj.get("parameters")))
+        return self._tool_call(tool, name(obj.get("tool_id")) or "", tool_summary(tool, obj.get("parameters")),
+                               signature(obj.get("parameters")))
 
     def _result_of_tool(self, obj: dict) -> list[Event]:
         error: Any = obj.get("error") if isinstance(obj.get("error"), dict) else {}
