@@ -76,6 +76,8 @@ def scenarios(cli: str, project: Path) -> dict[str, tuple[str, list[dict]]]:
         out["tool_error"][1].insert(1, {"tool": name, "input": {key: str(project / "missing.txt")}})
     if cli == "claude":
         out.update(claude_scenarios())
+    if cli == "codex":   # a model codex has no metadata for: an item of type "error" (a warning) comes first
+        out["unknown_model"] = ("What is 2 + 2? Answer in one sentence.", [{"text": "2 + 2 is 4."}])
     return out
 
 
@@ -114,6 +116,8 @@ def run(cli: str, scenario: str, hooks: Path | None = None) -> clis.Result:
     project = make_project(cli, scenario)
     prompt, script = scenarios(cli, project)[scenario]
     kwargs: dict = {}
+    if scenario == "unknown_model":
+        kwargs["model"] = "gpt-standin"
     if cli == "claude":
         kwargs["skip_permissions"] = scenario != "permission"
         if hooks:

@@ -499,7 +499,8 @@ class Handler(BaseHTTPRequestHandler):
         calls = [p for p in parts if "text" not in p]
         for p in texts:
             for piece in _chunks(p["text"]):
-                frames.append(_sse(None, {"candidates": [{"content": {"role": "model", "parts": [{"text": piece}]},
+                frames.append(_sse(None, {"candidates": [{"content": {"role": "model",
+                                                                      "parts": [dict(p, text=piece)]},
                                                           "index": 0}], "modelVersion": model}))
         frames.append(_sse(None, dict(resp, candidates=[dict(resp["candidates"][0],
                                                              content={"role": "model",
