@@ -314,7 +314,7 @@ class History:
 
     @staticmethod
     def _read_rows(index: Any, problems: list[str]) -> list[dict]:
-        rows = [r for r in _table(index, problems, "index").values()]
+        rows = list(_table(index, problems, "index").values())
         sound = [r for r in rows if _sound_record(r)]
         if len(sound) < len(rows):
             problems.append(f"{len(rows) - len(sound)} damaged index rows")
