@@ -152,21 +152,25 @@ def record(cli: str, scenario: str, out: Path) -> None:
 
 
 def record_otlp(out: Path) -> None:
-    """Claude Code's OTLP/HTTP export in -p mode (the shell scenario): one logs and one metrics body as
-    JSON, and the logs body as protobuf (``otlp-logs.pb``, what the JavaScript exporter sent, byte for byte)."""
+    """Claude Code's OTLP/HTTP export in -p mode: for the shell scenario one logs and one metrics body as JSON
+    and the logs body as protobuf (``otlp-logs.pb``, byte for byte what the JavaScript exporter sent); for the
+    subagent scenario the logs body (records of the subagent carry ``agent_id``), ``otlp-logs-subagent.json``."""
     folder = out / "claude-real"
-    for protocol in ("http/json", "http/protobuf"):
+    for scenario, protocol, suffix in (("shell", "http/json", ""), ("shell", "http/protobuf", ""),
+                                       ("subagent", "http/json", "-subagent")):
         project = make_project("claude", "otlp")
-        prompt, script = scenarios("claude", project)["shell"]
+        prompt, script = scenarios("claude", project)[scenario]
         r = clis.run_claude(prompt, script, project, telemetry=True,
                             env={"OTEL_EXPORTER_OTLP_PROTOCOL": protocol})
         sent = {q["path"]: q["body"] for q in r.requests if q["path"] in ("/v1/logs", "/v1/metrics")}
-        print(json.dumps({"cli": "claude", "scenario": "otlp", "protocol": protocol, "rc": r.returncode,
-                          "bodies": sorted(sent)}), flush=True)
+        print(json.dumps({"cli": "claude", "scenario": f"otlp {scenario}", "protocol": protocol,
+                          "rc": r.returncode, "bodies": sorted(sent)}), flush=True)
         for path, body in sent.items():
             name = "otlp-" + path.rsplit("/", 1)[-1]
+            if suffix and name != "otlp-logs":
+                continue
             if protocol == "http/json":
-                (folder / f"{name}.json").write_text(json.dumps(body, indent=1) + "\n")
+                (folder / f"{name}{suffix}.json").write_text(json.dumps(body) + "\n")
             elif name == "otlp-logs":
                 (folder / f"{name}.pb").write_bytes(base64.b64decode(body["_protobuf_base64"]))
 
