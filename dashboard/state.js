@@ -10,6 +10,7 @@ export const LOG_TEXT = 500;
 export const LAST_OUTPUT = 240;
 export const AGENT_TEXT = 300;
 export const AGENT_MAX = 1e12;
+export const SUBAGENTS = 100;
 export const MAX_NUMBER = 1e15;
 export const FINISHED = ["passed", "failed", "stopped"];
 export const LIVE = ["running", "paused"];
@@ -202,7 +203,10 @@ function storyStarted(snap, data, ts) {
     for (const ac of s.acceptance_criteria) Object.assign(ac, { status: "pending", duration_ms: null, error: null });
   }
   snap.current_story = s.id;
-  if (s.agent !== null) s.agent.last_tool = null;
+  if (s.agent !== null) {
+    s.agent.last_tool = null;
+    s.agent.looping = null;
+  }
   markNextRunning(s);
 }
 
@@ -228,6 +232,12 @@ function storyCompleted(snap, data, ts) {
   s.attempts = attempts !== null ? attempts : Math.max(s.attempt, 1);
   const tool = s.agent !== null ? s.agent.last_tool : null;
   if (tool !== null && tool.finished_at === null) tool.finished_at = ts;
+  for (const sub of s.agent !== null ? subagents(s.agent) : []) {
+    if (sub.state === "running") {   // its end never reported: it ended with the story
+      sub.state = s.status === "passed" ? "done" : "failed";
+      sub.finished_at = ts;
+    }
+  }
   for (const ac of s.acceptance_criteria) {
     if (ac.status === "running") ac.status = "pending";
     if (s.status === "passed" && ac.status === "pending") ac.status = "passed";
@@ -332,7 +342,8 @@ const control = (kind) => (snap, data, ts) => {
 
 export function newAgent() {
   return { model: null, session_id: null, tool_calls: 0, tool_errors: 0, last_tool: null,
-    cost_usd: null, input_tokens: 0, output_tokens: 0, num_turns: null, is_error: null };
+    cost_usd: null, input_tokens: 0, output_tokens: 0, num_turns: null, is_error: null,
+    subagents: [], looping: null };
 }
 
 const short = (v) => (typeof v === "string" ? cutHead(v, AGENT_TEXT) : null);
@@ -359,8 +370,54 @@ function agentText(snap, data) {
 function toolCall(snap, data, ts) {
   const a = agentOf(snap, data);
   a.tool_calls += 1;
-  a.last_tool = { tool: short(data.tool) || "?", id: short(data.id), summary: short(data.summary) || "",
-    started_at: ts, finished_at: null, is_error: null };
+  const parent = short(data.parent_id);
+  const tool = a.last_tool = { tool: short(data.tool) || "?", id: short(data.id), summary: short(data.summary) || "",
+    started_at: ts, finished_at: null, is_error: null, parent_id: parent };
+  stillLooping(a, data, parent);
+  if ("subagent_type" in data && tool.id !== null) {   // a Task call: the subagent it starts
+    const sub = { id: tool.id, type: short(data.subagent_type), description: short(data.description),
+      state: "running", tool_calls: 0, last_tool: null, started_at: ts, finished_at: null };
+    a.subagents = [...subagents(a).filter((x) => x.id !== sub.id), sub].slice(-SUBAGENTS);
+  }
+  for (const sub of subagents(a)) {
+    if (sub.id === parent) {
+      sub.tool_calls += 1;
+      sub.last_tool = { tool: tool.tool, id: tool.id, summary: tool.summary };
+    }
+  }
+}
+
+// An agent record's subagents (none in a record stored before they were kept).
+const subagents = (a) => a.subagents || [];
+
+// A call of the agent that went in circles: the streak goes on (repeat grows) or ends.
+function stillLooping(a, data, parent) {
+  const looping = a.looping ?? null;
+  if (looping === null || looping.parent_id !== parent) return;
+  const repeat = amount(data.repeat);
+  if (repeat !== null && repeat > looping.repeats) looping.repeats = repeat;
+  else a.looping = null;
+}
+
+function agentLooping(snap, data, ts) {
+  const a = agentOf(snap, data);
+  const repeats = amount(data.repeats);
+  const looping = a.looping = { tool: short(data.tool) || "?", summary: short(data.summary) || "",
+    repeats: repeats !== null ? repeats : 0, parent_id: short(data.parent_id), since: ts };
+  const who = get(data, "story_id") !== null ? `${str(data.story_id)} ` : "";
+  log(snap, "agent_looping", ts, `${who}looping: ${looping.tool} ${looping.summary} ×${looping.repeats}`);
+}
+
+function subagentCompleted(snap, data, ts) {
+  const a = agentOf(snap, data);
+  const sid = short(data.id);
+  for (const sub of subagents(a)) {
+    if (sub.id === sid) {
+      sub.state = data.state === "failed" ? "failed" : "done";
+      sub.finished_at = ts;
+    }
+  }
+  if ((a.looping ?? null) !== null && a.looping.parent_id === sid) a.looping = null;   // the subagent that went in circles has ended
 }
 
 function toolResult(snap, data, ts) {
@@ -419,6 +476,8 @@ const HANDLERS = {
   tool_call: toolCall,
   tool_result: toolResult,
   agent_result: agentResult,
+  agent_looping: agentLooping,
+  subagent_completed: subagentCompleted,
   story_stalled: storyStalled,
 };
 for (const k of ["stop_requested", "pause_requested", "resume_requested", "task_paused", "task_resumed"]) {

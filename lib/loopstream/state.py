@@ -26,6 +26,7 @@ LOG_TEXT = 500          # characters kept of one log line: a snapshot stays smal
 LAST_OUTPUT = 240       # characters of a story's latest output shown on its card
 AGENT_TEXT = 300        # characters kept of an agent's tool name, summary, model
 AGENT_MAX = 1e12        # an agent count or cost beyond this is garbage, not a number
+SUBAGENTS = 100         # subagents kept per agent record (the latest)
 MAX_NUMBER = 10**15     # a number beyond this (or NaN, Infinity) is not a number to the reducer
 FINISHED = ("passed", "failed", "stopped")
 LIVE = ("running", "paused")
@@ -220,9 +221,7 @@ def _writable(snap: dict, etype: Any, data: dict) -> dict:
     if etype in _TOUCH_CONTROL:
         out["control"] = dict(snap["control"])
     if etype in _TOUCH_AGENT and snap["agent"] is not None:
-        agent = out["agent"] = dict(snap["agent"])
-        if agent["last_tool"] is not None:
-            agent["last_tool"] = dict(agent["last_tool"])
+        out["agent"] = marshal.loads(marshal.dumps(snap["agent"]))
     return out
 
 
@@ -278,7 +277,8 @@ def _story_started(snap: dict, data: dict, ts: Any) -> None:
             ac.update(status="pending", duration_ms=None, error=None)
     snap["current_story"] = s["id"]
     if s["agent"] is not None:
-        s["agent"]["last_tool"] = None   # a new attempt runs no tool yet; counts and cost add up
+        s["agent"]["last_tool"] = None   # a new attempt runs no tool yet, nor in circles; counts and cost add up
+        s["agent"]["looping"] = None
     _mark_next_running(s)
 
 
@@ -308,6 +308,10 @@ def _story_completed(snap: dict, data: dict, ts: Any) -> None:
     tool = s["agent"]["last_tool"] if s["agent"] is not None else None
     if tool is not None and tool["finished_at"] is None:
         tool["finished_at"] = ts   # the story ended while its tool ran (stopped, timed out)
+    for sub in _subagents(s["agent"]) if s["agent"] is not None else []:
+        if sub["state"] == "running":   # its end never reported: it ended with the story
+            sub["state"] = "done" if s["status"] == "passed" else "failed"
+            sub["finished_at"] = ts
     for ac in s["acceptance_criteria"]:
         if ac["status"] == "running":
             ac["status"] = "pending"
@@ -419,7 +423,8 @@ def _control(kind: str):
 
 def new_agent() -> dict:
     return {"model": None, "session_id": None, "tool_calls": 0, "tool_errors": 0, "last_tool": None,
-            "cost_usd": None, "input_tokens": 0, "output_tokens": 0, "num_turns": None, "is_error": None}
+            "cost_usd": None, "input_tokens": 0, "output_tokens": 0, "num_turns": None, "is_error": None,
+            "subagents": [], "looping": None}
 
 
 def _short(value: Any) -> str | None:
@@ -453,9 +458,59 @@ def _agent_text(snap: dict, data: dict, ts: Any) -> None:
 def _tool_call(snap: dict, data: dict, ts: Any) -> None:
     a = _agent_of(snap, data)
     a["tool_calls"] += 1
-    a["last_tool"] = {"tool": _short(data.get("tool")) or "?", "id": _short(data.get("id")),
-                      "summary": _short(data.get("summary")) or "", "started_at": ts,
-                      "finished_at": None, "is_error": None}
+    parent = _short(data.get("parent_id"))
+    tool = a["last_tool"] = {"tool": _short(data.get("tool")) or "?", "id": _short(data.get("id")),
+                             "summary": _short(data.get("summary")) or "", "started_at": ts,
+                             "finished_at": None, "is_error": None, "parent_id": parent}
+    _still_looping(a, data, parent)
+    if "subagent_type" in data and tool["id"] is not None:   # a Task call: the subagent it starts
+        sub = {"id": tool["id"], "type": _short(data.get("subagent_type")),
+               "description": _short(data.get("description")), "state": "running", "tool_calls": 0,
+               "last_tool": None, "started_at": ts, "finished_at": None}
+        a["subagents"] = [*[x for x in _subagents(a) if x["id"] != sub["id"]], sub][-SUBAGENTS:]
+    for sub in _subagents(a):
+        if sub["id"] == parent:
+            sub["tool_calls"] += 1
+            sub["last_tool"] = {"tool": tool["tool"], "id": tool["id"], "summary": tool["summary"]}
+
+
+def _subagents(a: dict) -> list:
+    """An agent record's subagents (none in a record stored before they were kept)."""
+    return a.get("subagents") or []
+
+
+def _still_looping(a: dict, data: dict, parent: str | None) -> None:
+    """A call of the agent that went in circles: the streak goes on (``repeat`` grows) or ends."""
+    looping = a.get("looping")
+    if looping is None or looping["parent_id"] != parent:
+        return
+    repeat = _amount(data.get("repeat"))
+    if repeat is not None and repeat > looping["repeats"]:
+        looping["repeats"] = repeat
+    else:
+        a["looping"] = None
+
+
+def _agent_looping(snap: dict, data: dict, ts: Any) -> None:
+    a = _agent_of(snap, data)
+    repeats = _amount(data.get("repeats"))
+    looping = a["looping"] = {"tool": _short(data.get("tool")) or "?", "summary": _short(data.get("summary")) or "",
+                              "repeats": repeats if repeats is not None else 0,
+                              "parent_id": _short(data.get("parent_id")), "since": ts}
+    who = f"{as_text(data['story_id'])} " if data.get("story_id") is not None else ""
+    times = js_number(looping["repeats"])
+    _log(snap, "agent_looping", ts, f"{who}looping: {looping['tool']} {looping['summary']} ×{times}")
+
+
+def _subagent_completed(snap: dict, data: dict, ts: Any) -> None:
+    a = _agent_of(snap, data)
+    sid = _short(data.get("id"))
+    for sub in _subagents(a):
+        if sub["id"] == sid:
+            sub["state"] = "failed" if data.get("state") == "failed" else "done"
+            sub["finished_at"] = ts
+    if a.get("looping") is not None and a["looping"]["parent_id"] == sid:
+        a["looping"] = None      # the subagent that went in circles has ended
 
 
 def _tool_result(snap: dict, data: dict, ts: Any) -> None:
@@ -499,7 +554,8 @@ _TOUCH_STORIES = frozenset({"task_started", "story_started", "ac_completed", "ac
                             "task_stopped", "story_stalled"})
 _TOUCH_CONTROL = frozenset({"task_stopped", "stop_requested", "pause_requested", "resume_requested",
                             "task_paused", "task_resumed"})
-_TOUCH_AGENT = frozenset({"agent_init", "agent_text", "tool_call", "tool_result", "agent_result"})
+_TOUCH_AGENT = frozenset({"agent_init", "agent_text", "tool_call", "tool_result", "agent_result", "agent_looping",
+                          "subagent_completed"})
 
 _HANDLERS = {
     "task_started": _task_started,
@@ -519,6 +575,8 @@ _HANDLERS = {
     "tool_call": _tool_call,
     "tool_result": _tool_result,
     "agent_result": _agent_result,
+    "agent_looping": _agent_looping,
+    "subagent_completed": _subagent_completed,
     "story_stalled": _story_stalled,
     **{k: _control(k) for k in ("stop_requested", "pause_requested", "resume_requested",
                                 "task_paused", "task_resumed")},
