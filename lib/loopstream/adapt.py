@@ -41,7 +41,20 @@ def _result_line(d: dict) -> str:
 
 
 def transcript_line(etype: str, d: dict) -> str | None:
-    """How one event reads in the transcript; every piece of agent text is cleaned for the terminal."""
+    """How one event reads in the transcript; every piece of agent text is cleaned for the terminal.
+    What a subagent does is indented under it (``  ↳ → Bash: ls``)."""
+    line = _transcript_text(etype, d)
+    if line is not None and d.get("parent_id"):
+        return "\n".join(f"  ↳ {part}" for part in line.split("\n"))
+    return line
+
+
+def _transcript_text(etype: str, d: dict) -> str | None:
+    if etype == "agent_looping":
+        return clean(f"⚠ Looping: {d.get('tool')} {d.get('summary') or ''} ×{d.get('repeats')}").replace("\n", " ")
+    if etype == "subagent_completed":
+        mark = "✗ subagent failed" if d.get("state") == "failed" else "✓ subagent done"
+        return clean(f"  {mark}" + (f": {d['summary']}" if d.get("summary") else "")).replace("\n", " ")
     if etype == "agent_init":
         return clean(f"● {d.get('model') or 'agent'} (session {d.get('session_id') or '?'})")
     if etype == "agent_text":

@@ -97,17 +97,37 @@ def money(value: object) -> str | None:
 
 
 def agent_line(agent: dict | None, now: float) -> str | None:
-    """The agent's current tool and how long it has run (``Agent: Bash pytest -q · 12s``), or its last one."""
+    """The agent's current tool and how long it has run (``Agent: Bash pytest -q · 12s``), or its last one;
+    a subagent's tool is named with it (``Agent: Explore “Find login” › Grep def login · 2s``)."""
     if not agent:
         return None
     tool = agent.get("last_tool")
     if not tool:
         return f"Agent: {agent.get('model') or 'started'} (no tool yet)"
-    what = f"{tool.get('tool') or '?'} {tool.get('summary') or ''}".strip()
+    what = f"{field(tool.get('tool') or '?')} {field(tool.get('summary') or '')}".strip()
+    sub = next((x for x in agent.get("subagents") or [] if x.get("id") == tool.get("parent_id")), None)
+    if sub is not None:
+        what = f"{subagent_name(sub)} › {what}"
     if tool.get("finished_at") is None and isinstance(tool.get("started_at"), (int, float)):
         return f"Agent: {what} · {duration(now - tool['started_at'])}"
     mark = {True: "✗ ", False: "✓ "}.get(tool.get("is_error"), "")
     return f"Agent: {mark}{what}" + f" ({agent.get('tool_calls', 0)} tool calls)"
+
+
+def subagent_name(sub: dict) -> str:
+    """A subagent as a person knows it: its type and the description it was given."""
+    kind = field(sub.get("type") or "subagent")
+    return f"{kind} “{field(sub['description'])}”" if sub.get("description") else kind
+
+
+def looping_line(agent: dict | None) -> str | None:
+    """``⚠ Looping: Bash pytest -q ×3`` while the agent calls the same tool with the same input again."""
+    looping = (agent or {}).get("looping")
+    if not looping:
+        return None
+    repeats = looping.get("repeats")
+    times = f" ×{int(repeats)}" if isinstance(repeats, (int, float)) and not isinstance(repeats, bool) else ""
+    return f"⚠ Looping: {field(looping.get('tool'))} {field(looping.get('summary'))}{times}"
 
 
 def cost_line(snap: dict) -> str | None:
@@ -121,9 +141,18 @@ def cost_line(snap: dict) -> str | None:
 
 def _agent_rows(snap: dict, current: dict | None, now: float) -> list[str]:
     rows = []
+    live = snap.get("status") in ("running", "paused")
     line = agent_line(current.get("agent") if current else snap.get("agent"), now)
-    if line and snap.get("status") in ("running", "paused"):
+    if line and live:
         rows.append(line)
+    running = [s for s in snap.get("stories") or [] if s.get("status") == "running"]
+    for s in running:
+        looping = looping_line(s.get("agent"))
+        if looping:
+            rows.append(looping + (f" ({field(s['id'])})" if len(running) > 1 else ""))
+    looping = looping_line(snap.get("agent")) if live else None
+    if looping:
+        rows.append(looping)
     for s in snap.get("stories") or []:
         stalled = s.get("stalled")
         if stalled and s.get("status") == "running":
@@ -274,6 +303,8 @@ AGENT_LINES = {
                               f"cost={money(d.get('cost_usd')) or 'unknown'} "
                               f"turns={d.get('num_turns')} tokens={d.get('input_tokens')}/{d.get('output_tokens')}",
     "story_stalled": lambda d: f"silent for {d.get('silent_s')} s",
+    "agent_looping": lambda d: f"⚠ looping: {d.get('tool')} {d.get('summary') or ''} ×{d.get('repeats')}",
+    "subagent_completed": lambda d: f"subagent {d.get('id')} {d.get('state')}: {d.get('summary') or ''}",
 }
 
 
@@ -339,7 +370,8 @@ def plain_line(event: dict) -> str:
     elif t in ("task_completed", "task_stopped"):
         text = _finish_text(t, raw, d)
     elif t in AGENT_LINES:
-        text = f"{sid or ''} " + AGENT_LINES[t](d)
+        within = f"↳ {d['parent_id']} " if d.get("parent_id") else ""     # a subagent's
+        text = f"{sid or ''} {within}" + AGENT_LINES[t](d)
     elif t == "progress":
         text = " ".join(f"{k}={d[k]}" for k in ("percent", "current", "total", "message") if k in d)
     else:
