@@ -64,7 +64,7 @@ def test_more_than_one_worker_is_refused_with_a_reason():
 
 def test_non_loopback_bind_without_token_is_refused():
     r = loop_cmd("serve", "--host", "0.0.0.0", "--port", str(free_port()), "--no-history")
-    assert r.returncode == 1
+    assert r.returncode == 2      # a usage mistake: one line, exit 2
     assert "--token" in r.stderr and "--insecure" in r.stderr and "Traceback" not in r.stderr
 
 
