@@ -220,13 +220,23 @@ stream_max_retries = 0
 """
 
 
+def codex_mcp_echo() -> str:
+    """config.toml lines that give codex the MCP server in mcp_echo.py (tools ``echo`` and ``fail``)."""
+    return f"""
+[mcp_servers.echo]
+command = {json.dumps(sys.executable)}
+args = [{json.dumps(str(HERE / "mcp_echo.py"))}]
+"""
+
+
 def run_codex(prompt: str, script, cwd, *, args: tuple = (), model: str = CODEX_MODEL, env: dict | None = None,
-              keep: bool = False, timeout: float = 120) -> Result:
-    """``codex exec --json PROMPT`` with CODEX_HOME a temp dir whose config.toml points at the stand-in."""
+              config: str = "", keep: bool = False, timeout: float = 120) -> Result:
+    """``codex exec --json PROMPT`` with CODEX_HOME a temp dir whose config.toml points at the stand-in
+    (``config``: more TOML appended, e.g. ``codex_mcp_echo()``)."""
     def prepare(home: Path, url: str):
         chome = home / ".codex"
         chome.mkdir()
-        (chome / "config.toml").write_text(codex_config(url, model))
+        (chome / "config.toml").write_text(codex_config(url, model) + config)
         argv = [str(cli_path("codex")), "exec", "--json", "--skip-git-repo-check", *args, prompt]
         return argv, base_env(home, url, {"CODEX_HOME": str(chome), "STANDIN_API_KEY": "sk-standin",
                                           **(env or {})})

@@ -74,6 +74,8 @@ def scenarios(cli: str, project: Path) -> dict[str, tuple[str, list[dict]]]:
     if cli in READ_TOOL:
         name, key = READ_TOOL[cli]
         out["tool_error"][1].insert(1, {"tool": name, "input": {key: str(project / "missing.txt")}})
+    # an MCP server's tool (mcp_echo.py): echo succeeds, fail answers isError
+    out["mcp"] = ("Echo hi, then try the fail tool.", mcp_turns(cli) + [{"text": "echo said hi; fail failed."}])
     if cli == "claude":
         out.update(claude_scenarios())
     if cli == "codex":   # a model codex has no metadata for: an item of type "error" (a warning) comes first
@@ -102,6 +104,26 @@ def claude_scenarios() -> dict[str, tuple[str, list[dict]]]:
     }
 
 
+def mcp_turns(cli: str) -> list[dict]:
+    """Calls of mcp_echo.py's two tools as each CLI names them (codex finds them with tool_search first)."""
+    if cli == "codex":
+        return [{"tool_search": "echo"},
+                {"tool": "echo", "namespace": "mcp__echo", "input": {"text": "hi"}},
+                {"tool": "fail", "namespace": "mcp__echo", "input": {"text": "boom"}}]
+    sep = "__" if cli == "claude" else "_"
+    return [{"tool": f"mcp{sep}echo{sep}echo", "input": {"text": "hi"}},
+            {"tool": f"mcp{sep}echo{sep}fail", "input": {"text": "boom"}}]
+
+
+def mcp_kwargs(cli: str) -> dict:
+    server = {"command": sys.executable, "args": [str(HERE / "mcp_echo.py")]}
+    if cli == "codex":
+        return {"config": clis.codex_mcp_echo()}
+    if cli == "claude":
+        return {"args": ("--mcp-config", json.dumps({"mcpServers": {"echo": server}}))}
+    return {"settings": dict(clis.GEMINI_SETTINGS, mcpServers={"echo": dict(server, trust=True)})}
+
+
 def make_project(cli: str, scenario: str) -> Path:
     project = DEMO / cli / scenario
     shutil.rmtree(project, ignore_errors=True)
@@ -118,6 +140,8 @@ def run(cli: str, scenario: str, hooks: Path | None = None) -> clis.Result:
     kwargs: dict = {}
     if scenario == "unknown_model":
         kwargs["model"] = "gpt-standin"
+    if scenario == "mcp":
+        kwargs.update(mcp_kwargs(cli))
     if cli == "claude":
         kwargs["skip_permissions"] = scenario != "permission"
         if hooks:

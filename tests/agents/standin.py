@@ -390,6 +390,10 @@ class Handler(BaseHTTPRequestHandler):
         if turn.get("reasoning"):
             items.append({"type": "reasoning", "id": new_id("rs_"), "encrypted_content": None,
                           "summary": [{"type": "summary_text", "text": turn["reasoning"]}]})
+        if turn.get("tool_search"):   # codex's client-executed tool discovery (how it reaches MCP tools)
+            items.append({"type": "tool_search_call", "id": new_id("tsc_"), "call_id": new_id("call_"),
+                          "status": "completed", "execution": "client",
+                          "arguments": {"query": turn["tool_search"]}})
         if turn.get("web_search"):
             items.append({"type": "web_search_call", "id": new_id("ws_"), "status": "completed",
                           "action": {"type": "search", "query": turn["web_search"]}})
@@ -402,7 +406,8 @@ class Handler(BaseHTTPRequestHandler):
                           "call_id": new_id("call_"), "name": call[0], "input": turn["input"]})
         elif call:
             items.append({"type": "function_call", "id": new_id("fc_"), "status": "completed",
-                          "call_id": new_id("call_"), "name": call[0], "arguments": json.dumps(call[1])})
+                          "call_id": new_id("call_"), "name": call[0], "arguments": json.dumps(call[1]),
+                          **({"namespace": turn["namespace"]} if turn.get("namespace") else {})})
         return items
 
     @staticmethod
