@@ -78,6 +78,13 @@ def scenarios(cli: str, project: Path) -> dict[str, tuple[str, list[dict]]]:
     out["mcp"] = ("Echo hi, then try the fail tool.", mcp_turns(cli) + [{"text": "echo said hi; fail failed."}])
     if cli == "claude":
         out.update(claude_scenarios())
+    if cli == "gemini":  # its subagent tool; the subagent ends with complete_task
+        out["subagent"] = ("How many files does the project have? Use a subagent.", [
+            {"text": "I'll ask a subagent.", "tool": "invoke_agent",
+             "input": {"agent_name": "generalist", "prompt": SUBAGENT_PROMPT}},
+            {"for": SUBAGENT_PROMPT, "text": "Counting.", "shell": "ls | wc -l"},
+            {"for": SUBAGENT_PROMPT, "tool": "complete_task", "input": {"result": {"response": "3 files."}}},
+            {"text": "The subagent counted 3 files."}])
     if cli == "codex":   # a model codex has no metadata for: an item of type "error" (a warning) comes first
         out["unknown_model"] = ("What is 2 + 2? Answer in one sentence.", [{"text": "2 + 2 is 4."}])
     return out
