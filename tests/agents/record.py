@@ -87,6 +87,14 @@ def scenarios(cli: str, project: Path) -> dict[str, tuple[str, list[dict]]]:
             {"text": "The subagent counted 3 files."}])
     if cli == "codex":   # a model codex has no metadata for: an item of type "error" (a warning) comes first
         out["unknown_model"] = ("What is 2 + 2? Answer in one sentence.", [{"text": "2 + 2 is 4."}])
+        # multi_agent_v1 (offered to models outside codex's catalogue, so this run also starts with that warning)
+        ns = {"namespace": "multi_agent_v1"}
+        out["subagent"] = ("How many files does the project have? Use a subagent.", [
+            {"text": "I'll ask a subagent.", "tool": "spawn_agent", **ns, "input": {"message": SUBAGENT_PROMPT}},
+            {"tool": "wait_agent", **ns, "input": {"targets": ["$out.agent_id"], "timeout_ms": 20000}},
+            {"for": SUBAGENT_PROMPT, "text": "Counting.", "shell": "ls | wc -l"},
+            {"for": SUBAGENT_PROMPT, "text": "The project has 3 files."},
+            {"text": "The subagent counted 3 files."}])
     return out
 
 
@@ -145,7 +153,7 @@ def run(cli: str, scenario: str, hooks: Path | None = None) -> clis.Result:
     project = make_project(cli, scenario)
     prompt, script = scenarios(cli, project)[scenario]
     kwargs: dict = {}
-    if scenario == "unknown_model":
+    if cli == "codex" and scenario in ("unknown_model", "subagent"):
         kwargs["model"] = "gpt-standin"
     if scenario == "mcp":
         kwargs.update(mcp_kwargs(cli))

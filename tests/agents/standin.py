@@ -34,6 +34,7 @@ no turn. A turn is an object with any of:
     {"error": 500, "message": "boom"}                 # an HTTP error instead of an answer
     {"for": "Count the files", "shell": "ls | wc -l"} # only for a conversation that opens with this text
     {"error": 529, "times": 3}                        # this turn for the next 3 requests (retries)
+    {"tool": "wait_agent", "input": {"targets": ["$out.agent_id"]}}  # (Responses) a field of the last tool output
 
 ``text`` with ``shell``/``tool`` gives a text block followed by the call (one
 response); a turn without a call ends the agent's turn. ``"shell"`` becomes the
@@ -405,8 +406,9 @@ class Handler(BaseHTTPRequestHandler):
             items.append({"type": "custom_tool_call", "id": new_id("ctc_"), "status": "completed",
                           "call_id": new_id("call_"), "name": call[0], "input": turn["input"]})
         elif call:
+            args = _fill_from_output(call[1], body)
             items.append({"type": "function_call", "id": new_id("fc_"), "status": "completed",
-                          "call_id": new_id("call_"), "name": call[0], "arguments": json.dumps(call[1]),
+                          "call_id": new_id("call_"), "name": call[0], "arguments": json.dumps(args),
                           **({"namespace": turn["namespace"]} if turn.get("namespace") else {})})
         return items
 
@@ -542,6 +544,29 @@ class Handler(BaseHTTPRequestHandler):
             given = turn.get("input")
             return str(turn["tool"]), (given if isinstance(given, dict) else {"input": given})
         return None
+
+
+def _last_output(body: dict) -> dict:
+    """The JSON object of the last function_call_output in a Responses request (e.g. spawn_agent's agent_id)."""
+    for item in reversed(body.get("input") or []):
+        if isinstance(item, dict) and item.get("type") == "function_call_output":
+            try:
+                out = json.loads(item.get("output") if isinstance(item.get("output"), str) else "")
+            except ValueError:
+                return {}
+            return out if isinstance(out, dict) else {}
+    return {}
+
+
+def _fill_from_output(value: Any, body: dict) -> Any:
+    """``"$out.KEY"`` anywhere in a tool input becomes KEY of the last tool output (ids the script cannot know)."""
+    if isinstance(value, str) and value.startswith("$out."):
+        return _last_output(body).get(value[5:], value)
+    if isinstance(value, list):
+        return [_fill_from_output(v, body) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill_from_output(v, body) for k, v in value.items()}
+    return value
 
 
 ERROR_KINDS = {400: ("invalid_request_error", "INVALID_ARGUMENT"), 401: ("authentication_error", "UNAUTHENTICATED"),
