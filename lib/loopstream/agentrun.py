@@ -1,4 +1,5 @@
-"""Agent-aware stories in `loop run`: stream-json parsing, stalls, timeouts and a cost ceiling.
+"""Agent-aware stories in `loop run`: stream-json parsing, stalls, timeouts, agents going in circles
+and a cost ceiling.
 
 ``AgentMonitor`` holds what the runner needs per running story: its stdout
 through its agent format's parser (``agentFormat``: ``claude-stream-json``,
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .formats import MAX_LINE_BYTES, PRD_FORMATS, AgentParser, detect, parser_for
+from .formats import LOOP_AFTER, MAX_LINE_BYTES, PRD_FORMATS, AgentParser, detect, parser_for
 from .runner import Runner
 
 AGENT_FORMATS = ("text", *PRD_FORMATS)
@@ -40,10 +41,12 @@ class StoryStream:
     once, so plain agents lose no liveness waiting for a newline.
     """
 
-    def __init__(self, story_id: str, agent_format: str = "text"):
+    def __init__(self, story_id: str, agent_format: str = "text", loop_after: int = LOOP_AFTER):
         self.story_id = story_id
+        self.loop_after = loop_after
         self.mode = "json" if agent_format != "text" else "undecided"
-        self.parser: AgentParser = parser_for(agent_format if agent_format != "text" else "claude", story_id)
+        self.parser: AgentParser = parser_for(agent_format if agent_format != "text" else "claude", story_id,
+                                              loop_after)
         self._buf = ""
 
     def feed(self, stream: str, text: str) -> list[Event]:
@@ -68,7 +71,7 @@ class StoryStream:
             fmt = detect(self._buf.split("\n", 1)[0])
             self.mode = "json" if fmt else "text"
             if fmt:
-                self.parser = parser_for(fmt, self.story_id)
+                self.parser = parser_for(fmt, self.story_id, self.loop_after)
         elif len(self._buf) > DETECT_LIMIT:
             self.mode = "text"
         else:
@@ -106,6 +109,12 @@ class AgentOptions:
     stall_after: float | None = None     # seconds of silence before one story_stalled
     story_timeout: float | None = None   # seconds an attempt may run
     max_cost: float | None = None        # dollars of reported cost before the run is stopped
+    max_repeat: int | None = None        # the same tool call this many times in a row stops the story
+
+    @property
+    def loop_after(self) -> int:
+        """Identical calls in a row before agent_looping: 3, or fewer when --max-repeat stops sooner."""
+        return min(LOOP_AFTER, self.max_repeat) if self.max_repeat else LOOP_AFTER
 
 
 @dataclass
@@ -115,6 +124,8 @@ class _Active:
     last_sign: float
     stalled: bool = False
     timed_out: bool = False
+    looped: bool = False
+    stopping: bool = False          # a limit's stop was sent (one per attempt, whichever asked first)
     held_since: float | None = None
 
 
@@ -127,6 +138,7 @@ class AgentMonitor:
     cost_usd: float | None = None
     cost_exceeded: bool = False
     timed_out: set[str] = field(default_factory=set)
+    looped: dict[str, str] = field(default_factory=dict)    # story -> the call it repeated (--max-repeat)
     _active: dict[str, _Active] = field(default_factory=dict)
     # Held while parsing and while the watcher emits what tick() found, so held text flushed
     # after quiet never overtakes the events of a line read at that moment (re-entrant: emit touches).
@@ -136,7 +148,9 @@ class AgentMonitor:
         now = self.clock()
         with self.lock:
             self.timed_out.discard(story_id)
-            self._active[story_id] = _Active(StoryStream(story_id, self.options.agent_format), now, now)
+            self.looped.pop(story_id, None)
+            stream = StoryStream(story_id, self.options.agent_format, self.options.loop_after)
+            self._active[story_id] = _Active(stream, now, now)
 
     def end_output(self, story_id: str) -> list[Event]:
         """The command ended: what its stream still holds."""
@@ -165,8 +179,26 @@ class AgentMonitor:
             a.stalled = False
             events = a.stream.feed(stream, text)
             a.held_since = (a.held_since or a.last_sign) if a.stream.parser.pending_text else None
+            self._count_repeats(story_id, a, events)
         self._count_cost(events)
         return events
+
+    def _count_repeats(self, story_id: str, a: _Active, events: list[Event]) -> None:
+        """The story's agent called the same tool with the same input --max-repeat times in a row."""
+        limit = self.options.max_repeat
+        for kind, data in events:
+            if limit and not a.looped and kind == "tool_call" and (data.get("repeat") or 1) >= limit:
+                a.looped = True
+                self.looped[story_id] = f"{data.get('tool')} {data.get('summary') or ''}".strip()
+
+    def loop_stop_due(self, story_id: str) -> bool:
+        """Whether the story went in circles and its stop is still to be sent (True once)."""
+        with self.lock:
+            a = self._active.get(story_id)
+            if a is None or not a.looped or a.stopping:
+                return False
+            a.stopping = True
+            return True
 
     def _count_cost(self, events: list[Event]) -> None:
         for kind, data in events:
@@ -191,8 +223,8 @@ class AgentMonitor:
                     a.stalled = True
                     events.append(("story_stalled", {"story_id": sid, "silent_s": round(now - a.last_sign, 1)}))
                 limit = self.options.story_timeout
-                if limit is not None and not a.timed_out and now - a.started >= limit:
-                    a.timed_out = True
+                if limit is not None and not a.stopping and now - a.started >= limit:
+                    a.timed_out = a.stopping = True
                     self.timed_out.add(sid)
                     expired.append(sid)
         return events, expired
@@ -209,7 +241,10 @@ class AgentRunner(Runner):
         self._cost_stop_sent = False
 
     def output_events(self, story_id: str, stream: str, text: str) -> list[Event]:
-        return self.monitor.output_events(story_id, stream, text)
+        events = self.monitor.output_events(story_id, stream, text)
+        if self.monitor.loop_stop_due(story_id):
+            self.stop_story(story_id)      # its events still go out first: the stop takes a moment
+        return events
 
     def emit(self, type_: str, **data) -> None:
         sid = data.get("story_id")
@@ -218,6 +253,8 @@ class AgentRunner(Runner):
                 super().emit(kind, **d)
         if type_ == "story_completed" and sid in self.monitor.timed_out:
             data["reason"] = "timeout"
+        elif type_ == "story_completed" and sid in self.monitor.looped:
+            data["reason"] = "looping"
         super().emit(type_, **data)
         if sid is not None and type_ not in ("story_stalled",):
             self.monitor.touch(sid)
@@ -231,11 +268,18 @@ class AgentRunner(Runner):
             status = super()._attempt(story, attempt, *args)
         finally:
             self.monitor.end_attempt(story.id)
-        if story.id in self.monitor.timed_out and status != "cancelled":
+        if status == "cancelled":
+            return status
+        retry = attempt < self.opts.max_attempts
+        if story.id in self.monitor.timed_out:
             limit = self.monitor.options.story_timeout
             self.emit("error_occurred", story_id=story.id, error_type="timeout",
-                      error_message=f"attempt {attempt} ran longer than {limit:g} s (--story-timeout)",
-                      retryable=attempt < self.opts.max_attempts)
+                      error_message=f"attempt {attempt} ran longer than {limit:g} s (--story-timeout)", retryable=retry)
+            return "failed"
+        if story.id in self.monitor.looped:
+            self.emit("error_occurred", story_id=story.id, error_type="looping", retryable=retry,
+                      error_message=f"attempt {attempt}: the agent called {self.monitor.looped[story.id]} "
+                                    f"{self.monitor.options.max_repeat} times in a row (--max-repeat)")
             return "failed"
         return status
 
@@ -275,11 +319,13 @@ class AgentRunner(Runner):
 
 
 def agent_options(prd, agent_format: str | None = None, stall_after: float | None = None,
-                  story_timeout: float | None = None, max_cost: float | None = None) -> AgentOptions:
+                  story_timeout: float | None = None, max_cost: float | None = None,
+                  max_repeat: int | None = None) -> AgentOptions:
     """The run's agent settings: each command-line option, else the PRD's key, else off."""
     def pick(option, key):
         return option if option is not None else key
     return AgentOptions(agent_format=pick(agent_format, prd.agent_format) or "text",
                         stall_after=pick(stall_after, prd.stall_after),
                         story_timeout=pick(story_timeout, prd.story_timeout),
-                        max_cost=pick(max_cost, prd.max_cost))
+                        max_cost=pick(max_cost, prd.max_cost),
+                        max_repeat=pick(max_repeat, prd.max_repeat))

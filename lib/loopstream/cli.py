@@ -47,7 +47,13 @@ def cli() -> None:
               help="Where the stream lives: memory (one worker), or a Redis URL such as "
                    "redis://127.0.0.1:6379/0 (shared by any number of workers and hosts; keeps the history).")
 @click.option("--token", envvar="LOOP_TOKEN", default=None,
-              help="Require this bearer token on the API (and ?token= on the stream).")
+              help="Require this bearer token on the API. Prefer LOOP_TOKEN or --token-file: "
+                   "a token on the command line shows in ps.")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+              help="Read the token from this file (its first line), instead of --token.")
+@click.option("--forwarded-allow-ips", envvar="LOOP_FORWARDED_ALLOW_IPS", default=None, metavar="ADDR[,ADDR]",
+              help="Proxies (addresses or CIDR networks) whose X-Forwarded-For / X-Real-IP name the client "
+                   "every per-client limit counts; '*' = any peer (only when nothing else can connect).")
 @click.option("--cors", "cors", envvar="LOOP_CORS", multiple=True,
               help="An origin allowed to call the API from a browser (repeatable).")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback bind without a token.")
@@ -102,6 +108,7 @@ def serve(ctx, host, port, buffer, rate, burst, heartbeat, db, no_history, backe
     from .config import Config, backend_url, check_history, default_db_path, is_loopback
     from .serving import Sidecar, WorkerCountError
 
+    token = _token(ctx, token, limits.pop("token_file"))
     if not is_loopback(host) and not token and not insecure:
         raise _UsageLine(
             f"refusing to bind {host} without a token: anyone who can reach it could post events and "
@@ -130,6 +137,7 @@ def serve(ctx, host, port, buffer, rate, burst, heartbeat, db, no_history, backe
                     max_streams=max_streams, max_streams_per_client=max_streams_per_client,
                     backend=redis_url, fsync=fsync)
     _configure_notify(config, notify_url, notify_format, notify_min_duration, host, port)
+    _configure_proxies(config, limits.pop("forwarded_allow_ips"))
     _configure_limits(config, **limits)
     if config.db:
         try:
@@ -177,6 +185,39 @@ def _check_port(host: str, port: int) -> None:
         raise _UsageLine(f"port {port} on {host} is in use by another program; pick another --port")
     raise _UsageLine(f"cannot listen on {host}:{port}: {problem.strerror or problem}; "
                      "pick another --host or --port")
+
+
+def _token(ctx, token: str | None, token_file: str | None) -> str | None:
+    """The token from LOOP_TOKEN, --token-file or --token; a token typed on the command line
+    works, with a warning: every local user sees it in ps (the master's and each worker's)."""
+    if token_file:
+        if token and ctx.get_parameter_source("token") == click.core.ParameterSource.COMMANDLINE:
+            raise _UsageLine("--token and --token-file: give the token one way")
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                token = f.readline().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise _UsageLine(f"--token-file {token_file}: cannot read it ({getattr(e, 'strerror', None) or e})") from e
+        if not token:
+            raise _UsageLine(f"--token-file {token_file}: the file's first line is empty")
+    elif token and ctx.get_parameter_source("token") == click.core.ParameterSource.COMMANDLINE:
+        click.echo("loop: warning: --token on the command line shows in ps to every local user; "
+                   "set LOOP_TOKEN or use --token-file", err=True)
+    return token or None
+
+
+def _configure_proxies(config, value: str | None) -> None:
+    """--forwarded-allow-ips, checked before the workers fork: a bad entry is one line, exit 2."""
+    from .forwarded import Trusted, TrustError
+
+    try:
+        trusted = Trusted.parse(value)
+    except TrustError as e:
+        raise _UsageLine(str(e)) from e
+    if trusted.anyone:
+        click.echo("loop: warning: --forwarded-allow-ips '*' believes X-Forwarded-For from any peer: "
+                   "only when nothing but the proxy can reach the sidecar", err=True)
+    config.forwarded_allow_ips = trusted.spec
 
 
 def _configure_limits(config, allowed_hosts: tuple[str, ...], **limits) -> None:
@@ -234,6 +275,9 @@ def _configure_notify(config, url: str | None, fmt: str, min_duration: float, ho
                    "--max-attempts) [PRD: storyTimeout].")
 @click.option("--max-cost", type=click.FloatRange(0), default=None, metavar="USD",
               help="Stop the run (reason max_cost) once the agents' reported cost passes USD [PRD: maxCost].")
+@click.option("--max-repeat", type=click.IntRange(2, 1_000_000), default=None, metavar="N",
+              help="Fail an attempt whose agent calls the same tool with the same input N times in a row "
+                   "(stopped as --story-timeout does, reason looping) [PRD: maxRepeat].")
 def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_update, no_embed,
         heartbeat_s, **agent_settings) -> None:
     """Run a PRD's open stories and report every step to the sidecar.

@@ -30,6 +30,7 @@ from . import events as ev
 from .broker import BackendDown, Broker, Cursor, Filter, MemoryBroker, StoreRefused
 from .config import Config
 from .fanout import Fanout, Subscriber
+from .forwarded import Trusted
 from .history import History
 from .ratelimit import Budget, Charge, TokenBuckets
 from .reaper import abandoned, ghost_runs, interrupted, silent_runs
@@ -76,6 +77,7 @@ class Metrics:
         self.streams_by_client: dict[str, int] = {}
         self.last_activity = now   # the last request or stream end (monotonic seconds)
         self.reaped = 0
+        self.forwarded_malformed = 0   # trusted proxies' X-Forwarded-For / X-Real-IP that did not parse
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -185,10 +187,22 @@ class Hub:
         self.client_budget = Budget(cfg.client_rate if cfg.rate > 0 else 0, cfg.client_burst)
         self.notifier = make_notifier(cfg)
         self.owners = Owners()
+        self.trusted = Trusted.parse(cfg.forwarded_allow_ips)
         self._publish_lock = threading.Lock()
         self.store_error: tuple[str, float] | None = None   # the last publish's store failure, and when
         self._snapshot_cache: dict = {}
         self.broker.start()
+
+    # -- who is asking ---------------------------------------------------------------
+    def client(self, peer: str, forwarded_for: str | None = None, real_ip: str | None = None) -> str:
+        """The address every per-client limit, log line and metric counts a request by: the peer's,
+        or, from a --forwarded-allow-ips proxy, the client it names (forwarded.py)."""
+        if not self.trusted:
+            return peer
+        addr, malformed = self.trusted.client(peer, forwarded_for, real_ip)
+        if malformed:
+            self.metrics.forwarded_malformed += 1
+        return addr
 
     # -- events in -----------------------------------------------------------------
     def publish(self, drafts: list[ev.Draft]) -> list[ev.Event]:
@@ -322,8 +336,11 @@ class Hub:
         cfg, metrics, broker = self.config, self.metrics, self.broker
         if metrics.streams_by_client.get(addr, 0) >= cfg.max_streams_per_client:
             metrics.reject("too_many_streams")
-            raise Refused(429, "too_many_streams", f"at most {cfg.max_streams_per_client} streams per client",
-                          headers={"Retry-After": "5"})
+            raise Refused(429, "too_many_streams",
+                          f"this client ({addr}) already holds {cfg.max_streams_per_client} streams, the most "
+                          "one client may (--max-streams-per-client); close other dashboard tabs or watchers, "
+                          "or start the sidecar with a higher --max-streams-per-client",
+                          headers={"Retry-After": "5"}, details={"cap": cfg.max_streams_per_client})
         if not broker.healthy:
             raise BackendDown("the stream is not available")
         broker.catch_up()   # the hello holds every event accepted before this request, on any worker
@@ -534,6 +551,9 @@ class Hub:
             "# TYPE loop_fanout_woken_total counter", f"loop_fanout_woken_total {fanout.woken}",
             "# TYPE loop_runs_live gauge", f"loop_runs_live {sum(state.is_live(s) for s in broker.runs.values())}",
             "# TYPE loop_runs_reaped_total counter", f"loop_runs_reaped_total {m.reaped}",
+            "# TYPE loop_stream_clients gauge", f"loop_stream_clients {len(m.streams_by_client)}",
+            "# TYPE loop_forwarded_malformed_total counter",
+            f"loop_forwarded_malformed_total {m.forwarded_malformed}",
         ]
         if self.history:
             lines += ["# TYPE loop_history_write_errors_total counter",

@@ -40,6 +40,7 @@ import gevent
 from gunicorn.workers.ggevent import GeventWorker
 
 from .connections import Gate, json_error, parser_error, too_many_connections
+from .forwarded import Trusted
 from .guard import HostPolicy, is_json_content_type, token_ok
 
 if TYPE_CHECKING:
@@ -56,7 +57,8 @@ TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 HEAD_RE = re.compile(rb"POST (?:/api/events|/emit) HTTP/1\.1\r\n((?:" + TOKEN + rb":[\t\x20-\x7e]*\r\n)*)\r\n")
 FIELD_RE = re.compile(rb"(" + TOKEN + rb"):([\t\x20-\x7e]*)\r\n")   # greedy, stripped after: linear time
 NOT_HERE = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"origin"})
-ONCE = frozenset({b"host", b"content-length", b"content-type", b"authorization", b"connection"})
+ONCE = frozenset({b"host", b"content-length", b"content-type", b"authorization", b"connection",
+                  b"x-forwarded-for", b"x-real-ip"})   # twice: gunicorn joins them, as for Flask
 REASONS = {201: b"Created", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 413: b"Payload Too Large",
            429: b"Too Many Requests", 500: b"Internal Server Error", 503: b"Service Unavailable"}
 
@@ -65,12 +67,14 @@ YIELD_EVERY = 16       # requests answered back to back on one connection before
 
 
 class Request:
-    """One event POST read off the socket: its body and whether the client asked to close."""
+    """One event POST read off the socket: its body, whether the client asked to close, and the
+    forwarded headers a trusted proxy may have set (X-Forwarded-For, X-Real-IP)."""
 
-    __slots__ = ("body", "close")
+    __slots__ = ("body", "close", "forwarded_for", "real_ip")
 
-    def __init__(self, body: bytes, close: bool):
+    def __init__(self, body: bytes, close: bool, forwarded_for: bytes | None = None, real_ip: bytes | None = None):
         self.body, self.close = body, close
+        self.forwarded_for, self.real_ip = forwarded_for, real_ip
 
 
 class FastIngest:
@@ -97,7 +101,7 @@ class FastIngest:
     def serve(self, sock: Any, addr: Any, alive: Callable[[], bool]) -> str:
         """Serve the connection's event POSTs: CLOSE when the connection is over (the caller closes
         it), GUNICORN when the next request is for gunicorn (nothing of it has been read)."""
-        client = client_of(addr)
+        peer = client_of(addr)
         sock.settimeout(self.header_timeout)
         raw = getattr(sock, "_sock", sock)     # the non-blocking socket under gevent's: tried first
         served = 0
@@ -107,6 +111,8 @@ class FastIngest:
                 if not isinstance(req, Request):
                     return req
                 closing = req.close or not alive()
+                # per request: a proxy's kept-alive connection carries many clients' requests
+                client = self.hub.client(peer, latin(req.forwarded_for), latin(req.real_ip))
                 send(sock, raw, self.answer(req.body, client, closing))
                 if closing:
                     return CLOSE
@@ -143,7 +149,8 @@ class FastIngest:
         else:
             recv_exactly(sock, head)
             body = recv_exactly(sock, length)
-        return Request(body, fields.get(b"connection", b"").lower() == b"close")
+        return Request(body, fields.get(b"connection", b"").lower() == b"close",
+                       fields.get(b"x-forwarded-for"), fields.get(b"x-real-ip"))
 
     def fields(self, block: bytes) -> dict[bytes, bytes] | None:
         """The head's fields when every guard passes and nothing needs gunicorn; else None."""
@@ -253,6 +260,7 @@ class IngestWorker(GeventWorker):
 
     fast: FastIngest | None = None
     gate: Gate | None = None
+    proxies: Trusted = Trusted()
     header_timeout = 10.0
 
     quitting = False
@@ -266,6 +274,9 @@ class IngestWorker(GeventWorker):
 
     def handle(self, listener, client, addr) -> None:
         gate, who = self.limits(), client_of(addr)
+        if self.proxies.trusts(who):   # a proxy's connections carry many clients: nginx's limit_conn bounds them
+            self.serve(listener, client, addr)
+            return
         if not gate.enter(who):
             self.wsgi.extensions["loop"].metrics.reject("too_many_connections")
             refuse(client, too_many_connections(gate.cap))
@@ -293,8 +304,9 @@ class IngestWorker(GeventWorker):
     def limits(self) -> Gate:
         """The per-client gate and the head timeout, from the sidecar's config (the app is loaded)."""
         if self.gate is None:
-            cfg = self.wsgi.extensions["loop"].config
-            self.gate, self.header_timeout = Gate(cfg.max_connections_per_client), cfg.header_timeout
+            hub = self.wsgi.extensions["loop"]
+            self.gate, self.header_timeout = Gate(hub.config.max_connections_per_client), hub.config.header_timeout
+            self.proxies = hub.trusted
         return self.gate
 
     def timeout_ctx(self):

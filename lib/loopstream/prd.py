@@ -71,6 +71,7 @@ class Prd:
     stall_after: float | None = None    # stallAfter, seconds
     story_timeout: float | None = None  # storyTimeout, seconds
     max_cost: float | None = None       # maxCost, dollars
+    max_repeat: int | None = None       # maxRepeat, identical tool calls in a row
 
     def story(self, sid: str) -> Story:
         return next(s for s in self.stories if s.id == sid)
@@ -84,11 +85,12 @@ def _type_name(v: Any) -> str:
 AGENT_FORMATS = ("text", "claude-stream-json", "codex-json", "gemini-stream-json")   # formats.PRD_FORMATS
 # Agent-aware run settings: key -> (smallest allowed value, whether it may equal it, what it is).
 AGENT_LIMITS = {"stallAfter": (0, False, "seconds"), "storyTimeout": (0, False, "seconds"),
-                "maxCost": (0, True, "dollars")}
+                "maxCost": (0, True, "dollars"), "maxRepeat": (2, True, "identical tool calls in a row")}
+WHOLE = ("maxRepeat",)      # counted, not measured: a whole number
 
 
 def _agent_problems(raw: dict) -> list[str]:
-    """agentFormat, stallAfter, storyTimeout, maxCost: each optional, each checked."""
+    """agentFormat, stallAfter, storyTimeout, maxCost, maxRepeat: each optional, each checked."""
     problems = []
     fmt = raw.get("agentFormat")
     if fmt is not None and fmt not in AGENT_FORMATS:
@@ -98,9 +100,11 @@ def _agent_problems(raw: dict) -> list[str]:
         if value is None:
             continue
         number = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-        if not number or value > 1e9 or value < low or (value == low and not inclusive):
+        whole = key not in WHOLE or (number and float(value).is_integer())
+        if not number or not whole or value > 1e9 or value < low or (value == low and not inclusive):
             bound = f"{'at least' if inclusive else 'more than'} {low}"
-            problems.append(f"$.{key}: must be a number of {unit}, {bound}, not {value!r}")
+            kind = "a whole number" if key in WHOLE else "a number"
+            problems.append(f"$.{key}: must be {kind} of {unit}, {bound}, not {value!r}")
     return problems
 
 
@@ -257,7 +261,8 @@ def load(path: str | Path) -> Prd:
                agent=raw.get("agent"), verification=dict(raw.get("verificationCommands") or {}),
                stories=stories, raw=raw, branch=raw.get("branchName"),
                agent_format=raw.get("agentFormat") or "text", stall_after=raw.get("stallAfter"),
-               story_timeout=raw.get("storyTimeout"), max_cost=raw.get("maxCost"))
+               story_timeout=raw.get("storyTimeout"), max_cost=raw.get("maxCost"),
+               max_repeat=int(raw["maxRepeat"]) if raw.get("maxRepeat") is not None else None)
 
 
 def mark_passed(path: Path, story_id: str) -> None:

@@ -65,10 +65,14 @@ class Sidecar(BaseApplication):
             "keepalive": 75,
             "loglevel": self.log_level,
             "accesslog": "-" if self.access_log else None,
+            # the client as the limits see it (forwarded.py), and the path without its query string
+            "access_log_format": '%({loop.client}e)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss',
             "proc_name": "loop-sidecar",
             "control_socket_disable": True,   # gunicorn >= 24 opens a control socket otherwise
             "worker_exit": self._worker_exit,
         }
+        if self.config.forwarded_allow_ips:   # gunicorn believes X-Forwarded-Proto from the same proxies
+            settings["forwarded_allow_ips"] = ",".join(self.config.forwarded_allow_ips)
         for key, value in settings.items():
             if key in self.cfg.settings:
                 self.cfg.set(key, value)

@@ -41,7 +41,14 @@ def json_response(obj, status: int = 200) -> Response:
 
 
 def client_addr() -> str:
-    return request.remote_addr or "?"
+    """The request's client address (the hub resolves a trusted proxy's forwarded headers), worked out
+    once per request; gunicorn's access log prints it (environ ``loop.client``)."""
+    env = request.environ
+    addr = env.get("loop.client")
+    if addr is None:
+        addr = env["loop.client"] = hub().client(request.remote_addr or "?", env.get("HTTP_X_FORWARDED_FOR"),
+                                                 env.get("HTTP_X_REAL_IP"))
+    return addr
 
 
 def split_args(name: str) -> list[str]:

@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 from ..broker import BackendDown
 from ..guard import HostPolicy, is_json_content_type, token_ok
 from ..hub import Hub, Refused
-from .common import MAX_BODY, BadParam, error, hub
+from .common import MAX_BODY, BadParam, client_addr, error, hub
 
 API_PREFIXES = ("/api/", "/stream/", "/emit", "/metrics", "/healthz")
 OPEN_PATHS = ("/healthz",)
@@ -27,6 +27,7 @@ def install(app: Flask, policy: HostPolicy) -> None:
     def guard():
         h = hub()
         h.touch()
+        client_addr()      # resolved first, so the access log and every limit see the same address
         is_static = request.method in ("GET", "HEAD") and not request.path.startswith(API_PREFIXES)
         return (forbidden_host(h, policy) or forbidden_origin(h, policy, is_static)
                 or unauthorized(h, is_static) or not_json(h))
