@@ -24,18 +24,29 @@ SUBAGENT_TOOLS = ("Task", "Agent")       # the tool that starts a subagent (rena
 TASK_LINES = ("task_started", "task_progress", "task_updated", "task_notification", "background_tasks_changed")
 
 
+# system lines understood as nothing to show: thinking-token estimates, and loop's own hooks running.
+QUIET_SYSTEM = {"thinking_tokens", "hook_started", "hook_response"}
+
+
 class ClaudeParser(AgentParser):
     HANDLERS = {"system": "_system", "assistant": "_assistant", "user": "_user", "result": "_result",
                 "stream_event": "_silent"}
 
     @staticmethod
     def detect(obj: dict) -> bool:
-        return obj.get("type") == "system" and obj.get("subtype") == "init"
+        """``system``/``init`` — or another ``system`` line of a session, which comes first when the user
+        has SessionStart hooks (``hook_started``)."""
+        return obj.get("type") == "system" and (obj.get("subtype") == "init" or "session_id" in obj)
 
     def _system(self, obj: dict) -> list[Event] | None:
         subtype = obj.get("subtype")
         if subtype in TASK_LINES:
             return self._task_line(obj)
+        if subtype in QUIET_SYSTEM:
+            return []
+        if subtype == "permission_denied":
+            return self.flush() + [self._output(f"permission denied: {name(obj.get('tool_name')) or '?'}: "
+                                                f"{one_line(obj.get('message'))}", "stderr")]
         if subtype != "init":
             return None
         return self.flush() + [("agent_init", self._data(model=name(obj.get("model")),

@@ -69,7 +69,7 @@ class CodexParser(AgentParser):
             return self.flush() + [self._output(f"codex error: {one_line(item.get('message'))}", "stderr")]
         if kind in TOOL_ITEMS:
             return self._finished_tool(item, iid)
-        return [] if isinstance(kind, str) else None
+        return []
 
     def _finished_tool(self, item: dict, iid: str) -> list[Event]:
         tool, summary = _tool(item)
@@ -98,8 +98,9 @@ class CodexParser(AgentParser):
 
 
 def _item(obj: dict) -> dict | None:
+    """The line's item when it is one (an object with a text type), else None: not understood."""
     item = obj.get("item")
-    return item if isinstance(item, dict) else None
+    return item if isinstance(item, dict) and isinstance(item.get("type"), str) else None
 
 
 def _tool(item: dict) -> tuple[str, str]:

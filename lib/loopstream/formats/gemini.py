@@ -53,7 +53,8 @@ class GeminiParser(AgentParser):
         error: Any = obj.get("error") if isinstance(obj.get("error"), dict) else {}
         status = name(obj.get("status"))
         is_error = (status is not None and status != "success") or bool(error)
-        return self.flush() + [("agent_result", self._data(
+        said = [self._output(f"gemini error: {one_line(error['message'])}", "stderr")] if error.get("message") else []
+        return self.flush() + said + [("agent_result", self._data(
             is_error=is_error, subtype=name(error.get("type")) or status, num_turns=None,
             duration_ms=count(stats.get("duration_ms")), cost_usd=None,
             input_tokens=count(stats.get("input_tokens")), output_tokens=count(stats.get("output_tokens")),
