@@ -1,12 +1,14 @@
 // The agent panel: for the selected story, a timeline of what its agent did (one row per tool call
-// with its name, summary, duration and ✓/✗, the agent's text between them), the tool running now
-// with a live timer, a stall warning, and the cost and tokens of the story and of the run.
+// with its name, summary, duration and ✓/✗, the agent's text between them; a subagent's calls nested
+// under the Task call that started it, collapsed, with a count), the tool running now with a live
+// timer (and the subagent running it), a stall warning, a looping warning (the same tool call again
+// and again), and the cost and tokens of the story and of the run.
 // The snapshot (state.js) holds the totals; the rows come from the run's agent events, read once
 // from its transcript and then live. Event text only ever goes in with textContent.
 import { $, fromTemplate, keyed, setHidden, setText } from "./dom.js";
 
 const AGENT_TYPES = new Set(["agent_init", "agent_text", "tool_call", "tool_result", "agent_result",
-  "story_stalled", "story_started"]);
+  "story_stalled", "story_started", "agent_looping", "subagent_completed"]);
 const KEPT_PER_RUN = 5000;   // agent events remembered per run (the export has them all)
 const TEXT_SHOWN = 600;      // characters of assistant text shown in a row
 
@@ -49,6 +51,8 @@ export function describeAgent(event) {
     case "agent_result": return `${sid} ${d.is_error === true ? "failed" : "done"}, cost ${money(d.cost_usd)}, `
       + `${tokens(d.input_tokens, d.output_tokens)} tokens`;
     case "story_stalled": return `${sid} silent for ${duration(d.silent_s)}`;
+    case "agent_looping": return `${sid} ⚠ looping: ${looping(d)}`;
+    case "subagent_completed": return `${sid} subagent ${d.state === "failed" ? "failed" : "done"}: ${text(d.summary)}`;
     default: return null;
   }
 }
@@ -61,40 +65,76 @@ export function withAgentSummary(transcript, snap) {
     output_tokens: snap.output_tokens ?? 0, run_agent: snap.agent ?? null, stories } };
 }
 
-// Timeline rows of one story from its agent events (in id order): tool calls joined with their results.
+// "Bash pytest -q ×3": what an agent going in circles repeats.
+export function looping(d) {
+  return `${text(d.tool) || "?"} ${text(d.summary)}`.trim() + (isNum(d.repeats) ? ` ×${d.repeats}` : "");
+}
+
+// A subagent as a person knows it: its type and the description it was given.
+export function subagentName(sub) {
+  const kind = text(sub.type) || "subagent";
+  return sub.description ? `${kind} “${text(sub.description)}”` : kind;
+}
+
+// Timeline rows of one story from its agent events (in id order): tool calls joined with their results;
+// what a subagent did (events whose parent_id is a Task call's id) goes in that call's row's children.
 export function timeline(events, storyId) {
   const rows = [];
   const open = new Map();
+  const subs = new Map();   // Task call id -> its row
   for (const e of events) {
     const d = e.data || {};
     if (text(d.story_id) !== storyId) continue;
-    if (e.type === "tool_call") {
-      const row = { key: e.id, kind: "tool", tool: text(d.tool) || "?", summary: text(d.summary),
-        started: e.ts, ended: null, is_error: null };
-      rows.push(row);
-      if (text(d.id)) open.set(text(d.id), row);
-    } else if (e.type === "tool_result") {
-      const row = open.get(text(d.id));
-      if (row) {
-        row.ended = e.ts;
-        row.is_error = d.is_error === true;
-        open.delete(text(d.id));
-      }
-    } else if (e.type === "agent_text") {
-      const last = rows[rows.length - 1];
-      if (last && last.kind === "text") last.summary = `${last.summary}\n${text(d.text)}`.slice(0, TEXT_SHOWN);
-      else rows.push({ key: e.id, kind: "text", summary: text(d.text).slice(0, TEXT_SHOWN) });
-    } else if (e.type === "story_started") {
-      rows.push({ key: e.id, kind: "attempt", summary: `Attempt ${isNum(d.attempt) ? d.attempt : ""}` });
-    } else if (e.type === "agent_result") {
-      rows.push({ key: e.id, kind: "result", is_error: d.is_error === true,
-        summary: `${d.is_error === true ? "Agent failed" : "Agent done"} · ${money(d.cost_usd)} · `
-          + `${tokens(d.input_tokens, d.output_tokens)} tokens` + (isNum(d.num_turns) ? ` · ${d.num_turns} turns` : "") });
-    } else if (e.type === "story_stalled") {
-      rows.push({ key: e.id, kind: "stall", summary: `Silent for ${duration(d.silent_s)}` });
+    const parent = subs.get(text(d.parent_id));
+    if (e.type === "subagent_completed") {
+      const row = subs.get(text(d.id));
+      if (row) row.sub_state = d.state === "failed" ? "failed" : "done";
+    } else {
+      addRow(parent ? parent.children : rows, open, subs, e, d);
     }
   }
   return rows;
+}
+
+function addRow(rows, open, subs, e, d) {
+  if (e.type === "tool_call") {
+    const row = { key: e.id, kind: "tool", tool: text(d.tool) || "?", summary: text(d.summary),
+      started: e.ts, ended: null, is_error: null, children: null };
+    rows.push(row);
+    if (text(d.id)) open.set(text(d.id), row);
+    if ("subagent_type" in d && text(d.id)) {
+      row.children = [];
+      row.sub_state = "running";
+      subs.set(text(d.id), row);
+    }
+  } else if (e.type === "tool_result") {
+    const row = open.get(text(d.id));
+    if (row) {
+      row.ended = e.ts;
+      row.is_error = d.is_error === true;
+      open.delete(text(d.id));
+    }
+  } else if (e.type === "agent_text") {
+    const last = rows[rows.length - 1];
+    if (last && last.kind === "text") last.summary = `${last.summary}\n${text(d.text)}`.slice(0, TEXT_SHOWN);
+    else rows.push({ key: e.id, kind: "text", summary: text(d.text).slice(0, TEXT_SHOWN) });
+  } else if (e.type === "story_started") {
+    rows.push({ key: e.id, kind: "attempt", summary: `Attempt ${isNum(d.attempt) ? d.attempt : ""}` });
+  } else if (e.type === "agent_result") {
+    rows.push({ key: e.id, kind: "result", is_error: d.is_error === true,
+      summary: `${d.is_error === true ? "Agent failed" : "Agent done"} · ${money(d.cost_usd)} · `
+        + `${tokens(d.input_tokens, d.output_tokens)} tokens` + (isNum(d.num_turns) ? ` · ${d.num_turns} turns` : "") });
+  } else if (e.type === "story_stalled") {
+    rows.push({ key: e.id, kind: "stall", summary: `Silent for ${duration(d.silent_s)}` });
+  } else if (e.type === "agent_looping") {
+    rows.push({ key: e.id, kind: "looping", summary: `Looping: ${looping(d)}` });
+  }
+}
+
+// "3 tool calls · running": the collapsed line of a subagent's rows.
+function subagentCount(r) {
+  const calls = r.children.filter((c) => c.kind === "tool").length;
+  return `${calls} tool call${calls === 1 ? "" : "s"} · ${r.sub_state}`;
 }
 
 export class AgentPanel {
@@ -175,9 +215,10 @@ export class AgentPanel {
     const now = Date.now() / 1000;
     const tool = agent ? agent.last_tool : null;
     const running = !story || story.status === "running";
+    const sub = tool ? (agent.subagents || []).find((x) => x.id === tool.parent_id) : null;
     let line = "";
     if (tool && tool.finished_at === null && running && isNum(tool.started_at)) {
-      line = `Running ${tool.tool} ${tool.summary} · ${duration(now - tool.started_at)}`;
+      line = `Running ${sub ? `${subagentName(sub)} › ` : ""}${tool.tool} ${tool.summary} · ${duration(now - tool.started_at)}`;
     } else if (tool) {
       line = `Last tool: ${tool.is_error === true ? "✗" : tool.is_error === false ? "✓" : ""} ${tool.tool} ${tool.summary}`;
     } else if (agent) {
@@ -190,6 +231,9 @@ export class AgentPanel {
       const quiet = (isNum(stall.silent_s) ? stall.silent_s : 0) + (isNum(stall.since) ? now - stall.since : 0);
       setText($("agent-stall"), `⚠ Stalled: ${story.id} has printed nothing for ${duration(quiet)}`);
     }
+    const circles = agent && agent.looping && running ? agent.looping : null;
+    setHidden($("agent-looping"), !circles);
+    if (circles) setText($("agent-looping"), `⚠ Looping: ${looping(circles)}`);
   }
 
   drawCost(snap, agent) {
@@ -202,20 +246,30 @@ export class AgentPanel {
   }
 
   drawTimeline(rows, story) {
-    const now = Date.now() / 1000;
-    const live = story && story.status === "running";
-    keyed($("agent-timeline"), rows, (r) => r.key, () => fromTemplate("agent-row"), (li, r) => {
+    this.drawRows($("agent-timeline"), rows, story && story.status === "running", Date.now() / 1000);
+  }
+
+  // One list of rows; a subagent's rows go in its Task row's <details>, closed until opened (kept open
+  // across redraws: rows are updated in place).
+  drawRows(list, rows, live, now) {
+    keyed(list, rows, (r) => r.key, () => fromTemplate("agent-row"), (li, r) => {
       li.dataset.kind = r.kind;
       const done = r.kind === "tool" && r.ended !== null;
       li.dataset.status = r.kind !== "tool" ? r.kind : !done ? (live ? "running" : "unfinished")
         : r.is_error ? "failed" : "passed";
       const mark = r.kind === "tool" ? (!done ? (live ? "⏳" : "·") : r.is_error ? "✗" : "✓")
-        : r.kind === "stall" ? "⚠" : r.kind === "result" ? (r.is_error ? "✗" : "=") : "";
+        : r.kind === "stall" || r.kind === "looping" ? "⚠" : r.kind === "result" ? (r.is_error ? "✗" : "=") : "";
       setText(li.querySelector(".mark"), mark);
       setText(li.querySelector(".tool"), r.kind === "tool" ? r.tool : "");
       setText(li.querySelector(".summary"), r.summary);
       const seconds = r.kind !== "tool" ? null : done ? r.ended - r.started : live ? now - r.started : null;
       setText(li.querySelector(".dur"), isNum(seconds) ? duration(seconds) : "");
+      const sub = li.querySelector(".sub");
+      setHidden(sub, !r.children);
+      if (!r.children) return;
+      sub.dataset.state = r.sub_state;
+      setText(sub.querySelector(".sub-count"), subagentCount(r));
+      this.drawRows(sub.querySelector(".sub-rows"), r.children, live && r.sub_state === "running", now);
     });
   }
 }

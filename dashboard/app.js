@@ -7,7 +7,7 @@ import { SharedStream } from "./shared.js";
 import { Alerts } from "./alerts.js";
 import { $, fromTemplate, keyed, setAttr, setHidden, setText } from "./dom.js";
 import { OutputView } from "./output.js";
-import { AgentPanel, describeAgent, withAgentSummary } from "./agent.js";
+import { AgentPanel, describeAgent, looping, withAgentSummary } from "./agent.js";
 
 const query = new URLSearchParams(location.search);
 const fragment = new URLSearchParams(location.hash.slice(1));
@@ -111,6 +111,10 @@ function watch(snap, event, statusBefore) {
     const d = event.data || {};
     alerts.notify(snap.run, `stalled ${event.id}`, `${name}: a story stalled`,
       `${String(d.story_id ?? "?")} has been silent for ${Math.round(Number(d.silent_s) || 0)} s`);
+  } else if (event.type === "agent_looping") {
+    const d = event.data || {};
+    alerts.notify(snap.run, `looping ${event.id}`, `${name}: an agent is going in circles`,
+      `${String(d.story_id ?? "agent")}: ${looping(d)}`);
   }
 }
 
@@ -455,6 +459,9 @@ function drawStories({ snap }) {
     const status = li.querySelector(".story-status");
     setText(status, s.status + (s.duration_ms ? ` · ${duration(s.duration_ms / 1000)}` : ""));
     setAttr(status, "data-status", s.status === "passed" ? "" : s.status);
+    const circles = s.status === "running" && s.agent && s.agent.looping ? s.agent.looping : null;   // going in circles
+    setHidden(li.querySelector(".story-warn"), !circles);
+    setText(li.querySelector(".story-warn"), circles ? `⚠ Looping: ${looping(circles)}` : "");
   });
 }
 
