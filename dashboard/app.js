@@ -13,6 +13,12 @@ const query = new URLSearchParams(location.search);
 const fragment = new URLSearchParams(location.hash.slice(1));
 const server = new URL(query.get("server") || "/", location.href).toString().replace(/\/?$/, "/");
 const token = fragment.get("token");
+// The token never goes into a URL (proxies and their logs keep URLs): on the sidecar's own origin the
+// page trades it once for an HttpOnly session cookie (POST /api/session) that the stream, the polls
+// and the controls carry; a sidecar on another origin gets it as a header on polls (no stream then:
+// an EventSource cannot send headers).
+const sameOrigin = new URL(server).origin === location.origin;
+const authHeaders = token ? { Authorization: `Bearer ${token}` } : {};
 
 const MARK = { passed: "✅", running: "⏳", pending: "○", failed: "❌" };
 const STORY_MARK = { passed: "✅", running: "⏳", queued: "○", failed: "❌", skipped: "⏭", cancelled: "⛔" };
@@ -127,7 +133,8 @@ function noticeNewRun(snap) {
 const stream = new SharedStream({
   server,
   token,
-  transport: query.get("transport") === "poll" ? "poll" : "sse",
+  headers: sameOrigin ? {} : authHeaders,
+  transport: query.get("transport") === "poll" || (token && !sameOrigin) ? "poll" : "sse",
   onStatus: (state) => setStatus(state),
   onOutage: (info) => { outage = info; render(); },
   onSnapshots,
@@ -150,6 +157,8 @@ async function loadHistory() {
 const ASK_AGAIN_MS = 5000;
 const asked = new Map();   // run -> {at, missing}
 
+let loadError = null;      // {run, text}: said until the run appears, then forgotten
+
 async function ensureSnapshot(run) {
   const last = asked.get(run);
   if (runs.has(run) || (last && (last.pending || Date.now() - last.at < ASK_AGAIN_MS))) return;
@@ -160,7 +169,10 @@ async function ensureSnapshot(run) {
     asked.delete(run);
   } catch (e) {
     asked.set(run, { at: Date.now(), pending: false, missing: e.status === 404 });
-    if (e.status !== 404) showActionState(`Could not load ${run}: ${e.message}`, true);
+    if (e.status !== 404) {
+      loadError = { run, text: `Could not load ${run}: ${e.message}` };
+      showActionState(loadError.text, true);
+    }
   }
   render();
 }
@@ -255,6 +267,7 @@ function draw() {
   pickOnLoad(rows);
   const snap = selected ? runs.get(selected) ?? null : null;
   if (selected && !snap) ensureSnapshot(selected);
+  forgetStaleError();
   for (const panel of PANELS) panel({ rows, snap });
 }
 
@@ -291,8 +304,15 @@ function drawOutage() {
     : `The sidecar is unreachable since ${since.toLocaleTimeString()} (${ago}).`);
   const retry = outage.retryAt ? Math.max(0, Math.ceil((outage.retryAt - now) / 1000)) : null;
   const doing = outage.pollOk ? `Updates arrive by polling every ${POLL_EVERY_S} s` : `Polling every ${POLL_EVERY_S} s`;
-  setText($("outage-doing"), retry === null ? `${doing}.`
-    : `${doing}; next stream attempt ${retry ? `in ${retry} s` : "now"}.`);
+  setText($("outage-doing"), (outage.reason ? `The sidecar said: ${outage.reason}. ` : "")
+    + (retry === null ? `${doing}.` : `${doing}; next stream attempt ${retry ? `in ${retry} s` : "now"}.`));
+}
+
+// An error about a run that could not be loaded is stale once the run is here.
+function forgetStaleError() {
+  if (!loadError || !(runs.has(loadError.run) || summaries.has(loadError.run))) return;
+  if ($("action-state").textContent === loadError.text) showActionState("");
+  loadError = null;
 }
 
 function drawNotices() {
@@ -661,9 +681,24 @@ function wire() {
   wireOutput();
 }
 
+// Same origin: the fragment's token becomes a session cookie before the stream opens, then leaves
+// the address bar (and so the history and any screenshot of it).
+async function startSession() {
+  if (!token || !sameOrigin) return;
+  try {
+    const response = await fetch(api("/api/session"), {
+      method: "POST", headers: { ...authHeaders, "Content-Type": "application/json" }, body: "{}",
+    });
+    if (!response.ok) return;
+    fragment.delete("token");
+    const rest = fragment.toString();
+    history.replaceState(history.state, "", `${location.pathname}${location.search}${rest ? `#${rest}` : ""}`);
+  } catch { /* the outage banner says when the sidecar is away */ }
+}
+
 wire();
 setStatus("connecting");
-stream.start();
+startSession().finally(() => stream.start());
 loadHistory();
 setInterval(loadHistory, 15_000);
 setInterval(render, 1000);   // elapsed, remaining and the outage banner tick between events

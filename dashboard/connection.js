@@ -23,10 +23,14 @@ export function parseId(id) {
 }
 
 export class Connection {
-  // options: {server, token, transport: "sse"|"poll", pollInterval (s), onEvent(e), onSnapshots(runs, {reset}),
+  // options: {server, headers (sent with polls: Authorization for a sidecar on another origin),
+  //           transport: "sse"|"poll", pollInterval (s), onEvent(e), onSnapshots(runs, {reset}),
   //           onStatus(state), onOutage(info|null), cursor (resume from), fetchImpl, EventSourceImpl,
   //           setTimeoutImpl, clearTimeoutImpl, now}
-  // onOutage gets {since, retryAt, polling, pollOk} (ms timestamps) while the stream is down, null once back.
+  // No token ever goes into a URL (proxies log URLs): the same-origin page holds a session cookie,
+  // which the stream and the polls carry by themselves.
+  // onOutage gets {since, retryAt, polling, pollOk, reason} (ms timestamps; reason: what the sidecar
+  // said when it refused the stream, e.g. a 429's message) while the stream is down, null once back.
   constructor(options) {
     this.o = { pollInterval: 2, transport: "sse", fetchImpl: (...a) => fetch(...a),
       EventSourceImpl: globalThis.EventSource, setTimeoutImpl: (...a) => setTimeout(...a),
@@ -39,7 +43,7 @@ export class Connection {
     this.polling = false;
     this.status = null;
     this.filling = null;
-    this.outage = null;       // {since, retryAt, polling, pollOk} while the sidecar cannot be streamed from
+    this.outage = null;       // {since, retryAt, polling, pollOk, reason} while the sidecar cannot be streamed from
   }
 
   // Say what the page is doing while the stream is down (the banner), or that it is back (null).
@@ -56,7 +60,6 @@ export class Connection {
   url(path, params = {}) {
     const u = new URL(path, this.o.server || location.href);
     for (const [k, v] of Object.entries(params)) if (v !== null && v !== undefined) u.searchParams.set(k, v);
-    if (this.o.token) u.searchParams.set("token", this.o.token);
     return u.toString();
   }
 
@@ -85,7 +88,8 @@ export class Connection {
   // -- the stream ---------------------------------------------------------------
   openStream() {
     this.retryTimer = null;
-    const es = new this.o.EventSourceImpl(this.url("/stream/progress", { last_event_id: this.cursor }));
+    const url = this.url("/stream/progress", { last_event_id: this.cursor });
+    const es = new this.o.EventSourceImpl(url);
     this.es = es;
     es.onopen = () => {
       this.attempt = 0;
@@ -102,6 +106,7 @@ export class Connection {
       const delay = backoffDelay(this.attempt++);
       this.reportOutage({ retryAt: this.o.now() + delay * 1000, polling: true });
       this.retryTimer = this.o.setTimeoutImpl(() => this.openStream(), delay * 1000);
+      this.askWhy(url);
     };
     es.addEventListener("hello", (m) => {
       const data = JSON.parse(m.data);
@@ -117,6 +122,25 @@ export class Connection {
     for (const type of KNOWN_TYPES) {
       es.addEventListener(type, (m) => this.receive(JSON.parse(m.data)));
     }
+  }
+
+  // EventSource hides why it failed. Ask the same URL once with fetch: a refusal's JSON message (a 429
+  // naming the cap and what to do, a 401, a 503) goes to the outage banner; a stream that would open
+  // now is cut at once. Nothing is said when the sidecar cannot be reached at all.
+  async askWhy(url) {
+    const abort = typeof AbortController === "function" ? new AbortController() : null;
+    try {
+      const response = await this.o.fetchImpl(url, { headers: this.o.headers || {}, signal: abort?.signal });
+      if (response.ok) {
+        abort?.abort();
+        if (this.outage?.reason) this.reportOutage({ reason: null });
+        return;
+      }
+      let body = null;
+      try { body = await response.json(); } catch { /* not JSON: a proxy's page */ }
+      const reason = body?.message || `${response.status} ${response.statusText || ""}`.trim();
+      if (this.outage) this.reportOutage({ reason });
+    } catch { /* unreachable, or cut by us */ }
   }
 
   // An event from either transport: apply it once, in order.
@@ -185,7 +209,8 @@ export class Connection {
   async pollOnce(beforeSeq) {
     try {
       for (let pages = 0; pages < 20; pages++) {
-        const response = await this.o.fetchImpl(this.url("/api/events", { since: this.cursor || "0-0" }));
+        const response = await this.o.fetchImpl(this.url("/api/events", { since: this.cursor || "0-0" }),
+          { headers: this.o.headers || {} });
         if (!response.ok) return false;
         const page = await response.json();
         if (page.reset) {

@@ -17,7 +17,7 @@ export function seen(id, cursor) {
 }
 
 export class SharedStream {
-  // options: {server, token, transport, onEvent(e), onSnapshots(runs, {reset}), onStatus(state),
+  // options: {server, token (names the shared stream only), headers, transport, onEvent(e), onSnapshots(runs, {reset}), onStatus(state),
   //           onOutage(info|null), onRole(role), getSnapshots() -> [snapshot], locks, Channel, makeConnection}
   constructor(options) {
     this.o = { locks: globalThis.navigator?.locks, Channel: globalThis.BroadcastChannel,
@@ -59,7 +59,7 @@ export class SharedStream {
     clearTimeout(this.askTimer);
     this.setRole(role);
     this.connection = this.o.makeConnection({
-      server: this.o.server, token: this.o.token, transport: this.o.transport, cursor: this.cursor,
+      server: this.o.server, headers: this.o.headers, transport: this.o.transport, cursor: this.cursor,
       onEvent: (event) => {
         this.apply(event);
         this.post({ kind: "event", event });

@@ -13,12 +13,16 @@ CORS preflight). So, as Jupyter, webpack-dev-server and Vite do:
   a ``--cors`` one (static dashboard files excepted);
 - a POST body must be ``application/json``, which a page on another origin
   cannot send without a preflight that the sidecar refuses;
-- with ``--token``, every request but /healthz and the static files carries it.
+- with ``--token``, every request but /healthz and the static files carries it, or the
+  session cookie the dashboard got for it (``POST /api/session`` with the bearer token): an
+  ``HttpOnly; SameSite=Strict`` cookie, so the page never puts the token in a URL (where proxies
+  and access logs keep it).
 
 routes/hooks.py applies these checks to every request.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 from urllib.parse import urlsplit
@@ -107,3 +111,31 @@ def token_ok(token: str | None, authorization: str, query_token: str | None = No
     if given is None:
         given = query_token
     return given is not None and hmac.compare_digest(given.encode(), token.encode())
+
+
+SESSION_TTL = 12 * 3600     # seconds a dashboard session cookie is good for
+
+
+def _mac(token: str, message: str) -> str:
+    return hmac.new(token.encode(), message.encode(), hashlib.sha256).hexdigest()
+
+
+def session_cookie_name(token: str) -> str:
+    """One name per token: two sidecars on one host (cookies ignore ports) keep their own sessions."""
+    return "loop_session_" + _mac(token, "cookie-name")[:12]
+
+
+def make_session(token: str, now: float, ttl: float = SESSION_TTL) -> str:
+    """A session cookie's value: its expiry and a MAC of it under the token. Stateless, so every
+    worker and host that knows the token accepts it; changing the token ends every session."""
+    expires = int(now + ttl)
+    return f"{expires}.{_mac(token, f'session:{expires}')}"
+
+
+def session_ok(token: str | None, value: str | None, now: float) -> bool:
+    if not token or not value:
+        return False
+    expires, _, mac = value.partition(".")
+    if not expires.isdigit() or len(expires) > 12 or int(expires) < now:
+        return False
+    return hmac.compare_digest(mac.encode(), _mac(token, f"session:{expires}").encode())

@@ -4,6 +4,7 @@
 - stream: GET /stream/progress (SSE) and GET /api/events (polling)
 - runs: the run list, one run, its transcript, and control (stop/pause/resume)
 - operations: /healthz and /metrics
+- session: POST /api/session, the dashboard's token traded for a session cookie
 - dashboard: the static dashboard files
 
 hooks.py registers, in one place, the request guards (Host, Origin, token,
@@ -15,6 +16,7 @@ from .dashboard import bp as dashboard
 from .events_in import bp as events_in
 from .operations import bp as operations
 from .runs import bp as runs
+from .session import bp as session
 from .stream import bp as stream
 
-BLUEPRINTS = (events_in, stream, runs, operations, dashboard)
+BLUEPRINTS = (events_in, stream, runs, operations, session, dashboard)

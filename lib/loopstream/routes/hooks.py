@@ -8,11 +8,13 @@ page must load to ask for a token), /healthz from the token.
 """
 from __future__ import annotations
 
+import time
+
 from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from ..broker import BackendDown
-from ..guard import HostPolicy, is_json_content_type, token_ok
+from ..guard import HostPolicy, is_json_content_type, session_cookie_name, session_ok, token_ok
 from ..hub import Hub, Refused
 from .common import MAX_BODY, BadParam, client_addr, error, hub
 
@@ -66,13 +68,17 @@ def unauthorized(h: Hub, is_static: bool) -> Response | None:
     if is_static or request.path in OPEN_PATHS or authorized(h.config.token):
         return None
     h.metrics.reject("unauthorized")
-    return error(401, "unauthorized", "a token is required: send 'Authorization: Bearer TOKEN'"
-                                      " (or ?token= on GET)", headers={"WWW-Authenticate": "Bearer"})
+    return error(401, "unauthorized", "a token is required: send 'Authorization: Bearer TOKEN' (the dashboard: "
+                                      "open it with #token=TOKEN)", headers={"WWW-Authenticate": "Bearer"})
 
 
 def authorized(token: str | None) -> bool:
+    """The bearer token (a header; ``?token=`` on GETs for older clients), or the dashboard's session cookie."""
     query = request.args.get("token") if request.method == "GET" else None
-    return token_ok(token, request.headers.get("Authorization", ""), query)
+    if token_ok(token, request.headers.get("Authorization", ""), query):
+        return True
+    assert token is not None, "token_ok passes every request when no token is set"
+    return session_ok(token, request.cookies.get(session_cookie_name(token)), time.time())
 
 
 def not_json(h: Hub) -> Response | None:
