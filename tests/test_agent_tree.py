@@ -203,6 +203,7 @@ def test_max_repeat_stops_a_looping_story_like_a_timeout_and_retries_it(tmp_path
     r = loop_run(path, server, "--run", "loop-run", "--no-update", "--max-repeat", "4", "--max-attempts", "2",
                  "--grace", "1", timeout=90)
     assert r.returncode == 1, r.stderr
+    assert "agent_looping L-1 ⚠ looping: Bash ls build/reports ×3" in r.stdout      # the plain lines say it
     events = transcript(server, "loop-run")
     assert types(events).count("story_started") == 2 and types(events).count("agent_looping") == 2
     starts = [i for i, e in enumerate(events) if e["type"] == "story_started"] + [len(events)]
@@ -262,3 +263,34 @@ def test_loop_adapt_indents_subagents_warns_of_looping_and_the_sidecar_gets_the_
                     10, message="the subagents in the snapshot")
     kinds = types(transcript(server, "adapt-tree"))
     assert kinds.count("agent_looping") == 1 and kinds.count("subagent_completed") == 2
+
+
+def test_loop_run_stream_in_tmux_names_the_subagent_and_warns_of_looping(tmp_path, server):
+    import shutil
+    import subprocess
+    import uuid
+
+    from conftest import wait_for
+
+    assert shutil.which("tmux"), "tmux is required (bin/test installs it)"
+    path = write_prd(tmp_path, [story("A-1", f"{FAKE} claude-real/subagent.jsonl --delay 0.02 --then-sleep 5"),
+                                story("A-2", f"{FAKE} claude-real/looping.jsonl --delay 0.02 --then-sleep 5",
+                                      priority=2)], project="Agent tree")
+    tmux = ["tmux", "-L", f"agent-tree-{uuid.uuid4().hex[:8]}"]       # a server of our own
+    done = tmp_path / "exit"
+    cmd = (f"cd {ROOT} && {' '.join(LOOP)} run {path} --stream --no-update --server {server.url} --run box-tree; "
+           f"echo $? > {done}; sleep 30")
+    subprocess.run([*tmux, "new-session", "-d", "-s", "box", "-x", "100", "-y", "40", cmd], check=True)
+    try:
+        def screen():
+            return subprocess.run([*tmux, "capture-pane", "-p", "-t", "box"], capture_output=True, text=True).stdout
+
+        shown = wait_for(lambda: "Current Story: A-1" in screen() and screen(), 30, message="the first story")
+        shown = wait_for(lambda: "› Bash ls | wc -l" in screen() and screen(), 30, message="the subagent named")
+        assert "Agent: ✓ general-purpose “Count project files” › Bash ls | wc -l" in shown
+        shown = wait_for(lambda: "⚠ Looping:" in screen() and screen(), 30, message="the looping warning")
+        assert "⚠ Looping: Bash ls build/reports ×3" in shown and "Current Story: A-2" in shown
+        wait_for(lambda: done.exists(), 60, message="the run to end")
+        assert done.read_text().strip() == "0" and "\x1b" not in screen()
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
