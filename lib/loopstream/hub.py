@@ -30,6 +30,7 @@ from . import events as ev
 from .broker import BackendDown, Broker, Cursor, Filter, MemoryBroker, StoreRefused
 from .config import Config
 from .fanout import Fanout, Subscriber
+from .fleet import Fleet
 from .forwarded import Trusted
 from .history import History
 from .ratelimit import Budget, Charge, TokenBuckets
@@ -188,6 +189,7 @@ class Hub:
         self.notifier = make_notifier(cfg)
         self.owners = Owners()
         self.trusted = Trusted.parse(cfg.forwarded_allow_ips)
+        self.fleet = Fleet(self.broker.client, self.broker.prefix, clock) if cfg.backend else None  # type: ignore[attr-defined]
         self._publish_lock = threading.Lock()
         self.store_error: tuple[str, float] | None = None   # the last publish's store failure, and when
         self._snapshot_cache: dict = {}
@@ -529,32 +531,63 @@ class Hub:
     def health(self) -> dict:
         broker = self.broker
         failing = self._store_failing()
-        extra = {"error": f"the last publish failed: {failing}"} if failing else {}
+        extra: dict = {"error": f"the last publish failed: {failing}"} if failing else {}
+        subscribers = self.metrics.subscribers
+        if self.fleet is not None and broker.healthy:
+            try:
+                _, gauges, workers = self.fleet_numbers()
+                subscribers = gauges["subscribers"]
+                extra["workers"] = len(workers)   # that answered (reported) in the last fleet.WORKER_TTL s
+                extra["worker"] = self.fleet.name
+            except Exception as e:      # noqa: BLE001 — the broker's own health says whether Redis is there
+                log.warning("loop: the fleet's numbers could not be read (%s)", e)
         return {"ok": broker.healthy and not failing, **extra, "version": __version__, "epoch": broker.epoch,
                 "pid": self.config.master_pid or os.getpid(),
                 "backend": "redis" if self.config.backend else "memory",
-                "subscribers": self.metrics.subscribers, "buffered": len(broker.buffer)}
+                "subscribers": subscribers, "buffered": len(broker.buffer)}
+
+    def worker_numbers(self) -> tuple[dict[str, int], dict[str, int]]:
+        """This worker's counters and gauges, by the names fleet.py reports them under."""
+        m, fanout = self.metrics, self.fanout
+        counters = {"accepted": m.accepted, "rate_limited": m.rate_limited, "resets": m.resets,
+                    "fanout_direct": fanout.direct, "fanout_woken": fanout.woken, "reaped": m.reaped,
+                    "forwarded_malformed": m.forwarded_malformed,
+                    **{f"rejected:{r}": n for r, n in m.rejected.items()}}
+        return counters, {"subscribers": m.subscribers, "stream_clients": len(m.streams_by_client)}
+
+    def fleet_numbers(self) -> tuple[dict[str, int], dict[str, int], dict[str, dict]]:
+        """(counters, gauges, each worker's own numbers): the fleet's with Redis (this worker reports
+        first, so its numbers are current), else this worker's."""
+        counters, gauges = self.worker_numbers()
+        if self.fleet is None:
+            return counters, gauges, {}
+        self.fleet.report(counters, gauges)
+        totals, workers = self.fleet.gather()
+        summed = {k: sum(w["gauges"].get(k, 0) for w in workers.values()) for k in gauges}
+        return totals, summed, workers
+
+    def report_fleet(self) -> None:
+        """Tell the fleet this worker's numbers (housekeeping, about once a second, with Redis)."""
+        if self.fleet is not None and self.broker.healthy:
+            self.fleet.report(*self.worker_numbers())
 
     def metrics_text(self) -> str:
-        """The Prometheus text exposition of the counters and gauges."""
-        m, broker, fanout = self.metrics, self.broker, self.fanout
-        lines = [
-            "# TYPE loop_events_accepted_total counter", f"loop_events_accepted_total {m.accepted}",
-            "# TYPE loop_events_rejected_total counter",
-            *[f'loop_events_rejected_total{{reason="{r}"}} {n}' for r, n in sorted(m.rejected.items())],
-            "# TYPE loop_rate_limited_total counter", f"loop_rate_limited_total {m.rate_limited}",
-            "# TYPE loop_resets_total counter", f"loop_resets_total {m.resets}",
-            "# TYPE loop_subscribers gauge", f"loop_subscribers {m.subscribers}",
+        """The Prometheus text exposition: the whole fleet's numbers, and with Redis each worker's."""
+        broker = self.broker
+        try:
+            counters, gauges, workers = self.fleet_numbers()
+        except Exception as e:      # noqa: BLE001 — Redis away: this worker's own numbers, and say so
+            log.warning("loop: the fleet's numbers could not be read (%s); /metrics shows this worker's", e)
+            (counters, gauges), workers = self.worker_numbers(), {}
+        lines = metric_lines(counters, gauges)
+        lines += [
             "# TYPE loop_buffer_events gauge", f"loop_buffer_events {len(broker.buffer)}",
             "# TYPE loop_buffer_capacity gauge", f"loop_buffer_capacity {broker.capacity}",
-            "# TYPE loop_fanout_direct_total counter", f"loop_fanout_direct_total {fanout.direct}",
-            "# TYPE loop_fanout_woken_total counter", f"loop_fanout_woken_total {fanout.woken}",
             "# TYPE loop_runs_live gauge", f"loop_runs_live {sum(state.is_live(s) for s in broker.runs.values())}",
-            "# TYPE loop_runs_reaped_total counter", f"loop_runs_reaped_total {m.reaped}",
-            "# TYPE loop_stream_clients gauge", f"loop_stream_clients {len(m.streams_by_client)}",
-            "# TYPE loop_forwarded_malformed_total counter",
-            f"loop_forwarded_malformed_total {m.forwarded_malformed}",
         ]
+        if self.fleet is not None:
+            lines += ["# TYPE loop_workers gauge", f"loop_workers {len(workers)}"]
+            lines += worker_lines(workers)
         if self.history:
             lines += ["# TYPE loop_history_write_errors_total counter",
                       f"loop_history_write_errors_total {self.history.write_errors + self.history.sync_errors}",
@@ -606,6 +639,10 @@ class Hub:
                 self.reap()
             except Exception:   # a bug here must not stop the reaper for good
                 log.exception("reaping stale runs failed")
+            try:
+                self.report_fleet()
+            except Exception as e:  # noqa: BLE001 — Redis away: reported again on the next tick
+                log.debug("loop: the fleet report failed: %s", e)
             if self.idle():
                 log.warning("no request or stream for %gs (--idle-exit): exiting", cfg.idle_exit)
                 os.kill(cfg.master_pid or os.getpid(), signal.SIGTERM)
@@ -631,3 +668,42 @@ def already_so(snap: dict, action: str) -> bool:
         return c["stop_requested"] is not None
     paused = bool(c["pause_requested"]) or snap["status"] == "paused"
     return paused if action == "pause" else not c["pause_requested"] and snap["status"] != "paused"
+
+
+# Prometheus names of the numbers fleet.py reports: (key, name, type); ``rejected:REASON`` apart.
+METRICS = [("accepted", "loop_events_accepted_total", "counter"),
+           ("rate_limited", "loop_rate_limited_total", "counter"),
+           ("resets", "loop_resets_total", "counter"),
+           ("subscribers", "loop_subscribers", "gauge"),
+           ("fanout_direct", "loop_fanout_direct_total", "counter"),
+           ("fanout_woken", "loop_fanout_woken_total", "counter"),
+           ("reaped", "loop_runs_reaped_total", "counter"),
+           ("stream_clients", "loop_stream_clients", "gauge"),
+           ("forwarded_malformed", "loop_forwarded_malformed_total", "counter")]
+
+
+def metric_lines(counters: dict[str, int], gauges: dict[str, int], prefix: str = "loop_",
+                 labels: str = "") -> list[str]:
+    """Prometheus lines for one set of numbers; ``prefix``/``labels`` name a worker's own."""
+    numbers = {**counters, **gauges}
+    lines = [f"# TYPE {prefix}events_rejected_total counter"]
+    lines += [f'{prefix}events_rejected_total{{reason="{k[9:]}"{labels}}} {n}'
+              for k, n in sorted(numbers.items()) if k.startswith("rejected:")]
+    for key, name, kind in METRICS:
+        name = prefix + name[5:]
+        lines += [f"# TYPE {name} {kind}", f"{name}{{{labels[1:]}}} {numbers.get(key, 0)}" if labels
+                  else f"{name} {numbers.get(key, 0)}"]
+    return lines
+
+
+def worker_lines(workers: dict[str, dict]) -> list[str]:
+    """Each live worker's own numbers as ``loop_worker_*{worker="host:pid"}`` (the per-worker view)."""
+    by_name: dict[str, list[str]] = {}
+    for name, numbers in sorted(workers.items()):
+        label = ',worker="' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        for line in metric_lines(numbers.get("counters", {}), numbers.get("gauges", {}), "loop_worker_", label):
+            family = line.split()[2] if line.startswith("# TYPE") else line.split("{")[0]
+            by_name.setdefault(family, [])
+            if not line.startswith("# TYPE") or not by_name[family]:
+                by_name[family].append(line)
+    return [line for lines in by_name.values() for line in lines]
