@@ -11,7 +11,8 @@ from loopstream.formats import FORMATS, PRD_FORMATS, detect, parser_for
 
 AGENTS = Path(__file__).resolve().parent / "agents"
 FOLDERS = {"claude": "claude-real", "codex": "codex", "gemini": "gemini"}
-AGENT_TYPES = {"agent_init", "agent_text", "tool_call", "tool_result", "agent_result", "agent_looping", "output"}
+AGENT_TYPES = {"agent_init", "agent_text", "tool_call", "tool_result", "agent_result", "agent_looping",
+               "subagent_completed", "output"}
 
 # format, session -> what its events must show. calls: the tool_call summaries, in order (a prefix of each
 # is enough); errors: how many tool results are errors; failed: the agent_result's is_error.
