@@ -86,7 +86,8 @@ class ClaudeParser(AgentParser):
     def _user(self, obj: dict) -> list[Event] | None:
         content = _content(obj)
         if content is None:
-            return [] if isinstance((obj.get("message") or {}).get("content"), str) else None
+            message = obj.get("message")
+            return [] if isinstance(message, dict) and isinstance(message.get("content"), str) else None
         events = self._enter(obj.get("parent_tool_use_id"))
         for block in content:
             if isinstance(block, dict) and block.get("type") == "tool_result":
