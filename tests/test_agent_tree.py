@@ -188,7 +188,25 @@ def test_plain_lines_say_looping_and_which_subagent_a_call_is_in():
     assert line.endswith("subagent_completed S1 subagent toolu_9 failed: 1 failed")
 
 
-# -- loop run --max-repeat: a looping fake agent, real processes ---------------------------------------------
+# -- loop run --max-repeat: the monitor (pure), then a looping fake agent, real processes ---------------------
+
+def test_the_monitor_asks_for_one_stop_per_attempt_at_max_repeat_and_warns_no_later():
+    from loopstream.agentrun import AgentMonitor, AgentOptions
+
+    m = AgentMonitor(AgentOptions(agent_format="claude-stream-json", max_repeat=2, story_timeout=1),
+                     clock=lambda: 1000.0)
+    m.start_attempt("S")
+    events = m.output_events("S", "stdout", (AGENTS / "claude-real/looping.jsonl").read_text())
+    assert [d["repeats"] for k, d in events if k == "agent_looping"] == [2]     # min(3, --max-repeat)
+    assert m.looped == {"S": "Bash ls build/reports"}
+    assert m.loop_stop_due("S") and not m.loop_stop_due("S")                  # one stop per attempt
+    m.start_attempt("S")
+    assert "S" not in m.looped and not m.loop_stop_due("S")
+    plain = AgentMonitor(AgentOptions(agent_format="claude-stream-json"), clock=lambda: 1000.0)
+    plain.start_attempt("S")
+    events = plain.output_events("S", "stdout", (AGENTS / "claude-real/looping_long.jsonl").read_text())
+    assert [d["repeats"] for k, d in events if k == "agent_looping"] == [3] and not plain.looped
+
 
 from test_runner import LOOP, loop_run, pid_alive, story, transcript, types, write_prd  # noqa: E402
 
