@@ -155,6 +155,9 @@ export function apply(snap, event) {
     const text = typeof data.message === "string" ? data.message : textJson(data);
     log(snap, type, ts, text);
   }
+  if ((type === "tool_call" || type === "tool_result") && (snap.session ?? null) !== null) {
+    sessionActivity(snap, type, data, ts);
+  }
   derive(snap);
   return snap;
 }
@@ -458,6 +461,102 @@ function storyStalled(snap, data, ts) {
     : `${s.id} stalled`);
 }
 
+// -- sessions: a Claude Code session reported by its hooks (formats/hooks.py) is a run ---------------
+const SESSION_STATES = ["working", "waiting_for_input", "idle"];
+
+// The run's session record (created on first use).
+function sessionOf(snap) {
+  if ((snap.session ?? null) === null) {
+    snap.session = { state: "idle", since: null, waiting_for: null, cwd: null, project: null, model: null,
+      source: null, reason: null, subagents: [] };
+  }
+  return snap.session;
+}
+
+// A session that reports is running, even after it ended (claude --resume).
+function sessionLive(snap) {
+  if (!LIVE.includes(snap.status)) {
+    snap.status = "running";
+    snap.finished_at = null;
+  }
+}
+
+function setSessionState(s, state, ts, waitingFor = null) {
+  if (s.state !== state || s.waiting_for !== waitingFor) s.since = ts;
+  s.state = state;
+  s.waiting_for = waitingFor;
+}
+
+function sessionStarted(snap, data, ts) {
+  const s = sessionOf(snap);
+  sessionLive(snap);
+  for (const key of ["cwd", "project", "model", "source"]) {
+    const value = key !== "cwd" ? short(data[key]) : optText(get(data, "cwd"));
+    if (value !== null) s[key] = value;
+  }
+  s.reason = null;
+  setSessionState(s, "idle", ts);
+  if (snap.task_name === null && s.project !== null) snap.task_name = s.project;
+  log(snap, "session_started", ts, `session started (${s.source || "?"}) in ${s.cwd || "?"}`);
+}
+
+function sessionState(snap, data, ts) {
+  const state = data.state;
+  if (!SESSION_STATES.includes(state)) return;
+  const s = sessionOf(snap);
+  sessionLive(snap);
+  const waiting = state === "waiting_for_input" ? (short(data.waiting_for) || "") : null;
+  setSessionState(s, state, ts, waiting);
+}
+
+function sessionSubagent(snap, data, ts) {
+  const agent = short(data.agent_id);
+  if (agent === null) return;
+  const s = sessionOf(snap);
+  const done = data.state === "done";
+  let sub = s.subagents.find((x) => x.agent_id === agent);
+  if (sub === undefined) {
+    sub = { agent_id: agent, agent_type: short(data.agent_type), state: "running",
+      tool_calls: 0, last_tool: null, started_at: ts, finished_at: null };
+    s.subagents = [...s.subagents, sub].slice(-SUBAGENTS);
+  }
+  sub.state = done ? "done" : "running";
+  sub.finished_at = done ? ts : null;
+}
+
+function sessionEnded(snap, data, ts) {
+  const s = sessionOf(snap);
+  setSessionState(s, "ended", ts);
+  s.reason = short(data.reason);
+  log(snap, "session_ended", ts, `session ended (${s.reason || "?"})`);
+  for (const sub of s.subagents) {
+    if (sub.state === "running") {
+      sub.state = "done";
+      sub.finished_at = ts;
+    }
+  }
+  if (LIVE.includes(snap.status)) {
+    snap.status = "passed";
+    snap.finished_at = ts;
+    snap.current_story = null;
+  }
+}
+
+// A tool call or result in a session: it is working (no longer waiting), and a subagent's
+// call counts for that subagent.
+function sessionActivity(snap, type, data, ts) {
+  const s = sessionOf(snap);
+  if (s.state !== "ended") setSessionState(s, "working", ts);
+  const agent = short(data.agent_id);
+  if (type !== "tool_call" || agent === null) return;
+  for (const sub of s.subagents) {
+    if (sub.agent_id === agent) {
+      sub.tool_calls += 1;
+      sub.last_tool = { tool: short(data.tool) || "?", id: short(data.id), summary: short(data.summary) || "" };
+    }
+  }
+}
+
 const HANDLERS = {
   task_started: taskStarted,
   story_started: storyStarted,
@@ -479,6 +578,10 @@ const HANDLERS = {
   agent_looping: agentLooping,
   subagent_completed: subagentCompleted,
   story_stalled: storyStalled,
+  session_started: sessionStarted,
+  session_state: sessionState,
+  session_subagent: sessionSubagent,
+  session_ended: sessionEnded,
 };
 for (const k of ["stop_requested", "pause_requested", "resume_requested", "task_paused", "task_resumed"]) {
   HANDLERS[k] = control(k);

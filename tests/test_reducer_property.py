@@ -19,14 +19,16 @@ from loopstream import state
 KNOWN = ["task_started", "story_started", "ac_completed", "ac_failed", "story_completed", "task_completed",
          "error_occurred", "output", "progress", "stop_requested", "pause_requested", "resume_requested",
          "task_stopped", "task_paused", "task_resumed", "agent_init", "agent_text", "tool_call", "tool_result",
-         "agent_result", "story_stalled", "task_interrupted", "task_alive", "agent_looping", "subagent_completed"]
+         "agent_result", "story_stalled", "task_interrupted", "task_alive", "agent_looping", "subagent_completed",
+         "session_started", "session_state", "session_subagent", "session_ended"]
 UNKNOWN = ["deploy.step", "constructor", "x", "tostring", "valueof"]
 FIELDS = ["story_id", "title", "acceptance_criteria", "ac_index", "ac_text", "status", "duration_ms", "attempts",
           "attempt", "text", "stream", "percent", "current", "total", "message", "reason", "error", "error_type",
           "error_message", "stories", "story_count", "estimated_duration", "task_name", "task_id", "summary",
           "priority", "model", "tool", "id", "is_error", "cost_usd", "input_tokens", "output_tokens", "num_turns",
           "silent_s", "session_id", "passed", "failed", "skipped", "command", "exit_code", "parent_id",
-          "subagent_type", "description", "repeat", "repeats", "state"]
+          "subagent_type", "description", "repeat", "repeats", "state",
+          "agent_id", "agent_type", "waiting_for", "cwd", "project", "source"]
 
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30) | st.sampled_from(
     ["", "😀", "é😀\u202e\r\n", "a\x1b[2Jb", "passed", "failed", "stopped", "cancelled", "skipped", "S1"])
@@ -47,7 +49,8 @@ plausible = st.fixed_dictionaries({}, optional={
     "command": value, "exit_code": number | st.sampled_from([True, "3", None]),
     "id": st.sampled_from(["t1", "t2", 1, None]), "parent_id": st.sampled_from(["t1", "t2", "t3", None, ["t1"]]),
     "subagent_type": value, "repeat": number | st.sampled_from([2, 3, 4, "3"]), "repeats": number,
-    "state": st.sampled_from(["done", "failed", "x", None])})
+    "state": st.sampled_from(["done", "failed", "x", None, "working", "waiting_for_input", "idle", "ended"]),
+    "agent_id": st.sampled_from(["a1", "a2", 1, None])})
 data = st.builds(lambda a, b: {**a, **b}, plausible, st.dictionaries(st.sampled_from(FIELDS), field_value, max_size=5))
 
 

@@ -8,7 +8,8 @@ with a ``task_interrupted`` event, so no run stays "running" for good. Runs
 that announced nothing (shell scripts) are never declared lost, unless they
 are ghosts: every event of the run came in one request and nothing followed
 for ``loop serve --ghost-after`` seconds (a run only ever named, as a batch
-naming a thousand new runs does, must not hold a live-run slot for long). A
+naming a thousand new runs does, must not hold a live-run slot for long), but a
+Claude Code session (it has a ``session``) idles as long as its user does. A
 finished run whose runner speaks again is live again (the reducer).
 """
 from __future__ import annotations
@@ -55,6 +56,8 @@ def ghost_runs(snapshots: Iterable[dict], now: float, after: float) -> Iterator[
     for snap in list(snapshots):
         first, last = snap.get("started_at"), snap.get("updated_at")
         if not state.is_live(snap) or not isinstance(last, (int, float)) or first != last:
+            continue
+        if snap.get("session") is not None:   # a Claude Code session idles as long as its user does
             continue
         silent = now - last
         if silent >= after:

@@ -207,6 +207,8 @@ def apply(snap: dict | None, event: dict) -> dict:
     else:
         text = data.get("message") if isinstance(data.get("message"), str) else text_json(data)
         _log(snap, etype, ts, text)
+    if etype in ("tool_call", "tool_result") and snap.get("session") is not None:
+        _session_activity(snap, etype, data, ts)
     _derive(snap)
     return snap
 
@@ -548,6 +550,103 @@ def _story_stalled(snap: dict, data: dict, ts: Any) -> None:
          else f"{s['id']} stalled")
 
 
+# -- sessions: a Claude Code session reported by its hooks (formats/hooks.py) is a run ---------------
+SESSION_STATES = ("working", "waiting_for_input", "idle")
+
+
+def _session_of(snap: dict) -> dict:
+    """The run's session record, as a copy this event may change (created on first use)."""
+    old = snap.get("session")
+    s = snap["session"] = marshal.loads(marshal.dumps(old)) if old is not None else {
+        "state": "idle", "since": None, "waiting_for": None, "cwd": None, "project": None, "model": None,
+        "source": None, "reason": None, "subagents": []}
+    return s
+
+
+def _session_live(snap: dict) -> None:
+    """A session that reports is running, even after it ended (``claude --resume``)."""
+    if snap["status"] not in LIVE:
+        snap["status"] = "running"
+        snap["finished_at"] = None
+
+
+def _set_session_state(s: dict, state: str, ts: Any, waiting_for: str | None = None) -> None:
+    if s["state"] != state or s["waiting_for"] != waiting_for:
+        s["since"] = ts
+    s["state"] = state
+    s["waiting_for"] = waiting_for
+
+
+def _session_started(snap: dict, data: dict, ts: Any) -> None:
+    s = _session_of(snap)
+    _session_live(snap)
+    for key in ("cwd", "project", "model", "source"):
+        value = _short(data.get(key)) if key != "cwd" else _opt_text(data.get("cwd"))
+        if value is not None:
+            s[key] = value
+    s["reason"] = None
+    _set_session_state(s, "idle", ts)
+    if snap["task_name"] is None and s["project"] is not None:
+        snap["task_name"] = s["project"]
+    _log(snap, "session_started", ts, f"session started ({s['source'] or '?'}) in {s['cwd'] or '?'}")
+
+
+def _session_state(snap: dict, data: dict, ts: Any) -> None:
+    state = data.get("state")
+    if state not in SESSION_STATES:
+        return
+    s = _session_of(snap)
+    _session_live(snap)
+    waiting = (_short(data.get("waiting_for")) or "") if state == "waiting_for_input" else None
+    _set_session_state(s, state, ts, waiting)
+
+
+def _session_subagent(snap: dict, data: dict, ts: Any) -> None:
+    agent = _short(data.get("agent_id"))
+    if agent is None:
+        return
+    s = _session_of(snap)
+    done = data.get("state") == "done"
+    subs = [x for x in s["subagents"] if x["agent_id"] == agent]
+    if not subs:
+        subs = [{"agent_id": agent, "agent_type": _short(data.get("agent_type")), "state": "running",
+                 "tool_calls": 0, "last_tool": None, "started_at": ts, "finished_at": None}]
+        s["subagents"] = [*s["subagents"], subs[0]][-SUBAGENTS:]
+    subs[0]["state"] = "done" if done else "running"
+    subs[0]["finished_at"] = ts if done else None
+
+
+def _session_ended(snap: dict, data: dict, ts: Any) -> None:
+    s = _session_of(snap)
+    _set_session_state(s, "ended", ts)
+    s["reason"] = _short(data.get("reason"))
+    _log(snap, "session_ended", ts, f"session ended ({s['reason'] or '?'})")
+    for sub in s["subagents"]:
+        if sub["state"] == "running":
+            sub["state"] = "done"
+            sub["finished_at"] = ts
+    if snap["status"] in LIVE:
+        snap["status"] = "passed"
+        snap["finished_at"] = ts
+        snap["current_story"] = None
+
+
+def _session_activity(snap: dict, etype: Any, data: dict, ts: Any) -> None:
+    """A tool call or result in a session: it is working (no longer waiting), and a subagent's
+    call counts for that subagent."""
+    s = _session_of(snap)
+    if s["state"] != "ended":
+        _set_session_state(s, "working", ts)
+    agent = _short(data.get("agent_id"))
+    if etype != "tool_call" or agent is None:
+        return
+    for sub in s["subagents"]:
+        if sub["agent_id"] == agent:
+            sub["tool_calls"] += 1
+            sub["last_tool"] = {"tool": _short(data.get("tool")) or "?", "id": _short(data.get("id")),
+                                "summary": _short(data.get("summary")) or ""}
+
+
 # What _writable copies, by event type: the handlers below that change stories, the control
 # record or the run's agent record in place (an event naming a story_id may change its story).
 _TOUCH_STORIES = frozenset({"task_started", "story_started", "ac_completed", "ac_failed", "story_completed",
@@ -578,6 +677,10 @@ _HANDLERS = {
     "agent_looping": _agent_looping,
     "subagent_completed": _subagent_completed,
     "story_stalled": _story_stalled,
+    "session_started": _session_started,
+    "session_state": _session_state,
+    "session_subagent": _session_subagent,
+    "session_ended": _session_ended,
     **{k: _control(k) for k in ("stop_requested", "pause_requested", "resume_requested",
                                 "task_paused", "task_resumed")},
 }
