@@ -16,6 +16,8 @@ NOT_RUN = {
     "python3 -m pip install -e .": "installs the package: tests/test_install.py",
     "loop serve --host 127.0.0.1 --port 8765 --db /var/lib/loop": "one host's deployment (its port, /var/lib)",
     "# Redis, keeping every accepted event": "a fleet's deployment (the addresses of other hosts)",
+    "# the sidecar behind it": "a host's deployment (port 8765, /etc/loop/token): tests/test_proxy.py starts the "
+                               "sidecar behind the README's nginx block with LOOP_TOKEN and --forwarded-allow-ips",
 }
 RUN = {
     "# all_done, next_prompt and next_story": "test_the_adapt_loop_reports_the_agent",
