@@ -1,6 +1,7 @@
 """The sidecar's HTTP routes: thin blueprints by concern, each reaching the hub through ``current_app``.
 
 - events_in: POST /api/events and /emit
+- claude_hooks: POST /api/hooks/claude, Claude Code's raw hook JSON (formats/hooks.py maps it)
 - stream: GET /stream/progress (SSE) and GET /api/events (polling)
 - runs: the run list, one run, its transcript, and control (stop/pause/resume)
 - operations: /healthz and /metrics
@@ -12,6 +13,7 @@ Content-Type: guard.py decides), the CORS headers and the error handlers.
 """
 from __future__ import annotations
 
+from .claude_hooks import bp as claude_hooks
 from .dashboard import bp as dashboard
 from .events_in import bp as events_in
 from .operations import bp as operations
@@ -19,4 +21,4 @@ from .runs import bp as runs
 from .session import bp as session
 from .stream import bp as stream
 
-BLUEPRINTS = (events_in, stream, runs, operations, session, dashboard)
+BLUEPRINTS = (events_in, claude_hooks, stream, runs, operations, session, dashboard)
