@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import subprocess
 import sys
 
@@ -149,3 +150,25 @@ def test_any_peer_is_trusted_only_with_a_warning(make_server):
     server = make_server(*BUDGET, "--forwarded-allow-ips", "*")
     spend(server.port, {"X-Forwarded-For": "203.0.113.60"}, source="127.0.0.3")
     assert "--forwarded-allow-ips '*'" in server.log.read_text()
+
+
+def test_a_trusted_proxys_connections_are_not_capped_per_address_but_others_are(make_server):
+    """A proxy's connections carry every user's requests: the per-address gate skips them."""
+    server = make_server("--max-connections-per-client", "2", "--forwarded-allow-ips", "127.0.0.1")
+    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    opened: list[socket.socket] = []
+    try:
+        for source in ("127.0.0.1",) * 5 + ("127.0.0.2",) * 2:     # idle, unfinished: each one counts
+            opened.append(socket.create_connection(("127.0.0.1", server.port), 10, (source, 0)))
+        for sock in opened[:5]:        # the proxy's five are all served
+            sock.sendall(head)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+
+        def third_refused() -> bool:
+            with socket.create_connection(("127.0.0.1", server.port), 10, ("127.0.0.2", 0)) as sock:
+                sock.sendall(head)
+                return b"too_many_connections" in sock.recv(65536)
+        wait_for(third_refused, message="the untrusted address's third connection to be refused")
+    finally:
+        for sock in opened:
+            sock.close()

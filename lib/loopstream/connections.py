@@ -10,6 +10,9 @@ never finishes a request could fill every slot, and then nobody is served. So:
   answered ``429`` and closed at once, so one address cannot take the slots
   of all. Streams have their own cap (``--max-streams-per-client``) and stop
   counting here once the fan-out holds them.
+  A ``--forwarded-allow-ips`` proxy's connections are not counted: they carry
+  every user's requests, and no user is known before a head is read (the
+  proxy caps each user's connections: nginx's ``limit_conn``).
 - a request must send its whole head within ``--header-timeout`` seconds
   (nginx's ``client_header_timeout``): the worker bounds gunicorn's reading
   of a head by it, and the fast path's wait for a connection's first request.
