@@ -189,6 +189,7 @@ class Hub:
         self.notifier = make_notifier(cfg)
         self.owners = Owners()
         self.trusted = Trusted.parse(cfg.forwarded_allow_ips)
+        self._fleet_reported_at = float("-inf")
         self.fleet = Fleet(self.broker.client, self.broker.prefix, clock) if cfg.backend else None  # type: ignore[attr-defined]
         self._publish_lock = threading.Lock()
         self.store_error: tuple[str, float] | None = None   # the last publish's store failure, and when
@@ -567,8 +568,10 @@ class Hub:
         return totals, summed, workers
 
     def report_fleet(self) -> None:
-        """Tell the fleet this worker's numbers (housekeeping, about once a second, with Redis)."""
-        if self.fleet is not None and self.broker.healthy:
+        """Tell the fleet this worker's numbers (housekeeping, at most once a second, with Redis)."""
+        now = self.monotonic()
+        if self.fleet is not None and self.broker.healthy and now - self._fleet_reported_at >= 1.0:
+            self._fleet_reported_at = now
             self.fleet.report(*self.worker_numbers())
 
     def metrics_text(self) -> str:
