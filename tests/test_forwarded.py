@@ -172,3 +172,18 @@ def test_a_trusted_proxys_connections_are_not_capped_per_address_but_others_are(
     finally:
         for sock in opened:
             sock.close()
+
+
+def test_the_hub_resolves_and_counts_without_a_server():
+    from loopstream.config import Config
+    from loopstream.hub import Hub
+
+    hub = Hub(Config(forwarded_allow_ips=["127.0.0.1"]))
+    try:
+        assert hub.client("127.0.0.1", "203.0.113.5", None) == "203.0.113.5"
+        assert hub.client("127.0.0.9", "203.0.113.5", None) == "127.0.0.9"
+        assert hub.client("127.0.0.1", "junk", None) == "127.0.0.1"
+        assert hub.metrics.forwarded_malformed == 1
+        assert "loop_forwarded_malformed_total 1" in hub.metrics_text()
+    finally:
+        hub.close()
