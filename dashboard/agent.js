@@ -42,7 +42,7 @@ const byId = (a, b) => { const x = idKey(a.id); const y = idKey(b.id); return x[
 // How an agent event reads in the transcript list.
 export function describeAgent(event) {
   const d = event.data || {};
-  const sid = text(d.story_id);
+  const sid = text(d.story_id) + (d.parent_id ? " ↳" : "");   // a subagent's
   switch (event.type) {
     case "agent_init": return `${sid} model ${text(d.model) || "?"}`;
     case "agent_text": return `${sid} ${text(d.text)}`;

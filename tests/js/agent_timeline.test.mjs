@@ -1,0 +1,38 @@
+// The agent panel's timeline rows (dashboard/agent.js): a subagent's events nest under the Task call
+// that started it, a subagent of a subagent under its own, an unknown parent stays flat.
+//   node --test tests/js/
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { describeAgent, looping, timeline } from "../../dashboard/agent.js";
+
+const ev = (n, type, data) => ({ id: `1-${n}`, type, ts: n, data: { story_id: "S", ...data } });
+
+test("a subagent's calls, text and looping nest under its Task call, nested subagents too", () => {
+  const rows = timeline([
+    ev(1, "tool_call", { tool: "Task", id: "a", summary: "outer", subagent_type: "Explore" }),
+    ev(2, "agent_text", { text: "looking", parent_id: "a" }),
+    ev(3, "tool_call", { tool: "Task", id: "b", summary: "inner", subagent_type: null, parent_id: "a" }),
+    ev(4, "tool_call", { tool: "Bash", id: "c", summary: "ls", parent_id: "b" }),
+    ev(5, "tool_result", { tool: "Bash", id: "c", is_error: true, parent_id: "b" }),
+    ev(6, "agent_looping", { tool: "Bash", summary: "ls", repeats: 3, parent_id: "b" }),
+    ev(7, "subagent_completed", { id: "b", state: "failed" }),
+    ev(8, "tool_call", { tool: "Read", id: "d", summary: "x", parent_id: "nobody" }),
+    ev(9, "tool_call", { tool: "Grep", id: "e", summary: "y", story_id: "other" }),
+  ], "S");
+  assert.deepEqual(rows.map((r) => [r.tool, r.children === null ? null : r.children.length]), [["Task", 2], ["Read", null]]);
+  const [outer] = rows;
+  assert.equal(outer.sub_state, "running");
+  assert.deepEqual(outer.children.map((r) => r.kind), ["text", "tool"]);
+  const inner = outer.children[1];
+  assert.equal(inner.sub_state, "failed");
+  assert.deepEqual(inner.children.map((r) => [r.kind, r.summary, r.is_error ?? null]),
+    [["tool", "ls", true], ["looping", "Looping: Bash ls ×3", null]]);
+});
+
+test("looping and transcript lines read as a person says them", () => {
+  assert.equal(looping({ tool: "Bash", summary: "pytest -q", repeats: 3 }), "Bash pytest -q ×3");
+  assert.equal(looping({ summary: "x", repeats: "3" }), "? x");
+  assert.equal(describeAgent(ev(1, "tool_call", { tool: "Bash", summary: "ls", parent_id: "t" })), "S ↳ → Bash: ls");
+  assert.equal(describeAgent(ev(2, "subagent_completed", { id: "t", state: "failed", summary: "gave up" })),
+    "S subagent failed: gave up");
+});
