@@ -40,6 +40,8 @@ class ClaudeParser(AgentParser):
 
     def _system(self, obj: dict) -> list[Event] | None:
         subtype = obj.get("subtype")
+        if not isinstance(subtype, str):
+            return None
         if subtype in TASK_LINES:
             return self._task_line(obj)
         if subtype in QUIET_SYSTEM:
