@@ -33,6 +33,8 @@ CASES = [
                         "calls": ["/tmp/", "cat hello.txt"]}),
     ("codex", "api_error", {"calls": [], "errors": 0, "failed": True, "said": "scripted: the request was refused"}),
     ("gemini", "api_error", {"calls": [], "errors": 0, "failed": True, "said": "scripted: the request was refused"}),
+    ("codex", "subagent", {"tools": ["agent.spawn_agent", "agent.wait"], "errors": 0, "failed": False,
+                           "calls": ["Count the files", "01a"], "text": "counted 3 files"}),
     ("codex", "looping", {"errors": 3, "failed": False, "looping": 3}),
     ("gemini", "looping", {"errors": 0, "failed": False, "looping": 3}),
 ]

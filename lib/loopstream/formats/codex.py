@@ -18,7 +18,8 @@ from typing import Any
 
 from .common import AgentParser, Event, count, name, one_line, result_summary, signature, tool_summary
 
-TOOL_ITEMS = {"command_execution", "mcp_tool_call", "web_search", "file_change"}
+TOOL_ITEMS = {"command_execution", "mcp_tool_call", "web_search", "file_change", "collab_tool_call"}
+QUIET_ITEMS = {"reasoning", "todo_list", "plan"}    # understood, nothing to show
 
 
 class CodexParser(AgentParser):
@@ -69,7 +70,9 @@ class CodexParser(AgentParser):
             return self.flush() + [self._output(f"codex error: {one_line(item.get('message'))}", "stderr")]
         if kind in TOOL_ITEMS:
             return self._finished_tool(item, iid)
-        return []
+        if kind in QUIET_ITEMS:
+            return []
+        return None                              # an item type from the future: shown as output
 
     def _finished_tool(self, item: dict, iid: str) -> list[Event]:
         tool, summary = _tool(item)
@@ -111,6 +114,10 @@ def _tool(item: dict) -> tuple[str, str]:
     if kind == "mcp_tool_call":
         tool = f"{name(item.get('server')) or 'mcp'}.{name(item.get('tool')) or '?'}"
         return tool, tool_summary(tool, item.get("arguments"))
+    if kind == "collab_tool_call":             # a subagent: spawned, messaged, waited for, closed
+        prompt = item.get("prompt") if isinstance(item.get("prompt"), str) else None
+        agents = item["receiver_thread_ids"] if isinstance(item.get("receiver_thread_ids"), list) else []
+        return f"agent.{name(item.get('tool')) or '?'}", one_line(prompt or ", ".join(map(str, agents[:3])))
     if kind == "web_search":
         return "web_search", tool_summary("WebSearch", {"query": item.get("query")})
     changes: list = item["changes"] if isinstance(item.get("changes"), list) else []
