@@ -1002,6 +1002,7 @@ def _show_envvars(group: click.Group) -> None:
 
 
 _show_envvars(cli)
+_show_envvars(hooks)
 
 
 def _usage_line(e: click.UsageError) -> str:
