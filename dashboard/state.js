@@ -517,7 +517,7 @@ function sessionSubagent(snap, data, ts) {
   let sub = s.subagents.find((x) => x.agent_id === agent);
   if (sub === undefined) {
     sub = { agent_id: agent, agent_type: short(data.agent_type), state: "running",
-      tool_calls: 0, last_tool: null, started_at: ts, finished_at: null };
+      tool_calls: 0, last_tool: null, cost_usd: null, started_at: ts, finished_at: null };
     s.subagents = [...s.subagents, sub].slice(-SUBAGENTS);
   }
   sub.state = done ? "done" : "running";
@@ -557,6 +557,33 @@ function sessionActivity(snap, type, data, ts) {
   }
 }
 
+// Cost and tokens of API requests as Claude Code's telemetry reports them (otlp_in.py), added up
+// as agent_result's are; the model when none was known; in a session, a subagent's share on it too.
+function agentUsage(snap, data) {
+  const a = agentOf(snap, data);
+  const model = short(data.model);
+  if (a.model === null) a.model = model;
+  const cost = amount(data.cost_usd);
+  if (cost !== null) {
+    a.cost_usd = (a.cost_usd ?? 0) + cost;
+    snap.cost_usd = (snap.cost_usd ?? 0) + cost;
+  }
+  for (const key of ["input_tokens", "output_tokens"]) {
+    const n = amount(data[key]);
+    if (n !== null) {
+      a[key] += n;
+      snap[key] += n;
+    }
+  }
+  if ((snap.session ?? null) === null) return;
+  const s = sessionOf(snap);
+  if (s.model === null) s.model = model;
+  const agent = short(data.agent_id);
+  for (const sub of s.subagents) {
+    if (sub.agent_id === agent && cost !== null) sub.cost_usd = (sub.cost_usd ?? 0) + cost;
+  }
+}
+
 const HANDLERS = {
   task_started: taskStarted,
   story_started: storyStarted,
@@ -582,6 +609,7 @@ const HANDLERS = {
   session_state: sessionState,
   session_subagent: sessionSubagent,
   session_ended: sessionEnded,
+  agent_usage: agentUsage,
 };
 for (const k of ["stop_requested", "pause_requested", "resume_requested", "task_paused", "task_resumed"]) {
   HANDLERS[k] = control(k);

@@ -20,7 +20,7 @@ KNOWN = ["task_started", "story_started", "ac_completed", "ac_failed", "story_co
          "error_occurred", "output", "progress", "stop_requested", "pause_requested", "resume_requested",
          "task_stopped", "task_paused", "task_resumed", "agent_init", "agent_text", "tool_call", "tool_result",
          "agent_result", "story_stalled", "task_interrupted", "task_alive", "agent_looping", "subagent_completed",
-         "session_started", "session_state", "session_subagent", "session_ended"]
+         "session_started", "session_state", "session_subagent", "session_ended", "agent_usage"]
 UNKNOWN = ["deploy.step", "constructor", "x", "tostring", "valueof"]
 FIELDS = ["story_id", "title", "acceptance_criteria", "ac_index", "ac_text", "status", "duration_ms", "attempts",
           "attempt", "text", "stream", "percent", "current", "total", "message", "reason", "error", "error_type",

@@ -102,6 +102,12 @@ def is_json_content_type(value: str | None) -> bool:
     return value.split(";", 1)[0].strip().lower() == "application/json"
 
 
+def is_otlp_content_type(path: str, value: str | None) -> bool:
+    """``application/x-protobuf`` on the OTLP paths (/v1/logs, /v1/metrics): like JSON, a type a
+    cross-site form cannot send without a preflight."""
+    return path.startswith("/v1/") and (value or "").split(";", 1)[0].strip().lower() == "application/x-protobuf"
+
+
 def token_ok(token: str | None, authorization: str, query_token: str | None = None) -> bool:
     """No token configured, or ``Authorization: Bearer TOKEN`` (else ``?token=``, which the
     caller passes on GETs only: an EventSource cannot send headers) matches it, in constant time."""

@@ -610,7 +610,7 @@ def _session_subagent(snap: dict, data: dict, ts: Any) -> None:
     subs = [x for x in s["subagents"] if x["agent_id"] == agent]
     if not subs:
         subs = [{"agent_id": agent, "agent_type": _short(data.get("agent_type")), "state": "running",
-                 "tool_calls": 0, "last_tool": None, "started_at": ts, "finished_at": None}]
+                 "tool_calls": 0, "last_tool": None, "cost_usd": None, "started_at": ts, "finished_at": None}]
         s["subagents"] = [*s["subagents"], subs[0]][-SUBAGENTS:]
     subs[0]["state"] = "done" if done else "running"
     subs[0]["finished_at"] = ts if done else None
@@ -647,6 +647,33 @@ def _session_activity(snap: dict, etype: Any, data: dict, ts: Any) -> None:
                                 "summary": _short(data.get("summary")) or ""}
 
 
+
+def _agent_usage(snap: dict, data: dict, ts: Any) -> None:
+    """Cost and tokens of API requests as Claude Code's telemetry reports them (otlp_in.py), added up
+    as agent_result's are; the model when none was known; in a session, a subagent's share on it too."""
+    a = _agent_of(snap, data)
+    model = _short(data.get("model"))
+    if a["model"] is None:
+        a["model"] = model
+    cost = _amount(data.get("cost_usd"))
+    if cost is not None:
+        a["cost_usd"] = (a["cost_usd"] or 0) + cost
+        snap["cost_usd"] = (snap["cost_usd"] or 0) + cost
+    for key in ("input_tokens", "output_tokens"):
+        n = _amount(data.get(key))
+        if n is not None:
+            a[key] += n
+            snap[key] += n
+    if snap.get("session") is None:
+        return
+    s = _session_of(snap)
+    if s["model"] is None:
+        s["model"] = model
+    agent = _short(data.get("agent_id"))
+    for sub in s["subagents"]:
+        if sub["agent_id"] == agent and cost is not None:
+            sub["cost_usd"] = (sub.get("cost_usd") or 0) + cost
+
 # What _writable copies, by event type: the handlers below that change stories, the control
 # record or the run's agent record in place (an event naming a story_id may change its story).
 _TOUCH_STORIES = frozenset({"task_started", "story_started", "ac_completed", "ac_failed", "story_completed",
@@ -654,7 +681,7 @@ _TOUCH_STORIES = frozenset({"task_started", "story_started", "ac_completed", "ac
 _TOUCH_CONTROL = frozenset({"task_stopped", "stop_requested", "pause_requested", "resume_requested",
                             "task_paused", "task_resumed"})
 _TOUCH_AGENT = frozenset({"agent_init", "agent_text", "tool_call", "tool_result", "agent_result", "agent_looping",
-                          "subagent_completed"})
+                          "subagent_completed", "agent_usage"})
 
 _HANDLERS = {
     "task_started": _task_started,
@@ -681,6 +708,7 @@ _HANDLERS = {
     "session_state": _session_state,
     "session_subagent": _session_subagent,
     "session_ended": _session_ended,
+    "agent_usage": _agent_usage,
     **{k: _control(k) for k in ("stop_requested", "pause_requested", "resume_requested",
                                 "task_paused", "task_resumed")},
 }

@@ -2,6 +2,7 @@
 
 - events_in: POST /api/events and /emit
 - claude_hooks: POST /api/hooks/claude, Claude Code's raw hook JSON (formats/hooks.py maps it)
+- otlp: POST /v1/logs (Claude Code's cost and tokens, otlp_in.py) and POST /v1/metrics
 - stream: GET /stream/progress (SSE) and GET /api/events (polling)
 - runs: the run list, one run, its transcript, and control (stop/pause/resume)
 - operations: /healthz and /metrics
@@ -17,8 +18,9 @@ from .claude_hooks import bp as claude_hooks
 from .dashboard import bp as dashboard
 from .events_in import bp as events_in
 from .operations import bp as operations
+from .otlp import bp as otlp
 from .runs import bp as runs
 from .session import bp as session
 from .stream import bp as stream
 
-BLUEPRINTS = (events_in, claude_hooks, stream, runs, operations, session, dashboard)
+BLUEPRINTS = (events_in, claude_hooks, otlp, stream, runs, operations, session, dashboard)

@@ -14,11 +14,11 @@ from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from ..broker import BackendDown
-from ..guard import HostPolicy, is_json_content_type, session_cookie_name, session_ok, token_ok
+from ..guard import HostPolicy, is_json_content_type, is_otlp_content_type, session_cookie_name, session_ok, token_ok
 from ..hub import Hub, Refused
 from .common import MAX_BODY, BadParam, client_addr, error, hub
 
-API_PREFIXES = ("/api/", "/stream/", "/emit", "/metrics", "/healthz")
+API_PREFIXES = ("/api/", "/stream/", "/emit", "/metrics", "/healthz", "/v1/")
 OPEN_PATHS = ("/healthz",)
 
 
@@ -82,7 +82,8 @@ def authorized(token: str | None) -> bool:
 
 
 def not_json(h: Hub) -> Response | None:
-    if request.method != "POST" or is_json_content_type(request.headers.get("Content-Type")):
+    ctype = request.headers.get("Content-Type")
+    if request.method != "POST" or is_json_content_type(ctype) or is_otlp_content_type(request.path, ctype):
         return None
     h.metrics.reject("content_type")
     return error(415, "unsupported_media_type", "send the body as JSON with the header "

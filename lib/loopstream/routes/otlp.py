@@ -1,0 +1,71 @@
+"""OpenTelemetry in: POST /v1/logs (Claude Code's cost and tokens, otlp_in.py) and POST /v1/metrics.
+
+OTLP/HTTP, ``application/json`` or ``application/x-protobuf`` (neither is a type a cross-site form
+can send), maybe ``Content-Encoding: gzip``; the Host, Origin and token rules apply as everywhere.
+A body that is not OTLP logs is a 400 that changes nothing; what it holds is published all or
+nothing. Metrics are read and answered (2xx), so an exporter set for both does not complain.
+"""
+from __future__ import annotations
+
+from flask import Blueprint, Response, request
+from gunicorn.http.errors import ParseException
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from .. import events as ev
+from ..otlp_in import OtlpError, decode_logs, empty_response, gunzip, is_protobuf, session_usage
+from .common import client_addr, drain, error, hub, read_at_most
+
+bp = Blueprint("otlp", __name__)
+
+MAX_OTLP_BODY = 4 << 20     # bytes as sent: an exporter's batch of 512 records is well under 1 MB
+
+
+@bp.post("/v1/logs")
+def post_logs() -> Response:
+    h = hub()
+    try:
+        usage = session_usage(decode_logs(otlp_body(), request.headers.get("Content-Type")))
+    except OtlpError as e:
+        h.metrics.reject("invalid")
+        return error(400, "bad_request", str(e), "body")
+    drafts = [ev.validate_one({"type": t, "run": run, "data": data}) for run, t, data in usage.events]
+    if drafts:
+        h.admit(drafts, True, client_addr())
+        h.publish(drafts)
+    return answer()
+
+
+@bp.post("/v1/metrics")
+def post_metrics() -> Response:
+    try:
+        otlp_body()
+    except OtlpError as e:
+        hub().metrics.reject("invalid")
+        return error(400, "bad_request", str(e), "body")
+    return answer()
+
+
+def answer() -> Response:
+    body, mimetype = empty_response(is_protobuf(request.headers.get("Content-Type")))
+    return Response(body, status=200, mimetype=mimetype)
+
+
+def otlp_body() -> bytes:
+    """The body, inflated when gzipped: a 413 past MAX_OTLP_BODY, a 400 (OtlpError) for a bad gzip."""
+    stream = request.environ["wsgi.input"]
+    if (request.content_length or 0) > MAX_OTLP_BODY:
+        drain(stream)
+        raise RequestEntityTooLarge()
+    try:
+        data = read_at_most(stream, MAX_OTLP_BODY + 1)
+    except (ParseException, OSError) as e:
+        raise OtlpError(f"the body could not be read ({type(e).__name__})") from e
+    if len(data) > MAX_OTLP_BODY:
+        drain(stream)
+        raise RequestEntityTooLarge()
+    encoding = (request.headers.get("Content-Encoding") or "identity").strip().lower()
+    if encoding == "gzip":
+        return gunzip(data)
+    if encoding != "identity":
+        raise OtlpError(f"Content-Encoding {encoding[:40]!r} is not supported (gzip or none)")
+    return data
