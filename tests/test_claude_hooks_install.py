@@ -13,6 +13,7 @@ import pytest
 
 from conftest import free_port, wait_for
 from loopstream.formats.hooks import HOOK_EVENTS
+from loopstream.hooks_install import telemetry_env
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT / "tests" / "agents" / "claude-real"
@@ -74,8 +75,8 @@ def test_install_keeps_everything_else_and_a_second_install_changes_no_byte(home
     assert r.returncode == 0, r.stderr
     assert str(path) in r.stdout
     settings = json.loads(path.read_text())
-    assert {k: settings[k] for k in ("model", "permissions", "env")} == {k: THEIRS[k] for k in ("model", "permissions",
-                                                                                            "env")}
+    assert {k: settings[k] for k in ("model", "permissions")} == {k: THEIRS[k] for k in ("model", "permissions")}
+    assert settings["env"] == {"FOO": "bar", **telemetry_env("http://127.0.0.1:9")}   # Claude's OTLP logs to us
     cmds = commands(settings)
     assert set(cmds) == set(HOOK_EVENTS)
     assert cmds["PreToolUse"][0] == "my-guard.sh" and cmds["Stop"][0] == "notify-send done"
@@ -89,6 +90,28 @@ def test_install_keeps_everything_else_and_a_second_install_changes_no_byte(home
     assert json.loads(path.read_text()) == THEIRS
     assert path.read_text() == json.dumps(THEIRS, indent=2) + "\n"
     assert "were not in" in loop("hooks", "uninstall").stdout
+
+
+def test_telemetry_is_wired_unless_told_not_or_already_set_otherwise(home, monkeypatch):
+    path = user_settings(home)
+    r = loop("hooks", "install", "--no-telemetry")
+    assert r.returncode == 0 and "env" not in json.loads(path.read_text())
+    path.write_text(json.dumps({"env": {"OTEL_LOGS_EXPORTER": "console"}}))
+    r = loop("hooks", "install")
+    assert r.returncode == 0 and "telemetry not wired" in r.stderr and "OTEL_LOGS_EXPORTER" in r.stderr
+    assert json.loads(path.read_text())["env"] == {"OTEL_LOGS_EXPORTER": "console"}
+    assert loop("hooks", "uninstall").returncode == 0
+    assert json.loads(path.read_text()) == {"env": {"OTEL_LOGS_EXPORTER": "console"}}
+    path.unlink()
+    monkeypatch.setenv("LOOP_TOKEN", "tok-0123456789abcdef")
+    assert loop("hooks", "install", "--server", "http://127.0.0.1:9").returncode == 0
+    settings = json.loads(path.read_text())
+    assert settings["env"]["OTEL_EXPORTER_OTLP_LOGS_HEADERS"] == "Authorization=Bearer tok-0123456789abcdef"
+    token_file = home / "cfg" / "loop" / "hook-token"
+    assert token_file.read_text() == "tok-0123456789abcdef\n" and token_file.stat().st_mode & 0o777 == 0o600
+    assert "tok-0123456789abcdef" not in json.dumps(settings["hooks"])     # the command names the file
+    assert loop("hooks", "uninstall").returncode == 0
+    assert json.loads(path.read_text()) == {}
 
 
 def test_a_settings_file_that_is_not_json_is_refused_naming_the_place_and_left_untouched(home):
@@ -258,7 +281,7 @@ def test_the_real_claude_code_reports_to_a_real_sidecar(home, server):
         {"text": "Running them.", "shell": "echo 4 passed"},
         {"tool": "Read", "input": {"file_path": str(proj / "missing.txt")}},
         {"text": "Done: 4 passed."}], cwd=proj, settings=settings,
-        env={"LOOP_SPOOL_DIR": str(home / "spool"), "LOOP_SHIP_IDLE": "1"})
+        env={"LOOP_SPOOL_DIR": str(home / "spool"), "LOOP_SHIP_IDLE": "1", "DISABLE_TELEMETRY": None})
     assert result.returncode == 0, result.stderr
     sid = next(e["session_id"] for e in result.events if e.get("type") == "system" and e.get("subtype") == "init")
 
@@ -274,3 +297,6 @@ def test_the_real_claude_code_reports_to_a_real_sidecar(home, server):
     assert calls[0]["tool"] == "Bash" and calls[0]["summary"] == "echo 4 passed"
     assert "Run the tests" not in json.dumps(events)
     assert any(e["type"] == "agent_text" and "4 passed" in e["data"]["text"] for e in events)
+    # the settings' env sent Claude Code's own OTLP logs to /v1/logs: what it cost, on the same run
+    usage = wait_for(lambda: server.get(f"/api/runs/{sid}").json()["cost_usd"], 60, message="the session's cost")
+    assert usage > 0 and server.get(f"/api/runs/{sid}").json()["input_tokens"] > 0

@@ -501,7 +501,9 @@ _local_option = click.option("--local", is_flag=True,
 @click.option("--token-file", type=click.Path(dir_okay=False, exists=True), default=None, metavar="PATH",
               help="A file holding the sidecar's token (LOOP_TOKEN, when set, is written to one for you).")
 @click.option("--prompts", is_flag=True, help="Record the text of prompts too (by default only their length).")
-def hooks_install(project, local, server, token_file, prompts) -> None:
+@click.option("--no-telemetry", is_flag=True,
+              help="Do not point Claude Code's OpenTelemetry logs (cost, tokens) at the sidecar's /v1/logs.")
+def hooks_install(project, local, server, token_file, prompts, no_telemetry) -> None:
     """Add loop's hooks to Claude Code's settings (~/.claude/settings.json, or $CLAUDE_CONFIG_DIR's).
 
     Keeps every other setting and hook; writes atomically; a second install changes nothing.
@@ -522,13 +524,22 @@ def hooks_install(project, local, server, token_file, prompts) -> None:
     token = Path(token_file).resolve() if token_file else None
     if token is None and os.environ.get("LOOP_TOKEN"):
         token = hi.write_token(os.environ["LOOP_TOKEN"])
+    secret = token.read_text().strip() if token is not None and where.scope != "project" else None
+    telemetry = None if no_telemetry else hi.telemetry_env(server, secret)
     try:
-        changed = hi.install(where, hi.hook_command(emit.resolve(), server.rstrip("/"), token, prompts))
+        changed, conflicts = hi.install(where, hi.hook_command(emit.resolve(), server.rstrip("/"), token, prompts),
+                                        telemetry)
     except (hi.SettingsError, OSError) as e:
         raise _UsageLine(str(e)) from e
     what = "installed in" if changed else "already installed, unchanged:"
     click.echo(f"loop's Claude Code hooks {what} {where.path} ({where.scope}; sidecar {server}; "
                f"prompts: {'text kept' if prompts else 'length only'})")
+    if conflicts:
+        click.echo(f"telemetry not wired: the settings' env already sets {', '.join(conflicts)}; "
+                   f"cost and tokens need Claude Code's OpenTelemetry logs at {server}/v1/logs", err=True)
+    elif token is not None and where.scope == "project" and not no_telemetry:
+        click.echo("telemetry wired without the token (a project's settings are shared); "
+                   "set OTEL_EXPORTER_OTLP_LOGS_HEADERS in --local settings", err=True)
 
 
 @hooks.command(name="uninstall")

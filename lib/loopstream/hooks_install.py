@@ -4,8 +4,11 @@ Install adds, for each hook event formats/hooks.py maps, one command hook that r
 ``loop-emit --hook`` (the hook's JSON on stdin, queued for the sidecar's POST /api/hooks/claude;
 it prints nothing and always exits 0). Every other key and every hook that is not loop's is kept;
 the file is written atomically, and only when it changes, so a second install leaves it byte for
-byte the same. Uninstall removes exactly loop's hooks (and the lists and groups left empty by
-that). A file that is not a JSON object is refused and left untouched.
+byte the same. Install also points Claude Code's OpenTelemetry logs at the sidecar (the settings'
+``env``: ``telemetry_env``) unless told not to, or unless one of those keys is already set to
+something else. Uninstall removes exactly loop's hooks (and the lists and groups left empty by
+that) and the env keys that still hold loop's values. A file that is not a JSON object is refused
+and left untouched.
 
 Where: the user's ``~/.claude/settings.json`` (``$CLAUDE_CONFIG_DIR/settings.json`` when set),
 or a project's ``DIR/.claude/settings.json`` (``--project``) or ``settings.local.json``
@@ -186,16 +189,85 @@ def save(path: Path, settings: dict, old: bytes | None) -> bool:
     return True
 
 
-def install(where: Where, command: str) -> bool:
+def telemetry_env(server: str, token: str | None = None) -> dict[str, str]:
+    """The ``env`` that points Claude Code's OpenTelemetry logs at the sidecar's POST /v1/logs (the
+    logs signal's own variables, so a metrics or traces exporter the user set stays theirs)."""
+    env = {"CLAUDE_CODE_ENABLE_TELEMETRY": "1", "OTEL_LOGS_EXPORTER": "otlp",
+           "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL": "http/protobuf",
+           "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": server.rstrip("/") + "/v1/logs", "OTEL_LOGS_EXPORT_INTERVAL": "5000"}
+    if token:
+        env["OTEL_EXPORTER_OTLP_LOGS_HEADERS"] = f"Authorization=Bearer {token}"
+    return env
+
+
+def telemetry_conflicts(settings: dict, wanted: dict[str, str]) -> list[str]:
+    """The keys of ``wanted`` that the settings' env already sets to something else (left as they are)."""
+    env = settings.get("env")
+    if not isinstance(env, dict):
+        return []
+    return [k for k, v in wanted.items() if k in env and env[k] != v]
+
+
+def with_telemetry(settings: dict, wanted: dict[str, str]) -> dict:
+    out = dict(settings)
+    env = out["env"] = dict(out["env"]) if isinstance(out.get("env"), dict) else {}
+    env.update(wanted)
+    return out
+
+
+def without_telemetry(settings: dict, ours: dict[str, str]) -> dict:
+    """``settings`` without the env keys that still hold loop's values (and without an env left empty)."""
+    env = settings.get("env")
+    if not isinstance(env, dict):
+        return settings
+    kept = {k: v for k, v in env.items() if ours.get(k) != v and not _loop_header(k, v, env, ours)}
+    if len(kept) == len(env):
+        return settings
+    out = dict(settings)
+    if kept:
+        out["env"] = kept
+    else:
+        del out["env"]
+    return out
+
+
+def _loop_header(key: str, value: object, env: dict, ours: dict[str, str]) -> bool:
+    """The token header install wrote (its token is not known at uninstall): beside loop's endpoint."""
+    endpoint = "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"
+    return (key == "OTEL_EXPORTER_OTLP_LOGS_HEADERS" and isinstance(value, str)
+            and value.startswith("Authorization=Bearer ") and env.get(endpoint) == ours.get(endpoint))
+
+
+def server_of(command: str) -> str | None:
+    """The sidecar URL in loop's hook command (its --server argument)."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    return next((words[i + 1] for i, w in enumerate(words[:-1]) if w == "--server"), None)
+
+
+def install(where: Where, command: str, telemetry: dict[str, str] | None = None) -> tuple[bool, list[str]]:
+    """Write loop's hooks (and ``telemetry``'s env unless one of its keys is set otherwise); (written,
+    the conflicting keys that kept telemetry out)."""
     settings, raw = load(where.path)
-    return save(where.path, with_loop(settings, command), raw)
+    new = with_loop(settings, command)
+    conflicts = telemetry_conflicts(settings, telemetry) if telemetry else []
+    if telemetry and not conflicts:
+        new = with_telemetry(new, telemetry)
+    return save(where.path, new, raw), conflicts
 
 
 def uninstall(where: Where) -> bool:
     settings, raw = load(where.path)
-    if raw is None or not installed_commands(settings):
+    found = installed_commands(settings)
+    if raw is None or not found:
         return False
-    return save(where.path, without_loop(settings), raw)
+    server = server_of(next(iter(found.values())))
+    new = without_loop(settings)
+    if server is not None:
+        new = without_telemetry(new, telemetry_env(server))
+    return save(where.path, new, raw)
 
 
 def write_token(token: str, env: Mapping[str, str] | None = None) -> Path:
