@@ -482,7 +482,7 @@ function sessionLive(snap) {
 }
 
 function setSessionState(s, state, ts, waitingFor = null) {
-  if (s.state !== state || s.waiting_for !== waitingFor) s.since = ts;
+  if (s.state !== state) s.since = ts;
   s.state = state;
   s.waiting_for = waitingFor;
 }

@@ -4,7 +4,11 @@ changes nothing."""
 import json
 from pathlib import Path
 
+import pytest
 import requests
+
+from conftest import BACKENDS, wait_for
+from test_notify import Receiver
 
 REAL = Path(__file__).resolve().parent / "agents" / "claude-real"
 JSON = {"Content-Type": "application/json"}
@@ -109,3 +113,22 @@ def test_it_is_guarded_like_every_post(make_server, tmp_path):
     assert server.get("/api/runs/" + p["session_id"],
                       headers={"Authorization": "Bearer s3cret-token-0123456789"}).status_code == 404
     assert post(server, p, headers={"Authorization": "Bearer s3cret-token-0123456789"}).status_code == 201
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+def test_a_session_that_starts_waiting_is_one_notify_message_per_wait(make_server):
+    receiver = Receiver()
+    try:
+        server = make_server("--rate", "0", "--notify", receiver.url)
+        for p in payloads("hooks-interactive.jsonl"):     # a permission wait, then the idle prompt
+            assert post(server, p).status_code == 201
+        # a plain run finishing afterwards: its message comes after any the session caused (one queue)
+        assert server.post([{"type": "task_started", "run": "plain"}, {"type": "task_completed", "run": "plain"}]
+                           ).status_code == 201
+        wait_for(lambda: any(r["body"]["run"] == "plain" for r in receiver.requests), 30, message="the plain run")
+        texts = [r["body"]["text"] for r in receiver.requests]
+        assert texts[:-1] == ["Claude needs you in interactive: Claude needs your permission to use Bash: rm -rf build",
+                              "Claude needs you in interactive: Claude is waiting for your input"]
+        assert receiver.requests[0]["body"]["status"] == "waiting_for_input"   # the session's end: no message
+    finally:
+        receiver.close()

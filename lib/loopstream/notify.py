@@ -1,4 +1,6 @@
-"""Tell someone when a run finishes: one message per finished run to a webhook or an ntfy topic.
+"""Tell someone when a run finishes: one message per finished run to a webhook or an ntfy topic;
+and when a Claude Code session starts waiting for its user (hook sessions: formats/hooks.py), one
+message per wait ("Claude needs you in PROJECT: MESSAGE"). A session that ends is not a run finishing.
 
 ``loop serve --notify URL`` builds a :class:`Notifier`. The sidecar calls
 :meth:`Notifier.finished` when a publish finishes a run; that only builds the
@@ -36,7 +38,8 @@ QUEUE_SIZE = 100
 TIMEOUT = 5.0
 FINISHED = ("passed", "failed", "stopped")
 FINISHING = ("task_completed", "task_stopped")   # the event types that finish a run
-TAGS = {"passed": ["white_check_mark"], "failed": ["x"], "stopped": ["octagonal_sign"]}
+TAGS = {"passed": ["white_check_mark"], "failed": ["x"], "stopped": ["octagonal_sign"], "waiting_for_input": ["bell"]}
+WAITS_KEPT = 1000       # sessions whose last wait told is remembered (so each wait is told once)
 WORDS = {"passed": "passed", "failed": "failed", "stopped": "was stopped"}
 
 
@@ -81,6 +84,17 @@ def message(snap: dict, dashboard_url: str | None = None) -> dict:
             "url": run_link(dashboard_url, str(snap.get("run"))), "text": text}
 
 
+def wait_message(snap: dict, dashboard_url: str | None = None) -> dict:
+    """The JSON message for a Claude Code session that started waiting for its user."""
+    session = snap.get("session") or {}
+    project = session.get("project") or snap.get("task_name") or snap.get("run")
+    waiting_for = session.get("waiting_for") or "it is waiting for you"
+    return {"run": snap.get("run"), "status": "waiting_for_input", "task_name": project, "project": project,
+            "waiting_for": waiting_for, "since": session.get("since"), "cwd": session.get("cwd"),
+            "url": run_link(dashboard_url, str(snap.get("run"))), "title": f"Claude needs you in {project}",
+            "text": f"Claude needs you in {project}: {waiting_for}"}
+
+
 def _duration(seconds: float) -> str:
     s = max(0, int(seconds))
     if s < 60:
@@ -95,7 +109,7 @@ def ntfy_request(topic_url: str, msg: dict) -> tuple[str, dict]:
     parts = urllib.parse.urlsplit(topic_url)
     base, _, topic = parts.path.rstrip("/").rpartition("/")
     root = urllib.parse.urlunsplit((parts.scheme, parts.netloc, base + "/", "", ""))
-    body = {"topic": topic, "title": f"loop: {msg['task_name'] or msg['run']} {msg['status']}",
+    body = {"topic": topic, "title": msg.get("title") or f"loop: {msg['task_name'] or msg['run']} {msg['status']}",
             "message": msg["text"], "tags": TAGS.get(msg["status"], ["loop"]),
             "priority": 3 if msg["status"] == "passed" else 4}
     if msg["url"]:
@@ -119,6 +133,7 @@ class Notifier:
     skipped: int = 0
     _queue: queue.Queue = field(default_factory=lambda: queue.Queue(QUEUE_SIZE))
     _worker: threading.Thread | None = None
+    _waits: dict = field(default_factory=dict)     # run -> the ``since`` of the last wait told
 
     def __post_init__(self) -> None:
         check_target(self.url, self.fmt)
@@ -127,13 +142,20 @@ class Notifier:
         """After a publish, queue a message for every run it finished. The memory broker names
         them and its snapshots are current; a Redis broker's replica folds the events a moment
         later, so for those the worker reads the snapshot once the replica has caught up."""
+        waits = {e.run for e in result.events if e.type == "session_state"}
         if broker.fans_out_on_publish:
             for run in result.finished:
                 self.finished(result.finished_snapshots.get(run) or broker.snapshot(run))
+            for run in waits:
+                msg = self._wait(broker.snapshot(run))
+                if msg is not None:
+                    self._put(msg, run)
             return
         for e in result.events:
             if e.type in FINISHING:
-                self._put(lambda run=e.run: _caught_up_snapshot(broker, run), e.run)
+                self._put(lambda run=e.run: self._finished(_caught_up_snapshot(broker, run)), e.run)
+        for run in waits:
+            self._put(lambda run=run: self._wait(_caught_up_snapshot(broker, run)), run)
 
     def finished(self, snap: dict | None) -> bool:
         """Queue the message for a run that just finished; False when skipped or the queue is full."""
@@ -141,8 +163,26 @@ class Notifier:
             return False
         return self._put(message(snap, self.dashboard_url), snap.get("run"))
 
+    def _finished(self, snap: dict | None) -> dict | None:
+        return message(snap, self.dashboard_url) if snap is not None and self._wanted(snap) else None
+
+    def _wait(self, snap: dict | None) -> dict | None:
+        """The message for a session that is waiting for its user, once per wait (a wait is known by
+        its ``since``); None otherwise."""
+        session = snap.get("session") if snap else None
+        if not isinstance(session, dict) or session.get("state") != "waiting_for_input":
+            return None
+        run = snap.get("run") if snap else None
+        if self._waits.get(run) == session.get("since"):
+            return None
+        self._waits.pop(run, None)
+        self._waits[run] = session.get("since")
+        while len(self._waits) > WAITS_KEPT:
+            self._waits.pop(next(iter(self._waits)))
+        return wait_message(snap, self.dashboard_url) if snap else None
+
     def _wanted(self, snap: dict | None) -> bool:
-        if not snap or snap.get("status") not in FINISHED:
+        if not snap or snap.get("status") not in FINISHED or snap.get("session") is not None:
             return False
         duration = snap.get("elapsed_s")
         if self.min_duration and isinstance(duration, (int, float)) and duration < self.min_duration:
@@ -170,11 +210,10 @@ class Notifier:
             msg = self._queue.get()
             if msg is None:
                 return
-            if callable(msg):   # a snapshot still to be read (Redis)
-                snap = msg()
-                if not self._wanted(snap):
+            if callable(msg):   # a snapshot still to be read (Redis): its message, or None
+                msg = msg()
+                if msg is None:
                     continue
-                msg = message(snap, self.dashboard_url)
             if self.deliver(msg):
                 self.sent += 1
             else:

@@ -571,7 +571,7 @@ def _session_live(snap: dict) -> None:
 
 
 def _set_session_state(s: dict, state: str, ts: Any, waiting_for: str | None = None) -> None:
-    if s["state"] != state or s["waiting_for"] != waiting_for:
+    if s["state"] != state:
         s["since"] = ts
     s["state"] = state
     s["waiting_for"] = waiting_for
