@@ -10,6 +10,8 @@
 
 `--only growth` runs the growth table alone (bench/growth.py; writes docs/bench-growth.png).
 
+`--only hook-latency` runs the Claude Code hook's table alone (bench/hooks.py).
+
 `--only =loop --skip-soak --skip-faults` runs the memory-backend rows of loop alone (latency, ingest,
 capacity after them and on a fresh server).
 """
@@ -480,6 +482,10 @@ def run_extra(name: str, smoke: bool) -> dict:
         from .fsync import fsync_modes
 
         return fsync_modes(smoke)
+    if name == "hook-latency":
+        from .hooks import hook_latency
+
+        return hook_latency(smoke)
     from .growth import growth
 
     return growth(smoke)
@@ -491,12 +497,13 @@ def report_extras(r: dict) -> list[str]:
     from .fsync import report as fsync_report
     from .growth import report as growth_report
     from .history_load import report as history_report
+    from .hooks import report as hooks_report
 
     lines: list[str] = []
     if "dashboard" in r:
         lines += ["", "| what | measured | value | target |", "|---|---|---|---|", dashboard_report(r["dashboard"])]
     for key, fn in (("history_load", history_report), ("firehose", firehose_report), ("fsync", fsync_report),
-                    ("growth", growth_report)):
+                    ("growth", growth_report), ("hook_latency", hooks_report)):
         if key in r:
             lines += fn(r[key])
     return lines
@@ -539,7 +546,7 @@ def main(argv=None) -> None:
         print("· faults", file=sys.stderr, flush=True)
         results["faults"] = {"slow_reader": slow_reader(sizes), "storm": storm(sizes),
                              "restart": restart_resume(), "kill9": kill9_during_run(sizes)}
-    for name in ("dashboard", "history-load", "firehose", "fsync", "growth"):
+    for name in ("dashboard", "history-load", "firehose", "fsync", "growth", "hook-latency"):
         if not args.only or name in args.only.split(","):
             print(f"· {name}", file=sys.stderr, flush=True)
             results[name.replace("-", "_")] = run_extra(name, args.smoke)

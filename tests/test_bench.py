@@ -30,3 +30,14 @@ def test_the_benchmark_smoke_measures_every_server(tmp_path):
     assert all(row["single_per_s"] > 0 and row["concurrent_per_s"] > 0 for row in results["fsync"]["rows"])
     hose = results["firehose"]                                      # the noisy run finished, the hooks delivered
     assert hose["throughput"]["finished"] and hose["overhead"]["exit"] == 0 and hose["hooks"]["delivered_in_order"]
+
+
+def test_the_hook_latency_row_measures_every_case_and_delivers_the_backlog(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--only", "hook-latency", "--out", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    hooks = json.loads((tmp_path / "results.json").read_text())["hook_latency"]
+    assert list(hooks["rows"]) == ["no-op hook (cat >/dev/null)", "loop, sidecar up", "loop, sidecar hung (SIGSTOP)",
+                                   "loop, sidecar down"]
+    assert all(row["calls"] == 30 and 0 < row["p50"] <= row["p99"] for row in hooks["rows"].values())
+    assert hooks["delivered"] and "| loop, sidecar hung (SIGSTOP) |" in r.stdout
