@@ -132,3 +132,34 @@ def test_a_session_that_starts_waiting_is_one_notify_message_per_wait(make_serve
         assert receiver.requests[0]["body"]["status"] == "waiting_for_input"   # the session's end: no message
     finally:
         receiver.close()
+
+
+def test_loop_runs_and_loop_watch_say_the_sessions_state_in_words(server):
+    import subprocess
+    import sys
+
+    from loopstream.view import render_box, runs_table
+    items = payloads("hooks-interactive.jsonl")
+    sid = items[0]["session_id"]
+    for p in items[:4]:                                     # up to the permission request: waiting
+        assert post(server, p).status_code == 201
+    snap = server.get(f"/api/runs/{sid}").json()
+    [header, row] = runs_table(server.get("/api/runs").json()["runs"], 160)
+    assert row.split()[:2] == [sid, "waiting"]
+    assert row.endswith("interactive · waiting for you: Claude needs your permission to use Bash: rm -rf build")
+    box = "\n".join(render_box(snap, width=160, now=snap["updated_at"]))
+    assert "Session: waiting for you — Claude needs your permission to use Bash: rm -rf build (in /tmp/" in box
+    watch = subprocess.Popen([sys.executable, "-m", "loopstream", "watch", sid, "--server", server.url],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)    # piped: plain lines
+    wait_for(lambda: "loop_subscribers 1" in server.get("/metrics").text, 30, message="loop watch following")
+    for p in items[4:]:
+        assert post(server, p).status_code == 201
+    out, err = watch.communicate(timeout=60)
+    assert watch.returncode == 0, err
+    flat = " ".join(out.split())
+    assert "session_state waiting for you: Claude needs your permission" in flat      # the Notification's wait
+    assert "tool_result ✓ Bash:" in flat and "session_state idle" in flat
+    assert "session_ended session ended (prompt_input_exit)" in flat
+    final = subprocess.run([sys.executable, "-m", "loopstream", "watch", sid, "--server", server.url],
+                           capture_output=True, text=True, timeout=60).stdout
+    assert "Session: ended (in /tmp/loop-agents-demo/claude/interactive)" in final

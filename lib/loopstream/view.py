@@ -218,6 +218,9 @@ def _header_texts(snap: dict, inner: int) -> list[str]:
     ended = exit_line(snap)
     if ended:
         texts.append(ended)
+    session = session_line(snap)
+    if session:
+        texts.append(session)
     percent = snap.get("percent") or 0
     counts_text = f"{done}/{total} stories" if total else f"{percent:.0f}%"
     bar_width = max(10, min(40, inner - 12 - len(counts_text) - 3))
@@ -307,6 +310,32 @@ AGENT_LINES = {
     "subagent_completed": lambda d: f"subagent {d.get('id')} {d.get('state')}: {d.get('summary') or ''}",
 }
 
+# A Claude Code session's own events (formats/hooks.py, otlp_in.py), one line each, as the agent's are.
+SESSION_WORDS = {"working": "working", "waiting_for_input": "waiting", "idle": "idle", "ended": "ended"}
+SESSION_LINES = {
+    "session_started": lambda d: f"session started ({d.get('source') or '?'}) in {d.get('cwd') or '?'}",
+    "session_state": lambda d: (f"waiting for you: {d.get('waiting_for') or ''}"
+                                if d.get("state") == "waiting_for_input" else str(d.get("state"))),
+    "session_subagent": lambda d: f"subagent {d.get('agent_id')} ({d.get('agent_type') or '?'}) {d.get('state')}",
+    "session_ended": lambda d: f"session ended ({d.get('reason') or '?'})",
+    "agent_usage": lambda d: f"{d.get('requests')} API requests cost={money(d.get('cost_usd')) or 'unknown'} "
+                             f"tokens={d.get('input_tokens')}/{d.get('output_tokens')}",
+}
+AGENT_LINES.update(SESSION_LINES)
+
+
+def session_line(snap: dict) -> str | None:
+    """A Claude Code session's state in words: "Session: waiting for you — MESSAGE (in CWD)"."""
+    s = snap.get("session")
+    if not isinstance(s, dict):
+        return None
+    state = s.get("state")
+    words = f"waiting for you — {field(s.get('waiting_for'))}" if state == "waiting_for_input" else field(state)
+    where = f" (in {field(s.get('cwd'))})" if s.get("cwd") else ""
+    subs: Any = s.get("subagents") if isinstance(s.get("subagents"), list) else []
+    running = len([x for x in subs if isinstance(x, dict) and x.get("state") == "running"])
+    return f"Session: {words}{where}" + (f", {running} subagent{'s' if running > 1 else ''} running" if running else "")
+
 
 def _stamp(ts: Any) -> str:
     try:
@@ -384,7 +413,8 @@ def _count(value: object) -> int | float:
 
 
 STATUS_SGR = {"passed": "32", "failed": "31", "running": "33", "paused": "33",   # green, red, yellow
-              "stopped": "35", "interrupted": "35"}                            # magenta
+              "stopped": "35", "interrupted": "35",                            # magenta
+              "waiting": "1;33", "working": "33", "idle": "2", "ended": "32"}  # a session's: bold yellow, dim
 
 
 def _cell(text: str, width: int, right: bool = False) -> str:
@@ -409,8 +439,13 @@ def _run_cells(r: dict) -> tuple[str, str, str, str, str]:
     else:
         done = f"{_count(r.get('percent')):.0f}%" if r.get("progress") else "—"
     elapsed = r.get("elapsed_s")
-    return (field(r.get("run")), field(r.get("status")), done,
-            duration(_count(elapsed) if elapsed is not None else None), field(r.get("task_name")))
+    status, task = field(r.get("status")), field(r.get("task_name"))
+    session = r.get("session")
+    if isinstance(session, dict):          # a Claude Code session: its state in words
+        status = SESSION_WORDS.get(str(session.get("state")), status)
+        if session.get("state") == "waiting_for_input":
+            task = f"{task} · waiting for you: {field(session.get('waiting_for'))}"
+    return (field(r.get("run")), status, done, duration(_count(elapsed) if elapsed is not None else None), task)
 
 
 def runs_table(rows: list[dict], width: int, color: bool = False) -> list[str]:
