@@ -1,8 +1,10 @@
 // Telling a person what matters without making them watch: the tab's title and favicon carry the
-// selected run's state, status changes are announced to screen readers (aria-live), and a watched
-// run that finishes, fails or stalls while the tab is hidden raises one desktop notification,
+// selected run's state (after the count of Claude Code sessions waiting for their user: "2 waiting · "),
+// status changes are announced to screen readers (aria-live), and a watched run that finishes, fails
+// or stalls, or a session that starts waiting, while the tab is hidden raises one desktop notification,
 // once per run and event across all tabs (a Web Lock serialises the check in localStorage).
 import { $, setText } from "./dom.js";
+import { waitingPrefix } from "./sessions.js";
 
 const TITLE_MARK = { passed: "✅", failed: "❌", stopped: "⛔", paused: "⏸", interrupted: "⚠", running: "⏳" };
 const ICON_COLOUR = { passed: "#137333", failed: "#b3261e", stopped: "#b3261e", interrupted: "#b3261e",
@@ -36,8 +38,9 @@ export function faviconFor(snap) {
 }
 
 export class Alerts {
-  constructor({ server, locks = globalThis.navigator?.locks }) {
+  constructor({ server, locks = globalThis.navigator?.locks, waiting = () => 0 }) {
     this.server = server;
+    this.waiting = waiting;        // how many Claude Code sessions wait for their user (the title says it)
     this.locks = locks;
     this.lastStatus = new Map();   // run -> status last announced
     this.icon = "";
@@ -45,7 +48,7 @@ export class Alerts {
 
   // Title and favicon for the selected run (called on every draw; writes only on change).
   show(snap) {
-    const title = titleFor(snap);
+    const title = waitingPrefix(this.waiting()) + titleFor(snap);
     if (document.title !== title) document.title = title;
     const icon = faviconFor(snap);
     if (icon !== this.icon) {

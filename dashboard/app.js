@@ -8,6 +8,7 @@ import { Alerts } from "./alerts.js";
 import { $, fromTemplate, keyed, setAttr, setHidden, setText } from "./dom.js";
 import { OutputView } from "./output.js";
 import { AgentPanel, describeAgent, looping, withAgentSummary } from "./agent.js";
+import { sessionStatus, startsWaiting, waitingCount } from "./sessions.js";
 
 const query = new URLSearchParams(location.search);
 const fragment = new URLSearchParams(location.hash.slice(1));
@@ -39,7 +40,7 @@ let follow = true;
 let pending = false;
 let outage = null;
 let loaded = false;                // the first snapshots arrived: later new runs get a notice
-const alerts = new Alerts({ server });
+const alerts = new Alerts({ server, waiting: () => waitingCount(runs.values()) });
 const agentPanel = new AgentPanel({ request: (path) => request(path), onChange: () => render() });
 
 // -- talking to the sidecar ------------------------------------------------------------
@@ -84,11 +85,13 @@ function onEvent(event) {
   const wasLive = before ? isLive(before) || before.status === "interrupted" : true;
   const fresh = !before && !summaries.has(event.run);
   const statusBefore = before?.status;
+  const sessionBefore = { session: { state: before?.session?.state } };   // apply() changes `before` in place
   const snap = apply(before ?? null, event);
   runs.set(event.run, snap);
   agentPanel.onEvent(event);
   if (wasLive && FINISHED.includes(snap.status)) transcripts.delete(event.run);
   if (fresh || (event.type === "task_started" && before && !isLive(before))) noticeNewRun(snap);
+  if (startsWaiting(sessionBefore, snap)) noticeWaiting(snap);
   if (event.run === selected) {
     if (event.type === "output" && typeof event.data?.text === "string" && event.data.text) {
       outputChunks.push(event.data.text);
@@ -111,7 +114,7 @@ function showAlerts(snap) {
 // A watched run finished, failed or stalled: a desktop notification when the tab is hidden.
 function watch(snap, event, statusBefore) {
   const name = snap.task_name || snap.run;
-  if (FINISHED.includes(snap.status) && statusBefore !== snap.status) {
+  if (FINISHED.includes(snap.status) && statusBefore !== snap.status && !snap.session) {   // a session's end: no
     alerts.notify(snap.run, `finished ${snap.finished_at}`, `${name}: ${snap.status}`, outcome(snap));
   } else if (event.type === "story_stalled") {
     const d = event.data || {};
@@ -122,6 +125,15 @@ function watch(snap, event, statusBefore) {
     alerts.notify(snap.run, `looping ${event.id}`, `${name}: an agent is going in circles`,
       `${String(d.story_id ?? "agent")}: ${looping(d)}`);
   }
+}
+
+// A Claude Code session started waiting for its user: one desktop notification per wait, whichever
+// run is selected (the title's count says it too).
+function noticeWaiting(snap) {
+  const s = snap.session;
+  alerts.notify(snap.run, `waiting ${s.since}`, `Claude needs you in ${s.project || snap.task_name || snap.run}`,
+    String(s.waiting_for || ""));
+  if (snap.run !== selected) showAlerts(runs.get(selected) ?? null);
 }
 
 function noticeNewRun(snap) {
@@ -338,10 +350,12 @@ function drawRunList({ rows }) {
   }, (li, r) => {
     setHidden(li.querySelector(".badge.live"), r.status !== "running");
     const status = li.querySelector(".run-status");
-    setText(status, r.status);
-    setAttr(status, "data-status", r.status);
+    const session = sessionStatus(r);             // a Claude Code session: its state in words
+    setText(status, session ? session.word : r.status);
+    setAttr(status, "data-status", session ? session.key : r.status);
+    setAttr(li, "data-waiting", session?.key === "waiting" ? "" : null);
     setText(li.querySelector(".run-percent"), reportsProgress(r) ? ` · ${Math.round(r.percent || 0)}%` : "");
-    setText(li.querySelector(".run-task"), r.task_name || "");
+    setText(li.querySelector(".run-task"), session ? session.task : r.task_name || "");
     setAttr(li.querySelector("button"), "aria-current", String(r.run === selected));
   });
 }
