@@ -8,7 +8,7 @@ import { Alerts } from "./alerts.js";
 import { $, fromTemplate, keyed, setAttr, setHidden, setText } from "./dom.js";
 import { OutputView } from "./output.js";
 import { AgentPanel, describeAgent, looping, withAgentSummary } from "./agent.js";
-import { sessionStatus, startsWaiting, waitingCount } from "./sessions.js";
+import { sessionLine, sessionStatus, startsWaiting, waitingCount } from "./sessions.js";
 
 const query = new URLSearchParams(location.search);
 const fragment = new URLSearchParams(location.hash.slice(1));
@@ -373,8 +373,11 @@ function drawHead({ snap }) {
   setHidden($("run-command"), command === null || command === title);
   setText($("run-command").querySelector("code"), command ?? "");
   const status = $("run-status");
-  setText(status, snap.status);
-  setAttr(status, "data-status", snap.status);
+  const session = sessionStatus(snap);
+  setText(status, session ? session.word : snap.status);
+  setAttr(status, "data-status", session ? session.key : snap.status);
+  setHidden($("run-session"), !session);
+  setText($("run-session"), session ? sessionLine(snap.session) : "");
 }
 
 function drawProgress({ snap }) {
@@ -416,6 +419,7 @@ function drawCounts({ snap }) {
 
 function drawControls({ snap }) {
   if (!snap) return;
+  for (const id of ["pause", "resume", "stop"]) setHidden($(id), Boolean(snap.session));   // Claude Code does not listen
   const live = isLive(snap);
   const control = snap.control || {};
   $("pause").disabled = busy.has("pause") || !(snap.status === "running" && !control.pause_requested) || Boolean(control.stop_requested);

@@ -35,3 +35,14 @@ export function waitingPrefix(n) {
 export function startsWaiting(before, after) {
   return after?.session?.state === "waiting_for_input" && before?.session?.state !== "waiting_for_input";
 }
+
+// The selected session's line under its title: where it runs, what it waits for, its subagents.
+export function sessionLine(s) {
+  const parts = [`Claude Code session in ${String(s.cwd ?? "?")}`];
+  if (s.state === "waiting_for_input") parts.push(`waiting for you: ${String(s.waiting_for ?? "")}`);
+  if (s.model) parts.push(String(s.model));
+  const subs = Array.isArray(s.subagents) ? s.subagents : [];
+  const running = subs.filter((x) => x?.state === "running").length;
+  if (subs.length) parts.push(`${subs.length} subagent${subs.length > 1 ? "s" : ""}${running ? ` (${running} running)` : ""}`);
+  return parts.join(" · ");
+}

@@ -59,6 +59,14 @@ def test_sessions_in_the_run_list_the_title_count_and_one_notification_per_wait(
         hook(server, {**items[4], "session_id": "evil-session", "message": EVIL})
         until(browser, lambda: browser.title.startswith("2 waiting · "), message="two waiting")
         assert row(browser, "evil-session")["task"].endswith(EVIL) and js(browser, "return window.pwned") is None
+        js(browser, "[...document.querySelectorAll('#run-list li')].find(li => li.querySelector('.run-name')"
+                    ".textContent === arguments[0]).querySelector('button').click()", sid)
+        until(browser, lambda: js(browser, "return document.getElementById('run-session').textContent") ==
+              "Claude Code session in /tmp/loop-agents-demo/claude/interactive · waiting for you: "
+              "Claude needs your permission · claude-opus-5-5", message="the session's line")
+        assert js(browser, "return document.getElementById('run-status').textContent") == "waiting for you"
+        assert js(browser, "return ['pause', 'resume', 'stop'].map(id => document.getElementById(id).hidden)") == \
+            [True, True, True]                                # Claude Code does not listen to loop's control
         shot(browser, "sessions-waiting")
         for p in items[5:]:                                   # approved, done, idle prompt (a new wait), /exit
             hook(server, p)

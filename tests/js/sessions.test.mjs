@@ -4,7 +4,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 
 import { apply } from "../../dashboard/state.js";
-import { sessionStatus, startsWaiting, waitingCount, waitingPrefix } from "../../dashboard/sessions.js";
+import { sessionLine, sessionStatus, startsWaiting, waitingCount, waitingPrefix } from "../../dashboard/sessions.js";
 
 const ev = (n, type, data, run = "s1") => ({ id: `1-${n}`, type, run, ts: n, data });
 
@@ -48,4 +48,13 @@ test("the tab title counts the live sessions waiting", () => {
   assert.equal(waitingCount([a, b, ended, { run: "plain", status: "running" }]), 2);
   assert.equal(waitingPrefix(2), "2 waiting · ");
   assert.equal(waitingPrefix(0), "");
+});
+
+test("the selected session's line: where, what it waits for, the model, its subagents", () => {
+  const snap = fold([...SESSION.slice(0, 4),
+    ev(9, "session_subagent", { agent_id: "a1", agent_type: "Explore", state: "running" }),
+    ev(10, "session_subagent", { agent_id: "a2", agent_type: "Plan", state: "done" })]).at(-1);
+  assert.equal(sessionLine(snap.session),
+    "Claude Code session in /src/shop · waiting for you: Claude needs your permission to use Bash · 2 subagents (1 running)");
+  assert.equal(sessionLine({ cwd: "/x", state: "idle", model: "opus", subagents: [] }), "Claude Code session in /x · opus");
 });
