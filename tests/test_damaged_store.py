@@ -197,12 +197,17 @@ def huge_epoch(raw):
     raw["meta"]["1"]["epoch"] = 10**25
 
 
+def superscript_row(raw):
+    raw["index"]["\u00b2"] = next(iter(raw["index"].values()))   # "²".isdigit(), but int("²") raises
+
+
 PROBE_CASES = {
     "history.json is []": ("history.json", lambda root: b"[]"),
     "history.json nested 100,000 deep": ("history.json", lambda root: DEEP.encode()),
     "NaN in one summary": ("history.json", lambda root: index_with(root, nan_summary)),
     "updated_at a string": ("history.json", lambda root: index_with(root, text_updated_at)),
     "an epoch of 10^25": ("history.json", lambda root: index_with(root, huge_epoch)),
+    "an index row numbered \u00b2": ("history.json", lambda root: index_with(root, superscript_row)),
     "a finished run's file nested deep": ("finished/done1.json", lambda root: DEEP.encode()),
     "a finished run's file with NaN": ("finished/done1.json",
                                        lambda root: (root / "finished/done1.json").read_bytes()

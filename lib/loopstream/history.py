@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections import OrderedDict, deque
@@ -192,7 +193,7 @@ def _table(value: Any, problems: list[str], name: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         problems.append(f"its {name} table is not an object")
         return {}
-    table = {k: v for k, v in value.items() if k.isdigit() and len(k) < 10}
+    table = {k: v for k, v in value.items() if re.fullmatch(r"[0-9]{1,9}", k)}   # not "²": int() refuses it
     if len(table) < len(value):
         problems.append(f"its {name} table has {len(value) - len(table)} rows that are not numbered")
     return table
