@@ -50,6 +50,13 @@ def test_a_forged_or_expired_cookie_and_a_trade_without_the_token_are_refused(ma
     assert r.status_code == 401 and "Set-Cookie" not in r.headers
 
 
+def test_a_cookie_whose_expiry_is_not_ascii_digits_is_a_401_not_a_500(make_server):
+    server = make_server("--rate", "0", env={"LOOP_TOKEN": TOKEN})
+    name = trade(server).cookies.keys()[0]
+    for value in ("\xb2.abc", "\u00b9\u00b2.abc"):      # "²".isdigit() is True; int("²") raises
+        assert server.get("/api/runs", headers={"Cookie": f"{name}={value}"}).status_code == 401
+
+
 def test_the_token_file_is_read_and_a_command_line_token_warns(make_server, tmp_path):
     path = tmp_path / "token"
     path.write_text(TOKEN + "\n")
