@@ -57,6 +57,15 @@ def test_a_cookie_whose_expiry_is_not_ascii_digits_is_a_401_not_a_500(make_serve
         assert server.get("/api/runs", headers={"Cookie": f"{name}={value}"}).status_code == 401
 
 
+def test_a_session_cookie_cannot_renew_itself_only_the_bearer_token_buys_one(make_server):
+    server = make_server("--rate", "0", env={"LOOP_TOKEN": TOKEN})
+    jar = trade(server).cookies
+    same_origin = {"Origin": server.url, "Content-Type": "application/json"}
+    r = requests.post(server.url + "/api/session", cookies=jar, headers=same_origin, data="{}", timeout=5)
+    assert r.status_code == 401 and "Set-Cookie" not in r.headers
+    assert server.get("/api/runs", cookies=jar).status_code == 200     # the cookie itself still works
+
+
 def test_the_token_file_is_read_and_a_command_line_token_warns(make_server, tmp_path):
     path = tmp_path / "token"
     path.write_text(TOKEN + "\n")

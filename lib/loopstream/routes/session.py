@@ -15,7 +15,7 @@ import time
 
 from flask import Blueprint, Response, request
 
-from ..guard import SESSION_TTL, make_session, session_cookie_name
+from ..guard import SESSION_TTL, make_session, session_cookie_name, token_ok
 from .common import error, hub
 
 bp = Blueprint("session", __name__)
@@ -26,8 +26,11 @@ def start_session() -> Response:
     token = hub().config.token
     if not token:
         return error(404, "no_token", "this sidecar has no token: nothing to trade", "token")
+    if not token_ok(token, request.headers.get("Authorization", "")):
+        # the guard also passes the session cookie: a cookie must not buy itself a new expiry
+        return error(401, "unauthorized", "a session is bought with the bearer token: send "
+                                          "'Authorization: Bearer TOKEN'", headers={"WWW-Authenticate": "Bearer"})
     resp = Response(status=204)
-    # the guard let this request through only with the bearer token (routes/hooks.py)
     resp.set_cookie(session_cookie_name(token), make_session(token, time.time()), max_age=int(SESSION_TTL),
                     path="/", httponly=True, samesite="Strict", secure=request.is_secure)
     resp.headers["Cache-Control"] = "no-store"
