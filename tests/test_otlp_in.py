@@ -135,3 +135,54 @@ def test_the_opentelemetry_sdks_own_exporter(server):
     snap = server.get("/api/runs/sdk-session").json()
     assert snap["cost_usd"] == 0.5 and snap["input_tokens"] == 2000 and snap["agent"]["model"] == "claude-sonnet"
     assert snap["error_count"] == 2 and snap["last_error"]["error_message"] == "529 overloaded"
+
+
+def _body(records: list[dict]) -> bytes:
+    """An OTLP/JSON logs body of claude_code.api_request records with these attributes."""
+    def attr(k, v):
+        kind = "stringValue" if isinstance(v, str) else "doubleValue" if isinstance(v, float) else "intValue"
+        return {"key": k, "value": {kind: v}}
+    logs = [{"body": {"stringValue": "claude_code.api_request"}, "attributes": [attr(k, v) for k, v in r.items()]}
+            for r in records]
+    return json.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": logs}]}]}).encode()
+
+
+def test_sums_past_any_bound_are_held_at_it_never_a_500(server):
+    huge = [{"session.id": "s-huge", "input_tokens": 10**12, "output_tokens": 1, "cost_usd": 999999.0}] * 1001
+    r = post(server, "/v1/logs", _body(huge))
+    assert r.status_code == 200, r.text
+    snap = server.get("/api/runs/s-huge").json()
+    assert snap["input_tokens"] == 10**12 and snap["cost_usd"] <= 1_000_000
+
+
+def test_one_body_reports_at_most_a_hundred_sessions_the_rest_dropped(server):
+    many = [{"session.id": f"s-{i}", "input_tokens": 1, "output_tokens": 1} for i in range(150)]
+    assert post(server, "/v1/logs", _body(many)).status_code == 200
+    runs = {r["run"] for r in server.get("/api/runs").json()["runs"]}
+    assert len({f"s-{i}" for i in range(150)} & runs) == 100
+
+
+def test_a_large_body_is_decoded_off_the_loop_while_the_sidecar_answers_others(server):
+    import threading
+    import time
+
+    body = gzip.compress(_body([{"session.id": "s-big", "input_tokens": 1, "output_tokens": 1, "model": "m" * 40}]
+                               * 10_000))
+    assert len(body) < 1 << 20
+    finished: dict = {}
+
+    def send():
+        finished["status"] = post(server, "/v1/logs", body, **{"Content-Encoding": "gzip"}).status_code
+        finished["at"] = time.monotonic()
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    answered = []
+    while sender.is_alive() and len(answered) < 50:     # asked while the big body is being decoded
+        assert server.get("/healthz").status_code == 200
+        answered.append(time.monotonic())
+    sender.join(60)
+    assert finished["status"] == 200
+    # a decode on the worker's loop would hold every answer until the body was done: here some came first
+    assert answered and answered[0] < finished["at"] - 0.1, (answered[:3], finished)
+    assert server.get("/api/runs/s-big").json()["input_tokens"] == 10_000

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .events import RUN_RE
-from .formats.common import MAX_SUMMARY, cost, count, name, one_line
+from .formats.common import MAX_COST, MAX_COUNT, MAX_SUMMARY, cost, count, name, one_line
 
-MAX_DECODED = 16 << 20      # bytes of a gunzipped body
+MAX_DECODED = 4 << 20       # bytes of a gunzipped body (as much as the route takes unzipped)
 MAX_ERRORS = 20             # api_error events from one body (the rest are counted)
+MAX_SESSIONS = 100          # (session, agent) pairs one body may report: the rest are counted and dropped
 USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens")
 
 
@@ -118,27 +119,33 @@ def session_usage(request: Any) -> Usage:
                         "claude_code.api_request", "claude_code.api_error"):
                     usage.dropped += 1
                     continue
+                if kind == "claude_code.api_request" and not _add_request(totals, run, attrs):
+                    usage.dropped += 1
+                    continue
                 usage.used += 1
-                if kind == "claude_code.api_request":
-                    _add_request(totals, run, attrs)
-                elif errors < MAX_ERRORS:
+                if kind == "claude_code.api_error" and errors < MAX_ERRORS:
                     errors += 1
                     usage.events.append((run, "error_occurred", _api_error(attrs)))
     usage.events[:0] = [(run, "agent_usage", data) for (run, _), data in totals.items()]
     return usage
 
 
-def _add_request(totals: dict, run: str, attrs: dict) -> None:
+def _add_request(totals: dict, run: str, attrs: dict) -> bool:
+    """Add one api_request to its (session, agent) total; False when the body already named
+    MAX_SESSIONS others. Sums stay within the bounds every event's numbers keep."""
     agent = name(attrs.get("agent_id"))
+    if (run, agent) not in totals and len(totals) >= MAX_SESSIONS:
+        return False
     data = totals.setdefault((run, agent), {"model": None, "cost_usd": None, "requests": 0,
                                             **dict.fromkeys(USAGE_KEYS, 0), **({"agent_id": agent} if agent else {})})
-    data["requests"] += 1
+    data["requests"] = min(MAX_COUNT, data["requests"] + 1)
     data["model"] = name(attrs.get("model")) or data["model"]
     dollars = cost(_number(attrs.get("cost_usd")))
     if dollars is not None:
-        data["cost_usd"] = (data["cost_usd"] or 0) + dollars
+        data["cost_usd"] = min(MAX_COST, (data["cost_usd"] or 0) + dollars)
     for key in USAGE_KEYS:
-        data[key] += count(_number(attrs.get(key))) or 0
+        data[key] = min(MAX_COUNT, data[key] + (count(_number(attrs.get(key))) or 0))
+    return True
 
 
 def _api_error(attrs: dict) -> dict:

@@ -24,11 +24,11 @@ MAX_OTLP_BODY = 4 << 20     # bytes as sent: an exporter's batch of 512 records 
 def post_logs() -> Response:
     h = hub()
     try:
-        usage = session_usage(decode_logs(otlp_body(), request.headers.get("Content-Type")))
-    except OtlpError as e:
+        usage = off_the_loop(read_logs, otlp_body(), request.headers.get("Content-Type"))
+        drafts = [ev.validate_one({"type": t, "run": run, "data": data}) for run, t, data in usage.events]
+    except (OtlpError, ev.EventError) as e:
         h.metrics.reject("invalid")
         return error(400, "bad_request", str(e), "body")
-    drafts = [ev.validate_one({"type": t, "run": run, "data": data}) for run, t, data in usage.events]
     if drafts:
         h.admit(drafts, True, client_addr())
         h.publish(drafts)
@@ -43,6 +43,22 @@ def post_metrics() -> Response:
         hub().metrics.reject("invalid")
         return error(400, "bad_request", str(e), "body")
     return answer()
+
+
+def read_logs(body: bytes, content_type: str | None):
+    return session_usage(decode_logs(body, content_type))
+
+
+def off_the_loop(fn, *args):
+    """``fn(*args)`` in gevent's thread pool under `loop serve` (protobuf's JSON parser is pure Python:
+    a large body must not stall every stream and POST of the worker); directly elsewhere."""
+    from gevent.monkey import is_module_patched
+
+    if not is_module_patched("threading"):
+        return fn(*args)
+    import gevent
+
+    return gevent.get_hub().threadpool.apply(fn, args)
 
 
 def answer() -> Response:
