@@ -103,6 +103,13 @@ def test_telemetry_is_wired_unless_told_not_or_already_set_otherwise(home, monke
     assert loop("hooks", "uninstall").returncode == 0
     assert json.loads(path.read_text()) == {"env": {"OTEL_LOGS_EXPORTER": "console"}}
     path.unlink()
+    assert loop("hooks", "install", "--server", "http://127.0.0.1:1").returncode == 0
+    r = loop("hooks", "install", "--server", "http://127.0.0.1:2")        # another sidecar: loop's own values move
+    assert r.returncode == 0 and "telemetry not wired" not in r.stderr
+    settings = json.loads(path.read_text())
+    assert settings["env"]["OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"] == "http://127.0.0.1:2/v1/logs"
+    assert {c for cs in commands(settings).values() for c in cs} == {installed_command_for(settings)}
+    path.unlink()
     monkeypatch.setenv("LOOP_TOKEN", "tok-0123456789abcdef")
     assert loop("hooks", "install", "--server", "http://127.0.0.1:9").returncode == 0
     settings = json.loads(path.read_text())
@@ -112,6 +119,11 @@ def test_telemetry_is_wired_unless_told_not_or_already_set_otherwise(home, monke
     assert "tok-0123456789abcdef" not in json.dumps(settings["hooks"])     # the command names the file
     assert loop("hooks", "uninstall").returncode == 0
     assert json.loads(path.read_text()) == {}
+
+
+def installed_command_for(settings: dict) -> str:
+    [cmd] = {c for cs in commands(settings).values() for c in cs if "--server http://127.0.0.1:2" in c}
+    return cmd
 
 
 def test_a_settings_file_that_is_not_json_is_refused_naming_the_place_and_left_untouched(home):
@@ -128,6 +140,10 @@ def test_a_settings_file_that_is_not_json_is_refused_naming_the_place_and_left_u
     path.write_text('["a list"]')
     r = loop("hooks", "install")
     assert r.returncode == 2 and "not a JSON object" in r.stderr and path.read_text() == '["a list"]'
+    odd = '{"hooks": {"Stop": "not a list"}}'
+    path.write_text(odd)
+    r = loop("hooks", "install")
+    assert r.returncode == 2 and "not an object of lists" in r.stderr and path.read_text() == odd
 
 
 def test_project_and_local_settings_and_status(home):

@@ -89,8 +89,10 @@ def load(path: Path) -> tuple[dict, bytes | None]:
                             "fix it, then run this again; nothing was changed") from e
     if not isinstance(settings, dict):
         raise SettingsError(f"{path}: not a JSON object (it holds a {type(settings).__name__}); nothing was changed")
-    if not isinstance(settings.get("hooks", {}), dict):
-        raise SettingsError(f"{path}: \"hooks\" is not an object; fix it, then run this again; nothing was changed")
+    hooks = settings.get("hooks", {})
+    if not isinstance(hooks, dict) or not all(isinstance(v, list) for v in hooks.values()):
+        raise SettingsError(f"{path}: \"hooks\" is not an object of lists; fix it, then run this again; "
+                            "nothing was changed")
     return settings, raw
 
 
@@ -201,11 +203,16 @@ def telemetry_env(server: str, token: str | None = None) -> dict[str, str]:
 
 
 def telemetry_conflicts(settings: dict, wanted: dict[str, str]) -> list[str]:
-    """The keys of ``wanted`` that the settings' env already sets to something else (left as they are)."""
+    """The keys of ``wanted`` that the settings' env already sets to something else (left as they are);
+    what an earlier install wrote (for another sidecar, another token) is loop's to change."""
     env = settings.get("env")
     if not isinstance(env, dict):
         return []
-    return [k for k, v in wanted.items() if k in env and env[k] != v]
+    found = installed_commands(settings)
+    server = server_of(next(iter(found.values()))) if found else None
+    before = telemetry_env(server) if server else {}
+    return [k for k, v in wanted.items()
+            if k in env and env[k] != v and env[k] != before.get(k) and not _loop_header(k, env[k], env, before)]
 
 
 def with_telemetry(settings: dict, wanted: dict[str, str]) -> dict:
