@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from conftest import Server, Subscriber, wait_for
 from loopstream import events as ev
 from loopstream import stored
+from loopstream.broker import StoreRefused
 from loopstream.config import Config
 from loopstream.history import History
 from loopstream.hub import Hub, Refused
@@ -540,3 +541,23 @@ def test_serve_fsync_always_answers_every_post_and_shares_fsyncs(tmp_path):
     finally:
         server.stop()
     assert os.path.exists(tmp_path / "history.json")
+
+
+def test_a_write_redis_refuses_for_another_reason_than_the_type_moves_nothing_aside(redis_server):
+    redis_server.command("FLUSHALL")
+    r = Redis(redis_server.url)
+    hub = redis_hub(redis_server.url)
+    try:
+        hub.publish([ev.Draft("progress", "kept", {"percent": 1})])
+    finally:
+        hub.close()
+    r("ACL", "SETUSER", "norpush", "on", ">pw", "~*", "&*", "+@all", "-rpush")   # an error that is not WRONGTYPE
+    refused = redis_hub(redis_server.url.replace("redis://", "redis://norpush:pw@"))
+    try:
+        with pytest.raises(StoreRefused):
+            refused.publish([ev.Draft("progress", "kept", {"percent": 2})])
+    finally:
+        refused.close()
+        r("ACL", "DELUSER", "norpush")
+    assert [k for k in r("KEYS", "loop:*") if b".damaged-" in k] == []
+    assert r("LLEN", "loop:transcript:kept") == 1

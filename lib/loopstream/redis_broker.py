@@ -79,9 +79,16 @@ local function told(why)
   if #moved == 0 then return why end
   return why .. (why == '' and '' or '; ') .. 'moved ' .. table.concat(moved, ', ')
 end
+-- an error reply from pcall: WRONGTYPE moves the key aside (true); any other (OOM, NOPERM) is raised
+local function wrong_type(key, r)
+  if type(r) ~= 'table' or not r.err then return false end
+  if not string.find(r.err, 'WRONGTYPE', 1, true) then error(r) end
+  aside(key)
+  return true
+end
 local function get(key)
   local v = redis.pcall('GET', key)
-  if type(v) == 'table' and v.err then aside(key) return false end
+  if wrong_type(key, v) then return false end
   return v
 end
 local function sound(text, least)
@@ -130,7 +137,7 @@ local epoch, why = head()
 local ids = {}
 local function push(key, value)
   local r = redis.pcall('RPUSH', key, value)
-  if type(r) == 'table' and r.err then aside(key) redis.call('RPUSH', key, value) end
+  if wrong_type(key, r) then redis.call('RPUSH', key, value) end
 end
 for i = 3, #ARGV, 2 do
   local run, payload = ARGV[i], ARGV[i + 1]
@@ -145,7 +152,7 @@ for i = 3, #ARGV, 2 do
   end
   push(ARGV[2] .. 'transcript:' .. run, '{"id":"' .. id .. '",' .. string.sub(payload, 2))
   local r = redis.pcall('SADD', KEYS[4], run)
-  if type(r) == 'table' and r.err then aside(KEYS[4]) redis.call('SADD', KEYS[4], run) end
+  if wrong_type(KEYS[4], r) then redis.call('SADD', KEYS[4], run) end
   ids[#ids + 1] = id
 end
 return {told(why), unpack(ids)}
