@@ -8,6 +8,8 @@ import pytest
 import requests
 
 from conftest import BACKENDS, wait_for
+from loopstream.events import MAX_BATCH
+from loopstream.routes.claude_hooks import hook_drafts
 from test_notify import Receiver
 
 REAL = Path(__file__).resolve().parent / "agents" / "claude-real"
@@ -77,6 +79,16 @@ def test_what_it_cannot_use_is_a_400_naming_the_field_and_changes_nothing(server
     assert post(server, big).status_code == 413
     assert server.get("/api/events").json()["cursor"] == before
     assert server.get("/api/runs/s1").status_code == 404
+
+
+def test_payloads_that_make_more_events_than_a_batch_holds_are_a_400(server):
+    stop = {"session_id": "s2", "hook_event_name": "Stop", "last_assistant_message": "x"}   # two events
+    assert len(hook_drafts(stop, False)) == 2
+    n = MAX_BATCH // 2 + 1                           # fewer payloads than a batch, more events
+    r = post(server, [stop] * n)
+    assert r.status_code == 400 and r.json()["field"] == "body", r.text[:300]
+    assert server.get("/api/runs/s2").status_code == 404
+    assert post(server, [stop] * (n - 1)).status_code == 201
 
 
 def test_an_unknown_hook_of_a_valid_session_is_kept_as_a_log_line(server):

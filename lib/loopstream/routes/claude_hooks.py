@@ -59,4 +59,7 @@ def hook_drafts(body: Any, prompts: bool) -> list[ev.Draft]:
             if not batch:
                 raise
             raise ev.EventError(f"[{i}]" if e.field == "body" else f"[{i}].{e.field}", e.message) from e
+    if len(drafts) > ev.MAX_BATCH:   # a Stop payload makes two events
+        raise ev.EventError("body", f"these {len(items)} hook payloads make {len(drafts)} events; at most "
+                                    f"{ev.MAX_BATCH} go in one request: send fewer payloads at a time")
     return drafts
