@@ -269,3 +269,31 @@ def test_a_run_only_named_once_is_finished_after_ghost_after(clock):
     assert hub.broker.snapshot("real")["status"] == "running"        # updated after it started: not a ghost
     hub.publish([ev.Draft("progress", "ghost", {"percent": 2})])       # a ghost that speaks again is live again
     assert hub.broker.snapshot("ghost")["status"] == "running"
+
+
+def session(run: str) -> ev.Draft:
+    return ev.Draft("session_started", run, {"cwd": "/w/app", "project": "app", "source": "startup"})
+
+
+def test_claude_sessions_never_shut_a_clients_own_runs_out_and_a_gone_one_frees_its_slot(clock):
+    hub = make_hub(clock, rate=0, max_live_runs_per_client=3, max_live_runs=8)
+    for i in range(5):                                   # five sessions on this machine, one crashed long ago
+        drafts = [session(f"s{i}")]
+        hub.admit(drafts, True, "127.0.0.1")
+        hub.publish(drafts)
+    for i in range(3):                                   # the machine's own loop runs still start
+        hub.admit([started(f"run{i}")], True, "127.0.0.1")
+        hub.publish([started(f"run{i}")])
+    with pytest.raises(Refused):                         # its own runs are capped as before
+        hub.admit([started("run3")], True, "127.0.0.1")
+    clock.t += 23 * 3600
+    for i in range(1, 5):                                # four sessions go on (idle, then working again)
+        hub.publish([ev.Draft("session_state", f"s{i}", {"state": "working"})])
+    hub.reap()                                           # (the loop runs, named once, go as ghosts)
+    assert all(hub.broker.snapshot(f"s{i}")["status"] == "running" for i in range(5))   # s0: 23 h idle, kept
+    clock.t += 3600                                      # s0 silent for 24 h: gone, its slot freed
+    hub.reap()
+    assert hub.broker.snapshot("s0")["status"] == "interrupted"
+    assert all(hub.broker.snapshot(f"s{i}")["status"] == "running" for i in range(1, 5))   # never lost sooner
+    hub.publish([ev.Draft("session_state", "s0", {"state": "working"})])                  # it comes back
+    assert hub.broker.snapshot("s0")["status"] == "running"

@@ -34,7 +34,7 @@ from .fleet import Fleet
 from .forwarded import Trusted
 from .history import History
 from .ratelimit import Budget, Charge, TokenBuckets
-from .reaper import abandoned, ghost_runs, interrupted, silent_runs
+from .reaper import abandoned, ghost_runs, gone_sessions, interrupted, silent_runs
 
 if TYPE_CHECKING:
     from .redis_broker import RedisBuckets
@@ -82,6 +82,10 @@ class Metrics:
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+
+# The events a Claude Code hook session's run is made of (formats/hooks.py).
+SESSION_EVENTS = frozenset({"session_started", "session_state", "session_subagent", "session_ended"})
 
 
 class Owners:
@@ -281,14 +285,18 @@ class Hub:
                       details={"rate": budget.rate, "burst": budget.burst, "retry_after": round(wait, 3)})
 
     def check_live_runs(self, drafts: list[ev.Draft], addr: str) -> set[str]:
-        """The runs the batch would start; refused, not half-taken, when they are past
+        """The runs the batch would start that count for this client (not Claude Code sessions); refused,
+        not half-taken, when they are past
         --max-live-runs-per-client for this client (429) or --max-live-runs for the server (503)."""
         broker, cfg = self.broker, self.config
         new = {d.run for d in drafts if not broker.is_live_run(d.run)}
         if not new:
             return new
+        # A Claude Code session is the user's, not the client's: it counts against --max-live-runs only,
+        # so sessions on a machine never shut out that machine's own `loop run`s.
+        counted = new - {d.run for d in drafts if d.type in SESSION_EVENTS}
         per_client = cfg.max_live_runs_per_client
-        if per_client and self.owners.live_count(addr, broker.is_live_run) + len(new) > per_client:
+        if per_client and counted and self.owners.live_count(addr, broker.is_live_run) + len(counted) > per_client:
             self.metrics.reject("too_many_live_runs")
             raise Refused(429, "too_many_live_runs", f"this client already holds {per_client} live runs "
                                                      "(--max-live-runs-per-client); finish some, or retry later",
@@ -299,7 +307,7 @@ class Hub:
             raise Refused(503, "too_many_live_runs", f"the server already holds {cap} live runs "
                                                      "(--max-live-runs); finish some, or retry later", "run",
                           headers={"Retry-After": "5"})
-        return new
+        return counted
 
     # -- snapshots -------------------------------------------------------------------
     def snapshots_json(self, flt: Filter) -> str:
@@ -619,7 +627,9 @@ class Hub:
                  for run, silent, last_id in silent_runs(broker.runs.values(), now, cfg.stale_after)]
         ghosts = [(run, last_id, abandoned(run, silent))
                   for run, silent, last_id in ghost_runs(broker.runs.values(), now, cfg.ghost_after)]
-        for run, last_id, draft in stale + ghosts:
+        gone = [(run, last_id, interrupted(run, silent))
+                for run, silent, last_id in gone_sessions(broker.runs.values(), now)]
+        for run, last_id, draft in stale + ghosts + gone:
             if broker.claim_reap(run, last_id):
                 self.publish([draft])
                 self.metrics.reaped += 1

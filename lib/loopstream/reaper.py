@@ -64,6 +64,22 @@ def ghost_runs(snapshots: Iterable[dict], now: float, after: float) -> Iterator[
             yield snap["run"], int(silent), snap.get("last_event_id")
 
 
+SESSION_GONE_AFTER = 24 * 3600.0   # a Claude Code session silent this long is gone (closed, killed, crashed)
+
+
+def gone_sessions(snapshots: Iterable[dict], now: float,
+                  after: float = SESSION_GONE_AFTER) -> Iterator[tuple[str, int, str | None]]:
+    """(run, whole seconds of silence, its last event id) for each live Claude Code session silent for
+    ``after`` seconds: an idle session is never lost sooner, and one whose process died without a
+    SessionEnd does not hold its live-run slot for ever (its next hook event brings it back)."""
+    for snap in list(snapshots):
+        last = snap.get("updated_at")
+        if snap.get("session") is None or not state.is_live(snap) or not isinstance(last, (int, float)):
+            continue
+        if now - last >= after:
+            yield snap["run"], int(now - last), snap.get("last_event_id")
+
+
 def abandoned(run: str, silent_s: int) -> ev.Draft:
     """The event that finishes a ghost run (see ghost_runs)."""
     return ev.Draft("task_interrupted", run,
