@@ -86,3 +86,33 @@ def test_a_stop_for_the_run_ends_the_pipeline_with_130_and_the_loop_with_it(serv
     run = server.get("/api/runs/stoppable").json()
     assert run["status"] == "stopped" and run["stop_reason"] == "wrong branch"
     assert [(s["id"], s["status"]) for s in run["stories"]] == [("US-1", "cancelled")]
+
+
+def test_a_stop_without_a_story_stops_the_run_and_a_later_adapt_of_that_run_runs(server):
+    env = {k: v for k, v in os.environ.items() if k not in ("LOOP_RUN", "LOOP_STORY")}
+    first = subprocess.Popen([*LOOP.split(), "adapt", "claude", "--run", "fixed", "--server", server.url],
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env=env)
+    try:
+        first.stdin.write((ROOT / "tests" / "agents" / "clean.jsonl").read_text().splitlines()[0] + "\n")
+        first.stdin.flush()
+        wait_for(lambda: server.get("/api/runs/fixed").status_code == 200, 30, message="the run to exist")
+        subprocess.run([*LOOP.split(), "stop", "fixed", "--server", server.url], check=True, capture_output=True)
+        assert first.wait(30) == 130
+    finally:
+        first.kill()
+    assert server.get("/api/runs/fixed").json()["status"] == "stopped"      # the stop was answered
+    again = subprocess.run([*LOOP.split(), "adapt", "claude", "--run", "fixed", "--server", server.url],
+                           input=(ROOT / "tests" / "agents" / "clean.jsonl").read_text(), capture_output=True,
+                           text=True, timeout=60, env=env)
+    assert again.returncode == 0, again.stderr                              # no stale stop ends the next one
+
+
+def test_an_agent_that_prints_nothing_is_a_failed_story_and_last_still_finishes_the_run(server):
+    env = {k: v for k, v in os.environ.items() if k not in ("LOOP_RUN", "LOOP_STORY")}
+    r = subprocess.run([*LOOP.split(), "adapt", "claude", "--run", "silent-agent", "--story", "US-9", "--last",
+                        "--server", server.url], input="", capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    run = wait_for(lambda: (s := server.get("/api/runs/silent-agent")).status_code == 200 and s.json(), 30,
+                   message="the run")
+    assert run["status"] == "failed" and [(s["id"], s["status"]) for s in run["stories"]] == [("US-9", "failed")]

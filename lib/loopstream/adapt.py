@@ -102,14 +102,19 @@ class Lifecycle:
             self.verdict = "failed" if data.get("is_error") else "passed"
 
     def end(self, stopped: str | None = None) -> list[tuple[str, dict]]:
-        """The story's end: its verdict, or cancelled and the run stopped when ``stopped`` (the reason)."""
+        """The story's end: its verdict, or cancelled when ``stopped`` (the run's stop is the caller's).
+        An agent that printed nothing (not found, refused) has still run: its story failed."""
         if self.started_at is None:
-            return [("task_stopped", {"reason": stopped})] if stopped else []
+            if stopped:
+                return []
+            return self.start() + [("story_completed", {"story_id": self.story_id, "status": "failed",
+                                                        "duration_ms": 0, "reason": "no_output"})] + \
+                ([("task_completed", {})] if self.last else [])
         duration_ms = round((time.monotonic() - self.started_at) * 1000)
         done = {"story_id": self.story_id, "status": "cancelled" if stopped else self.verdict,
                 "duration_ms": duration_ms}
         if stopped:
-            return [("story_completed", {**done, "reason": stopped}), ("task_stopped", {"reason": stopped})]
+            return [("story_completed", {**done, "reason": stopped})]
         return [("story_completed", done)] + ([("task_completed", {})] if self.last else [])
 
 
@@ -171,6 +176,8 @@ class Adapter:
         self._deliver(self.parser.flush())
         if self.lifecycle:
             self._deliver(self.lifecycle.end(self.stop_reason))
+        if self.stop_reason is not None and self.run:     # the runner's answer to the stop: the run is stopped
+            self._deliver([("task_stopped", {"reason": self.stop_reason})])
 
     def read_fd(self, fd: int) -> None:
         """Read ``fd`` to end of file or a stop; text held for coalescing is shown after a second of quiet."""
