@@ -14,18 +14,34 @@ scrape:
   (subscribers) are the sum over the workers alive.
 
 One ``MULTI`` per report: the totals and the worker's own numbers move
-together, so a scrape never sees one without the other.
+together, so a scrape never sees one without the other. What is read back is
+another program's data as far as this worker knows (Redis is shared): only
+names we use and whole numbers come out of ``gather``.
 """
 from __future__ import annotations
 
-import json
 import os
+import re
 import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
+from . import events as ev
+from . import stored
+
 WORKER_TTL = 15          # seconds a worker's report counts as alive
+NAME = re.compile(r"[a-z_]{1,40}(:[a-z_]{1,40})?\Z")   # a counter or gauge as we name them ("rejected:invalid")
+MAX_NUMBER = 2**63
+
+
+def numbers(value: Any) -> dict[str, int]:
+    """The entries of a stored {name: number} that are names we use and whole numbers we could have
+    counted; the rest (another program's data, a damaged report) is dropped."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and NAME.match(k)
+            and isinstance(v, int) and not isinstance(v, bool) and 0 <= v < MAX_NUMBER}
 
 
 def worker_name() -> str:
@@ -45,16 +61,23 @@ class Fleet:
     def report(self, counters: dict[str, int], gauges: dict[str, int]) -> None:
         """Add the counters' growth to the fleet totals and publish this worker's numbers."""
         now = self.clock()
-        with self.client.pipeline(transaction=True) as p:
-            for name, value in counters.items():
-                grown = value - self.reported.get(name, 0)
-                if grown:
-                    p.hincrby(self.total_key, name, grown)
-            p.set(self.worker_prefix + self.name, json.dumps({"counters": counters, "gauges": gauges}), ex=WORKER_TTL)
-            p.zadd(self.workers_key, {self.name: now})
-            p.zremrangebyscore(self.workers_key, "-inf", now - WORKER_TTL)
-            p.execute()
-        self.reported = dict(counters)
+        # taken before execute() yields: a report running meanwhile (housekeeping and a scrape) adds
+        # only what grew after this one, never the same growth twice
+        prev, self.reported = self.reported, dict(counters)
+        try:
+            with self.client.pipeline(transaction=True) as p:
+                for name, value in counters.items():
+                    grown = value - prev.get(name, 0)
+                    if grown:
+                        p.hincrby(self.total_key, name, grown)
+                p.set(self.worker_prefix + self.name, ev.dumps({"counters": counters, "gauges": gauges}),
+                      ex=WORKER_TTL)
+                p.zadd(self.workers_key, {self.name: now})
+                p.zremrangebyscore(self.workers_key, "-inf", now - WORKER_TTL)
+                p.execute()
+        except BaseException:
+            self.reported = prev     # nothing was added: the next report adds this growth
+            raise
 
     def gather(self) -> tuple[dict[str, int], dict[str, dict]]:
         """(the fleet's counter totals, each live worker's own numbers by name)."""
@@ -66,9 +89,11 @@ class Fleet:
             if names:
                 p.mget([self.worker_prefix + n for n in names])
             replies = p.execute()
-        totals = {k if isinstance(k, str) else k.decode(): int(v) for k, v in replies[0].items()}
+        totals = numbers({k: int(v) for k, v in replies[0].items()
+                          if isinstance(v, str) and stored.DIGITS.match(v)})
         workers = {}
         for name, raw in zip(names, replies[1] if names else [], strict=True):
-            if raw:
-                workers[name] = json.loads(raw)
+            report = stored.load_or_none(raw)
+            if isinstance(report, dict):
+                workers[name] = {"counters": numbers(report.get("counters")), "gauges": numbers(report.get("gauges"))}
         return totals, workers

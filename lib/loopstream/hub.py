@@ -544,7 +544,7 @@ class Hub:
         subscribers = self.metrics.subscribers
         if self.fleet is not None and broker.healthy:
             try:
-                _, gauges, workers = self.fleet_numbers()
+                _, gauges, workers = self.fleet_numbers(report=False)   # unauthenticated: no write
                 subscribers = gauges["subscribers"]
                 extra["workers"] = len(workers)   # that answered (reported) in the last fleet.WORKER_TTL s
                 extra["worker"] = self.fleet.name
@@ -564,14 +564,16 @@ class Hub:
                     **{f"rejected:{r}": n for r, n in m.rejected.items()}}
         return counters, {"subscribers": m.subscribers, "stream_clients": len(m.streams_by_client)}
 
-    def fleet_numbers(self) -> tuple[dict[str, int], dict[str, int], dict[str, dict]]:
-        """(counters, gauges, each worker's own numbers): the fleet's with Redis (this worker reports
-        first, so its numbers are current), else this worker's."""
+    def fleet_numbers(self, report: bool = True) -> tuple[dict[str, int], dict[str, int], dict[str, dict]]:
+        """(counters, gauges, each worker's own numbers): the fleet's with Redis (this worker's own
+        current; with ``report`` it reports first, so the totals hold its counters too), else this worker's."""
         counters, gauges = self.worker_numbers()
         if self.fleet is None:
             return counters, gauges, {}
-        self.fleet.report(counters, gauges)
+        if report:
+            self.fleet.report(counters, gauges)
         totals, workers = self.fleet.gather()
+        workers[self.fleet.name] = {"counters": counters, "gauges": gauges}
         summed = {k: sum(w["gauges"].get(k, 0) for w in workers.values()) for k in gauges}
         return totals, summed, workers
 
@@ -713,7 +715,7 @@ def worker_lines(workers: dict[str, dict]) -> list[str]:
     """Each live worker's own numbers as ``loop_worker_*{worker="host:pid"}`` (the per-worker view)."""
     by_name: dict[str, list[str]] = {}
     for name, numbers in sorted(workers.items()):
-        label = ',worker="' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        label = ',worker="' + name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
         for line in metric_lines(numbers.get("counters", {}), numbers.get("gauges", {}), "loop_worker_", label):
             family = line.split()[2] if line.startswith("# TYPE") else line.split("{")[0]
             by_name.setdefault(family, [])
