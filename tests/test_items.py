@@ -150,3 +150,20 @@ def test_bin_loop_emit_checks_a_json_value_as_the_sidecar_does(spool):
             assert r.returncode == 2 and "data.x" in r.stderr and r.stderr.count("\n") == 1, (text, r.stderr)
 
     check()
+
+
+def test_bin_loop_emit_checks_a_long_value_as_the_sidecar_does(spool):
+    """Past 4 KB the bash walk hands over to python3 with the same rules (the walk's cost grows with the
+    square of the length): a long value is still refused exactly when the sidecar would refuse it."""
+    env = {**os.environ, "LOOP_SERVER": f"http://127.0.0.1:{free_port()}", "LOOP_SPOOL_DIR": str(spool),
+           "LOOP_RUN": "long-json"}
+    good = json.dumps([{"n": i, "t": "x" * 20} for i in range(1500)])
+    cases = [good, good[:-1], good[:-1] + ",1e999]", good[:-1] + ',"\\ud800"]', good[:-1] + ",1000000000000001]",
+             "[" * 40 + good + "]" * 40, good + " "]
+    for text in cases:
+        assert len(text) > 4096
+        r = subprocess.run([EMIT, "note", f"x:={text}"], capture_output=True, text=True, timeout=30, env=env)
+        expected = _sidecar_accepts(text)
+        assert r.returncode == (0 if expected else 2), (text[-40:], r.stderr)
+        if not expected:
+            assert "data.x" in r.stderr and r.stderr.count("\n") == 1
