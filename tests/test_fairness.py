@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import http.client
 import json
+import threading
 import time
 
 import pytest
 
 from conftest import BACKENDS, wait_for
+from loopstream import events as ev
+from loopstream.config import Config
+from loopstream.hub import Hub, Refused
 
 pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 
@@ -109,3 +113,79 @@ def test_runs_only_named_once_give_their_slots_back(make_server):
     # the reaper finishes the ghosts in turn: the first slot freed let "mine" in, ghost-7 may come a moment later
     wait_for(lambda: other.request("GET", "/api/runs/ghost-7")[1]["status"] == "interrupted", 20, 0.2,
              "ghost-7 to be finished as interrupted")
+
+
+def at_once(n: int, call) -> list:
+    """``call(i)`` for i < n from n threads released together: concurrent requests, as many clients make."""
+    gate, results = threading.Barrier(n), [None] * n
+
+    def run(i: int) -> None:
+        gate.wait()
+        results[i] = call(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return results
+
+
+def test_concurrent_stream_opens_from_one_client_stay_within_its_cap(make_server):
+    srv = make_server("--max-streams-per-client", "2", "--heartbeat", "1")
+    conns = [http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10) for _ in range(10)]
+    try:
+        def open_stream(i: int) -> int:
+            conns[i].request("GET", "/stream/progress")
+            return conns[i].getresponse().status
+
+        statuses = at_once(10, open_stream)
+        assert sorted(statuses) == [200] * 2 + [429] * 8, statuses
+    finally:
+        for c in conns:
+            c.close()
+
+
+def test_a_batch_admitted_while_another_was_charged_is_counted_against_the_client(backend):
+    """charge() yields on Redis (its limiter is a script): a batch admitted and published meanwhile
+    counts when the first batch's live runs are checked again."""
+    hub = Hub(Config(backend=backend, rate=0, max_live_runs_per_client=1))
+    try:
+        wait_for(lambda: hub.broker.healthy, message="the broker to load")
+        take_all = hub.limiter.take_all
+        meanwhile = [lambda: (hub.admit([ev.Draft("task_started", "b", {})], True, "c"),
+                              hub.publish([ev.Draft("task_started", "b", {})]))]
+
+        def yielding(charges):
+            if meanwhile:
+                meanwhile.pop()()
+            return take_all(charges)
+
+        hub.limiter.take_all = yielding
+        with pytest.raises(Refused) as refused:
+            hub.admit([ev.Draft("task_started", "a", {})], True, "c")
+        assert (refused.value.status, refused.value.code) == (429, "too_many_live_runs")
+    finally:
+        hub.close()
+
+
+def test_a_stop_asked_while_another_is_being_charged_publishes_nothing_more(backend):
+    hub = Hub(Config(backend=backend, rate=0))
+    try:
+        wait_for(lambda: hub.broker.healthy, message="the broker to load")
+        hub.publish([ev.Draft("task_started", "work", {})])
+        take_all, answers = hub.limiter.take_all, []
+        meanwhile = [lambda: answers.append(hub.control("work", "stop", addr="c2"))]
+
+        def yielding(charges):
+            if meanwhile:
+                meanwhile.pop()()
+            return take_all(charges)
+
+        hub.limiter.take_all = yielding
+        answers.append(hub.control("work", "stop", addr="c1"))
+        assert [a["requested"] for a in answers] == [False, True], answers
+        hub.broker.catch_up()
+        assert [e["type"] for e in hub.transcript("work")["events"]].count("stop_requested") == 1
+    finally:
+        hub.close()

@@ -192,6 +192,7 @@ class Hub:
         self.client_budget = Budget(cfg.client_rate if cfg.rate > 0 else 0, cfg.client_burst)
         self.notifier = make_notifier(cfg)
         self.owners = Owners()
+        self._asking: set[tuple[str, str]] = set()   # (run, action) controls this worker is publishing
         self.trusted = Trusted.parse(cfg.forwarded_allow_ips)
         self._fleet_reported_at = float("-inf")
         self.fleet = Fleet(self.broker.client, self.broker.prefix, clock) if cfg.backend else None  # type: ignore[attr-defined]
@@ -257,8 +258,9 @@ class Hub:
     def admit(self, drafts: list[ev.Draft], explicit_run: bool | Sequence[bool], addr: str) -> None:
         """Raise Refused when the batch is over a rate limit or would start too many live runs
         (the server's, or this client's); else the client owns the runs it starts."""
-        new = self.check_live_runs(drafts, addr)   # read-only: a batch it refuses has spent no budget
+        self.check_live_runs(drafts, addr)   # read-only: a batch it refuses has spent no budget
         self.charge(drafts, explicit_run, addr)
+        new = self.check_live_runs(drafts, addr)   # again: charge() yields on Redis, to other admits
         self.owners.own(addr, new)
 
     def charge(self, drafts: list[ev.Draft], explicit_run: bool | Sequence[bool], addr: str) -> None:
@@ -345,6 +347,10 @@ class Hub:
     def open_stream(self, addr: str) -> None:
         """Count a new stream from ``addr``, or raise Refused (too many) / BackendDown."""
         cfg, metrics, broker = self.config, self.metrics, self.broker
+        if not broker.healthy:
+            raise BackendDown("the stream is not available")
+        broker.catch_up()   # the hello holds every event accepted before this request, on any worker
+        # from here to the counting no I/O, so no other open (catch_up yields on Redis) slips between
         if metrics.streams_by_client.get(addr, 0) >= cfg.max_streams_per_client:
             metrics.reject("too_many_streams")
             raise Refused(429, "too_many_streams",
@@ -352,9 +358,6 @@ class Hub:
                           "one client may (--max-streams-per-client); close other dashboard tabs or watchers, "
                           "or start the sidecar with a higher --max-streams-per-client",
                           headers={"Retry-After": "5"}, details={"cap": cfg.max_streams_per_client})
-        if not broker.healthy:
-            raise BackendDown("the stream is not available")
-        broker.catch_up()   # the hello holds every event accepted before this request, on any worker
         if metrics.subscribers >= cfg.max_streams:
             metrics.reject("server_full")
             raise Refused(503, "server_full", f"the server holds {cfg.max_streams} streams already",
@@ -519,11 +522,16 @@ class Hub:
         snap = self.broker.snapshot(run)
         if snap is None:
             raise Refused(404, "not_found", f"no live run named '{run}'", "run")
-        if already_so(snap, action):
+        asking = (run, action)
+        if already_so(snap, action) or asking in self._asking:   # no yield from the check to the add
             return {"run": run, "action": action, "requested": False, "status": snap["status"]}
         draft = ev.Draft(CONTROL_ACTIONS[action], run, {"reason": reason[:500]} if reason else {})
-        self.charge([draft], True, addr)   # a control event costs what any event of the run costs
-        (e,) = self.publish([draft])
+        self._asking.add(asking)   # charge and publish yield on Redis: the same ask meanwhile is a no-op
+        try:
+            self.charge([draft], True, addr)   # a control event costs what any event of the run costs
+            (e,) = self.publish([draft])
+        finally:
+            self._asking.discard(asking)
         return {"run": run, "action": action, "requested": True, "id": e.id}
 
     # -- operations ------------------------------------------------------------------------
