@@ -503,6 +503,44 @@ def test_fsync_always_puts_each_batch_on_disk_before_returning_and_groups_concur
     h.close()
 
 
+def failing_fsync(fd):
+    raise OSError(5, "Input/output error")
+
+
+def test_a_failed_fsync_raises_for_the_batches_it_covered_and_not_for_later_ones(tmp_path, monkeypatch):
+    h = History(tmp_path / "h.json", fsync="always")
+    h.open()
+    try:
+        ticket = write(h, "r", 1)
+        monkeypatch.setattr(os, "fsync", failing_fsync)
+        with pytest.raises(OSError, match="may not be on disk"):
+            h.durable(ticket)
+        with pytest.raises(OSError):                # asked again: still not durable
+            h.durable(ticket)
+        monkeypatch.undo()
+        h.durable(write(h, "r", 2))                 # a later batch, fsynced: durable
+        assert h.sync_errors == 1
+    finally:
+        h.close()
+
+
+def test_fsync_always_answers_503_not_201_when_the_fsync_fails_and_healthz_says_so(tmp_path, monkeypatch):
+    hub = Hub(Config(db=str(tmp_path / "history.json"), rate=0, fsync="always"))
+    try:
+        monkeypatch.setattr(os, "fsync", failing_fsync)
+        with pytest.raises(Refused) as refused:
+            hub.publish([ev.Draft("task_started", "r", {}), ev.Draft("task_completed", "r", {})])
+        assert (refused.value.status, refused.value.code) == (503, "journal_not_durable")
+        health = hub.health()
+        assert not health["ok"] and "fsync" in health["error"], health
+        assert "r" in hub.history.index                    # the finished run is still listed
+        monkeypatch.undo()
+        hub.publish([ev.Draft("progress", "r2", {})])
+        assert hub.health()["ok"]
+    finally:
+        hub.close()
+
+
 def test_fsync_everysec_catches_up_within_seconds_and_never_does_not_fsync(tmp_path):
     h = History(tmp_path / "a" / "h.json", fsync="everysec")
     h.open()

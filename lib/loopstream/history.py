@@ -230,6 +230,7 @@ class History:
         self._synced = 0
         self._synced_at = 0.0
         self.sync_errors = 0
+        self._unsynced: deque[tuple[int, int]] = deque(maxlen=64)   # (after, upto): tickets whose fsync failed
         self.fsyncs = 0                          # group fsyncs done (each covers every journal written before it)
         self._leader = False                     # a durable() caller is fsyncing for the group
         self._group = threading.Condition()      # gevent's under the worker: waiting parks a greenlet
@@ -426,7 +427,8 @@ class History:
     def durable(self, ticket: int) -> None:
         """With fsync "always": return once the batch of ``ticket`` is on disk. Group commit: one
         caller fsyncs every journal written so far (off the event loop) while the others wait, and
-        the batches written meanwhile go to disk together in the next fsync."""
+        the batches written meanwhile go to disk together in the next fsync. OSError when that
+        fsync failed."""
         if self.fsync != "always" or not ticket:
             return
         with self._group:
@@ -436,6 +438,7 @@ class History:
                     break
                 self._group.wait()
             else:
+                self._check_synced(ticket)
                 return
         try:
             _off_the_loop(self.sync_journals)
@@ -443,20 +446,32 @@ class History:
             with self._group:
                 self._leader = False
                 self._group.notify_all()
+        self._check_synced(ticket)
+
+    def _check_synced(self, ticket: int) -> None:
+        """OSError when the fsync that covered ``ticket`` failed: its batch may not be on disk (and
+        fsyncing again proves nothing: Linux may have dropped the pages it could not write)."""
+        with self._lock:
+            failed = any(after < ticket <= upto for after, upto in self._unsynced)
+        if failed:
+            raise OSError("the fsync of its journal failed: the events may not be on disk")
 
     def sync_journals(self) -> None:
         """fsync every journal written since its last fsync; close the evicted ones after theirs.
-        A failed fsync is logged and counted (the data may not be on disk), never raised."""
+        A failed fsync is logged, counted and remembered for ``durable`` (the data may not be on
+        disk), never raised here."""
         with self._lock:
             files, self._dirty = self._dirty, set()
             self._in_flight |= files
-            upto = self._writes
+            after, upto = self._synced, self._writes
         if files:
             self.fsyncs += 1
+        failed = False
         for f in files:
             try:
                 os.fsync(f.fileno())
             except (OSError, ValueError) as e:
+                failed = True
                 self.sync_errors += 1
                 log.error("loop: history: fsync of %s failed (%s): acknowledged events may not be on disk",
                           getattr(f, "name", "a journal"), e)
@@ -465,6 +480,8 @@ class History:
             for f in files & self._closing:
                 self._closing.discard(f)
                 f.close()
+            if failed:
+                self._unsynced.append((after, upto))
             self._synced = max(self._synced, upto)
             self._synced_at = time.monotonic()
 

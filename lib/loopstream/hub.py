@@ -231,18 +231,39 @@ class Hub:
                     self.store_failed(str(e))
                     raise
             self.store_error = None
-        if history:
-            history.durable(ticket)            # --fsync always: on disk before the 201 (grouped)
-            for run in result.finished:
-                snap = result.finished_snapshots.get(run) or broker.snapshot(run)
-                if snap is not None:
-                    history.finished(snap)
+        not_durable = self._settle(history, ticket, result) if history else None
         self.metrics.accepted += len(result.events)
         if broker.fans_out_on_publish and result.before is not None and result.after is not None:
             self.fanout.publish(result.events, result.before, result.after)
         if self.notifier:
             self.notifier.published(broker, result)
+        if not_durable is not None:
+            raise self._not_durable(not_durable)
         return result.events
+
+    def _settle(self, history, ticket: int, result) -> OSError | None:
+        """--fsync always: wait for the batch's fsync (grouped), and say if it failed; then list the
+        runs the batch finished."""
+        failed: OSError | None = None
+        try:
+            history.durable(ticket)
+        except OSError as e:
+            failed = e
+        for run in result.finished:
+            snap = result.finished_snapshots.get(run) or self.broker.snapshot(run)
+            if snap is not None:
+                history.finished(snap)
+        return failed
+
+    def _not_durable(self, e: OSError) -> Refused:
+        """--fsync always, and the batch's fsync failed: the events are in (streamed, journalled as far
+        as the OS knows), but a 201 would promise a disk that failed. A 503, and /healthz says so."""
+        self.store_failed(f"the journal could not be put on disk: {e}")
+        log.error("loop: the journal's fsync failed (%s); the batch was answered 503", e)
+        self.metrics.reject("journal_not_durable")
+        return Refused(503, "journal_not_durable", f"the events were accepted, but the fsync of the journal failed "
+                       f"({e}): they may not survive a power cut; check the disk (a retry stores them again)",
+                       None, headers={"Retry-After": "5"})
 
     def _journal(self, history, events: list[ev.Event]) -> int:
         """Write the batch ahead of making it visible; a disk that fails is a 503 the client retries."""
