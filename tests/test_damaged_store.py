@@ -29,6 +29,7 @@ from loopstream.broker import StoreRefused
 from loopstream.config import Config
 from loopstream.history import History
 from loopstream.hub import Hub, Refused
+from loopstream.routes.claude_hooks import hook_drafts
 
 FUTURE = 10**9          # ms: the stores are made with ids this far ahead of the clock
 RUNS = ("done1", "done2", "live")
@@ -599,3 +600,27 @@ def test_a_write_redis_refuses_for_another_reason_than_the_type_moves_nothing_as
         r("ACL", "DELUSER", "norpush")
     assert [k for k in r("KEYS", "loop:*") if b".damaged-" in k] == []
     assert r("LLEN", "loop:transcript:kept") == 1
+
+
+def test_a_finished_run_that_comes_back_keeps_its_journal_when_older_runs_are_pruned(tmp_path):
+    """A resumed Claude Code session is a finished run that is live again: pruning the oldest
+    finished runs must not unlink the journal it appends to."""
+    hub = memory_hub(tmp_path / "history.json")
+    hub.history.keep = 2
+    start = {"session_id": "back", "hook_event_name": "SessionStart", "source": "startup"}
+    try:
+        hub.publish(hook_drafts(start, False))
+        hub.publish(hook_drafts({"session_id": "back", "hook_event_name": "SessionEnd"}, False))
+        assert "back" in hub.history.index
+        hub.publish(hook_drafts({**start, "source": "resume"}, False))
+        assert hub.run_state("back")["status"] == "running"
+        for run in ("x", "y", "z"):                       # three finish after it: past keep
+            hub.publish([ev.Draft("task_started", run, {}), ev.Draft("task_completed", run, {})])
+        (last,) = hub.publish([ev.Draft("progress", "back", {"percent": 5})])
+    finally:
+        hub.close()
+    again = memory_hub(tmp_path / "history.json")
+    try:
+        assert again.transcript("back")["events"][-1]["id"] == last.id
+    finally:
+        again.close()

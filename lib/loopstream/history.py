@@ -49,7 +49,7 @@ import re
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, cast
 
@@ -504,8 +504,10 @@ class History:
         return f
 
     # -- finished runs, written in the background -------------------------------
-    def finished(self, snap: dict) -> None:
-        """A run finished: listed and readable at once, its file written by the writer thread."""
+    def finished(self, snap: dict, is_live: Callable[[str], bool] = lambda run: False) -> None:
+        """A run finished: listed and readable at once, its file written by the writer thread. Past
+        ``keep``, the oldest finished runs are pruned, but not one that ``is_live`` again (a resumed
+        Claude Code session): its journal is still appended to."""
         run = snap["run"]
         summary = state.summarize(snap)
         summary_json = ev.dumps(summary)     # the writer gets text: the live snapshot may change meanwhile
@@ -516,7 +518,9 @@ class History:
         self.index[run] = json.loads(summary_json)
         self._pending.append(("finished", run, record, summary_json))
         while len(self.index) > self.keep:
-            oldest = next(iter(self.index))   # finished first
+            oldest = next((r for r in self.index if not is_live(r)), None)   # finished first
+            if oldest is None:
+                break
             del self.index[oldest]
             with self._lock:
                 self._unwritten.pop(oldest, None)

@@ -252,7 +252,7 @@ class Hub:
         for run in result.finished:
             snap = result.finished_snapshots.get(run) or self.broker.snapshot(run)
             if snap is not None:
-                history.finished(snap)
+                history.finished(snap, self.broker.is_live_run)
         return failed
 
     def _not_durable(self, e: OSError) -> Refused:
