@@ -189,3 +189,31 @@ def test_a_reconnect_storm_of_500_streams_on_redis_is_served(make_server):
     finally:
         for sock in socks:
             sock.close()
+
+
+@pytest.mark.parametrize("path, head", [
+    ("/api/hooks/claude", b"Content-Type: application/json\r\nContent-Length: 200\r\n"),
+    ("/api/events", b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"),   # not the fast path
+    ("/v1/logs", b"Content-Type: application/json\r\nContent-Length: 200\r\n"),
+])
+def test_a_body_that_stalls_is_a_408_after_header_timeout_and_frees_the_worker(make_server, path, head):
+    srv = make_server("--header-timeout", "1")
+    begun = time.monotonic()
+    with connect(srv.port) as sock:
+        partial = b"5\r\n[{\"ty\r\n" if b"chunked" in head else b'{"session_id": "s'
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode() + head + b"\r\n" + partial)
+        status, _, body = answer(sock)                 # and nothing more is sent
+        assert (status, json.loads(body)["error"]) == (408, "request_timeout"), body
+        assert closed_by_server(sock)                  # gunicorn closes it: what it waits for never came
+    assert time.monotonic() - begun < 8
+    assert get(srv.port, "/healthz").status == 200
+
+
+def test_the_413_says_the_limit_of_the_route_it_refused(make_server):
+    srv = make_server()
+    for path, size, limit in (("/v1/logs", 5 << 20, "4 MB"), ("/api/hooks/claude", 70_000, "64 KB")):
+        with connect(srv.port) as sock:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {size}\r\n\r\n".encode() + b" " * min(size, 70_000))
+            status, _, body = answer(sock)
+            assert status == 413 and f"larger than {limit}" in json.loads(body)["message"], body

@@ -5,7 +5,6 @@ import re
 
 from flask import Response, current_app, request
 from gunicorn.http.errors import ParseException
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from .. import events as ev
 from ..broker import Cursor, Filter
@@ -87,24 +86,46 @@ def check_run(run: str) -> None:
         raise BadParam("run", "must match [A-Za-z0-9._-]{1,64}")
 
 
-def read_body() -> bytes:
-    """The whole body, at most MAX_BODY bytes: a longer one is refused (413), never cut and
-    parsed; a broken chunked encoding is a 400."""
+def read_body(limit: int = MAX_BODY) -> bytes:
+    """The whole body, at most ``limit`` bytes: a longer one is refused (413), never cut and
+    parsed; a broken chunked encoding is a 400; a body not sent within --header-timeout is a 408
+    (a stalled client must not hold a worker's slot for ever)."""
+    import gevent
+
     stream = request.environ["wsgi.input"]
+    try:
+        with gevent.Timeout(hub().config.header_timeout) as timer:
+            return _read_within(stream, limit)
+    except gevent.Timeout as t:
+        if t is not timer:
+            raise
+        hub().metrics.reject("request_timeout")
+        raise Refused(408, "request_timeout", f"the body did not arrive within {hub().config.header_timeout:g}s "
+                                              "(--header-timeout); send it whole, at once", "body") from None
+
+
+def _read_within(stream, limit: int) -> bytes:
     length = request.content_length or 0
-    if length > MAX_BODY:
+    if length > limit:
         if length <= DRAIN_MAX:
             drain(stream)
-        raise RequestEntityTooLarge()
+        raise too_large(limit)
     try:
-        data = read_at_most(stream, MAX_BODY + 1)
+        data = read_at_most(stream, limit + 1)
     except (ParseException, OSError, ValueError) as e:
         raise BadParam("body", f"the body could not be read ({type(e).__name__}); "
                                "send it with Content-Length or valid chunked encoding") from e
-    if len(data) > MAX_BODY:
+    if len(data) > limit:
         drain(stream)
-        raise RequestEntityTooLarge()
+        raise too_large(limit)
     return data
+
+
+def too_large(limit: int) -> Refused:
+    hub().metrics.reject("too_large")
+    size = f"{limit >> 20} MB" if limit >= 1 << 20 else f"{limit >> 10} KB"
+    return Refused(413, "too_large", f"the body is larger than {size}; send fewer events per request", "body",
+                   headers={"Connection": "close"})
 
 
 def read_at_most(stream, limit: int) -> bytes:

@@ -8,12 +8,10 @@ nothing. Metrics are read and answered (2xx), so an exporter set for both does n
 from __future__ import annotations
 
 from flask import Blueprint, Response, request
-from gunicorn.http.errors import ParseException
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from .. import events as ev
 from ..otlp_in import OtlpError, decode_logs, empty_response, gunzip, is_protobuf, session_usage
-from .common import client_addr, drain, error, hub, read_at_most
+from .common import client_addr, error, hub, read_body
 
 bp = Blueprint("otlp", __name__)
 
@@ -68,17 +66,7 @@ def answer() -> Response:
 
 def otlp_body() -> bytes:
     """The body, inflated when gzipped: a 413 past MAX_OTLP_BODY, a 400 (OtlpError) for a bad gzip."""
-    stream = request.environ["wsgi.input"]
-    if (request.content_length or 0) > MAX_OTLP_BODY:
-        drain(stream)
-        raise RequestEntityTooLarge()
-    try:
-        data = read_at_most(stream, MAX_OTLP_BODY + 1)
-    except (ParseException, OSError) as e:
-        raise OtlpError(f"the body could not be read ({type(e).__name__})") from e
-    if len(data) > MAX_OTLP_BODY:
-        drain(stream)
-        raise RequestEntityTooLarge()
+    data = read_body(MAX_OTLP_BODY)
     encoding = (request.headers.get("Content-Encoding") or "identity").strip().lower()
     if encoding == "gzip":
         return gunzip(data)
