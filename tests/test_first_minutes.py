@@ -266,3 +266,23 @@ def test_status_words_are_coloured_on_a_terminal_and_never_with_no_color_or_pipe
         assert "run" in SGR.sub("", shown) and "[PASSED]" in SGR.sub("", shown)
     piped = subprocess.run(args, capture_output=True, text=True, timeout=60)
     assert piped.returncode == 0 and "\x1b" not in piped.stdout + piped.stderr and " passed" in piped.stderr
+
+
+def test_another_server_at_loop_server_is_one_line_never_a_traceback():
+    port = free_port()
+    other = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _listening(port), timeout=20, message="the other server")
+        for args in (["runs"], ["watch"], ["watch", "r1"], ["stop", "r1"], ["emit", "note"]):
+            r = loop(*args, "--server", f"http://127.0.0.1:{port}", timeout=30)
+            assert r.returncode == 1, (args, r.stderr)
+            assert "not a loop sidecar" in one_line(r), (args, r.stderr)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0

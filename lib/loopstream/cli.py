@@ -426,7 +426,7 @@ def emit(event_type, items, data_json, run_id, server, token) -> None:
     import json
     import time
 
-    from .client import SidecarError, request
+    from .client import SidecarError, request_json
 
     body = {"type": event_type, "data": _parse_items(items, data_json)}
     if run_id:
@@ -435,15 +435,15 @@ def emit(event_type, items, data_json, run_id, server, token) -> None:
     deadline = time.monotonic() + 60
     while True:
         try:
-            r = request("POST", server.rstrip("/") + "/api/events", token, data=json.dumps(body),
-                        headers={"Content-Type": "application/json"})
+            r = request_json("POST", server.rstrip("/") + "/api/events", token, "ids", data=json.dumps(body),
+                             headers={"Content-Type": "application/json"})
             break
         except SidecarError as e:
             if e.status == 429 and time.monotonic() < deadline:
                 time.sleep(0.5)
                 continue
             raise click.ClickException(str(e)) from e
-    click.echo(r.json()["ids"][0])
+    click.echo(str(r["ids"][0]) if isinstance(r["ids"], list) and r["ids"] else "")
 
 
 def _check_event(body: dict) -> None:
@@ -593,7 +593,11 @@ def _sidecar_answer(server: str, token: str | None) -> str:
         return f"not answering ({type(e).__name__}); the hooks queue events until it does"
     if not r.ok:
         return f"answers {r.status_code}"
-    return f"answers (loop {r.json().get('version', '?')})"
+    try:
+        version = r.json().get("version", "?")
+    except (ValueError, AttributeError):
+        return "answers, but not as a loop sidecar (is LOOP_SERVER right?)"
+    return f"answers (loop {version})"
 
 
 @cli.command()
@@ -634,12 +638,12 @@ def _control_command(action: str):
     def command(run_id, reason, server, token) -> None:
         import json
 
-        from .client import SidecarError, request
+        from .client import SidecarError, request_json
 
         try:
-            r = request("POST", f"{server.rstrip('/')}/api/runs/{run_id}/{action}", token,
-                        data=json.dumps({"reason": reason} if reason else {}),
-                        headers={"Content-Type": "application/json"}).json()
+            r = request_json("POST", f"{server.rstrip('/')}/api/runs/{run_id}/{action}", token, "requested",
+                             "status", data=json.dumps({"reason": reason} if reason else {}),
+                             headers={"Content-Type": "application/json"})
         except SidecarError as e:
             raise click.ClickException(str(e)) from e
         if r["requested"]:
@@ -793,20 +797,20 @@ def watch(run_id, server, token, as_json) -> None:
 
 def _known_runs(server: str, token: str | None) -> list[dict]:
     """Every run the sidecar has (live and history); a sidecar that does not answer is a ClickException."""
-    from .client import SidecarError, request
+    from .client import SidecarError, request_json
 
     try:
-        return request("GET", f"{server}/api/runs", token, timeout=3).json()["runs"]
+        return request_json("GET", f"{server}/api/runs", token, "runs", timeout=3)["runs"]
     except SidecarError as e:
         raise click.ClickException(str(e)) from e
 
 
 def _known_run(server: str, token: str | None, run_id: str) -> dict | None:
     """The named run as the sidecar has it (live or history), None when it has not started yet."""
-    from .client import SidecarError, request
+    from .client import SidecarError, request_json
 
     try:
-        return request("GET", f"{server}/api/runs/{run_id}", token, timeout=3).json()
+        return request_json("GET", f"{server}/api/runs/{run_id}", token, "run", timeout=3)
     except SidecarError as e:
         if e.status != 404:
             raise click.ClickException(str(e)) from e

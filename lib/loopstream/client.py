@@ -20,6 +20,7 @@ from typing import Any
 import requests
 
 from .exitstatus import ExitStatus
+from .formats.common import one_line
 
 MAX_BATCH = 50            # events per POST
 MAX_BATCH_BYTES = 48_000  # under the sidecar's 64 KB body limit
@@ -59,13 +60,32 @@ def request(method: str, url: str, token: str | None = None, timeout: float = 5.
     if r.status_code >= 400:
         try:
             body = r.json()
-            message = body.get("message") or body.get("error")
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and (body.get("message") or body.get("error")):
+            message = str(body.get("message") or body.get("error"))
             if body.get("field"):
                 message = f"{body['field']}: {message}"
-        except ValueError:
-            message = r.text[:200]
-        raise SidecarError(f"{r.status_code} from {url}: {message}", r.status_code)
+        else:      # not loop's JSON (another server, a proxy's page): one clean line of it
+            message = f"{r.reason or 'error'} (not a loop sidecar's answer: {r.text[:80]!r})"
+        # a 404 that is not loop's own says nothing about the run: no status a caller would read as "not yet"
+        status = None if r.status_code == 404 and not isinstance(body, dict) else r.status_code
+        raise SidecarError(one_line(f"{r.status_code} from {url}: {message}", 300), status)
     return r
+
+
+def request_json(method: str, url: str, token: str | None = None, *keys: str, timeout: float = 5.0,
+                 **kw) -> dict:
+    """``request``'s answer as a JSON object holding ``keys``; anything else (another server answering
+    at that address) is a SidecarError that says so, never a traceback."""
+    r = request(method, url, token, timeout=timeout, **kw)
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or any(k not in body for k in keys):
+        raise SidecarError(f"{url} did not answer as a loop sidecar (is LOOP_SERVER right?)", r.status_code)
+    return body
 
 
 def healthy(server: str, timeout: float = 0.5) -> bool:
