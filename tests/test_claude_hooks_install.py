@@ -316,3 +316,26 @@ def test_the_real_claude_code_reports_to_a_real_sidecar(home, server):
     # the settings' env sent Claude Code's own OTLP logs to /v1/logs: what it cost, on the same run
     usage = wait_for(lambda: server.get(f"/api/runs/{sid}").json()["cost_usd"], 60, message="the session's cost")
     assert usage > 0 and server.get(f"/api/runs/{sid}").json()["input_tokens"] > 0
+
+
+def test_mistakes_in_install_are_one_line_and_change_nothing(home, monkeypatch):
+    typo = home / "no" / "such" / "dir"
+    for args, words in ((["hooks", "install", "--project", str(typo)], "no such directory"),
+                        (["hooks", "uninstall", "--project", str(typo)], "no such directory"),
+                        (["hooks", "status", "--project", str(typo)], "no such directory")):
+        r = loop(*args)
+        assert r.returncode == 2 and words in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
+    assert not (home / "no").exists()                        # a typo never makes a directory tree
+    bad = home / "token"
+    bad.write_bytes(b"\xff\xfe\x00")
+    r = loop("hooks", "install", "--token-file", str(bad))
+    assert r.returncode == 2 and f"{bad}: not a text file" in r.stderr and "Traceback" not in r.stderr
+    assert not user_settings(home).exists()
+
+
+def test_a_token_in_the_settings_env_makes_the_file_its_owners_only(home, monkeypatch):
+    monkeypatch.setenv("LOOP_TOKEN", "sekrit-0123456789")
+    assert loop("hooks", "install").returncode == 0
+    path = user_settings(home)
+    assert "Bearer sekrit-0123456789" in path.read_text()            # the OTLP header Claude Code sends
+    assert path.stat().st_mode & 0o077 == 0

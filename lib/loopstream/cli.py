@@ -520,15 +520,17 @@ def hooks_install(project, local, server, token_file, prompts, no_telemetry) -> 
     if emit is None:
         raise click.ClickException(f"loop-emit is not installed beside this loop ({sys.executable}); "
                                    "reinstall the package (pip install loopstream)")
-    where = hi.settings_path(project, local)
-    token = Path(token_file).resolve() if token_file else None
-    if token is None and os.environ.get("LOOP_TOKEN"):
-        token = hi.write_token(os.environ["LOOP_TOKEN"])
-    secret = token.read_text().strip() if token is not None and where.scope != "project" else None
-    telemetry = None if no_telemetry else hi.telemetry_env(server, secret)
     try:
+        where = hi.settings_path(project, local)
+        token = Path(token_file).resolve() if token_file else None
+        if token is None and os.environ.get("LOOP_TOKEN"):
+            token = hi.write_token(os.environ["LOOP_TOKEN"])
+        secret = token.read_text().strip() if token is not None and where.scope != "project" else None
+        telemetry = None if no_telemetry else hi.telemetry_env(server, secret)
         changed, conflicts = hi.install(where, hi.hook_command(emit.resolve(), server.rstrip("/"), token, prompts),
                                         telemetry)
+    except UnicodeDecodeError as e:
+        raise _UsageLine(f"{token_file}: not a text file (a token file holds the token as text)") from e
     except (hi.SettingsError, OSError) as e:
         raise _UsageLine(str(e)) from e
     what = "installed in" if changed else "already installed, unchanged:"
@@ -549,8 +551,8 @@ def hooks_uninstall(project, local) -> None:
     """Remove loop's hooks from Claude Code's settings (exactly what install added)."""
     from . import hooks_install as hi
 
-    where = hi.settings_path(project, local)
     try:
+        where = hi.settings_path(project, local)
         changed = hi.uninstall(where)
     except (hi.SettingsError, OSError) as e:
         raise _UsageLine(str(e)) from e
@@ -565,8 +567,11 @@ def hooks_status(project, server, token) -> None:
     """Say where loop's hooks are installed (the user's settings, the project's) and whether the sidecar answers."""
     from . import hooks_install as hi
 
-    places = [hi.settings_path(None, False), hi.settings_path(project or ".", False),
-              hi.settings_path(project or ".", True)]
+    try:
+        places = [hi.settings_path(None, False), hi.settings_path(project or ".", False),
+                  hi.settings_path(project or ".", True)]
+    except hi.SettingsError as e:
+        raise _UsageLine(str(e)) from e
     for where in places:
         try:
             settings, _ = hi.load(where.path)
@@ -1030,6 +1035,9 @@ def main() -> None:
     """The entry point: every mistake is one line on stderr and an exit code (ExitStatus), never a traceback."""
     try:
         code = cli.main(prog_name="loop", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:   # `loop`, `loop hooks`: the help, as it is
+        click.echo(e.ctx.get_help() if e.ctx else "", err=True)
+        sys.exit(ExitStatus.USAGE)
     except click.UsageError as e:
         _say(_usage_line(e))
         sys.exit(ExitStatus.USAGE)

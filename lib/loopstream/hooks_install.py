@@ -52,6 +52,8 @@ def settings_path(project: str | None, local: bool, env: Mapping[str, str] | Non
     """The settings file to change: ``--project [DIR]`` and ``--local`` pick a project's, else the user's."""
     if project is None and not local:
         return Where(user_settings(env), "user")
+    if not Path(project or ".").is_dir():     # a typo is refused, never a new directory tree
+        raise SettingsError(f"{project}: no such directory; --project takes an existing project directory")
     root = Path(project or ".").resolve() / ".claude"
     return Where(root / ("settings.local.json" if local else "settings.json"), "local" if local else "project")
 
@@ -169,14 +171,17 @@ def render(settings: dict) -> bytes:
     return (json.dumps(settings, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def save(path: Path, settings: dict, old: bytes | None) -> bool:
-    """Write ``settings`` atomically (a temporary file beside it, renamed over it, its mode kept);
-    nothing when the bytes would be the same. True when written."""
+def save(path: Path, settings: dict, old: bytes | None, private: bool = False) -> bool:
+    """Write ``settings`` atomically (a temporary file beside it, renamed over it, its mode kept; only
+    its owner's when ``private``: it holds a secret); nothing when the bytes would be the same. True
+    when written."""
     new = render(settings)
     if new == old:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = path.stat().st_mode & 0o777 if old is not None else 0o644
+    if private:
+        mode &= 0o600
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -262,7 +267,8 @@ def install(where: Where, command: str, telemetry: dict[str, str] | None = None)
     conflicts = telemetry_conflicts(settings, telemetry) if telemetry else []
     if telemetry and not conflicts:
         new = with_telemetry(new, telemetry)
-    return save(where.path, new, raw), conflicts
+    secret = bool(telemetry) and not conflicts and any("Authorization" in v for v in (telemetry or {}).values())
+    return save(where.path, new, raw, private=secret), conflicts
 
 
 def uninstall(where: Where) -> bool:
