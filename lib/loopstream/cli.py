@@ -12,6 +12,7 @@ import click
 from . import __version__
 from .defaults import DEFAULT_PORT, DEFAULT_SERVER, GRACE, SIDECAR
 from .exitstatus import ExitStatus
+from .formats import FORMATS, PRD_FORMATS
 
 server_option = click.option("--server", envvar="LOOP_SERVER", default=DEFAULT_SERVER, show_default=True,
                              help="The sidecar's URL.")
@@ -263,7 +264,7 @@ def _configure_notify(config, url: str | None, fmt: str, min_duration: float, ho
               type=click.FloatRange(0.1, 3600), metavar="S",
               help="Send task_alive after S quiet seconds (announced as heartbeat_s; the sidecar finishes a run "
                    "silent for 3 × S as interrupted).")
-@click.option("--agent-format", type=click.Choice(["text", "claude-stream-json", "codex-json", "gemini-stream-json"]),
+@click.option("--agent-format", type=click.Choice(["text", *PRD_FORMATS]),
               default=None,
               help="How to read a story's stdout: the agent's JSON lines (Claude Code's stream-json, codex exec "
                    "--json, Gemini CLI's stream-json) parsed into agent events [default: the PRD's agentFormat, "
@@ -667,7 +668,7 @@ for _action in ("stop", "pause", "resume"):
 
 
 @cli.command()
-@click.argument("agent_format", metavar="FORMAT", type=click.Choice(["claude", "codex", "gemini"]))
+@click.argument("agent_format", metavar="FORMAT", type=click.Choice(list(FORMATS)))
 @click.option("--run", "run_id", envvar="LOOP_RUN", help="The run the events belong to [default: the sidecar's].")
 @click.option("--story", "story_id", envvar="LOOP_STORY", help="The story the agent works on.")
 @click.option("--title", default=None, help="The story's title, given when it starts.")

@@ -295,12 +295,13 @@ def _retry_after(r, body: dict) -> float:
 def _refused_index(r) -> int | None:
     """The batch index a 400 names in its ``field`` ("[3].data.text" -> 3), if any."""
     try:
-        field_ = r.json().get("field") or ""
+        body = r.json()
     except ValueError:
         return None
-    if field_.startswith("[") and "]" in field_:
+    field_ = body.get("field") if isinstance(body, dict) else None
+    if isinstance(field_, str) and field_.startswith("[") and "]" in field_:
         number = field_[1:field_.index("]")]
-        return int(number) if number.isdigit() else None
+        return int(number) if number.isascii() and number.isdigit() and len(number) < 10 else None
     return None
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -149,7 +150,7 @@ class EmbeddedSidecar:
             if healthy(url, timeout=0.3):
                 return None
             time.sleep(0.05)
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)   # the whole group: gunicorn's worker with its master
         proc.wait()
         return f"it did not answer at {url} within {timeout:g} s"
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .formats import PRD_FORMATS
+
 
 class PrdError(Exception):
     """A PRD that cannot be run; ``problems`` lists each one as 'path: what is wrong'."""
@@ -82,7 +84,7 @@ def _type_name(v: Any) -> str:
         type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__)
 
 
-AGENT_FORMATS = ("text", "claude-stream-json", "codex-json", "gemini-stream-json")   # formats.PRD_FORMATS
+AGENT_FORMATS = ("text", *PRD_FORMATS)
 # Agent-aware run settings: key -> (smallest allowed value, whether it may equal it, what it is).
 AGENT_LIMITS = {"stallAfter": (0, False, "seconds"), "storyTimeout": (0, False, "seconds"),
                 "maxCost": (0, True, "dollars"), "maxRepeat": (2, True, "identical tool calls in a row")}

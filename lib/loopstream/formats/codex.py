@@ -30,7 +30,7 @@ class CodexParser(AgentParser):
     def __init__(self, story_id: str | None = None, **kw: Any):
         super().__init__(story_id, **kw)
         self.turns = 0
-        self._completed: set[str] = set()
+        self._completed: dict[str, None] = {}      # ids of completed items, oldest first
 
     @staticmethod
     def detect(obj: dict) -> bool:
@@ -60,9 +60,9 @@ class CodexParser(AgentParser):
         if iid and iid in self._completed:      # completed twice: its result is given once
             return []
         if iid:
-            self._completed.add(iid)
+            self._completed[iid] = None
             while len(self._completed) > 4096:
-                self._completed.pop()
+                del self._completed[next(iter(self._completed))]
         if kind == "agent_message" and isinstance(item.get("text"), str):
             self._add_text(item["text"])
             return []
