@@ -23,7 +23,13 @@ from conftest import ROOT, free_port, wait_for
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
+def clean_env() -> dict:
+    """Our environment without what would point a new venv's Python back at this checkout."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("LOOP_", "PYTHON", "VIRTUAL_ENV"))}
+
+
 def sh(*args, timeout=900, **kw) -> subprocess.CompletedProcess:
+    kw.setdefault("env", clean_env())
     r = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, **kw)
     assert r.returncode == 0, f"{args}: exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r
@@ -72,7 +78,7 @@ def editable(checkout, tmp_path_factory) -> Path:
 
 def demo_in(bindir: Path, workdir: Path) -> None:
     """The README's first command (bar the install) in ``workdir``, then everything a user does next."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOOP_", "PYTHON", "VIRTUAL_ENV"))}
+    env = clean_env()
     env.update(PATH=f"{bindir}{os.pathsep}{env['PATH']}", XDG_STATE_HOME=str(workdir / "state"),
                XDG_DATA_HOME=str(workdir / "data"), LOOP_SERVER=f"http://127.0.0.1:{free_port()}")
     prd = workdir / "prds" / "demo.json"
