@@ -175,3 +175,20 @@ def test_loop_runs_and_loop_watch_say_the_sessions_state_in_words(server):
     final = subprocess.run([sys.executable, "-m", "loopstream", "watch", sid, "--server", server.url],
                            capture_output=True, text=True, timeout=60).stdout
     assert "Session: ended (in /tmp/loop-agents-demo/claude/interactive)" in final
+
+
+def test_a_session_calling_the_same_tool_again_and_again_is_warned_about_once(server):
+    """Each hook payload comes in its own request: the streak lives in the sidecar, and the recorded
+    session's three identical Bash calls give one agent_looping (a warning: the session is the user's)."""
+    recorded = payloads("hooks-looping.jsonl")
+    for payload in recorded:                                    # one request each, as the hook sends them
+        assert post(server, payload).status_code == 201
+    sid = recorded[0]["session_id"]
+    events = server.get(f"/api/runs/{sid}/transcript").json()["events"]
+    looping = [e["data"] for e in events if e["type"] == "agent_looping"]
+    assert len(looping) == 1 and looping[0]["repeats"] == 3 and "ls build/reports" in looping[0]["summary"]
+    for payload in [p for p in recorded if p["hook_event_name"] == "PreToolUse"][:1]:   # a 4th: no second warning
+        assert post(server, payload).status_code == 201
+    events = server.get(f"/api/runs/{sid}/transcript").json()["events"]
+    assert sum(e["type"] == "agent_looping" for e in events) == 1
+    assert server.get(f"/api/runs/{sid}").json()["agent"]["looping"]["repeats"] >= 3

@@ -25,12 +25,14 @@ line where it is a name or a summary; a payload it cannot use raises ``EventErro
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from ..events import RUN_RE, EventError
 from .common import (
     ANSI,
     CONTROL,
+    LOOP_AFTER,
     MAX_SUMMARY,
     MAX_TEXT,
     Event,
@@ -39,6 +41,7 @@ from .common import (
     name,
     one_line,
     result_summary,
+    signature,
     tool_summary,
 )
 
@@ -186,3 +189,38 @@ MAPPERS = {
 }
 # The hook events `loop hooks install` wires (every one mapped above).
 HOOK_EVENTS = tuple(MAPPERS)
+
+
+class Repeats:
+    """Agents going in circles in hook sessions: each payload comes in its own request, so the streak
+    of identical consecutive tool calls (tool and input's signature, per session and subagent) is kept
+    here, between requests, by the sidecar worker that reads them. ``see`` gives the ``agent_looping``
+    (a warning: loop does not own an interactive session's process) when a streak reaches LOOP_AFTER."""
+
+    def __init__(self, keep: int = 10_000, loop_after: int = LOOP_AFTER):
+        self.loop_after = loop_after
+        self.keep = keep
+        self._streaks: OrderedDict[tuple[str, str | None], tuple[tuple[str, str | None], int]] = OrderedDict()
+
+    def see(self, payload: Any, run: str, events: list[Event]) -> list[Event]:
+        """``events`` of one PreToolUse payload, with an ``agent_looping`` after its call when it is the
+        LOOP_AFTER-th identical one in a row of its agent; other payloads' events as they are."""
+        if not isinstance(payload, dict) or payload.get("hook_event_name") != "PreToolUse":
+            return events
+        call = next((d for t, d in events if t == "tool_call"), None)
+        if call is None:
+            return events
+        agent = name(payload.get("agent_id"))
+        this = (call["tool"], signature(payload.get("tool_input")))
+        last = self._streaks.pop((run, agent), None)
+        repeats = last[1] + 1 if last is not None and last[0] == this else 1
+        self._streaks[(run, agent)] = (this, repeats)
+        while len(self._streaks) > self.keep:
+            self._streaks.popitem(last=False)
+        if repeats > 1:                          # as the agent formats mark a call that repeats the last
+            call["repeat"] = repeats
+        if repeats != self.loop_after:
+            return events
+        looping = {"tool": call["tool"], "summary": call["summary"], "repeats": repeats,
+                   **({"parent_id": agent} if agent else {})}
+        return events + [("agent_looping", looping)]

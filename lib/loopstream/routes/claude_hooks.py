@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from .. import events as ev
-from ..formats.hooks import session_events
+from ..formats.hooks import Repeats, session_events
 from ..hub import Hub
 from .common import BadParam, client_addr, hub, json_response, read_body
 from .events_in import invalid
@@ -37,12 +37,20 @@ def post_claude_hook() -> Response:
 def accept_hooks(h: Hub, raw: bytes, addr: str, prompts: bool = False) -> list[str]:
     """One hook payload or an array of them -> their events, published all or nothing; the new ids.
     Raises EventError (a 400 naming the field, ``[i].field`` in an array), Refused or BackendDown."""
-    drafts = hook_drafts(ev.loads(raw), prompts)
+    drafts = hook_drafts(ev.loads(raw), prompts, repeats_of(h))
     h.admit(drafts, True, addr)
     return [e.id for e in h.publish(drafts)]
 
 
-def hook_drafts(body: Any, prompts: bool) -> list[ev.Draft]:
+def repeats_of(h: Hub) -> Repeats:
+    """This worker's streaks of identical tool calls in hook sessions (formats.hooks.Repeats)."""
+    watch = getattr(h, "hook_repeats", None)
+    if watch is None:
+        watch = h.hook_repeats = Repeats()    # type: ignore[attr-defined]
+    return watch
+
+
+def hook_drafts(body: Any, prompts: bool, repeats: Repeats | None = None) -> list[ev.Draft]:
     """The validated events of a payload or an array of payloads (all or nothing)."""
     batch = isinstance(body, list)
     items = body if batch else [body]
@@ -54,6 +62,8 @@ def hook_drafts(body: Any, prompts: bool) -> list[ev.Draft]:
     for i, payload in enumerate(items):
         try:
             run, events = session_events(payload, prompts)
+            if repeats is not None:
+                events = repeats.see(payload, run, events)
             drafts += [ev.validate_one({"type": t, "run": run, "data": d}) for t, d in events]
         except ev.EventError as e:
             if not batch:
