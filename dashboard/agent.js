@@ -78,22 +78,44 @@ export function subagentName(sub) {
 
 // Timeline rows of one story from its agent events (in id order): tool calls joined with their results;
 // what a subagent did (events whose parent_id is a Task call's id) goes in that call's row's children.
+// A hook session's subagent is named by its agent_id, which no Task call carries: its rows get a group
+// of their own, opened where the subagent is first seen (SubagentStart, or its first event). Any other
+// parent_id that names no Task call stays flat.
 export function timeline(events, storyId) {
   const rows = [];
   const open = new Map();
-  const subs = new Map();   // Task call id -> its row
+  const subs = new Map();   // Task call id (or a hook session's agent_id) -> its row
   for (const e of events) {
     const d = e.data || {};
     if (text(d.story_id) !== storyId) continue;
-    const parent = subs.get(text(d.parent_id));
-    if (e.type === "subagent_completed") {
-      const row = subs.get(text(d.id));
-      if (row) row.sub_state = d.state === "failed" ? "failed" : "done";
-    } else {
-      addRow(parent ? parent.children : rows, open, subs, e, d);
+    if (e.type === "subagent_completed" || e.type === "session_subagent") {
+      subagentState(rows, subs, e, d);
+      continue;
     }
+    const pid = text(d.parent_id);
+    const hookSub = text(d.agent_id) ? subagentRow : null;   // an unknown Task id stays flat, an agent_id does not
+    const parent = pid ? subs.get(pid) || (hookSub && hookSub(rows, subs, e, pid, text(d.agent_type))) : null;
+    addRow(parent ? parent.children : rows, open, subs, e, d);
   }
   return rows;
+}
+
+function subagentRow(rows, subs, e, id, type) {
+  const row = { key: `sub-${id}`, kind: "tool", tool: "Agent", summary: type || "subagent", started: e.ts,
+    ended: null, is_error: null, children: [], sub_state: "running" };
+  rows.push(row);
+  subs.set(id, row);
+  return row;
+}
+
+function subagentState(rows, subs, e, d) {
+  const id = text(e.type === "session_subagent" ? d.agent_id : d.id);
+  const row = subs.get(id) || (e.type === "session_subagent" && id ? subagentRow(rows, subs, e, id, text(d.agent_type)) : null);
+  if (!row) return;
+  if (e.type === "session_subagent" && text(d.agent_type) && row.key === `sub-${id}`) row.summary = text(d.agent_type);
+  if (d.state === "running") return;
+  row.sub_state = d.state === "failed" ? "failed" : "done";
+  if (row.key === `sub-${id}`) { row.ended = e.ts; row.is_error = d.state === "failed"; }
 }
 
 function addRow(rows, open, subs, e, d) {

@@ -58,7 +58,9 @@ def test_sessions_in_the_run_list_the_title_count_and_one_notification_per_wait(
         hook(server, other)
         hook(server, {**items[4], "session_id": "evil-session", "message": EVIL})
         until(browser, lambda: browser.title.startswith("2 waiting · "), message="two waiting")
-        assert row(browser, "evil-session")["task"].endswith(EVIL) and js(browser, "return window.pwned") is None
+        until(browser, lambda: (row(browser, "evil-session") or {}).get("task", "").endswith(EVIL),
+              message="the second session's row (drawn in its own frame, after the title)")
+        assert js(browser, "return window.pwned") is None
         js(browser, "[...document.querySelectorAll('#run-list li')].find(li => li.querySelector('.run-name')"
                     ".textContent === arguments[0]).querySelector('button').click()", sid)
         until(browser, lambda: js(browser, "return document.getElementById('run-session').textContent") ==

@@ -36,3 +36,19 @@ test("looping and transcript lines read as a person says them", () => {
   assert.equal(describeAgent(ev(2, "subagent_completed", { id: "t", state: "failed", summary: "gave up" })),
     "S subagent failed: gave up");
 });
+
+test("a hook session's subagent (an agent_id, no Task call) gets a group of its own", () => {
+  const hook = (n, type, data) => ({ id: `1-${n}`, type, ts: n, data });
+  const rows = timeline([
+    hook(1, "tool_call", { tool: "Agent", id: "toolu_1", summary: "count files", subagent_type: "Explore" }),
+    hook(2, "session_subagent", { agent_id: "ag1", agent_type: "Explore", state: "running" }),
+    hook(3, "tool_call", { tool: "Bash", id: "toolu_2", summary: "ls", agent_id: "ag1", agent_type: "Explore", parent_id: "ag1" }),
+    hook(4, "tool_result", { tool: "Bash", id: "toolu_2", is_error: false, agent_id: "ag1", parent_id: "ag1" }),
+    hook(5, "session_subagent", { agent_id: "ag1", agent_type: "Explore", state: "done" }),
+    hook(6, "tool_call", { tool: "Read", id: "toolu_3", summary: "x", agent_id: "ag2", agent_type: "Plan", parent_id: "ag2" }),
+  ], "");
+  assert.deepEqual(rows.map((r) => [r.tool, r.summary, r.children === null ? null : r.children.length, r.sub_state ?? null]),
+    [["Agent", "count files", 0, "running"], ["Agent", "Explore", 1, "done"], ["Agent", "Plan", 1, "running"]]);
+  assert.equal(rows[1].children[0].summary, "ls");
+  assert.equal(rows[1].children[0].is_error, false);
+});
