@@ -648,14 +648,14 @@ def _control_command(action: str):
 
         try:
             r = request_json("POST", f"{server.rstrip('/')}/api/runs/{run_id}/{action}", token, "requested",
-                             "status", data=json.dumps({"reason": reason} if reason else {}),
+                             data=json.dumps({"reason": reason} if reason else {}),
                              headers={"Content-Type": "application/json"})
         except SidecarError as e:
             raise click.ClickException(str(e)) from e
         if r["requested"]:
             click.echo(f"{action} requested for {run_id}")
         else:
-            click.echo(f"{action}: nothing to do for {run_id} (status {r['status']}, or already requested)")
+            click.echo(f"{action}: nothing to do for {run_id} (status {_clean(r.get('status'))}, or already requested)")
 
     command.__doc__ = {"stop": "Stop a run: its runner interrupts the running story and cancels the rest.",
                        "pause": "Pause a run: running stories finish, no new one starts.",
