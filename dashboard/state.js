@@ -434,9 +434,8 @@ function toolResult(snap, data, ts) {
   }
 }
 
-// Cost and tokens add up over a story's attempts and over the run's stories.
-function agentResult(snap, data) {
-  const a = agentOf(snap, data);
+// An agent's reported cost and tokens, added to its record and to the run's.
+function addSpent(snap, a, data) {
   const cost = amount(data.cost_usd);
   if (cost !== null) {
     a.cost_usd = (a.cost_usd ?? 0) + cost;
@@ -449,6 +448,12 @@ function agentResult(snap, data) {
       snap[key] += n;
     }
   }
+}
+
+// Cost and tokens add up over a story's attempts and over the run's stories.
+function agentResult(snap, data) {
+  const a = agentOf(snap, data);
+  addSpent(snap, a, data);
   a.num_turns = amount(data.num_turns);
   a.is_error = data.is_error === true;
 }
@@ -563,22 +568,12 @@ function agentUsage(snap, data) {
   const a = agentOf(snap, data);
   const model = short(data.model);
   if (a.model === null) a.model = model;
-  const cost = amount(data.cost_usd);
-  if (cost !== null) {
-    a.cost_usd = (a.cost_usd ?? 0) + cost;
-    snap.cost_usd = (snap.cost_usd ?? 0) + cost;
-  }
-  for (const key of ["input_tokens", "output_tokens"]) {
-    const n = amount(data[key]);
-    if (n !== null) {
-      a[key] += n;
-      snap[key] += n;
-    }
-  }
+  addSpent(snap, a, data);
   if ((snap.session ?? null) === null) return;
   const s = sessionOf(snap);
   if (s.model === null) s.model = model;
   const agent = short(data.agent_id);
+  const cost = amount(data.cost_usd);
   for (const sub of s.subagents) {
     if (sub.agent_id === agent && cost !== null) sub.cost_usd = (sub.cost_usd ?? 0) + cost;
   }

@@ -284,9 +284,8 @@ def test_the_prompt_text_goes_through_only_when_installed_with_prompts(home, ser
 
 def test_the_real_claude_code_reports_to_a_real_sidecar(home, server):
     sys.path.insert(0, str(ROOT / "tests" / "agents"))
-    from clis import have, run_claude
-    if not have("claude"):
-        pytest.skip("Claude Code is not installed (tests/agents/install-clis.sh)")
+    from clis import ensure_installed, run_claude
+    ensure_installed("claude")            # a missing CLI is installed, never a skip
     proj = home / "proj"
     proj.mkdir()
     (proj / "README.md").write_text("hello\n")

@@ -526,9 +526,8 @@ def _tool_result(snap: dict, data: dict, ts: Any) -> None:
         tool["is_error"] = failed
 
 
-def _agent_result(snap: dict, data: dict, ts: Any) -> None:
-    """Cost and tokens add up over a story's attempts and over the run's stories."""
-    a = _agent_of(snap, data)
+def _add_spent(snap: dict, a: dict, data: dict) -> None:
+    """An agent's reported cost and tokens, added to its record and to the run's."""
     cost = _amount(data.get("cost_usd"))
     if cost is not None:
         a["cost_usd"] = (a["cost_usd"] or 0) + cost
@@ -538,6 +537,12 @@ def _agent_result(snap: dict, data: dict, ts: Any) -> None:
         if n is not None:
             a[key] += n
             snap[key] += n
+
+
+def _agent_result(snap: dict, data: dict, ts: Any) -> None:
+    """Cost and tokens add up over a story's attempts and over the run's stories."""
+    a = _agent_of(snap, data)
+    _add_spent(snap, a, data)
     a["num_turns"] = _amount(data.get("num_turns"))
     a["is_error"] = data.get("is_error") is True
 
@@ -655,21 +660,13 @@ def _agent_usage(snap: dict, data: dict, ts: Any) -> None:
     model = _short(data.get("model"))
     if a["model"] is None:
         a["model"] = model
-    cost = _amount(data.get("cost_usd"))
-    if cost is not None:
-        a["cost_usd"] = (a["cost_usd"] or 0) + cost
-        snap["cost_usd"] = (snap["cost_usd"] or 0) + cost
-    for key in ("input_tokens", "output_tokens"):
-        n = _amount(data.get(key))
-        if n is not None:
-            a[key] += n
-            snap[key] += n
+    _add_spent(snap, a, data)
     if snap.get("session") is None:
         return
     s = _session_of(snap)
     if s["model"] is None:
         s["model"] = model
-    agent = _short(data.get("agent_id"))
+    agent, cost = _short(data.get("agent_id")), _amount(data.get("cost_usd"))
     for sub in s["subagents"]:
         if sub["agent_id"] == agent and cost is not None:
             sub["cost_usd"] = (sub.get("cost_usd") or 0) + cost
