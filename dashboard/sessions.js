@@ -1,4 +1,4 @@
-// Claude Code sessions reported by loop's hooks (snapshot.session, lib/loopstream/formats/hooks.py):
+// Claude Code sessions reported by loop's hooks (snapshot.session, lib/loopstream/formats/hook_session.py):
 // their state in words for the run list, the count of those waiting for their user (the tab title),
 // and when one starts waiting (a desktop notification). Pure: no DOM.
 import { LIVE } from "./state.js";

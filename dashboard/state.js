@@ -466,7 +466,7 @@ function storyStalled(snap, data, ts) {
     : `${s.id} stalled`);
 }
 
-// -- sessions: a Claude Code session reported by its hooks (formats/hooks.py) is a run ---------------
+// -- sessions: a Claude Code session reported by its hooks (formats/hook_session.py) is a run ---------------
 const SESSION_STATES = ["working", "waiting_for_input", "idle"];
 
 // The run's session record (created on first use).

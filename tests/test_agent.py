@@ -12,9 +12,9 @@ import time
 import pytest
 
 from conftest import ROOT, wait_for
-from loopstream import state
-from loopstream.formats import MAX_TEXT, LineSplitter, detect, tool_summary
-from loopstream.formats.claude import ClaudeParser as StreamJsonParser
+from loopstream.core import state
+from loopstream.core.formats import MAX_TEXT, LineSplitter, detect, tool_summary
+from loopstream.core.formats.claude import ClaudeParser as StreamJsonParser
 
 AGENTS = ROOT / "tests" / "agents"
 FAKE = [sys.executable, str(AGENTS / "fake_claude.py")]

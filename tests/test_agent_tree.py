@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from conftest import ROOT
-from loopstream import state
-from loopstream.formats import parser_for
+from loopstream.core import state
+from loopstream.core.formats import parser_for
 from loopstream.view import agent_line, plain_line, render_box
 
 AGENTS = ROOT / "tests" / "agents"
@@ -191,7 +191,7 @@ def test_plain_lines_say_looping_and_which_subagent_a_call_is_in():
 # -- loop run --max-repeat: the monitor (pure), then a looping fake agent, real processes ---------------------
 
 def test_the_monitor_asks_for_one_stop_per_attempt_at_max_repeat_and_warns_no_later():
-    from loopstream.agentrun import AgentMonitor, AgentOptions
+    from loopstream.work.agent import AgentMonitor, AgentOptions
 
     m = AgentMonitor(AgentOptions(agent_format="claude-stream-json", max_repeat=2, story_timeout=1),
                      clock=lambda: 1000.0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 from conftest import ROOT
-from loopstream.agentrun import AgentMonitor, AgentOptions, StoryStream
-from loopstream.prd import validate
+from loopstream.work.agent import AgentMonitor, AgentOptions, StoryStream
+from loopstream.work.prd import validate
 
 AGENTS = ROOT / "tests" / "agents"
 

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import BACKENDS, wait_for
-from loopstream.server import Config, create_app
+from loopstream.sidecar.app import Config, create_app
 
 JSON = "application/json"
 

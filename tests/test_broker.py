@@ -1,8 +1,8 @@
 """The broker on its own: ids, buffer, cursors, resets (no server, no clock)."""
 import pytest
 
-from loopstream.broker import Filter, MemoryBroker
-from loopstream.events import Draft
+from loopstream.core.events import Draft
+from loopstream.sidecar.brokers.memory import Filter, MemoryBroker
 
 
 def drafts(n, run="r", type="progress"):

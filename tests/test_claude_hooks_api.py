@@ -8,8 +8,8 @@ import pytest
 import requests
 
 from conftest import BACKENDS, wait_for
-from loopstream.events import MAX_BATCH
-from loopstream.routes.claude_hooks import hook_drafts
+from loopstream.core.events import MAX_BATCH
+from loopstream.sidecar.routes.claude_hooks import hook_drafts
 from test_notify import Receiver
 
 REAL = Path(__file__).resolve().parent / "agents" / "claude-real"

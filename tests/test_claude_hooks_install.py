@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port, wait_for
-from loopstream.formats.hooks import HOOK_EVENTS
-from loopstream.hooks_install import telemetry_env
+from loopstream.cli.claude_settings import telemetry_env
+from loopstream.core.formats.hook_session import HOOK_EVENTS
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT / "tests" / "agents" / "claude-real"
@@ -212,7 +212,7 @@ def delivered(server, sid: str, n: int) -> list[dict] | None:
 
 
 def expected_types(name: str) -> list[str]:
-    from loopstream.formats.hooks import session_events
+    from loopstream.core.formats.hook_session import session_events
     return [t for line in payload_lines(name) for t, _ in session_events(json.loads(line))[1]]
 
 

@@ -14,7 +14,7 @@ import pytest
 from gunicorn.http import errors as gunicorn_errors
 
 from conftest import wait_for
-from loopstream.connections import PARSER_ERRORS
+from loopstream.sidecar.connections import PARSER_ERRORS
 
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 

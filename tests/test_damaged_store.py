@@ -23,13 +23,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Server, Subscriber, wait_for
-from loopstream import events as ev
-from loopstream import stored
-from loopstream.broker import StoreRefused
-from loopstream.config import Config
-from loopstream.history import History
-from loopstream.hub import Hub, Refused
-from loopstream.routes.claude_hooks import hook_drafts
+from loopstream.core import events as ev
+from loopstream.sidecar import stored
+from loopstream.sidecar.brokers.memory import StoreRefused
+from loopstream.sidecar.config import Config
+from loopstream.sidecar.history import History
+from loopstream.sidecar.hub import Hub, Refused
+from loopstream.sidecar.routes.claude_hooks import hook_drafts
 
 FUTURE = 10**9          # ms: the stores are made with ids this far ahead of the clock
 RUNS = ("done1", "done2", "live")

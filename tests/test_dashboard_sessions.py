@@ -10,7 +10,7 @@ from pathlib import Path
 import requests
 
 from conftest import wait_for
-from loopstream.formats.hooks import project_of
+from loopstream.core.formats.hook_session import project_of
 from test_dashboard import browser, js, open_page, shot, until  # noqa: F401  (browser: a fixture)
 
 REAL = Path(__file__).resolve().parent / "agents" / "claude-real"

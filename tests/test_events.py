@@ -1,6 +1,6 @@
 import pytest
 
-from loopstream import events as ev
+from loopstream.core import events as ev
 
 
 def test_single_event_gets_default_run_and_empty_data():

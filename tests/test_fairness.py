@@ -15,9 +15,9 @@ import time
 import pytest
 
 from conftest import BACKENDS, wait_for
-from loopstream import events as ev
-from loopstream.config import Config
-from loopstream.hub import Hub, Refused
+from loopstream.core import events as ev
+from loopstream.sidecar.config import Config
+from loopstream.sidecar.hub import Hub, Refused
 
 pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 

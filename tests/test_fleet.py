@@ -12,9 +12,9 @@ import redis
 import requests
 
 from conftest import wait_for
-from loopstream.config import Config
-from loopstream.fleet import Fleet
-from loopstream.hub import Hub
+from loopstream.sidecar.config import Config
+from loopstream.sidecar.fleet import Fleet
+from loopstream.sidecar.hub import Hub
 
 SCRAPES = 20
 

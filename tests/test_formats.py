@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from loopstream.events import validate_one
-from loopstream.formats import FORMATS, PRD_FORMATS, detect, parser_for
+from loopstream.core.events import validate_one
+from loopstream.core.formats import FORMATS, PRD_FORMATS, detect, parser_for
 
 AGENTS = Path(__file__).resolve().parent / "agents"
 FOLDERS = {"claude": "claude-real", "codex": "codex", "gemini": "gemini"}
@@ -101,7 +101,7 @@ def test_every_recorded_session_of_every_format_is_understood_and_valid():
 def test_one_registry_names_every_format_for_adapt_and_for_prds():
     assert set(FORMATS) == {"claude", "codex", "gemini"}
     assert set(PRD_FORMATS.values()) == set(FORMATS)
-    from loopstream.prd import AGENT_FORMATS
+    from loopstream.work.prd import AGENT_FORMATS
 
     assert set(AGENT_FORMATS) == {"text", *PRD_FORMATS}
 

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from conftest import wait_for
-from loopstream.forwarded import Trusted, TrustError
+from loopstream.sidecar.forwarded import Trusted, TrustError
 
 BUDGET = ("--rate", "1000", "--burst", "1000", "--client-rate", "0.001", "--client-burst", "3")
 
@@ -175,8 +175,8 @@ def test_a_trusted_proxys_connections_are_not_capped_per_address_but_others_are(
 
 
 def test_the_hub_resolves_and_counts_without_a_server():
-    from loopstream.config import Config
-    from loopstream.hub import Hub
+    from loopstream.sidecar.config import Config
+    from loopstream.sidecar.hub import Hub
 
     hub = Hub(Config(forwarded_allow_ips=["127.0.0.1"]))
     try:

@@ -5,8 +5,8 @@ import os
 import pytest
 
 from conftest import Server, wait_for
-from loopstream.events import Event
-from loopstream.history import AtomicJSONStorage, History, read_journal
+from loopstream.core.events import Event
+from loopstream.sidecar.history import AtomicJSONStorage, History, read_journal
 
 
 def finished_run(server, run="done"):

@@ -1,14 +1,14 @@
-"""Claude Code hook payloads -> loop events (formats/hooks.py), over the payloads recorded from the
+"""Claude Code hook payloads -> loop events (formats/hook_session.py), over the payloads recorded from the
 real Claude Code (tests/agents/claude-real/hooks-*.jsonl), folded by the reducer into a session."""
 import json
 from pathlib import Path
 
 import pytest
 
-from loopstream import state
-from loopstream.events import EventError, validate_one
-from loopstream.formats import tool_summary
-from loopstream.formats.hooks import HOOK_EVENTS, session_events
+from loopstream.core import state
+from loopstream.core.events import EventError, validate_one
+from loopstream.core.formats import tool_summary
+from loopstream.core.formats.hook_session import HOOK_EVENTS, session_events
 
 REAL = Path(__file__).resolve().parent / "agents" / "claude-real"
 RECORDED = sorted(REAL.glob("hooks-*.jsonl"))
@@ -152,7 +152,7 @@ def test_garbage_in_known_fields_never_raises_and_stays_bounded():
 
 
 def test_an_idle_interactive_session_is_never_declared_lost():
-    from loopstream.reaper import ghost_runs, silent_runs
+    from loopstream.sidecar.reaper import ghost_runs, silent_runs
     snap = None
     for t, d in session_events(payloads("hooks-interactive.jsonl")[0])[1]:   # SessionStart, in one request
         snap = state.apply(snap, {"id": "1-1", "type": t, "run": "s1", "ts": 100.0, "data": d})

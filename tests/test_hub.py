@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from loopstream import events as ev
-from loopstream.broker import HELLO_LIVE, Filter
-from loopstream.config import Config
-from loopstream.fanout import Subscriber
-from loopstream.hub import Hub, Refused
+from loopstream.core import events as ev
+from loopstream.sidecar.brokers.memory import HELLO_LIVE, Filter
+from loopstream.sidecar.config import Config
+from loopstream.sidecar.fanout import Subscriber
+from loopstream.sidecar.hub import Hub, Refused
 
 
 class Clock:
@@ -190,8 +190,8 @@ def test_the_reaper_finishes_a_silent_run_once(clock):
 
 
 def test_both_brokers_are_what_the_hub_relies_on_and_redis_reads_nothing_before_start():
-    from loopstream.broker import Broker, MemoryBroker
-    from loopstream.redis_broker import RedisBroker
+    from loopstream.sidecar.brokers.memory import Broker, MemoryBroker
+    from loopstream.sidecar.brokers.redis import RedisBroker
 
     assert isinstance(MemoryBroker(), Broker)
     told = []

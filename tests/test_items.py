@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from conftest import ROOT, free_port
-from loopstream.events import EventError, validate_one
-from loopstream.items import ItemError, parse_items
+from loopstream.core.events import EventError, validate_one
+from loopstream.core.items import ItemError, parse_items
 
 TABLE = json.loads((ROOT / "tests" / "fixtures" / "tables" / "emit_items.json").read_text())["cases"]
 EMIT = str(ROOT / "bin" / "loop-emit")
@@ -120,7 +120,7 @@ def _json_texts():
 
 
 def _sidecar_accepts(text: str) -> bool:
-    from loopstream import events
+    from loopstream.core import events
 
     try:
         validate_one({"type": "note", "data": {"x": events.loads(text)}})

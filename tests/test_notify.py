@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from conftest import BACKENDS, wait_for
-from loopstream import notify
+from loopstream.sidecar import notify
 
 
 class Receiver:

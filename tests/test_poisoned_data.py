@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from conftest import BACKENDS, Server, Subscriber, wait_for
-from loopstream import events as ev
+from loopstream.core import events as ev
 
 INFINITE = '{"type":"task_started","run":"p","ts":1,"data":{"story_count":1e999,"estimated_duration":Infinity}}'
 WRONG_TYPES = '{"type":"task_started","run":"q","ts":2,"data":{"stories":7,"story_count":"x","task_name":{"a":1}}}'

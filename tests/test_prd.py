@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from loopstream import prd
+from loopstream.work import prd
 
 GOOD = {"project": "P", "agent": "cat", "userStories": [
     {"id": "A", "title": "a", "acceptanceCriteria": ["x", {"text": "y", "check": "true"}], "priority": 1,

@@ -1,4 +1,4 @@
-from loopstream.ratelimit import Budget, TokenBuckets
+from loopstream.sidecar.ratelimit import Budget, TokenBuckets
 
 
 class Clock:

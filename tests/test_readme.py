@@ -15,7 +15,7 @@ NOT_RUN = {
     "# 1. Install, and run the demo PRD": "installs the package: tests/test_install.py runs it in a clean venv",
     "python3 -m pip install -e .": "installs the package: tests/test_install.py",
     "loop hooks install                   # ~/.claude": "changes the user's Claude Code settings: "
-                                                  "tests/test_claude_hooks_install.py runs each in a temp home",
+                                                  "tests/test_claude_claude_settings.py runs each in a temp home",
     "loop serve --host 127.0.0.1 --port 8765 --db /var/lib/loop": "one host's deployment (its port, /var/lib)",
     "# Redis, keeping every accepted event": "a fleet's deployment (the addresses of other hosts)",
     "# the sidecar behind it": "a host's deployment (port 8765, /etc/loop/token): tests/test_proxy.py starts the "

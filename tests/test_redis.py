@@ -145,8 +145,8 @@ def test_losing_redis_gives_503s_and_ends_streams_then_recovers_losing_nothing(m
 
 
 def test_a_worker_loads_live_and_recent_runs_and_reads_older_ones_from_redis(backend):
-    from loopstream.events import Draft
-    from loopstream.redis_broker import RedisBroker
+    from loopstream.core.events import Draft
+    from loopstream.sidecar.brokers.redis import RedisBroker
 
     first = RedisBroker(backend, keep_finished=2)
     first.start()

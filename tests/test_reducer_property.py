@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT
-from loopstream import events as ev
-from loopstream import state
+from loopstream.core import events as ev
+from loopstream.core import state
 
 KNOWN = ["task_started", "story_started", "ac_completed", "ac_failed", "story_completed", "task_completed",
          "error_occurred", "output", "progress", "stop_requested", "pause_requested", "resume_requested",
@@ -128,7 +128,7 @@ def test_apply_never_changes_the_snapshot_it_is_given(events):
 def test_a_batch_refused_by_the_journal_leaves_every_snapshot_as_it_was():
     """Copy on write, seen from the broker: staging a batch that touches a story, the control
     record, the agent and the log, then not committing it, leaves the live snapshot unchanged."""
-    from loopstream.broker import MemoryBroker
+    from loopstream.sidecar.brokers.memory import MemoryBroker
 
     broker = MemoryBroker()
     broker.publish([ev.Draft("task_started", "r", {"stories": [{"id": "S1", "title": "one"}]}),

@@ -1,4 +1,4 @@
-from loopstream import sse
+from loopstream.core import sse
 
 
 def test_frame_has_id_event_and_data_and_ends_with_a_blank_line():

@@ -4,7 +4,7 @@ import copy
 import pytest
 
 from conftest import fixture_files, load_fixture
-from loopstream import state
+from loopstream.core import state
 
 
 @pytest.mark.parametrize("path", fixture_files(), ids=lambda p: p.stem)
@@ -89,7 +89,7 @@ def test_interrupted_run_comes_back_when_its_runner_does():
 def test_the_reducer_never_raises_on_wrong_typed_fields_and_stays_json(etype, data):
     import json
 
-    from loopstream import events as ev
+    from loopstream.core import events as ev
     snap = state.reduce([{"id": "1-1", "type": "task_started", "run": "r", "ts": 0, "data": {"story_count": 2}},
                          {"id": "1-2", "type": etype, "run": "r", "ts": 1.5, "data": data},
                          {"id": "1-3", "type": "output", "run": "r", "ts": 2, "data": {"text": "after"}}])

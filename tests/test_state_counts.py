@@ -1,6 +1,6 @@
 """Honest numbers: percent counts finished stories only, and a stopped run says where it stopped."""
 from conftest import FIXTURES, load_fixture
-from loopstream import state
+from loopstream.core import state
 
 
 def test_a_stopped_run_shows_where_it_stopped_and_counts_cancelled_and_skipped():

@@ -13,7 +13,7 @@ from loopstream.view import clean, plain_line, render_box
 
 def full_run_midway():
     events = json.loads((FIXTURES / "full_run.json").read_text())["events"][:5]
-    from loopstream import state
+    from loopstream.core import state
     return state.reduce(events)
 
 
@@ -149,7 +149,7 @@ LOOP = [sys.executable, "-m", "loopstream"]
 
 
 def fixture_snapshot(name, upto=None):
-    from loopstream import state
+    from loopstream.core import state
     return state.reduce(json.loads((FIXTURES / f"{name}.json").read_text())["events"][:upto])
 
 
@@ -237,7 +237,7 @@ def test_a_stopped_loop_run_says_why_on_its_last_line_and_loop_watch_ends_on_it(
 
 
 def test_loop_runs_says_a_commands_exit_code_and_makes_up_no_percentage():
-    from loopstream.state import reduce, summarize
+    from loopstream.core.state import reduce, summarize
     from loopstream.view import runs_table
     quiet = reduce([{"id": "1-1", "type": "task_started", "run": "quiet", "ts": 1, "data": {"task_name": "Quiet"}}])
     snaps = [fixture_snapshot("exec_failed"), fixture_snapshot("exec_stopped"), fixture_snapshot("plain_script"),

@@ -12,15 +12,15 @@ __all__ = ["Reporter", "tqdm", "trange"]
 
 def __getattr__(name: str):
     if name == "Reporter":
-        from .reporter import Reporter
+        from loopstream.work.reporter import Reporter
 
         return Reporter
     if name == "tqdm":
-        from .reporter import tqdm_class
+        from loopstream.work.reporter import tqdm_class
 
         return tqdm_class()
     if name == "trange":
-        from .reporter import trange
+        from loopstream.work.reporter import trange
 
         return trange
     raise AttributeError(f"module 'loopstream' has no attribute {name!r}")

@@ -1,3 +1,3 @@
-from .cli import main
+from loopstream.cli import main
 
 main()

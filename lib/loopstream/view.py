@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.cells import cell_len
 
-from .state import as_text
+from loopstream.core.state import as_text
 
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]")
 # C0 (but \n), DEL, C1; bidi embeddings, overrides, isolates and marks (a U+202E reverses what
@@ -310,7 +310,7 @@ AGENT_LINES = {
     "subagent_completed": lambda d: f"subagent {d.get('id')} {d.get('state')}: {d.get('summary') or ''}",
 }
 
-# A Claude Code session's own events (formats/hooks.py, otlp_in.py), one line each, as the agent's are.
+# A Claude Code session's own events (formats/hook_session.py, otlp_in.py), one line each, as the agent's are.
 SESSION_WORDS = {"working": "working", "waiting_for_input": "waiting", "idle": "idle", "ended": "ended"}
 SESSION_LINES = {
     "session_started": lambda d: f"session started ({d.get('source') or '?'}) in {d.get('cwd') or '?'}",
