@@ -1,5 +1,5 @@
 """One reducer rule in two languages: the same generated events (emoji, non-strings, floats, huge
-and empty fields, unknown types, fields of the wrong type) folded by state.py and by node running
+and empty fields, unknown types, fields of the wrong type) folded by core/state/ and by node running
 dashboard/state.js must give identical snapshots, and neither may raise."""
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ import pytest
 
 from conftest import fixture_files, load_fixture
 from loopstream.core import state
+from loopstream.core.state.run import OUTPUT_TAIL
+from loopstream.core.state.values import as_text, js_number
 
 
 @pytest.mark.parametrize("path", fixture_files(), ids=lambda p: p.stem)
@@ -61,7 +63,7 @@ def test_output_tail_is_bounded():
     for i in range(300):
         snap = state.apply(snap, {"id": f"1-{i}", "type": "output", "run": "r", "ts": i,
                                   "data": {"text": "y" * 1000}})
-    assert len(snap["output"]) == state.OUTPUT_TAIL and snap["output_truncated"]
+    assert len(snap["output"]) == OUTPUT_TAIL and snap["output_truncated"]
 
 
 def test_interrupted_run_comes_back_when_its_runner_does():
@@ -98,7 +100,7 @@ def test_the_reducer_never_raises_on_wrong_typed_fields_and_stays_json(etype, da
 
 
 def test_non_string_text_is_json_and_numbers_are_written_as_javascript_writes_them():
-    assert state.as_text({"b": 2.0, "a": [1e-7, None, True]}) == '{"a":[1e-7,null,true],"b":2}'
-    assert state.as_text(None) == "" and state.as_text(3.0) == "3" and state.as_text("x") == "x"
-    assert [state.js_number(x) for x in (1e21, 1e20, 0.000001, 1.5e-6, -0.0)] == [
+    assert as_text({"b": 2.0, "a": [1e-7, None, True]}) == '{"a":[1e-7,null,true],"b":2}'
+    assert as_text(None) == "" and as_text(3.0) == "3" and as_text("x") == "x"
+    assert [js_number(x) for x in (1e21, 1e20, 0.000001, 1.5e-6, -0.0)] == [
         "1e+21", "100000000000000000000", "0.000001", "0.0000015", "0"]

@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.cells import cell_len
 
-from loopstream.core.state import as_text
+from loopstream.core.state.values import as_text
 
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]")
 # C0 (but \n), DEL, C1; bidi embeddings, overrides, isolates and marks (a U+202E reverses what
