@@ -69,7 +69,7 @@ def _timed_run(prd: Path, server: str, env: dict, *args: str) -> tuple[float, in
 
 def _subscribe(url: str, run: str, seen: list, stop: threading.Event) -> None:
     """Count what reaches a stream subscriber for ``run``: (receive time, type, text bytes, elided bytes)."""
-    from loopstream.client import stream
+    from loopstream.client.stream import stream
 
     for _, name, data in stream(url, runs=[run], stop=stop, read_timeout=30):
         if name in ("hello", "reset", "heartbeat"):

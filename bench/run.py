@@ -335,7 +335,7 @@ def slow_reader(sizes: Sizes) -> dict:
 
 def restart_resume() -> dict:
     """Time from a restart of the sidecar to a resumed client's first event from the new one."""
-    from loopstream.client import stream
+    from loopstream.client.stream import stream
 
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="bench-restart-")

@@ -6,7 +6,8 @@ import json
 import pytest
 import requests
 
-from loopstream.client import Pace, _refusal, _retry_after
+from loopstream.client.outbox import _refusal, _retry_after
+from loopstream.client.pace import Pace
 
 
 def answer(body, status: int = 429, headers: dict | None = None) -> requests.Response:

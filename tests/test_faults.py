@@ -8,7 +8,7 @@ import psutil
 import pytest
 
 from conftest import BACKENDS, Server, wait_for
-from loopstream.client import stream
+from loopstream.client.stream import stream
 
 
 def worker_fds(server) -> int:

@@ -1,11 +1,11 @@
-"""loopstream.client.Follower (what `loop watch` does with each frame) against the table of cases that
+"""loopstream.client.follow.Follower (what `loop watch` does with each frame) against the table of cases that
 dashboard/connection.js is run against too (tests/js/follower_table.test.mjs)."""
 import json
 
 import pytest
 
 from conftest import ROOT, free_port
-from loopstream.client import Follower
+from loopstream.client.follow import Follower
 
 TABLE = json.loads((ROOT / "tests" / "fixtures" / "tables" / "follower_cases.json").read_text())["cases"]
 
@@ -35,7 +35,7 @@ def test_follower_reads_frames_as_the_dashboard_does(case):
 
 
 def test_a_sidecar_error_carries_its_http_status(server):
-    from loopstream.client import SidecarError, request
+    from loopstream.client.http import SidecarError, request
 
     with pytest.raises(SidecarError) as missing:
         request("GET", f"{server.url}/api/runs/no-such-run")

@@ -109,7 +109,7 @@ def check_hooks(bindir: Path, workdir: Path, base: str, env: dict) -> None:
     sh("bash", "-c", f'source "{library}" && LOOP_RUN=from-hooks loop_progress 40 compiling && LOOP_STRICT=1 '
        f'"$(loop shell-hooks --emit)" note message=hi', env={**env, "LOOP_RUN": "from-hooks"})
     spooled = sh(bindir / "python", "-c",
-                 "import sys; from loopstream.client import hand_to_spool; "
+                 "import sys; from loopstream.client.spool import hand_to_spool; "
                  "print(hand_to_spool(sys.argv[1], 'handed', [{'type': 'note', 'run': 'handed', 'data': {}}]))",
                  base, env=env).stdout.strip()
     assert spooled != "None", "hand_to_spool found no loop-emit"

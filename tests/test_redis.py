@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from conftest import Subscriber, wait_for
-from loopstream.client import stream
+from loopstream.client.stream import stream
 
 pytestmark = pytest.mark.parametrize("backend", ["redis"], indirect=True)
 

@@ -1,4 +1,4 @@
-// dashboard/connection.js against the table of stream cases that loopstream.client.Follower
+// dashboard/connection.js against the table of stream cases that loopstream.client.follow.Follower
 // (what `loop watch` uses) is run against too: tests/fixtures/tables/follower_cases.json.
 import { test } from "node:test";
 import assert from "node:assert/strict";

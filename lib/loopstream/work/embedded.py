@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from loopstream.client import healthy
 from loopstream.client.defaults import DEFAULT_PORT
+from loopstream.client.http import healthy
 
 DEFAULT_IDLE_EXIT = 600.0
 EXCEPTION_LINE = re.compile(r"([\w.]*(Error|Exception)|Error|loop): ")   # a traceback's last line, Click's Error:

@@ -1,6 +1,6 @@
 """Around a run (`loop run`, `loop exec`, `loop tail`): its name, its sidecar, its ETA, the control
 listener (stop/pause/resume from the dashboard or `loop stop`), signal handling, and what to tell
-the user about delivery. The commands in cli.py parse, call these, and print.
+the user about delivery. The commands in cli/ parse, call these, and print.
 
 No Click here: whatever is said to the user goes through a ``say(line)`` callback.
 """
@@ -44,7 +44,7 @@ def estimate(server: str | None, token: str | None, task_id: str, stories: int) 
     """The ETA rule: seconds the stories took in this PRD's latest finished run, scaled to this run."""
     if not server or not stories:
         return None
-    from loopstream.client import SidecarError, request
+    from loopstream.client.http import SidecarError, request
 
     try:
         runs = request("GET", server + "/api/runs", token, timeout=1).json()["runs"]
@@ -74,7 +74,7 @@ class RunSidecar:
 def sidecar_for_run(server: str, no_embed: bool, say: Say) -> RunSidecar:
     """The sidecar this run reports to: the one at ``server``, one left by an earlier run, or a new
     detached one (it outlives the run; `loop serve --idle-exit`); or none, and why."""
-    from loopstream.client import healthy
+    from loopstream.client.http import healthy
     from loopstream.work.embedded import EmbeddedSidecar, SidecarStartError
 
     if healthy(server):
@@ -125,7 +125,8 @@ def apply_control_event(name: str, data: dict, run_id: str, target: Controllable
 def listen_for_control(server: str, token: str | None, run_id: str, target: Controllable,
                        done: threading.Event, say: Say) -> None:
     """Act on stop/pause/resume requests for this run, from its snapshot and live events, until ``done``."""
-    from loopstream.client import SidecarError, stream
+    from loopstream.client.http import SidecarError
+    from loopstream.client.stream import stream
 
     try:
         for _, name, data in stream(server, token, runs=[run_id], stop=done,
@@ -234,7 +235,7 @@ def delivery_report(status: Any, server: str | None, spool: Path | None = None) 
 
 def hand_over_leftovers(server: str | None, run_id: str, outbox: Any, token: str | None) -> Path | None:
     """What the outbox could not deliver in time goes to the hooks' spool (a shipper delivers it later)."""
-    from loopstream.client import hand_to_spool
+    from loopstream.client.spool import hand_to_spool
 
     if not server or not outbox.leftovers:
         return None

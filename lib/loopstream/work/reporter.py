@@ -67,7 +67,7 @@ class Reporter:
 
     def __init__(self, run: str | None = None, name: str | None = None, *, server: str | None = None,
                  token: str | None = None, close_timeout: float = 2.0, heartbeat_s: float | None = 10.0):
-        from loopstream.client import Outbox
+        from loopstream.client.outbox import Outbox
 
         if run is not None and not (isinstance(run, str) and RUN_RE.match(run)):
             raise ValueError(f"run must match [A-Za-z0-9._-]{{1,64}}, got {run!r}")

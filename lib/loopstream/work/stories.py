@@ -239,7 +239,7 @@ class Runner:
         give it a moment (at most ``patience`` s) so they reach the sidecar before the story's end does."""
         if not self.opts.server:
             return
-        from loopstream.client import spool_path
+        from loopstream.client.spool import spool_path
 
         spool = spool_path(self.opts.server, self.opts.run_id)
         deadline = time.monotonic() + patience
