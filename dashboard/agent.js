@@ -6,56 +6,16 @@
 // The snapshot (state.js) holds the totals; the rows come from the run's agent events, read once
 // from its transcript and then live. Event text only ever goes in with textContent.
 import { $, fromTemplate, keyed, setHidden, setText } from "./dom.js";
+import { parseId } from "./connection.js";
+import { duration, isNum, looping, money, text, tokens } from "./view.js";
 
 const AGENT_TYPES = new Set(["agent_init", "agent_text", "tool_call", "tool_result", "agent_result",
   "story_stalled", "story_started", "agent_looping", "subagent_completed"]);
 const KEPT_PER_RUN = 5000;   // agent events remembered per run (the export has them all)
 const TEXT_SHOWN = 600;      // characters of assistant text shown in a row
 
-const isNum = (v) => typeof v === "number" && Number.isFinite(v);
-const text = (v) => (typeof v === "string" ? v : v === null || v === undefined ? "" : String(v));
-
-export function duration(seconds) {
-  if (!isNum(seconds)) return "";
-  const s = Math.max(0, Math.floor(seconds));
-  if (s < 60) return `${s}s`;
-  if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, "0")}s`;
-  return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
-}
-
-export function money(value) {
-  if (!isNum(value)) return "unknown";
-  return value < 10 ? `$${value.toFixed(4)}` : `$${value.toFixed(2)}`;
-}
-
-export function tokens(input, output) {
-  return `${(isNum(input) ? input : 0).toLocaleString("en")} in / ${(isNum(output) ? output : 0).toLocaleString("en")} out`;
-}
-
-// "1700000000000-42" -> [1700000000000, 42], to order events by id.
-function idKey(id) {
-  const m = /^(\d+)-(\d+)$/.exec(text(id));
-  return m ? [Number(m[1]), Number(m[2])] : [0, 0];
-}
+const idKey = (id) => parseId(id) ?? [0, 0];   // to order events by id
 const byId = (a, b) => { const x = idKey(a.id); const y = idKey(b.id); return x[0] - y[0] || x[1] - y[1]; };
-
-// How an agent event reads in the transcript list.
-export function describeAgent(event) {
-  const d = event.data || {};
-  const sid = text(d.story_id) + (d.parent_id ? " ↳" : "");   // a subagent's
-  switch (event.type) {
-    case "agent_init": return `${sid} model ${text(d.model) || "?"}`;
-    case "agent_text": return `${sid} ${text(d.text)}`;
-    case "tool_call": return `${sid} → ${text(d.tool) || "?"}: ${text(d.summary)}`;
-    case "tool_result": return `${sid} ${d.is_error === true ? "✗" : "✓"} ${text(d.tool) || "?"}: ${text(d.summary)}`;
-    case "agent_result": return `${sid} ${d.is_error === true ? "failed" : "done"}, cost ${money(d.cost_usd)}, `
-      + `${tokens(d.input_tokens, d.output_tokens)} tokens`;
-    case "story_stalled": return `${sid} silent for ${duration(d.silent_s)}`;
-    case "agent_looping": return `${sid} ⚠ looping: ${looping(d)}`;
-    case "subagent_completed": return `${sid} subagent ${d.state === "failed" ? "failed" : "done"}: ${text(d.summary)}`;
-    default: return null;
-  }
-}
 
 // The exported transcript, with the cost and tokens of the run and of each story on top.
 export function withAgentSummary(transcript, snap) {
@@ -63,11 +23,6 @@ export function withAgentSummary(transcript, snap) {
   const stories = (snap.stories || []).filter((s) => s.agent).map((s) => ({ id: s.id, ...s.agent }));
   return { ...transcript, agent: { cost_usd: snap.cost_usd ?? null, input_tokens: snap.input_tokens ?? 0,
     output_tokens: snap.output_tokens ?? 0, run_agent: snap.agent ?? null, stories } };
-}
-
-// "Bash pytest -q ×3": what an agent going in circles repeats.
-export function looping(d) {
-  return `${text(d.tool) || "?"} ${text(d.summary)}`.trim() + (isNum(d.repeats) ? ` ×${d.repeats}` : "");
 }
 
 // A subagent as a person knows it: its type and the description it was given.
@@ -147,7 +102,7 @@ function addRow(rows, open, subs, e, d) {
       summary: `${d.is_error === true ? "Agent failed" : "Agent done"} · ${money(d.cost_usd)} · `
         + `${tokens(d.input_tokens, d.output_tokens)} tokens` + (isNum(d.num_turns) ? ` · ${d.num_turns} turns` : "") });
   } else if (e.type === "story_stalled") {
-    rows.push({ key: e.id, kind: "stall", summary: `Silent for ${duration(d.silent_s)}` });
+    rows.push({ key: e.id, kind: "stall", summary: `Silent for ${duration(d.silent_s, "")}` });
   } else if (e.type === "agent_looping") {
     rows.push({ key: e.id, kind: "looping", summary: `Looping: ${looping(d)}` });
   }

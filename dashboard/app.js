@@ -1,14 +1,18 @@
-// The dashboard: one stream shared by every tab (shared.js), the shared reducer, and a view that
-// updates in place — rows are keyed and updated, never rebuilt, so focus, hover, a click in
-// progress and a text selection survive live updates; output is appended. Event text is only ever
-// set with textContent. Each panel is one render function in PANELS: a new panel is one more entry.
-import { apply, asText, isLive, FINISHED } from "./state.js";
+// The dashboard's wiring: one stream shared by every tab (shared.js), the shared reducer (state.js),
+// and a page that updates in place — rows are keyed and updated, never rebuilt, so focus, hover, a
+// click in progress and a text selection survive live updates; output is appended. What the page says
+// is worked out in view.js (pure, tested by node); this module holds the page's state, talks to the
+// sidecar and puts things on the page. Event text is only ever set with textContent. Each panel is one
+// render function in PANELS: a new panel is one more entry.
+import { apply, isLive, FINISHED } from "./state.js";
 import { SharedStream } from "./shared.js";
 import { Alerts } from "./alerts.js";
 import { $, fromTemplate, keyed, setAttr, setHidden, setText } from "./dom.js";
 import { OutputView } from "./output.js";
-import { AgentPanel, describeAgent, looping, withAgentSummary } from "./agent.js";
+import { AgentPanel, withAgentSummary } from "./agent.js";
 import { sessionLine, sessionStatus, startsWaiting, waitingCount } from "./sessions.js";
+import { cardText, clockText, describe, loopingWarning, outcome, outageText, pickOnLoad, reportsProgress, runRows,
+  stoppedLine, storyStatusText, transcriptNote, waitingAlert, watchAlert } from "./view.js";
 
 const query = new URLSearchParams(location.search);
 const fragment = new URLSearchParams(location.hash.slice(1));
@@ -25,7 +29,6 @@ const MARK = { passed: "✅", running: "⏳", pending: "○", failed: "❌" };
 const STORY_MARK = { passed: "✅", running: "⏳", queued: "○", failed: "❌", skipped: "⏭", cancelled: "⛔" };
 const STATUS_LABEL = { live: "Live", polling: "Polling", reconnecting: "Reconnecting", connecting: "Connecting…" };
 const TRANSCRIPT_SHOWN = 2000;
-const POLL_EVERY_S = 2;
 const NOTICES_KEPT = 3;
 
 const runs = new Map();        // run -> full snapshot (from hello/reset/poll, folded live)
@@ -113,26 +116,15 @@ function showAlerts(snap) {
 
 // A watched run finished, failed or stalled: a desktop notification when the tab is hidden.
 function watch(snap, event, statusBefore) {
-  const name = snap.task_name || snap.run;
-  if (FINISHED.includes(snap.status) && statusBefore !== snap.status && !snap.session) {   // a session's end: no
-    alerts.notify(snap.run, `finished ${snap.finished_at}`, `${name}: ${snap.status}`, outcome(snap));
-  } else if (event.type === "story_stalled") {
-    const d = event.data || {};
-    alerts.notify(snap.run, `stalled ${event.id}`, `${name}: a story stalled`,
-      `${String(d.story_id ?? "?")} has been silent for ${Math.round(Number(d.silent_s) || 0)} s`);
-  } else if (event.type === "agent_looping") {
-    const d = event.data || {};
-    alerts.notify(snap.run, `looping ${event.id}`, `${name}: an agent is going in circles`,
-      `${String(d.story_id ?? "agent")}: ${looping(d)}`);
-  }
+  const alert = watchAlert(snap, event, statusBefore);
+  if (alert) alerts.notify(snap.run, alert.key, alert.title, alert.body);
 }
 
 // A Claude Code session started waiting for its user: one desktop notification per wait, whichever
 // run is selected (the title's count says it too).
 function noticeWaiting(snap) {
-  const s = snap.session;
-  alerts.notify(snap.run, `waiting ${s.since}`, `Claude needs you in ${s.project || snap.task_name || snap.run}`,
-    String(s.waiting_for || ""));
+  const alert = waitingAlert(snap);
+  alerts.notify(snap.run, alert.key, alert.title, alert.body);
   if (snap.run !== selected) showAlerts(runs.get(selected) ?? null);
 }
 
@@ -217,16 +209,6 @@ function select(run) {
   render();
 }
 
-// On load: the live run (else the latest). Afterwards only a person changes it; an empty page
-// shows the first run that appears.
-function pickOnLoad(rows) {
-  if (selected && settled) return;
-  const live = rows.find((r) => r.status === "running" || r.status === "paused");
-  const pick = (live || rows[0])?.run ?? null;
-  if (pick === null) return;
-  selected = pick;
-  settled = true;
-}
 
 // -- rendering ---------------------------------------------------------------------------
 // At most one draw per animation frame and per FRAME_MS: a run printing 50 lines a second is
@@ -246,37 +228,15 @@ function render() {
   if (wait > 0) setTimeout(frame, wait); else frame();
 }
 
-function duration(seconds) {
-  if (seconds === null || seconds === undefined) return "—";
-  const s = Math.max(0, Math.floor(seconds));
-  if (s < 60) return `${s}s`;
-  if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, "0")}s`;
-  return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
-}
-
-function liveTimes(snap, now = Date.now() / 1000) {
-  let elapsed = snap.elapsed_s || 0;
-  let eta = snap.eta_s;
-  if (isLive(snap) && typeof snap.started_at === "number") {
-    elapsed = Math.max(elapsed, now - snap.started_at);
-    if (eta !== null && eta !== undefined && typeof snap.updated_at === "number") {
-      eta = Math.max(0, eta - (now - snap.updated_at));
-    }
-  }
-  return { elapsed, eta };
-}
-
-// A stable order (newest start first): rows do not jump under the pointer as events arrive.
-function allRows() {
-  const rows = new Map(summaries);
-  for (const [run, snap] of runs) rows.set(run, snap);
-  const start = (r) => r.started_at ?? r.updated_at ?? 0;
-  return [...rows.values()].sort((a, b) => start(b) - start(a) || (a.run < b.run ? -1 : 1));
-}
-
+// The run shown: on load the live run (else the latest); afterwards only a person changes it. An
+// empty page shows the first run that appears.
 function draw() {
-  const rows = allRows();
-  pickOnLoad(rows);
+  const rows = runRows(summaries, runs);
+  const pick = pickOnLoad(rows, settled ? selected : null);
+  if (pick !== null) {
+    selected = pick;
+    settled = true;
+  }
   const snap = selected ? runs.get(selected) ?? null : null;
   if (selected && !snap) ensureSnapshot(selected);
   forgetStaleError();
@@ -289,35 +249,13 @@ function drawWaiting({ snap }) {
   if (waiting) setText($("waiting"), `Waiting for run ${selected} to start…`);
 }
 
-// Whether a run reports progress at all (stories, or progress events). One that does not (a
-// command run by `loop exec`) gets no empty bar, no story counts and no endless "estimating…".
-function reportsProgress(snap) {
-  return Boolean(snap.counts?.total) || Boolean(snap.progress);
-}
-
-// A finished command's outcome, as the terminal says it: "`make test` failed: exit 3 after 5s".
-function exitLine(snap) {
-  const code = snap.exit_code ?? null;
-  const command = snap.command ?? null;
-  if (isLive(snap) || (code === null && command === null)) return null;
-  return `${command === null ? "" : `\`${command}\` `}${snap.status}: ` +
-    `${code === null ? "no exit code" : `exit ${code}`} after ${duration(snap.elapsed_s)}`;
-}
-
 function drawOutage() {
   const box = $("outage");
   setHidden(box, !outage);
   if (!outage) return;
-  const now = Date.now();
-  const since = new Date(outage.since);
-  const ago = duration((now - outage.since) / 1000);
-  setText($("outage-what"), outage.pollOk
-    ? `The live stream is down since ${since.toLocaleTimeString()} (${ago}).`
-    : `The sidecar is unreachable since ${since.toLocaleTimeString()} (${ago}).`);
-  const retry = outage.retryAt ? Math.max(0, Math.ceil((outage.retryAt - now) / 1000)) : null;
-  const doing = outage.pollOk ? `Updates arrive by polling every ${POLL_EVERY_S} s` : `Polling every ${POLL_EVERY_S} s`;
-  setText($("outage-doing"), (outage.reason ? `The sidecar said: ${outage.reason}. ` : "")
-    + (retry === null ? `${doing}.` : `${doing}; next stream attempt ${retry ? `in ${retry} s` : "now"}.`));
+  const { what, doing } = outageText(outage, Date.now());
+  setText($("outage-what"), what);
+  setText($("outage-doing"), doing);
 }
 
 // An error about a run that could not be loaded is stale once the run is here.
@@ -361,8 +299,7 @@ function drawRunList({ rows }) {
 }
 
 function drawHead({ snap }) {
-  alerts.show(snap);
-  alerts.announce(snap);
+  showAlerts(snap);
   setHidden($("panel"), !snap);
   if (!snap) return;
   const title = snap.task_name || snap.run;
@@ -389,14 +326,9 @@ function drawProgress({ snap }) {
   setAttr(bar, "data-status", snap.status);
   setAttr(bar, "aria-valuenow", String(percent));
   setText($("percent"), `${percent}%`);
-  const stoppedAt = snap.status === "stopped" && Boolean(snap.counts?.total);
-  setHidden($("stopped-at"), !stoppedAt);
-  const c = snap.counts || {};
-  const finished = (c.completed ?? 0) + (c.failed ?? 0) + (c.skipped ?? 0);
-  if (stoppedAt) {
-    setText($("stopped-at"), `Stopped ${snap.stopped_at ? `at ${snap.stopped_at}, ` : ""}` +
-      `after ${finished} of ${c.total ?? 0} stories finished; ${c.cancelled ?? 0} cancelled.`);
-  }
+  const stopped = stoppedLine(snap);
+  setHidden($("stopped-at"), stopped === null);
+  if (stopped !== null) setText($("stopped-at"), stopped);
 }
 
 function drawCounts({ snap }) {
@@ -411,10 +343,10 @@ function drawCounts({ snap }) {
   setText($("c-cancelled"), String(c.cancelled ?? 0));
   setText($("c-rate"), snap.success_rate === null || snap.success_rate === undefined
     ? "—" : `${Math.round(snap.success_rate * 100)}%`);
-  const { elapsed, eta } = liveTimes(snap);
-  setText($("elapsed"), duration(elapsed));
+  const clock = clockText(snap, Date.now() / 1000);
+  setText($("elapsed"), clock.elapsed);
   setHidden($("remaining-box"), !reportsProgress(snap) && (snap.eta_s ?? null) === null);
-  setText($("remaining"), isLive(snap) ? (eta === null || eta === undefined ? "estimating…" : `~${duration(eta)}`) : "—");
+  setText($("remaining"), clock.remaining);
 }
 
 function drawControls({ snap }) {
@@ -438,34 +370,15 @@ function drawNotice({ snap }) {
   setText(notice, outcome(snap));
 }
 
-// What a finished run came to, in one line: a command's exit, else the stories' counts, else (a script
-// without stories) its time and last error; a stop's reason last.
-function outcome(snap) {
-  const c = snap.counts || {};
-  const ended = exitLine(snap);
-  const word = `Run ${snap.status}`;
-  const reason = snap.status === "stopped" && snap.stop_reason ? ` Reason: ${snap.stop_reason}` : "";
-  if (ended && !c.total) return `${ended}.${reason}`;
-  if (!c.total) {
-    const e = snap.status === "failed" ? snap.last_error : null;
-    return `${word} after ${duration(snap.elapsed_s)}.` +
-      (e ? ` ${e.error_type || "error"}: ${e.error_message ?? ""}` : "") + reason;
-  }
-  return `${word}: ${c.completed ?? 0} passed, ${c.failed ?? 0} failed` +
-    (c.skipped ? `, ${c.skipped} skipped` : "") + (c.cancelled ? `, ${c.cancelled} cancelled` : "") +
-    ` in ${duration(snap.elapsed_s)}.${reason}`;
-}
-
 function drawCards({ snap }) {
   if (!snap) return;
   const running = (snap.stories || []).filter((s) => s.status === "running");
   keyed($("cards"), running.length > 1 ? running : [], (s) => s.id, () => fromTemplate("card"), (card, s) => {
     setText(card.querySelector("h4"), s.id);
     setText(card.querySelector(".card-title"), s.title || "");
-    const acs = s.acceptance_criteria || [];
-    setText(card.querySelector(".card-progress"),
-      `${acs.filter((a) => a.status === "passed").length}/${acs.length} criteria · attempt ${s.attempt || 1}`);
-    setText(card.querySelector(".card-output"), (s.last_output || "").split("\n").filter(Boolean).slice(-3).join("\n"));
+    const lines = cardText(s);
+    setText(card.querySelector(".card-progress"), lines.progress);
+    setText(card.querySelector(".card-output"), lines.output);
   });
 }
 
@@ -495,11 +408,11 @@ function drawStories({ snap }) {
     setText(li.querySelector(".story-id"), s.id);
     setText(li.querySelector(".story-title"), s.title || "");
     const status = li.querySelector(".story-status");
-    setText(status, s.status + (s.duration_ms ? ` · ${duration(s.duration_ms / 1000)}` : ""));
+    setText(status, storyStatusText(s));
     setAttr(status, "data-status", s.status === "passed" ? "" : s.status);
-    const circles = s.status === "running" && s.agent && s.agent.looping ? s.agent.looping : null;   // going in circles
-    setHidden(li.querySelector(".story-warn"), !circles);
-    setText(li.querySelector(".story-warn"), circles ? `⚠ Looping: ${looping(circles)}` : "");
+    const warning = loopingWarning(s);
+    setHidden(li.querySelector(".story-warn"), warning === null);
+    setText(li.querySelector(".story-warn"), warning ?? "");
   });
 }
 
@@ -551,24 +464,6 @@ function drawLog(list, entries, keyOf) {
   }, () => {});
 }
 
-function describe(event) {
-  const d = event.data || {};
-  switch (event.type) {
-    case "output": return `${d.story_id ?? ""} ${d.stream ?? ""}: ${d.text ?? ""}`;
-    case "story_started": return `${d.story_id} ${d.title ?? ""} (attempt ${d.attempt ?? 1})`;
-    case "story_completed": return `${d.story_id} ${d.status}`;
-    case "ac_completed": case "ac_failed": return `${d.story_id} [${d.ac_index}] ${d.ac_text ?? ""} ${d.error ?? ""}`;
-    case "task_started":
-      if (d.command === undefined || d.command === null) break;
-      return asText(d.task_name) + (d.command === d.task_name ? "" : ` — \`${asText(d.command)}\``);
-    case "task_completed": case "task_stopped":   // a command's end, as the terminal's plain line says it
-      if (!("exit_code" in d)) break;
-      return `${event.type === "task_stopped" ? "stopped" : asText(d.status ?? "finished")}: exit ${asText(d.exit_code)}` +
-        ` after ${duration(Number(d.duration_ms) / 1000 || 0)}` + (d.reason ? ` reason=${asText(d.reason)}` : "");
-  }
-  return describeAgent(event) ?? (typeof d.message === "string" ? d.message : JSON.stringify(d));
-}
-
 function drawTranscript(snap) {
   const box = $("transcript-box");
   setHidden(box, isLive(snap));
@@ -577,9 +472,7 @@ function drawTranscript(snap) {
   const t = transcripts.get(snap.run);
   const events = t?.events || [];
   const shown = events.slice(-TRANSCRIPT_SHOWN);
-  setText($("transcript-note"), t?.error ? `Transcript unavailable: ${t.error}`
-    : events.length > shown.length ? `Showing the last ${shown.length} of ${events.length} events; export for all.`
-      : `${events.length} events.`);
+  setText($("transcript-note"), transcriptNote(t, shown.length));
   drawLog($("transcript"), shown.map((e) => ({ id: `${snap.run} ${e.id}`, ts: e.ts, type: e.type, text: describe(e) })),
     (entry) => entry.id);
 }

@@ -3,6 +3,7 @@
 // tests/js/connection.test.mjs.
 
 export const BACKOFF_STEPS = [1, 2, 4, 8, 16, 30];
+export const POLL_EVERY_S = 2;   // while the stream is down, and with ?transport=poll
 
 // Seconds to wait before stream attempt n (0-based): 1, 2, 4, 8, 16, then 30 for ever.
 export function backoffDelay(attempt) {
@@ -17,9 +18,17 @@ export const KNOWN_TYPES = [
   "agent_init", "agent_text", "tool_call", "tool_result", "agent_result", "story_stalled",
 ];
 
+// "1700000000000-42" -> [1700000000000, 42] (the epoch, the sequence in it); null for anything else.
 export function parseId(id) {
   const m = /^(\d+)-(\d+)$/.exec(id || "");
   return m ? [Number(m[1]), Number(m[2])] : null;
+}
+
+// True when `id` was already applied by whoever's cursor is `cursor` (same epoch, not newer).
+export function seen(id, cursor) {
+  const a = parseId(id);
+  const b = parseId(cursor);
+  return Boolean(a && b && a[0] === b[0] && a[1] <= b[1]);
 }
 
 export class Connection {
@@ -32,7 +41,7 @@ export class Connection {
   // onOutage gets {since, retryAt, polling, pollOk, reason} (ms timestamps; reason: what the sidecar
   // said when it refused the stream, e.g. a 429's message) while the stream is down, null once back.
   constructor(options) {
-    this.o = { pollInterval: 2, transport: "sse", fetchImpl: (...a) => fetch(...a),
+    this.o = { pollInterval: POLL_EVERY_S, transport: "sse", fetchImpl: (...a) => fetch(...a),
       EventSourceImpl: globalThis.EventSource, setTimeoutImpl: (...a) => setTimeout(...a),
       clearTimeoutImpl: (t) => clearTimeout(t), now: () => Date.now(), ...options };
     this.cursor = this.o.cursor ?? null;   // the last event id applied (or the cursor a hello/reset gave)
@@ -145,9 +154,9 @@ export class Connection {
 
   // An event from either transport: apply it once, in order.
   receive(event) {
+    if (seen(event.id, this.cursor)) return;
     const id = parseId(event.id);
     const cur = parseId(this.cursor);
-    if (id && cur && id[0] === cur[0] && id[1] <= cur[1]) return;    // seen already
     if (id && cur && id[0] === cur[0] && id[1] > cur[1] + 1) {
       // Ids are sequential within an epoch: the ones between were types this page has no
       // listener for. Fetch them, then this one, keeping the order.
@@ -221,8 +230,7 @@ export class Connection {
         for (const event of page.events) {
           const id = parseId(event.id);
           if (id && id[1] >= beforeSeq) return true;
-          const cur = parseId(this.cursor);
-          if (!(id && cur && id[0] === cur[0] && id[1] <= cur[1])) {
+          if (!seen(event.id, this.cursor)) {
             this.cursor = event.id;
             this.o.onEvent?.(event);
           }

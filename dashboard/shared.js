@@ -5,16 +5,9 @@
 // and the next tab in the lock's queue takes over, resuming the stream from the last id it applied
 // (so nothing is missed, and ids at or below it are dropped, so nothing is doubled).
 // Where either API is missing, each tab connects by itself ("solo"). Pure of the DOM.
-import { Connection, parseId } from "./connection.js";
+import { Connection, seen } from "./connection.js";
 
 const ASK_EVERY_MS = 500;   // a tab without state asks for it this often until someone answers
-
-// True when `id` was already applied by a tab whose cursor is `cursor` (same epoch, not newer).
-export function seen(id, cursor) {
-  const a = parseId(id);
-  const b = parseId(cursor);
-  return Boolean(a && b && a[0] === b[0] && a[1] <= b[1]);
-}
 
 export class SharedStream {
   // options: {server, token (names the shared stream only), headers, transport, onEvent(e), onSnapshots(runs, {reset}), onStatus(state),

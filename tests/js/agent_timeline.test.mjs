@@ -1,9 +1,10 @@
 // The agent panel's timeline rows (dashboard/agent.js): a subagent's events nest under the Task call
 // that started it, a subagent of a subagent under its own, an unknown parent stays flat.
-//   node --test tests/js/
+//   node --test tests/js/   (run by tests/test_dashboard_js.py)
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { describeAgent, looping, timeline } from "../../dashboard/agent.js";
+import { timeline } from "../../dashboard/agent.js";
+import { describeAgent, looping } from "../../dashboard/view.js";
 
 const ev = (n, type, data) => ({ id: `1-${n}`, type, ts: n, data: { story_id: "S", ...data } });
 

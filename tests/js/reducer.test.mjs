@@ -1,5 +1,5 @@
 // The dashboard's reducer against the golden fixtures the Python reducer passes.
-//   node --test tests/js/   (run by tests/test_dashboard_reducer.py)
+//   node --test tests/js/   (run by tests/test_dashboard_js.py)
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readdirSync, readFileSync } from "node:fs";

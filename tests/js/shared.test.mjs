@@ -4,7 +4,8 @@
 import { afterEach, test } from "node:test";
 import assert from "node:assert/strict";
 
-import { SharedStream, seen } from "../../dashboard/shared.js";
+import { seen } from "../../dashboard/connection.js";
+import { SharedStream } from "../../dashboard/shared.js";
 
 class Locks {
   constructor() { this.queue = []; this.holder = null; }
