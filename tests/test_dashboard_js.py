@@ -1,6 +1,6 @@
 """The dashboard's JavaScript under node's test runner, one case per file in tests/js/: the reducer against
-the golden fixtures, the connection and the shared stream with fakes, the tab title, and the pure helpers of view.js (what
-the page says, which run it opens on). The page itself runs in Chromium (test_dashboard*.py)."""
+the golden fixtures, the connection and the shared stream with fakes, the tab title, and the pure helpers
+of view.js (what the page says, which run it opens on). The page itself runs in Chromium (test_dashboard*.py)."""
 import configparser
 import re
 import shutil
