@@ -486,9 +486,9 @@ def test_fsync_always_puts_each_batch_on_disk_before_returning_and_groups_concur
     h = History(tmp_path / "h.json", fsync="always")
     h.open()
     ticket = write(h, "solo", 1)
-    assert h._synced < ticket and h.fsyncs == 0        # written, not yet durable
+    assert h.journals._synced < ticket and h.fsyncs == 0        # written, not yet durable
     h.durable(ticket)
-    assert h._synced >= ticket and h.fsyncs == 1
+    assert h.journals._synced >= ticket and h.fsyncs == 1
 
     def post(k: int) -> None:
         for i in range(40):
@@ -499,7 +499,7 @@ def test_fsync_always_puts_each_batch_on_disk_before_returning_and_groups_concur
         t.start()
     for t in threads:
         t.join()
-    assert h._synced == h._writes == 321 and not h._dirty
+    assert h.journals._synced == h.journals._writes == 321 and not h.journals._dirty
     assert h.fsyncs < 321, h.fsyncs                     # batches written meanwhile shared an fsync
     h.close()
 
@@ -548,7 +548,7 @@ def test_fsync_everysec_catches_up_within_seconds_and_never_does_not_fsync(tmp_p
     h.start_writer(interval=0.05)
     ticket = write(h, "r", 1)
     h.durable(ticket)                                   # returns at once: not this mode's promise
-    wait_for(lambda: h._synced >= ticket, timeout=5, message="the history thread's fsync")
+    wait_for(lambda: h.journals._synced >= ticket, timeout=5, message="the history thread's fsync")
     h.close()
     n = History(tmp_path / "b" / "h.json", fsync="never")
     n.open()

@@ -118,7 +118,7 @@ def test_a_finished_run_is_readable_before_the_writer_has_written_it(tmp_path):
     assert not (tmp_path / "finished" / "fresh.json").exists()
     h.flush()
     assert h.snapshot("fresh")["output"] == "x" * 50_000        # now from its own file
-    assert not h._unwritten
+    assert not h.finished_runs._unwritten
 
 
 def test_a_flush_writes_what_changed_and_the_index_holds_no_snapshot(tmp_path):

@@ -62,7 +62,7 @@ def default_db_path() -> Path:
 
 def check_history(path: str | Path) -> None:
     """Fail early, with a message, when the history folder cannot be used (before forking workers).
-    A damaged history file is not an error here: history.py moves it aside and serves the rest."""
+    A damaged history file is not an error here: history/ moves it aside and serves the rest."""
     path = Path(path)
     try:
         (path.parent / "runs").mkdir(parents=True, exist_ok=True)
