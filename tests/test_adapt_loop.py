@@ -2,15 +2,16 @@
 --story …` iterations makes a run whose stories start, finish and count as in `loop run`, `--last`
 finishes the run, and a stop requested for the run ends the pipeline with 130 so the loop ends."""
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import textwrap
 
-from conftest import ROOT, wait_for
+from conftest import wait_for
+from helpers import AGENTS, LOOP
 
-LOOP = " ".join([sys.executable, "-m", "loopstream"])
-FAKE = f"{sys.executable} {ROOT / 'tests' / 'agents' / 'fake_claude.py'}"
+FAKE = shlex.join([sys.executable, str(AGENTS / "fake_claude.py")])
 
 
 def bash_loop(server, run: str, sessions: list[str], delay: float = 0.01) -> subprocess.Popen:
@@ -22,7 +23,7 @@ def bash_loop(server, run: str, sessions: list[str], delay: float = 0.01) -> sub
         for i in "${{!stories[@]}}"; do
           last=(); [ "$i" -eq $(( ${{#stories[@]}} - 1 )) ] && last=(--last)
           {FAKE} "${{sessions[$i]}}" --delay {delay} \\
-            | {LOOP} adapt claude --server {server.url} --run {run} --story "${{stories[$i]}}" \\
+            | {shlex.join(LOOP)} adapt claude --server {server.url} --run {run} --story "${{stories[$i]}}" \\
                 --title "Story $i" "${{last[@]}}" >/dev/null
           code=$?
           [ "$code" -eq 130 ] && exit 130
@@ -74,7 +75,7 @@ def test_a_stop_for_the_run_ends_the_pipeline_with_130_and_the_loop_with_it(serv
     try:
         wait_for(lambda: server.get("/api/runs/stoppable").status_code == 200, timeout=30,
                  message="the first story to start")
-        r = subprocess.run([*LOOP.split(), "stop", "stoppable", "--reason", "wrong branch", "--server", server.url],
+        r = subprocess.run([*LOOP, "stop", "stoppable", "--reason", "wrong branch", "--server", server.url],
                            capture_output=True, text=True, timeout=30)
         assert r.returncode == 0, r.stderr
         assert loop.wait(30) == 130                    # the loop ended: no second story started
@@ -90,27 +91,27 @@ def test_a_stop_for_the_run_ends_the_pipeline_with_130_and_the_loop_with_it(serv
 
 def test_a_stop_without_a_story_stops_the_run_and_a_later_adapt_of_that_run_runs(server):
     env = {k: v for k, v in os.environ.items() if k not in ("LOOP_RUN", "LOOP_STORY")}
-    first = subprocess.Popen([*LOOP.split(), "adapt", "claude", "--run", "fixed", "--server", server.url],
+    first = subprocess.Popen([*LOOP, "adapt", "claude", "--run", "fixed", "--server", server.url],
                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              env=env)
     try:
-        first.stdin.write((ROOT / "tests" / "agents" / "clean.jsonl").read_text().splitlines()[0] + "\n")
+        first.stdin.write((AGENTS / "clean.jsonl").read_text().splitlines()[0] + "\n")
         first.stdin.flush()
         wait_for(lambda: server.get("/api/runs/fixed").status_code == 200, 30, message="the run to exist")
-        subprocess.run([*LOOP.split(), "stop", "fixed", "--server", server.url], check=True, capture_output=True)
+        subprocess.run([*LOOP, "stop", "fixed", "--server", server.url], check=True, capture_output=True)
         assert first.wait(30) == 130
     finally:
         first.kill()
     assert server.get("/api/runs/fixed").json()["status"] == "stopped"      # the stop was answered
-    again = subprocess.run([*LOOP.split(), "adapt", "claude", "--run", "fixed", "--server", server.url],
-                           input=(ROOT / "tests" / "agents" / "clean.jsonl").read_text(), capture_output=True,
+    again = subprocess.run([*LOOP, "adapt", "claude", "--run", "fixed", "--server", server.url],
+                           input=(AGENTS / "clean.jsonl").read_text(), capture_output=True,
                            text=True, timeout=60, env=env)
     assert again.returncode == 0, again.stderr                              # no stale stop ends the next one
 
 
 def test_an_agent_that_prints_nothing_is_a_failed_story_and_last_still_finishes_the_run(server):
     env = {k: v for k, v in os.environ.items() if k not in ("LOOP_RUN", "LOOP_STORY")}
-    r = subprocess.run([*LOOP.split(), "adapt", "claude", "--run", "silent-agent", "--story", "US-9", "--last",
+    r = subprocess.run([*LOOP, "adapt", "claude", "--run", "silent-agent", "--story", "US-9", "--last",
                         "--server", server.url], input="", capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 0, r.stderr
     run = wait_for(lambda: (s := server.get("/api/runs/silent-agent")).status_code == 200 and s.json(), 30,

@@ -12,13 +12,12 @@ import time
 import pytest
 
 from conftest import ROOT, wait_for
+from helpers import AGENTS, LOOP
 from loopstream.core import state
 from loopstream.core.formats import MAX_TEXT, LineSplitter, detect, tool_summary
 from loopstream.core.formats.claude import ClaudeParser as StreamJsonParser
 
-AGENTS = ROOT / "tests" / "agents"
 FAKE = [sys.executable, str(AGENTS / "fake_claude.py")]
-LOOP = [sys.executable, "-m", "loopstream"]
 
 
 def parse(name: str, story: str | None = "S1") -> list[tuple[str, dict]]:

@@ -10,11 +10,10 @@ import sys
 import pytest
 
 from conftest import ROOT
+from helpers import AGENTS
 from loopstream.core import state
 from loopstream.core.formats import parser_for
 from loopstream.view import agent_line, plain_line, render_box
-
-AGENTS = ROOT / "tests" / "agents"
 
 
 def parse(fmt: str, name: str, story: str | None = "S1", **kw) -> list[tuple[str, dict]]:

@@ -4,10 +4,9 @@ from __future__ import annotations
 import json
 
 from conftest import ROOT
+from helpers import AGENTS
 from loopstream.work.agent import AgentMonitor, AgentOptions, StoryStream
 from loopstream.work.prd import validate
-
-AGENTS = ROOT / "tests" / "agents"
 
 
 class Clock:

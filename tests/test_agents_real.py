@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_for
+from helpers import LOOP
 from test_dashboard import browser  # noqa: F401  (a fixture)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "agents"))
 import clis  # noqa: E402
 
-LOOP = [sys.executable, "-m", "loopstream"]
 SCRIPT = [{"text": "I'll run the tests.", "shell": "printf '4 passed in 0.12s\\n'"}, {"text": "All 4 tests pass."}]
 LOOPING = [{"shell": "ls build/reports"}] * 3 + [{"text": "Giving up."}]
 

@@ -10,8 +10,7 @@ import threading
 from pathlib import Path
 
 from conftest import free_port, wait_for
-
-LOOP = [sys.executable, "-m", "loopstream"]
+from helpers import LOOP, finished, pid_alive, transcript
 
 # A writer in its own process: appends, truncates, rotates. It waits for "go" on stdin only where a
 # reader must have caught up for the test to mean anything (lines truncated away unread are gone
@@ -72,16 +71,6 @@ def start_tail(path, server_url, *args, env=None):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, **(env or {})})
     return proc, Lines(proc.stdout)
-
-
-def transcript(server, run):
-    r = server.get(f"/api/runs/{run}/transcript")
-    return r.json()["events"] if r.ok else []
-
-
-def finished(server, run):
-    events = transcript(server, run)
-    return events if events and events[-1]["type"] in ("task_completed", "task_stopped") else None
 
 
 def output_texts(events):
@@ -278,15 +267,6 @@ def _start_exec(server_url, tmp_path, *args):
                             stderr=subprocess.PIPE, env={**os.environ, **isolated(tmp_path)})
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split(") ")[1][0] != "Z"
-
-
 # A command that prints its pid and its grandchild's, says "ready", and ignores SIGINT when told to.
 STUBBORN = textwrap.dedent(r"""
     import os, signal, subprocess, sys, time
@@ -317,7 +297,7 @@ def test_exec_sigterm_and_ctrl_c_stop_the_command_with_130(tmp_path, server):
         assert proc.wait(20) == 130
         last = wait_for(lambda run=run: finished(server, run))[-1]
         assert last["type"] == "task_stopped" and last["data"]["reason"] == reason
-        wait_for(lambda pids=pids: not any(map(_alive, pids)), message="no process of the command's group left")
+        wait_for(lambda pids=pids: not any(map(pid_alive, pids)), message="no process of the command's group left")
 
 
 def test_exec_stop_kills_a_command_ignoring_sigint_after_the_grace_period(tmp_path, server):
@@ -331,7 +311,7 @@ def test_exec_stop_kills_a_command_ignoring_sigint_after_the_grace_period(tmp_pa
     last = wait_for(lambda: finished(server, "exec-stubborn"))[-1]
     assert last["type"] == "task_stopped" and last["data"]["reason"] == "enough"
     assert last["data"]["exit_code"] == 128 + signal.SIGKILL
-    wait_for(lambda: not any(map(_alive, pids)), message="the whole group killed")
+    wait_for(lambda: not any(map(pid_alive, pids)), message="the whole group killed")
 
 
 def test_exec_without_a_sidecar_behaves_the_same_and_warns_once(tmp_path):

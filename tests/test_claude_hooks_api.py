@@ -2,17 +2,16 @@
 a session run out; guarded like every POST; a payload it cannot use is a 400 naming the field and
 changes nothing."""
 import json
-from pathlib import Path
 
 import pytest
 import requests
 
 from conftest import BACKENDS, wait_for
+from helpers import REAL
 from loopstream.core.events import MAX_BATCH
 from loopstream.sidecar.routes.claude_hooks import hook_drafts
 from test_notify import Receiver
 
-REAL = Path(__file__).resolve().parent / "agents" / "claude-real"
 JSON = {"Content-Type": "application/json"}
 
 

@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port, wait_for
+from helpers import AGENTS, REAL, loop
 from loopstream.cli.claude_settings import telemetry_env
 from loopstream.core.formats.hook_session import HOOK_EVENTS
 
-ROOT = Path(__file__).resolve().parents[1]
-REAL = ROOT / "tests" / "agents" / "claude-real"
 # A whole session with a subagent, one with a permission wait, one with a failing tool.
 SESSIONS = ["hooks-subagent.jsonl", "hooks-interactive.jsonl", "hooks-mcp.jsonl"]
 
@@ -44,11 +43,6 @@ def home(tmp_path, monkeypatch):
             os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
         except (ValueError, ProcessLookupError):
             pass
-
-
-def loop(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "loopstream", *args], capture_output=True, text=True,
-                          timeout=60, cwd=cwd)
 
 
 def user_settings(home: Path) -> Path:
@@ -283,7 +277,7 @@ def test_the_prompt_text_goes_through_only_when_installed_with_prompts(home, ser
 
 
 def test_the_real_claude_code_reports_to_a_real_sidecar(home, server):
-    sys.path.insert(0, str(ROOT / "tests" / "agents"))
+    sys.path.insert(0, str(AGENTS))
     from clis import ensure_installed, run_claude
     ensure_installed("claude")            # a missing CLI is installed, never a skip
     proj = home / "proj"

@@ -1,19 +1,11 @@
 """The rest of the CLI against a real sidecar: emit, runs, watch, errors."""
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 
 from conftest import BACKENDS, Server, free_port, wait_for
-
-LOOP = [sys.executable, "-m", "loopstream"]
-
-
-def loop(*args, env=None, timeout=30, **kw):
-    return subprocess.run([*LOOP, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, **kw)
+from helpers import LOOP, loop
 
 
 def test_emit_builds_data_from_items_and_json(server):

@@ -21,9 +21,9 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from conftest import BACKENDS, ROOT, Server, free_port, wait_for
+from helpers import LOOP
 
 ARTIFACTS = ROOT / "artifacts"
-LOOP = [sys.executable, "-m", "loopstream"]
 
 
 @pytest.fixture(scope="module")

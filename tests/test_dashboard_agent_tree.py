@@ -7,10 +7,10 @@ import subprocess
 
 from selenium.webdriver.common.by import By
 
-from conftest import ROOT, wait_for
+from conftest import wait_for
+from helpers import AGENTS
 from test_dashboard import LOOP, browser, js, open_page, shot, text, until  # noqa: F401  (browser: a fixture)
 
-AGENTS = ROOT / "tests" / "agents"
 EVIL = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
 
 ROWS = """

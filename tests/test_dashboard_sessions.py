@@ -5,15 +5,14 @@ that starts waiting is one desktop notification; hostile text stays text."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import requests
 
 from conftest import wait_for
+from helpers import REAL
 from loopstream.core.formats.hook_session import project_of
 from test_dashboard import browser, js, open_page, shot, until  # noqa: F401  (browser: a fixture)
 
-REAL = Path(__file__).resolve().parent / "agents" / "claude-real"
 EVIL = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
 
 

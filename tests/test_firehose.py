@@ -13,20 +13,9 @@ import pytest
 import requests
 
 from conftest import ROOT, free_port, wait_for
+from helpers import LOOP, pid_alive, story, transcript, write_prd
 
-LOOP = [sys.executable, "-m", "loopstream"]
 SEQ = "".join(f"{i}\n" for i in range(1, 200_001))
-
-
-def write_prd(tmp_path: Path, stories, name="prd.json", **extra) -> Path:
-    path = tmp_path / name
-    path.write_text(json.dumps({"project": "Firehose", **extra, "userStories": stories}))
-    return path
-
-
-def story(sid, command, priority=1, **kw):
-    return {"id": sid, "title": f"title {sid}", "acceptanceCriteria": [], "priority": priority, "passes": False,
-            "command": command, **kw}
 
 
 def run_env(tmp_path, **env):
@@ -38,10 +27,6 @@ def run_env(tmp_path, **env):
 def loop_run(prd, server_url, *args, env=None, timeout=120):
     return subprocess.run([*LOOP, "run", str(prd), "--server", server_url, "--no-update", *args],
                           capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def transcript(server, run):
-    return server.get(f"/api/runs/{run}/transcript").json()["events"]
 
 
 LIFECYCLE = ("task_", "story_", "ac_", "error_occurred")
@@ -118,11 +103,6 @@ def test_a_wrong_token_is_reported_once_not_per_event(tmp_path, make_server):
 
 
 STUBBORN = "trap '' INT; echo $$ > {pidfile}; sleep 60 & echo $! > {pidfile}.bg; wait"
-
-
-def pid_alive(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split(") ")[1][0] != "Z"
 
 
 @pytest.mark.parametrize("sig, reason", [(signal.SIGTERM, "terminated (SIGTERM)"), (signal.SIGHUP, "hangup (SIGHUP)")])

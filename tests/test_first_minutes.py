@@ -20,14 +20,9 @@ import click
 from rich.cells import cell_len
 
 from conftest import ROOT, free_port, wait_for
+from helpers import LOOP, loop
 
-LOOP = [sys.executable, "-m", "loopstream"]
 SGR = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[=>]")
-
-
-def loop(*args, env=None, timeout=30):
-    return subprocess.run([*LOOP, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
 
 
 def one_line(r) -> str:

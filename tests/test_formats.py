@@ -2,14 +2,13 @@
 (tests/agents/{claude-real,codex,gemini}/, recorded against the scripted stand-in: see
 tests/agents/README.md): the same vocabulary, the same summary rules, a missing cost null."""
 import json
-from pathlib import Path
 
 import pytest
 
+from helpers import AGENTS
 from loopstream.core.events import validate_one
 from loopstream.core.formats import FORMATS, PRD_FORMATS, detect, parser_for
 
-AGENTS = Path(__file__).resolve().parent / "agents"
 FOLDERS = {"claude": "claude-real", "codex": "codex", "gemini": "gemini"}
 AGENT_TYPES = {"agent_init", "agent_text", "tool_call", "tool_result", "agent_result", "agent_looping",
                "subagent_completed", "output"}

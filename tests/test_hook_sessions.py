@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers import REAL
 from loopstream.core import state
 from loopstream.core.events import EventError, validate_one
 from loopstream.core.formats import tool_summary
 from loopstream.core.formats.hook_session import HOOK_EVENTS, session_events
 
-REAL = Path(__file__).resolve().parent / "agents" / "claude-real"
 RECORDED = sorted(REAL.glob("hooks-*.jsonl"))
 
 

@@ -4,12 +4,12 @@ OTLP exporter; cost and tokens land on the run named by session.id; bad OTLP is 
 nothing; the Host, Origin and token rules apply."""
 import gzip
 import json
-from pathlib import Path
 
 import requests
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest, ExportLogsServiceResponse
 
-REAL = Path(__file__).resolve().parent / "agents" / "claude-real"
+from helpers import REAL
+
 TOKEN = "otlp-token-0123456789abcdef"
 
 

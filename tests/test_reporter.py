@@ -12,17 +12,8 @@ import pytest
 
 import loopstream
 from conftest import free_port, wait_for
+from helpers import finished, transcript
 from loopstream import Reporter
-
-
-def transcript(server, run):
-    r = server.get(f"/api/runs/{run}/transcript")
-    return r.json()["events"] if r.ok else []
-
-
-def finished(server, run):
-    events = transcript(server, run)
-    return events if events and events[-1]["type"] in ("task_completed", "task_stopped") else None
 
 
 def run_script(code: str, env: dict, timeout: float = 60):

@@ -3,26 +3,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import BACKENDS, ROOT, Server, wait_for
-
-LOOP = [sys.executable, "-m", "loopstream"]
-
-
-def write_prd(tmp_path: Path, stories, name="prd.json", **extra) -> Path:
-    path = tmp_path / name
-    path.write_text(json.dumps({"project": "Test project", **extra, "userStories": stories}, indent=1))
-    return path
-
-
-def story(sid, command="true", criteria=(), priority=1, deps=(), **kw):
-    return {"id": sid, "title": f"title {sid}", "acceptanceCriteria": list(criteria), "priority": priority,
-            "passes": False, "dependencies": list(deps), "command": command, **kw}
+from helpers import LOOP, pid_alive, story, transcript, write_prd
 
 
 def loop_run(prd_path, server, *args, env=None, timeout=60):
@@ -35,22 +22,8 @@ def start_loop(prd_path, server, *args):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def transcript(server, run):
-    r = server.get(f"/api/runs/{run}/transcript")
-    return r.json()["events"] if r.ok else []
-
-
 def types(events):
     return [e["type"] for e in events]
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split(") ")[1][0] != "Z"
 
 
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)

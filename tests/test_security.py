@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from conftest import BACKENDS, wait_for
+from helpers import transcript
 
 pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 
@@ -113,11 +114,6 @@ def test_token_still_guards_with_the_new_checks(make_server):
 
 
 # -- atomic batches ---------------------------------------------------------------------------------
-def transcript(server, run):
-    r = server.get(f"/api/runs/{run}/transcript")
-    return r.json()["events"] if r.status_code == 200 else []
-
-
 def test_a_batch_is_all_or_nothing_whatever_its_second_event_holds(make_server, subscribe):
     server = make_server("--rate", "0", "--heartbeat", "0.2")
     start_run(server, "r")

@@ -8,6 +8,7 @@ import uuid
 from rich.cells import cell_len
 
 from conftest import FIXTURES, ROOT, wait_for
+from helpers import LOOP
 from loopstream.view import clean, plain_line, render_box
 
 
@@ -145,7 +146,6 @@ def test_loop_watch_piped_prints_no_forged_line_and_no_bidi_against_a_real_sidec
 
 # -- issue 20: runs that are not PRDs read right; a stop says why, last -------------------------------------
 
-LOOP = [sys.executable, "-m", "loopstream"]
 
 
 def fixture_snapshot(name, upto=None):
