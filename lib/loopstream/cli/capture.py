@@ -152,7 +152,7 @@ def exec_(argv, server, token, run_id, name, stream, grace, no_embed) -> None:
         result = shown(live_view, lambda: feed.snapshot, lambda: feed.connection(sidecar), job.run)
     if human or stream:
         say(f"loop: run {run_id}: exit {result.exit_code}" + (f", stopped: {clean(result.stop_reason)}"
-                                                               if result.stop_reason else "") + f"; log {log.path}")
+                                                              if result.stop_reason else "") + f"; log {log.path}")
         for line in orch.delivery_report(outbox.status, server):
             say(line)
     else:

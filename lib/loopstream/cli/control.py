@@ -13,14 +13,10 @@ def _control_command(action: str) -> click.Command:
     @server_option
     @token_option
     def command(run_id, reason, server, token) -> None:
-        import json
-
-        from loopstream.client.http import SidecarError, request_json
+        from loopstream.client.http import SidecarError, request_control
 
         try:
-            r = request_json("POST", f"{server.rstrip('/')}/api/runs/{run_id}/{action}", token, "requested",
-                             data=json.dumps({"reason": reason} if reason else {}),
-                             headers={"Content-Type": "application/json"})
+            r = request_control(server, token, run_id, action, reason)
         except SidecarError as e:
             raise click.ClickException(str(e)) from e
         if r["requested"]:

@@ -85,8 +85,8 @@ def run(prd_path, server, token, run_id, stream, max_attempts, jobs, grace, no_u
     outcome = {ExitStatus.OK: "passed", ExitStatus.INTERRUPTED: "stopped"}.get(code, "failed")
     reason = (feed.snapshot or {}).get("stop_reason") if code == ExitStatus.INTERRUPTED else None
     say(f"loop: run {run_id} {coloured(outcome)}"
-         + (f": {summary} of {counts.get('total', 0)} stories" if summary else "")
-         + (f" — reason: {clean(reason)}" if reason else ""))
+        + (f": {summary} of {counts.get('total', 0)} stories" if summary else "")
+        + (f" — reason: {clean(reason)}" if reason else ""))
     for line in orch.delivery_report(outbox.status, server, spool):
         say(line)
     sys.exit(code)

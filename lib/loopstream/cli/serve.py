@@ -10,6 +10,7 @@ import click
 
 from loopstream.cli.options import UsageLine
 from loopstream.client.defaults import DEFAULT_PORT
+from loopstream.client.ports import bind_error
 from loopstream.sidecar.config import Config
 
 SIDECAR = Config()   # the sidecar's defaults, read from Config's fields (loop serve shows them)
@@ -149,26 +150,20 @@ def _check_port(host: str, port: int) -> None:
     """Refuse at once, in one line, a port that is taken (and say when a loop sidecar is what holds it),
     rather than gunicorn's retries and eleven lines five seconds later."""
     import errno
-    import socket
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as gunicorn binds
-        try:
-            s.bind((host, port))
-            return
-        except OSError as e:
-            problem = e
+    problem = bind_error(host, port)
+    if problem is None:
+        return
     from loopstream.client.http import healthy  # only now: requests must not be imported before the workers patch
 
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     if problem.errno == errno.EADDRINUSE and healthy(url, timeout=1):
         raise UsageLine(f"a loop sidecar already answers at {url}/ — use it (LOOP_SERVER={url}), "
-                         "or pick another --port")
+                        "or pick another --port")
     if problem.errno == errno.EADDRINUSE:
         raise UsageLine(f"port {port} on {host} is in use by another program; pick another --port")
     raise UsageLine(f"cannot listen on {host}:{port}: {problem.strerror or problem}; "
-                     "pick another --host or --port")
+                    "pick another --host or --port")
 
 
 def _token(ctx, token: str | None, token_file: str | None) -> str | None:

@@ -62,24 +62,22 @@ def watch(run_id, server, token, as_json) -> None:
 
 def _known_runs(server: str, token: str | None) -> list[dict]:
     """Every run the sidecar has (live and history); a sidecar that does not answer is a ClickException."""
-    from loopstream.client.http import SidecarError, request_json
+    from loopstream.client.http import SidecarError, list_runs
 
     try:
-        return request_json("GET", f"{server}/api/runs", token, "runs", timeout=3)["runs"]
+        return list_runs(server, token)
     except SidecarError as e:
         raise click.ClickException(str(e)) from e
 
 
 def _known_run(server: str, token: str | None, run_id: str) -> dict | None:
     """The named run as the sidecar has it (live or history), None when it has not started yet."""
-    from loopstream.client.http import SidecarError, request_json
+    from loopstream.client.http import SidecarError, get_run
 
     try:
-        return request_json("GET", f"{server}/api/runs/{run_id}", token, "run", timeout=3)
+        return get_run(server, token, run_id)
     except SidecarError as e:
-        if e.status != 404:
-            raise click.ClickException(str(e)) from e
-    return None
+        raise click.ClickException(str(e)) from e
 
 
 class _WatchPrinter:

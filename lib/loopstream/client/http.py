@@ -5,6 +5,8 @@
 """
 from __future__ import annotations
 
+import json
+
 import requests
 
 from loopstream.core.formats.common import one_line
@@ -74,3 +76,28 @@ def healthy(server: str, timeout: float = 0.5) -> bool:
         return requests.get(server.rstrip("/") + "/healthz", timeout=timeout).ok
     except requests.RequestException:
         return False
+
+
+# -- the runs: /api/runs -------------------------------------------------------------------------------
+
+def list_runs(server: str, token: str | None = None, timeout: float = 3.0) -> list[dict]:
+    """Every run the sidecar has, live ones and history (``GET /api/runs``)."""
+    return request_json("GET", f"{server.rstrip('/')}/api/runs", token, "runs", timeout=timeout)["runs"]
+
+
+def get_run(server: str, token: str | None, run_id: str, timeout: float = 3.0) -> dict | None:
+    """One run's full snapshot (``GET /api/runs/RUN``), None when the sidecar has no such run (yet)."""
+    try:
+        return request_json("GET", f"{server.rstrip('/')}/api/runs/{run_id}", token, "run", timeout=timeout)
+    except SidecarError as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def request_control(server: str, token: str | None, run_id: str, action: str, reason: str | None = None) -> dict:
+    """Ask for a run's ``stop``, ``pause`` or ``resume`` (``POST /api/runs/RUN/ACTION``); the answer's
+    ``requested`` is false when it was requested already or does not apply."""
+    return request_json("POST", f"{server.rstrip('/')}/api/runs/{run_id}/{action}", token, "requested",
+                        data=json.dumps({"reason": reason} if reason else {}),
+                        headers={"Content-Type": "application/json"})

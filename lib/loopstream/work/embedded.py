@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit
 
 from loopstream.client.defaults import DEFAULT_PORT
 from loopstream.client.http import healthy
+from loopstream.client.ports import bind_error, free_port
 
 DEFAULT_IDLE_EXIT = 600.0
 EXCEPTION_LINE = re.compile(r"([\w.]*(Error|Exception)|Error|loop): ")   # a traceback's last line, Click's Error:
@@ -65,22 +65,6 @@ def record_path() -> Path:
     return state_dir() / "sidecar.json"
 
 
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds: TIME_WAIT is no obstacle
-        try:
-            s.bind((host, port))
-            return True
-        except OSError:
-            return False
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class EmbeddedSidecar:
     url: str
@@ -114,8 +98,8 @@ class EmbeddedSidecar:
         parts = urlsplit(wanted_url)
         host = "127.0.0.1"
         port = parts.port or DEFAULT_PORT
-        if parts.hostname not in ("127.0.0.1", "localhost") or not _port_free(host, port):
-            port = _free_port(host)
+        if parts.hostname not in ("127.0.0.1", "localhost") or bind_error(host, port) is not None:
+            port = free_port(host)
         if idle_exit is None:
             idle_exit = float(os.environ.get("LOOP_SIDECAR_IDLE_EXIT") or DEFAULT_IDLE_EXIT)
         log_path = state_dir() / f"sidecar-{port}.log"

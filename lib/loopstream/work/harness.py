@@ -44,11 +44,11 @@ def estimate(server: str | None, token: str | None, task_id: str, stories: int) 
     """The ETA rule: seconds the stories took in this PRD's latest finished run, scaled to this run."""
     if not server or not stories:
         return None
-    from loopstream.client.http import SidecarError, request
+    from loopstream.client.http import SidecarError, list_runs
 
     try:
-        runs = request("GET", server + "/api/runs", token, timeout=1).json()["runs"]
-    except (SidecarError, ValueError, KeyError):
+        runs = list_runs(server, token, timeout=1)
+    except SidecarError:
         return None
     for r in runs:
         c = r.get("counts") or {}
