@@ -14,9 +14,9 @@ from typing import Any
 
 from rich.cells import cell_len
 
+from loopstream.core.formats.common import ANSI
 from loopstream.core.state.values import as_text
 
-ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]")
 # C0 (but \n), DEL, C1; bidi embeddings, overrides, isolates and marks (a U+202E reverses what
 # follows it on screen); line/paragraph separators; lone surrogates (not printable at all).
 UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
@@ -91,6 +91,7 @@ def live_times(snap: dict, now: float) -> tuple[float, float | None]:
 
 
 def money(value: object) -> str | None:
+    """A cost in dollars as loop prints it (``$0.0421``, ``$12.50``); None when it is not a number."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"${value:.4f}" if value < 10 else f"${value:,.2f}"
     return None

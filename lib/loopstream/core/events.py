@@ -21,6 +21,7 @@ DEFAULT_RUN = "default"
 MAX_BATCH = 1000
 MAX_NUMBER = 10**15   # |x| of any number in an event's data: exact in a double, far beyond any count or time
 MAX_DEPTH = 32        # nesting of lists and objects inside "data"
+OUTPUT_CHUNK = 4096   # characters of text in one output event (SPEC: a chunk of at most 4 KB)
 
 # Fields a client may send; "id" and "ts" are accepted and replaced, so an
 # event copied from one server's transcript can be posted to another.

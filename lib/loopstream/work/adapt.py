@@ -18,22 +18,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from loopstream.core.formats import LineSplitter, parser_for
-from loopstream.view import clean
+from loopstream.core.events import OUTPUT_CHUNK
+from loopstream.core.formats import IDLE_FLUSH_S, LineSplitter, parser_for
+from loopstream.view import clean, money
 
-IDLE_FLUSH_S = 1.0     # coalesced assistant text is shown after this much quiet
 READ_SIZE = 65536
-OUTPUT_CHUNK = 4096    # the sidecar's output events are at most 4 KB
-
-
-def money(value: object) -> str:
-    return f"${value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "unknown"
 
 
 def _result_line(d: dict) -> str:
     parts = [f"{d.get('num_turns')} turns" if d.get("num_turns") is not None else None,
              f"{d['duration_ms'] / 1000:.1f} s" if isinstance(d.get("duration_ms"), int) else None,
-             f"cost {money(d.get('cost_usd'))}",
+             f"cost {money(d.get('cost_usd')) or 'unknown'}",
              f"{d.get('input_tokens') or 0} in / {d.get('output_tokens') or 0} out tokens"]
     failed = "✗ agent failed" + (f" ({d['subtype']})" if d.get("subtype") else "")
     head = failed if d.get("is_error") else "✓ agent done"

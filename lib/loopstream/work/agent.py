@@ -16,13 +16,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from loopstream.core.formats import LOOP_AFTER, MAX_LINE_BYTES, PRD_FORMATS, AgentParser, detect, parser_for
+from loopstream.core.events import OUTPUT_CHUNK
+from loopstream.core.formats import (
+    IDLE_FLUSH_S,
+    LOOP_AFTER,
+    MAX_LINE_BYTES,
+    PRD_FORMATS,
+    AgentParser,
+    detect,
+    parser_for,
+)
 from loopstream.work.stories import Runner
 
 AGENT_FORMATS = ("text", *PRD_FORMATS)
-OUTPUT_CHUNK = 4096      # an output event carries at most 4 KB of text
 DETECT_LIMIT = 65_536    # a first line longer than this (without a newline yet) is plain text
-IDLE_FLUSH_S = 1.0       # held assistant text is sent after this much quiet
 
 Event = tuple[str, dict]
 

@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
 from loopstream.client.defaults import GRACE
+from loopstream.core.events import OUTPUT_CHUNK
 from loopstream.core.exitstatus import ExitStatus
 from loopstream.work.processes import kill_after_grace
 
 READ_CHUNK = 65_536
 MAX_READ_PER_POLL = 1 << 20   # a huge backlog is read over several polls, so a stop is never delayed
 MAX_LINE = 1 << 20            # a "line" longer than this (a file without newlines) goes out in pieces
-OUTPUT_TEXT = 4096            # characters per output event (SPEC: chunks of at most 4 KB)
 
 
 class LineFollower:
@@ -310,8 +310,8 @@ class Exec:
             if chunk and self.log:
                 self.log.write(chunk)
             text = decoder.decode(chunk, final=not chunk)
-            for i in range(0, len(text), OUTPUT_TEXT):
-                self.emit("output", stream=stream, text=text[i:i + OUTPUT_TEXT])
+            for i in range(0, len(text), OUTPUT_CHUNK):
+                self.emit("output", stream=stream, text=text[i:i + OUTPUT_CHUNK])
             if not chunk:
                 break
         pipe.close()
@@ -399,8 +399,8 @@ class Tail:
 
     def _output(self, line: bytes) -> None:
         text = line.decode("utf-8", "replace")
-        for i in range(0, len(text), OUTPUT_TEXT):
-            self._event("output", stream="stdout", text=text[i:i + OUTPUT_TEXT])
+        for i in range(0, len(text), OUTPUT_CHUNK):
+            self._event("output", stream="stdout", text=text[i:i + OUTPUT_CHUNK])
 
     def run(self) -> TailResult:
         o = self.options

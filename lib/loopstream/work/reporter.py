@@ -23,11 +23,10 @@ from datetime import datetime
 from typing import Any, Literal
 
 from loopstream.client.defaults import DEFAULT_SERVER
-from loopstream.core.events import RUN_RE, STREAM_ONLY, TYPE_RE
+from loopstream.core.events import OUTPUT_CHUNK, RUN_RE, STREAM_ONLY, TYPE_RE
 
 log = logging.getLogger("loopstream")
 
-OUTPUT_TEXT = 4096        # characters per output event (SPEC: chunks of at most 4 KB)
 
 _active: list[Reporter] = []      # the with-blocks open now, innermost last (what tqdm reports to)
 _active_lock = threading.Lock()
@@ -115,8 +114,8 @@ class Reporter:
     def output(self, text: str, stream: str = "stdout") -> None:
         """Output text, shown in the run's live output (sent in chunks of at most 4 KB)."""
         text = str(text)
-        for i in range(0, len(text), OUTPUT_TEXT):
-            self.emit("output", stream=stream, text=text[i:i + OUTPUT_TEXT])
+        for i in range(0, len(text), OUTPUT_CHUNK):
+            self.emit("output", stream=stream, text=text[i:i + OUTPUT_CHUNK])
 
     def emit(self, type_: str, **data: Any) -> None:
         """Any event: ``type_`` as in the SPEC (``[a-z][a-z0-9_.:-]{0,63}``), ``data`` JSON."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from loopstream.core.formats.claude import ClaudeParser
 from loopstream.core.formats.codex import CodexParser
 from loopstream.core.formats.common import (
+    IDLE_FLUSH_S,
     LOOP_AFTER,
     MAX_LINE_BYTES,
     MAX_TEXT,
@@ -19,8 +20,8 @@ from loopstream.core.formats.common import (
 )
 from loopstream.core.formats.gemini import GeminiParser
 
-__all__ = ["AgentParser", "LineSplitter", "LOOP_AFTER", "MAX_LINE_BYTES", "MAX_TEXT", "FORMATS", "PRD_FORMATS",
-           "detect", "parser_for", "tool_summary"]
+__all__ = ["AgentParser", "LineSplitter", "IDLE_FLUSH_S", "LOOP_AFTER", "MAX_LINE_BYTES", "MAX_TEXT", "FORMATS",
+           "PRD_FORMATS", "detect", "parser_for", "tool_summary"]
 
 FORMATS: dict[str, type[AgentParser]] = {"claude": ClaudeParser, "codex": CodexParser, "gemini": GeminiParser}
 # A PRD's agentFormat -> the format (the long names say which output option of the agent they mean).

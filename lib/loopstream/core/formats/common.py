@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 MAX_TEXT = 2000          # characters of one agent_text event (coalesced text is cut here)
+IDLE_FLUSH_S = 1.0       # held assistant text is flushed after this much quiet (timed by the caller: no clock here)
 MAX_SUMMARY = 200        # characters of a tool_call / tool_result summary
 MAX_NAME = 100           # characters of a tool name, model, session id
 MAX_OUTPUT_LINE = 16_000  # characters of one not-understood line passed on as output
@@ -32,7 +33,7 @@ LOOP_AFTER = 3           # the same tool call this many times in a row is an age
 MAX_SUBAGENTS = 1000     # subagents (Task calls) remembered to nest their lines
 
 SPACE = re.compile(r"\s+")
-ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]")  # as view.py
+ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]")  # view.py's too
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 Event = tuple[str, dict]
