@@ -1,5 +1,5 @@
 // The run-state reducer: events -> snapshot. A line-for-line mirror of
-// lib/loopstream/state.py; both are pinned by the golden fixtures in
+// lib/loopstream/core/state/; both are pinned by the golden fixtures in
 // tests/fixtures/ (tests/js/reducer.test.mjs runs them here). Pure: no clock, no DOM.
 // It never throws on an event the server accepted. One text rule with Python: text is cut by
 // code points (never UTF-16 units), and a value that is not a string is shown as textJson.

@@ -303,8 +303,10 @@ def test_loop_run_stream_in_tmux_names_the_subagent_and_warns_of_looping(tmp_pat
             return subprocess.run([*tmux, "capture-pane", "-p", "-t", "box"], capture_output=True, text=True).stdout
 
         shown = wait_for(lambda: "Current Story: A-1" in screen() and screen(), 30, message="the first story")
-        shown = wait_for(lambda: "› Bash ls | wc -l" in screen() and screen(), 30, message="the subagent named")
-        assert "Agent: ✓ general-purpose “Count project files” › Bash ls | wc -l" in shown
+        # The line is drawn first while the subagent runs, then with ✓ when it is done (and held for the
+        # fake's 5 s --then-sleep): wait for the finished line itself, not for its first drawing.
+        named = "Agent: ✓ general-purpose “Count project files” › Bash ls | wc -l"
+        wait_for(lambda: named in screen(), 30, message="the subagent named, done")
         shown = wait_for(lambda: "⚠ Looping:" in screen() and screen(), 30, message="the looping warning")
         assert "⚠ Looping: Bash ls build/reports ×3" in shown and "Current Story: A-2" in shown
         wait_for(lambda: done.exists(), 60, message="the run to end")

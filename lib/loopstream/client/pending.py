@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-MAX_OUTPUT_CHUNK = 4096   # characters of text in one output event
+from loopstream.core.events import OUTPUT_CHUNK as MAX_OUTPUT_CHUNK  # characters of text in one output event
+
 PENDING_OUTPUT = 64_000   # characters of one stream's output kept while it waits; older text is elided
 
 
