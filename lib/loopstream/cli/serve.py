@@ -87,10 +87,14 @@ SIDECAR = Config()   # the sidecar's defaults, read from Config's fields (loop s
 @click.option("--notify-min-duration", envvar="LOOP_NOTIFY_MIN_DURATION", default=SIDECAR.notify_min_duration,
               show_default=True, type=click.FloatRange(0), metavar="S",
               help="Do not notify about runs shorter than S seconds.")
+@click.option("--otlp-endpoint", default=None, metavar="URL",
+              help="Export every run as an OpenTelemetry trace to this OTLP/HTTP collector (its base URL: "
+                   "/v1/traces is added) [default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or "
+                   "OTEL_EXPORTER_OTLP_ENDPOINT; headers from OTEL_EXPORTER_OTLP_HEADERS]. Needs loopstream[otel].")
 @click.pass_context
 def serve(ctx, host, port, buffer, rate, burst, heartbeat, db, no_history, backend, token, cors, insecure,
           workers, max_streams, max_streams_per_client, log_level, access_log,
-          notify_url, notify_format, notify_min_duration, fsync, **limits) -> None:
+          notify_url, notify_format, notify_min_duration, fsync, otlp_endpoint, **limits) -> None:
     """Run the sidecar: gunicorn with gevent workers (one, or several on Redis).
 
     Shell hooks and `loop run` POST events to it; browsers and `loop watch`
@@ -128,6 +132,7 @@ def serve(ctx, host, port, buffer, rate, burst, heartbeat, db, no_history, backe
                     max_streams=max_streams, max_streams_per_client=max_streams_per_client,
                     backend=redis_url, fsync=fsync)
     _configure_notify(config, notify_url, notify_format, notify_min_duration, host, port)
+    _configure_traces(config, otlp_endpoint)
     _configure_proxies(config, limits.pop("forwarded_allow_ips"))
     _configure_limits(config, **limits)
     if config.db:
@@ -142,6 +147,8 @@ def serve(ctx, host, port, buffer, rate, burst, heartbeat, db, no_history, backe
         raise click.UsageError(str(e)) from e
     where = f"backend: {redis_url}, {workers} worker{'s' * (workers > 1)}" if redis_url else \
         f"history: {config.db or 'off'}"
+    if config.otlp_endpoint:
+        where += f", traces to {config.otlp_endpoint}"
     click.echo(f"loop sidecar on http://{host}:{port}/  ({where})", err=True)
     app.run()
 
@@ -220,3 +227,24 @@ def _configure_notify(config, url: str | None, fmt: str, min_duration: float, ho
     where = f"[{host}]" if ":" in host else host
     config.notify, config.notify_format, config.notify_min_duration = url, fmt, min_duration
     config.dashboard_url = f"http://{where}:{port}/"
+
+
+def _configure_traces(config, option: str | None) -> None:
+    """--otlp-endpoint or the OTEL_EXPORTER_OTLP_* variables: checked before the workers fork. Without the
+    otel extra the option is refused; a variable set for other programs only gets a warning."""
+    from loopstream.sidecar.config import otlp_traces_url
+    from loopstream.sidecar.otlp_out import sdk_installed
+
+    try:
+        url, source = otlp_traces_url(option)
+    except ValueError as e:
+        raise UsageLine(str(e)) from e
+    if url is None:
+        return
+    if not sdk_installed():
+        message = f"{source} needs the OpenTelemetry SDK and its OTLP exporter: pip install 'loopstream[otel]'"
+        if source == "--otlp-endpoint":
+            raise UsageLine(message)
+        click.echo(f"loop: {message}; traces are not exported", err=True)
+        return
+    config.otlp_endpoint = url

@@ -53,6 +53,7 @@ class Config:
     notify_format: str = "json"        # "json" or "ntfy"
     notify_min_duration: float = 0.0  # runs shorter than this (s) are not notified
     dashboard_url: str | None = None   # the link notifications carry
+    otlp_endpoint: str | None = None   # OTLP/HTTP traces URL every run is exported to (otlp_out.py); None = off
 
 
 def default_db_path() -> Path:
@@ -88,3 +89,34 @@ def backend_url(value: str | None) -> str | None:
     if value.startswith(("redis://", "rediss://", "unix://")):
         return value
     raise ValueError(f"--backend {value!r}: use 'memory' or a Redis URL like redis://127.0.0.1:6379/0")
+
+
+OTLP_TRACES_PATH = "/v1/traces"
+
+
+def otlp_traces_url(option: str | None, environ: dict[str, str] | None = None) -> tuple[str | None, str]:
+    """(the OTLP/HTTP URL traces go to, what named it): ``--otlp-endpoint`` or
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` are the collector's base URL (``/v1/traces`` is added, as the
+    OpenTelemetry SDKs do); ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is the whole URL. (None, "") when
+    none is set; ValueError, naming the setting, when it is not an http(s) URL."""
+    from urllib.parse import urlsplit
+
+    env = os.environ if environ is None else environ
+    traces, base = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"
+    for source, value, whole in (("--otlp-endpoint", option, False), (traces, env.get(traces), True),
+                                 (base, env.get(base), False)):
+        if value is None or not value.strip():
+            continue
+        value = value.strip()
+        try:
+            parts = urlsplit(value)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+        except ValueError:
+            ok = False
+        if not ok or any(c.isspace() for c in value):
+            raise ValueError(f"{source} {value[:200]!r} is not an http(s) URL; give the collector's address, "
+                             "e.g. http://127.0.0.1:4318 (Phoenix: http://127.0.0.1:6006)")
+        if whole or value.rstrip("/").endswith(OTLP_TRACES_PATH):
+            return value, source
+        return value.rstrip("/") + OTLP_TRACES_PATH, source
+    return None, ""

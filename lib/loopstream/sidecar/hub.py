@@ -39,6 +39,7 @@ from loopstream.sidecar.reaper import abandoned, ghost_runs, gone_sessions, inte
 
 if TYPE_CHECKING:
     from loopstream.sidecar.brokers.redis import RedisBuckets
+    from loopstream.sidecar.otlp_out import TraceExport
 
 CONTROL_ACTIONS = {"stop": "stop_requested", "pause": "pause_requested", "resume": "resume_requested"}
 READ_BATCH = 500          # events a stream reads from the buffer at a time
@@ -141,12 +142,14 @@ class Parts:
     history: History | None = None
 
 
-def redis_parts(cfg: Config, clock: Callable[[], float], fanout: Fanout) -> Parts:
-    """Redis keeps the stream, the snapshots, the history and the rate limit."""
+def redis_parts(cfg: Config, clock: Callable[[], float], fanout: Fanout,
+                on_events: Callable[[list[ev.Event], Cursor, Cursor], None] | None = None) -> Parts:
+    """Redis keeps the stream, the snapshots, the history and the rate limit. ``on_events`` is told of
+    every event this worker's replica takes in (the fan-out's publish unless said otherwise)."""
     from loopstream.sidecar.brokers.redis import RedisBroker, RedisBuckets
 
     assert cfg.backend, "redis_parts needs a redis:// backend URL"
-    broker = RedisBroker(cfg.backend, cfg.buffer, clock=clock, on_events=fanout.publish,
+    broker = RedisBroker(cfg.backend, cfg.buffer, clock=clock, on_events=on_events or fanout.publish,
                          on_down=fanout.end_all, on_resync=fanout.wake_all)
     return Parts(broker, RedisBuckets(broker.client, broker.prefix, cfg.rate, cfg.burst))
 
@@ -176,6 +179,15 @@ def make_notifier(cfg: Config):
     return Notifier(cfg.notify, cfg.notify_format, cfg.notify_min_duration, cfg.dashboard_url)
 
 
+def make_traces(cfg: Config, recorded: Callable[[str], list[dict]]) -> TraceExport | None:
+    """The trace exporter (otlp_out.py), with --otlp-endpoint: the SDK is imported only then."""
+    if not cfg.otlp_endpoint:
+        return None
+    from loopstream.sidecar.otlp_out import TraceExport
+
+    return TraceExport(cfg.otlp_endpoint, recorded)
+
+
 class Hub:
     """One worker's sidecar: its parts and every operation the routes expose."""
 
@@ -185,7 +197,9 @@ class Hub:
         self.clock, self.monotonic = clock, monotonic
         self.fanout = Fanout(serve_behind=self._serve_held, ended=self.close_stream)
         self._beating = False
-        parts = redis_parts(cfg, clock, self.fanout) if cfg.backend else memory_parts(cfg, clock, monotonic)
+        self.traces = make_traces(cfg, self._recorded)
+        parts = redis_parts(cfg, clock, self.fanout, self._took_in) if cfg.backend \
+            else memory_parts(cfg, clock, monotonic)
         self.broker, self.limiter, self.history = parts.broker, parts.limiter, parts.history
         self.metrics = Metrics(monotonic())
         self.run_budget = Budget(cfg.rate, cfg.burst)
@@ -201,6 +215,23 @@ class Hub:
         self.store_error: tuple[str, float] | None = None   # the last publish's store failure, and when
         self._snapshot_cache: dict = {}
         self.broker.start()
+        if self.traces is not None and cfg.backend:   # one worker of the fleet sends the traces
+            self.traces.use_lease(self._trace_lease())
+
+    def _took_in(self, events: list[ev.Event], before: Cursor, after: Cursor) -> None:
+        """Redis: events reached this worker's replica (any worker's): to the subscribers, and the traces."""
+        self.fanout.publish(events, before, after)
+        if self.traces is not None:
+            self.traces.observe(events)
+
+    def _recorded(self, run: str) -> list[dict]:
+        """A run's recorded events (the traces fold a run they did not see begin)."""
+        return (self.history.transcript(run) if self.history else self.broker.transcript(run))[0]
+
+    def _trace_lease(self):
+        from loopstream.sidecar.otlp_out import RedisLease
+
+        return RedisLease(self.broker.client, self.broker.prefix, self.fleet.name if self.fleet else str(os.getpid()))
 
     # -- who is asking ---------------------------------------------------------------
     def client(self, peer: str, forwarded_for: str | None = None, real_ip: str | None = None) -> str:
@@ -236,6 +267,8 @@ class Hub:
         self.metrics.accepted += len(result.events)
         if broker.fans_out_on_publish and result.before is not None and result.after is not None:
             self.fanout.publish(result.events, result.before, result.after)
+            if self.traces is not None:
+                self.traces.observe(result.events)
         if self.notifier:
             self.notifier.published(broker, result)
         if not_durable is not None:
@@ -591,6 +624,7 @@ class Hub:
         counters = {"accepted": m.accepted, "rate_limited": m.rate_limited, "resets": m.resets,
                     "fanout_direct": fanout.direct, "fanout_woken": fanout.woken, "reaped": m.reaped,
                     "forwarded_malformed": m.forwarded_malformed,
+                    **(self.traces.numbers() if self.traces is not None else {}),
                     **{f"rejected:{r}": n for r, n in m.rejected.items()}}
         return counters, {"subscribers": m.subscribers, "stream_clients": len(m.streams_by_client)}
 
@@ -699,6 +733,8 @@ class Hub:
     def close(self) -> None:
         """End the held streams, flush the history and let go of the backend (a worker exits)."""
         self.fanout.end_all()
+        if self.traces is not None:
+            self.traces.close()
         if self.history:
             self.history.close()
         self.broker.close()
@@ -724,7 +760,9 @@ METRICS = [("accepted", "loop_events_accepted_total", "counter"),
            ("fanout_woken", "loop_fanout_woken_total", "counter"),
            ("reaped", "loop_runs_reaped_total", "counter"),
            ("stream_clients", "loop_stream_clients", "gauge"),
-           ("forwarded_malformed", "loop_forwarded_malformed_total", "counter")]
+           ("forwarded_malformed", "loop_forwarded_malformed_total", "counter"),
+           ("otlp_exported", "loop_otlp_spans_exported_total", "counter"),
+           ("otlp_dropped", "loop_otlp_spans_dropped_total", "counter")]
 
 
 def metric_lines(counters: dict[str, int], gauges: dict[str, int], prefix: str = "loop_",

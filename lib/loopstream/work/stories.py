@@ -464,7 +464,7 @@ class Runner:
                           duration_ms=int((time.monotonic() - t0) * 1000))
             else:
                 ok = False
-                self.emit("ac_failed", story_id=story.id, ac_index=index, ac_text=criterion.text,
+                self.emit("ac_failed", story_id=story.id, ac_index=index, ac_text=criterion.text, exit_code=ccode,
                           error=f"check exited {ccode}" + (f": {cchild.tail()}" if cchild.tail() else ""))
         return "passed" if ok else "failed"
 
@@ -472,9 +472,14 @@ class Runner:
         """Run the PRD's verification commands: "passed", "failed" or "cancelled" (a stop)."""
         ok = True
         for name, command in self.prd.verification.items():
+            t0 = time.monotonic()
             vcode, vchild = self._spawn(command, "", env)
             if self._stop.is_set():
                 return "cancelled"
+            status = "passed" if vcode == 0 else "failed"
+            self.emit("verification_completed", story_id=story.id, name=name, command=command[:500], status=status,
+                      exit_code=vcode, duration_ms=int((time.monotonic() - t0) * 1000),
+                      message=f"{story.id} verification {name} {status} (exit {vcode})")
             if vcode != 0:
                 ok = False
                 self.emit("error_occurred", story_id=story.id, error_type="verification_failed",

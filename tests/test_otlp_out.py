@@ -1,0 +1,432 @@
+"""Runs as OpenTelemetry traces (sidecar/otlp_out*.py): the mapping of events to spans (pure), and the
+export for real — `loop serve --otlp-endpoint` sending to Arize Phoenix (tests/phoenix_server.py), the spans read
+back through Phoenix's REST API: a `loop run` with an agent story, a `loop exec`, a Claude Code hook
+session, a run exported while it runs, Phoenix stopped and started again mid-run, a sidecar restarted
+mid-run, a fleet on Redis, and backends that are down or answer garbage."""
+from __future__ import annotations
+
+import http.server
+import json
+import math
+import re
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import free_port, wait_for
+from loopstream.sidecar.config import otlp_traces_url
+from loopstream.sidecar.otlp_out_spans import ATTR_TEXT, Mapper, SpanRecord
+from phoenix_server import phoenix  # noqa: F401  (a session fixture)
+from test_runner import LOOP, loop_run, story, write_prd
+
+AGENTS = Path(__file__).resolve().parent / "agents"
+FAKE = f"{sys.executable} {AGENTS / 'fake_claude.py'}"
+
+
+# -- the mapping (pure) -------------------------------------------------------------------------------
+def events_of(run: str, items: list[tuple[str, dict]], t0: float = 1000.0, epoch: int = 7) -> list[dict]:
+    return [{"id": f"{epoch}-{i + 1}", "type": t, "run": run, "ts": t0 + i, "data": d} for i, (t, d) in enumerate(items)]
+
+
+AGENT_RUN = [
+    ("task_started", {"task_name": "Ship it", "story_count": 2}),
+    ("story_started", {"story_id": "S-1", "title": "login", "attempt": 1}),
+    ("agent_init", {"story_id": "S-1", "model": "claude-x", "session_id": "sess-1"}),
+    ("tool_call", {"story_id": "S-1", "tool": "Task", "id": "t1", "summary": "Find it", "subagent_type": "Explore"}),
+    ("tool_call", {"story_id": "S-1", "tool": "Grep", "id": "g1", "summary": "def login", "parent_id": "t1"}),
+    ("tool_result", {"story_id": "S-1", "tool": "Grep", "id": "g1", "is_error": False, "summary": "1 match",
+                     "parent_id": "t1"}),
+    ("tool_result", {"story_id": "S-1", "tool": "Task", "id": "t1", "is_error": False, "summary": "found"}),
+    ("tool_call", {"story_id": "S-1", "tool": "Bash", "id": "b1", "summary": "pytest -q"}),
+    ("tool_result", {"story_id": "S-1", "tool": "Bash", "id": "b1", "is_error": True, "summary": "1 failed"}),
+    ("agent_result", {"story_id": "S-1", "is_error": False, "num_turns": 3, "cost_usd": 0.25, "input_tokens": 100,
+                      "output_tokens": 20}),
+    ("output", {"story_id": "S-1", "stream": "stdout", "text": "", "final": True, "exit_code": 0}),
+    ("ac_completed", {"story_id": "S-1", "ac_index": 0, "ac_text": "works", "duration_ms": 500}),
+    ("ac_failed", {"story_id": "S-1", "ac_index": 1, "ac_text": "fast", "error": "check exited 3: slow"}),
+    ("verification_completed", {"story_id": "S-1", "name": "lint", "command": "ruff", "status": "passed",
+                                "exit_code": 0, "duration_ms": 100}),
+    ("story_started", {"story_id": "S-1", "title": "login", "attempt": 2}),
+    ("story_completed", {"story_id": "S-1", "status": "passed", "attempts": 2}),
+    ("story_completed", {"story_id": "S-2", "status": "skipped"}),
+    ("task_completed", {"summary": {"passed": 1}}),
+]
+
+
+def spans_of(events: list[dict], mapper: Mapper | None = None) -> list[SpanRecord]:
+    mapper = mapper or Mapper()
+    return [s for e in events for s in mapper.feed(e)]
+
+
+def test_a_run_maps_to_one_tree_run_story_checks_agent_tools_with_subagents_under_their_task_call():
+    spans = spans_of(events_of("r1", AGENT_RUN))
+    by_name = {}
+    for s in spans:
+        by_name.setdefault(s.name, []).append(s)
+    (root,) = [s for s in spans if s.parent_id is None]
+    assert root.name == "run Ship it" and root.kind == "CHAIN" and root.error is None
+    assert root.attributes["loop.status"] == "passed" and root.attributes["gen_ai.usage.cost"] == 0.25
+    assert root.attributes["loop.stories.passed"] == 1 and root.attributes["loop.stories.skipped"] == 1
+    assert len({s.trace_id for s in spans}) == 1 and len({s.span_id for s in spans}) == len(spans)
+    first, second = by_name["story S-1 login"]
+    assert first.attributes["loop.story.attempt"] == 1 and first.error        # its next attempt began: it failed
+    assert second.attributes["loop.story.status"] == "passed" and second.error is None
+    (agent,) = by_name["invoke_agent claude-x"]
+    assert agent.kind == "AGENT" and agent.parent_id == first.span_id
+    assert agent.attributes["gen_ai.request.model"] == "claude-x" and agent.attributes["session.id"] == "sess-1"
+    assert agent.attributes["gen_ai.usage.input_tokens"] == 100 and agent.attributes["llm.token_count.total"] == 120
+    (task,) = by_name["execute_tool Task"]
+    (grep,) = by_name["execute_tool Grep"]
+    (bash,) = by_name["execute_tool Bash"]
+    assert task.parent_id == agent.span_id and grep.parent_id == task.span_id and bash.parent_id == agent.span_id
+    assert bash.error == "1 failed" and grep.error is None and task.kind == "TOOL"
+    assert grep.attributes["gen_ai.tool.name"] == "Grep" and grep.attributes["input.value"] == "def login"
+    (ok,) = by_name["check works"]
+    (bad,) = by_name["check fast"]
+    (lint,) = by_name["verify lint"]
+    assert {ok.parent_id, bad.parent_id, lint.parent_id} == {first.span_id}
+    assert ok.end_ns - ok.start_ns == 500_000_000 and bad.attributes["loop.check.exit_code"] == 3
+    assert bad.error.startswith("check exited 3") and lint.attributes["loop.verification.exit_code"] == 0
+    (skipped,) = by_name["story S-2"]
+    assert skipped.attributes["loop.story.status"] == "skipped" and skipped.start_ns == skipped.end_ns
+    assert all(s.start_ns <= s.end_ns for s in spans)
+    assert spans[-1] is root                                   # the root goes last, when the run ends
+
+
+def test_ids_come_from_run_and_event_ids_so_a_mapper_that_folds_the_start_again_goes_on_with_the_same_spans():
+    events = events_of("r2", AGENT_RUN)
+    whole = spans_of(events)
+    assert [(s.trace_id, s.span_id) for s in whole] == [(s.trace_id, s.span_id) for s in spans_of(events)]
+    for cut in (3, 7, 12, 15):
+        restarted = Mapper()
+        spans_of(events[:cut], restarted)                      # folded from the transcript, nothing sent
+        sent_before = [s for s in whole if s.end_key <= (7, cut)]
+        assert sent_before + spans_of(events[cut:], restarted) == whole
+    other = spans_of(events_of("r3", AGENT_RUN))
+    assert not {s.trace_id for s in other} & {s.trace_id for s in whole}
+
+
+def test_a_finished_run_started_again_is_a_new_trace_and_late_events_stay_in_the_old_one():
+    first = events_of("again", [("task_started", {}), ("task_completed", {})])
+    late = events_of("again", [("tool_call", {"tool": "Read", "id": "x"}), ("tool_result", {"id": "x"})], epoch=8)
+    second = events_of("again", [("task_started", {}), ("task_stopped", {"reason": "enough"})], epoch=9)
+    m = Mapper()
+    a, b, c = spans_of(first, m), spans_of(late, m), spans_of(second, m)
+    assert b[0].trace_id == a[0].trace_id and c[0].trace_id != a[0].trace_id
+    assert c[-1].attributes["loop.status"] == "stopped" and c[-1].error is None
+
+
+def test_a_run_that_fails_or_is_interrupted_has_an_error_status_with_the_message():
+    failed = spans_of(events_of("f", [("task_started", {"command": "make"}), ("task_completed", {"exit_code": 3})]))
+    assert failed[-1].error == "exit code 3" and failed[-1].attributes["loop.exit_code"] == 3
+    reaped = spans_of(events_of("i", [("progress", {}), ("task_interrupted", {"reason": "silent for 30 s"})]))
+    assert reaped[-1].error == "interrupted: silent for 30 s" and reaped[-1].attributes["loop.status"] == "interrupted"
+
+
+def test_a_hook_session_is_a_root_with_a_span_per_turn_subagents_and_tool_calls():
+    from loopstream.core.formats.hook_session import session_events
+
+    items = [json.loads(line) for line in (AGENTS / "claude-real" / "hooks-subagent.jsonl").read_text().splitlines()]
+    events = []
+    for p in items:
+        run, evs = session_events(p)
+        events += [{"id": f"5-{len(events) + i + 1}", "type": t, "run": run, "ts": 50.0 + len(events) + i, "data": d}
+                   for i, (t, d) in enumerate(evs)]
+    spans = spans_of(events)
+    names = {s.name: s for s in spans}
+    root = names["session subagent"]
+    turn = names["turn 1"]
+    sub = names["invoke_agent general-purpose"]
+    assert root.parent_id is None and root.attributes["session.id"] == items[0]["session_id"]
+    assert turn.parent_id == root.span_id and turn.kind == "AGENT" and sub.parent_id == turn.span_id
+    assert names["execute_tool Agent"].parent_id == turn.span_id
+    assert names["execute_tool Bash"].parent_id == sub.span_id
+
+
+WEIRD = ["x" * 100_000, ["a", {"b": None}], {"deep": [1, 2]}, float("nan"), float("inf"), -1e300, 10**40, True, None,
+         "\x00\x1b[31m\u202e", 3]
+
+
+@pytest.mark.parametrize("value", WEIRD, ids=range(len(WEIRD)))
+def test_no_event_makes_an_invalid_span_text_is_cut_and_bad_numbers_are_left_out(value):
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from loopstream.sidecar.otlp_out import TraceExport
+
+    fields = ("story_id", "title", "attempt", "tool", "id", "summary", "parent_id", "model", "session_id", "cost_usd",
+              "input_tokens", "duration_ms", "ac_text", "ac_index", "error", "exit_code", "status", "name",
+              "task_name", "agent_id", "prompt_length", "state", "reason", "is_error", "subagent_type")
+    data = {k: value for k in fields}
+    kinds = ["task_started", "story_started", "agent_init", "tool_call", "tool_result", "ac_completed", "ac_failed",
+             "verification_completed", "session_started", "session_state", "session_subagent", "agent_usage",
+             "agent_result", "story_completed", "session_ended", "task_completed"]
+    events = events_of("weird", [(k, dict(data)) for k in kinds])
+    events[3]["ts"] = 5.0                                   # a time that goes back
+    spans = spans_of(events)
+    assert spans
+    for s in spans:
+        assert 0 < s.span_id < 2**64 and 0 < s.trace_id < 2**128 and s.start_ns <= s.end_ns
+        assert len(s.name) <= 200 and (s.error is None or len(s.error) <= ATTR_TEXT)
+        for v in s.attributes.values():
+            assert isinstance(v, (str, bool, int, float))
+            assert not isinstance(v, float) or math.isfinite(v)
+            assert not isinstance(v, str) or len(v) <= ATTR_TEXT
+    export = TraceExport.__new__(TraceExport)               # only its conversion to the SDK's spans
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    export.resource, export.scope = Resource.create({}), InstrumentationScope("t")
+    assert encode_spans([export.readable(s) for s in spans]).SerializeToString()
+
+
+# -- configuration ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("option, env, expected", [
+    (None, {}, None),
+    ("http://127.0.0.1:6006", {}, "http://127.0.0.1:6006/v1/traces"),
+    ("https://cloud.langfuse.com/api/public/otel/", {}, "https://cloud.langfuse.com/api/public/otel/v1/traces"),
+    ("http://h:4318/v1/traces", {}, "http://h:4318/v1/traces"),
+    (None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, "http://c:4318/v1/traces"),
+    (None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t/x"},
+     "http://t/x"),
+    ("http://opt:1", {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t/x"}, "http://opt:1/v1/traces"),
+])
+def test_the_endpoint_comes_from_the_option_or_the_standard_variables(option, env, expected):
+    assert otlp_traces_url(option, env)[0] == expected
+
+
+def test_an_endpoint_that_is_not_a_url_is_one_line_and_exit_2_at_start():
+    for args, env in ((["--otlp-endpoint", "localhost:4318"], {}), (["--otlp-endpoint", "http://:99"], {}),
+                      ([], {"OTEL_EXPORTER_OTLP_ENDPOINT": "ftp://collector"})):
+        r = subprocess.run([*LOOP, "serve", "--port", str(free_port()), "--no-history", *args], capture_output=True,
+                           text=True, timeout=30, env={**__import__("os").environ, **env})
+        assert r.returncode == 2, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "not an http(s) URL" in r.stderr
+
+
+# -- against Phoenix -------------------------------------------------------------------------------------
+def traced(make_server, phoenix, *args, project: str | None = None, **kw):
+    """A sidecar exporting to Phoenix, into a project of its own (the resource's openinference.project.name)."""
+    project = project or f"p-{uuid.uuid4().hex[:10]}"
+    env = {"OTEL_RESOURCE_ATTRIBUTES": f"openinference.project.name={project}", **kw.pop("env", {})}
+    server = make_server("--rate", "0", "--otlp-endpoint", phoenix.url, *args, env=env, **kw)
+    server.project = project
+    return server
+
+
+def tree(spans: list[dict]) -> dict[str | None, list[dict]]:
+    children: dict[str | None, list[dict]] = {}
+    for s in sorted(spans, key=lambda s: s["start_time"]):
+        children.setdefault(s["parent_id"], []).append(s)
+    return children
+
+
+def named(spans: list[dict], pattern: str) -> list[dict]:
+    return [s for s in spans if re.fullmatch(pattern, s["name"])]
+
+
+def wait_spans(phoenix, project: str, predicate, timeout: float = 60, message: str = "the spans"):
+    return wait_for(lambda: (lambda s: s if predicate(s) else None)(phoenix.spans(project)), timeout, 0.5, message)
+
+
+def test_loop_run_of_an_agent_story_reads_back_from_phoenix_as_the_run_tree(tmp_path, make_server, phoenix):
+    server = traced(make_server, phoenix)
+    path = write_prd(tmp_path, [
+        story("US-1", f"{FAKE} subagents.jsonl --delay 0", ["says so", {"text": "tests pass", "check": "true"},
+                                                            {"text": "no lint", "check": "exit 4"}]),
+        story("US-2", "exit 3", priority=2)], project="Traced", agentFormat="claude-stream-json",
+        verificationCommands={"lint": "true"})
+    r = loop_run(path, server, "--run", "traced-run", "--no-update")
+    assert r.returncode == 1, r.stderr
+    spans = wait_spans(phoenix, server.project, lambda s: named(s, "run Traced"), message="the run's root span")
+    kids = tree(spans)
+    (root,) = kids[None]
+    assert root["name"] == "run Traced" and root["span_kind"] == "CHAIN" and root["status_code"] == "ERROR"
+    assert root["status_message"] == "2 stories failed"
+    assert _flat(root["attributes"])["loop.status"] == "failed"
+    assert len({s["context"]["trace_id"] for s in spans}) == 1
+    stories = kids[root["context"]["span_id"]]
+    assert [s["name"] for s in stories] == ["story US-1 title US-1", "story US-2 title US-2"]
+    assert all(s["status_code"] == "ERROR" for s in stories)
+    assert stories[1]["status_message"].startswith("command_failed: exit 3")
+    steps = kids[stories[0]["context"]["span_id"]]
+    assert [s["name"] for s in steps] == ["invoke_agent claude-sonnet-4-5-20250929", "check tests pass",
+                                          "check no lint", "verify lint"]
+    agent, ok, bad, lint = steps
+    assert agent["span_kind"] == "AGENT" and [ok["status_code"], bad["status_code"], lint["status_code"]] == \
+        ["OK", "ERROR", "OK"]
+    assert bad["status_message"].startswith("check exited 4")
+    tools = kids[agent["context"]["span_id"]]
+    assert [t["name"] for t in tools] == ["execute_tool Task", "execute_tool Task", "execute_tool Read"]
+    assert all(t["span_kind"] == "TOOL" for t in tools)
+    explore, tester, _ = tools
+    assert [t["name"] for t in kids[explore["context"]["span_id"]]] == ["execute_tool Grep", "execute_tool Read"]
+    under_tester = kids[tester["context"]["span_id"]]
+    assert [t["name"] for t in under_tester] == ["execute_tool Bash"] * 3
+    assert all(t["status_code"] == "ERROR" and t["status_message"] == "1 failed" for t in under_tester)
+    flat = {k: v for s in [agent] for k, v in _flat(s["attributes"]).items()}
+    assert flat["gen_ai.usage.input_tokens"] == 3100 and flat["gen_ai.usage.cost"] == pytest.approx(0.0912)
+    assert flat["gen_ai.request.model"] == "claude-sonnet-4-5-20250929" and flat["session.id"] == "9b1c-task-shape"
+
+
+def _flat(attrs: dict, prefix: str = "") -> dict:
+    """Phoenix's REST API nests dotted attribute names; flat again, as they were sent."""
+    out = {}
+    for k, v in attrs.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_loop_exec_and_a_hook_session_are_exported_the_same_way(tmp_path, make_server, phoenix):
+    server = traced(make_server, phoenix)
+    r = subprocess.run([*LOOP, "exec", "--server", server.url, "--run", "traced-exec", "--", "sh", "-c", "exit 3"],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 3
+    items = (AGENTS / "claude-real" / "hooks-subagent.jsonl").read_text().splitlines()
+    body = "[" + ",".join(items) + "]"
+    assert requests.post(server.url + "/api/hooks/claude", data=body, timeout=10,
+                         headers={"Content-Type": "application/json"}).status_code == 201
+    spans = wait_spans(phoenix, server.project, lambda s: named(s, "run sh -c exit 3") and named(s, "session .*"),
+                       message="the exec run's and the session's roots")
+    (exec_root,) = named(spans, "run sh -c exit 3")
+    attrs = _flat(exec_root["attributes"])
+    assert exec_root["status_code"] == "ERROR" and exec_root["status_message"] == "exit code 3"
+    assert attrs["loop.exit_code"] == 3 and attrs["loop.status"] == "failed"
+    (session,) = named(spans, "session .*")
+    kids = tree(spans)
+    (turn,) = kids[session["context"]["span_id"]]
+    assert turn["name"] == "turn 1" and turn["span_kind"] == "AGENT"
+    under_turn = kids[turn["context"]["span_id"]]
+    assert sorted(s["name"] for s in under_turn) == ["execute_tool Agent", "invoke_agent general-purpose"]
+    (sub,) = named(under_turn, "invoke_agent general-purpose")
+    assert [s["name"] for s in kids[sub["context"]["span_id"]]] == ["execute_tool Bash"]
+    assert _flat(session["attributes"])["session.id"] == json.loads(items[0])["session_id"]
+
+
+def post_run(server, run: str, items: list[tuple[str, dict]]) -> None:
+    r = server.post([{"type": t, "run": run, "data": d} for t, d in items])
+    assert r.status_code == 201, r.text
+
+
+def story_events(sid: str, status: str = "passed") -> list[tuple[str, dict]]:
+    return [("story_started", {"story_id": sid, "title": sid}),
+            ("tool_call", {"story_id": sid, "tool": "Bash", "id": f"{sid}-b", "summary": "make"}),
+            ("tool_result", {"story_id": sid, "tool": "Bash", "id": f"{sid}-b", "is_error": False, "summary": "ok"}),
+            ("story_completed", {"story_id": sid, "status": status})]
+
+
+def metric(server, name: str) -> float:
+    text = server.get("/metrics").text
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_a_live_run_shows_while_it_runs_and_phoenix_going_away_and_back_costs_the_sidecar_nothing(
+        make_server, phoenix):
+    server = traced(make_server, phoenix)
+    post_run(server, "live", [("task_started", {"task_name": "Live", "story_count": 3}), *story_events("A")])
+    spans = wait_spans(phoenix, server.project, lambda s: named(s, "story A A"), message="story A while the run runs")
+    assert not named(spans, "run Live") and named(spans, "execute_tool Bash")       # the root comes at the end
+    phoenix.stop()
+    try:
+        for i in range(30):            # the stream and POSTs go on while the backend is away
+            post_run(server, "live", [("progress", {"current": i})])
+        post_run(server, "live", story_events("B", "failed"))
+        assert server.get("/healthz").ok
+        wait_for(lambda: metric(server, "loop_otlp_spans_dropped_total") >= 1, 60, 0.5,
+                 message="the spans sent while Phoenix was down to be counted as dropped")
+    finally:
+        phoenix.start()
+    post_run(server, "live", [*story_events("C"), ("task_completed", {})])
+    spans = wait_spans(phoenix, server.project, lambda s: named(s, "run Live"), message="the root after Phoenix is back")
+    assert named(spans, "story C C") and not named(spans, "story B B")    # B was dropped while Phoenix was away
+    (root,) = named(spans, "run Live")
+    assert {s["context"]["trace_id"] for s in spans} == {root["context"]["trace_id"]}
+    log = server.log.read_text()
+    assert len(re.findall(r"loop: traces to .* spans dropped so far", log)) == 1    # once a minute at most
+
+
+def test_a_sidecar_restarted_mid_run_goes_on_with_the_same_trace_and_sends_nothing_twice(
+        tmp_path, make_server, phoenix):
+    project = f"p-{uuid.uuid4().hex[:10]}"
+    first = traced(make_server, phoenix, project=project)
+    post_run(first, "restart", [("task_started", {"task_name": "Restarted"}), *story_events("A"),
+                                ("story_started", {"story_id": "B", "title": "B"})])
+    wait_spans(phoenix, project, lambda s: named(s, "story A A"), message="story A")
+    exported_before = metric(first, "loop_otlp_spans_exported_total")
+    first.stop()
+    second = traced(make_server, phoenix, project=project, port=first.port)
+    post_run(second, "restart", [("story_completed", {"story_id": "B", "status": "passed"}), ("task_completed", {})])
+    spans = wait_spans(phoenix, project, lambda s: named(s, "run Restarted"), message="the root from the new sidecar")
+    (root,) = named(spans, "run Restarted")
+    (b,) = named(spans, "story B B")
+    assert {s["context"]["trace_id"] for s in spans} == {root["context"]["trace_id"]}
+    assert b["parent_id"] == root["context"]["span_id"]
+    sent = exported_before + wait_for(lambda: metric(second, "loop_otlp_spans_exported_total") or None, 30)
+    assert sent == len(spans) == 4             # run, A, A's tool, B: nothing twice
+
+
+@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+def test_with_redis_one_worker_of_the_fleet_exports_each_run(make_server, phoenix):
+    server = traced(make_server, phoenix, "--workers", "2")
+    for i in range(4):                      # on whichever worker accepts them
+        post_run(server, f"fleet-{i}", [("task_started", {"task_name": f"Fleet {i}"}), *story_events("A"),
+                                        ("task_completed", {})])
+    spans = wait_spans(phoenix, server.project, lambda s: len(named(s, "run Fleet .")) == 4, message="four roots")
+    assert len(spans) == 12
+
+    def per_worker():
+        text = server.get("/metrics").text
+        return [float(n) for n in re.findall(r'^loop_worker_otlp_spans_exported_total\{worker="[^"]+"\} (\S+)$',
+                                               text, re.M)]
+    counts = wait_for(lambda: (lambda c: c if len(c) == 2 and sum(c) >= 12 else None)(per_worker()), 30, 0.5,
+                      message="both workers' numbers")
+    assert sorted(counts) == [0, 12]
+
+
+class Answering(http.server.BaseHTTPRequestHandler):
+    """A backend that answers every request with the status and body it is given (500, or 200 garbage)."""
+    status, body = 500, b"no"
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(self.status)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("status, body", [(500, b"boom"), (400, b"\x00\xff not protobuf"), (None, b"")],
+                         ids=["5xx", "4xx", "down"])
+def test_a_backend_that_is_down_or_refuses_costs_the_stream_nothing_and_its_drops_are_counted(
+        make_server, status, body):
+    port = free_port()
+    httpd = None
+    if status is not None:
+        handler = type("H", (Answering,), {"status": status, "body": body})
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        server = make_server("--rate", "0", "--otlp-endpoint", f"http://127.0.0.1:{port}")
+        t0 = time.monotonic()
+        for i in range(20):
+            post_run(server, f"down-{i}", [("task_started", {}), *story_events("A"), ("task_completed", {})])
+        assert time.monotonic() - t0 < 30          # generous: nothing waits on the exporter
+        wait_for(lambda: metric(server, "loop_otlp_spans_dropped_total") >= 1, 60, 0.5, message="drops counted")
+        assert server.get("/healthz").ok and server.get("/api/runs/down-19").json()["status"] == "passed"
+        log = server.log.read_text()
+        assert len(re.findall(r"loop: traces to .* spans dropped so far", log)) == 1 and "Traceback" not in log
+    finally:
+        if httpd is not None:
+            httpd.shutdown()
