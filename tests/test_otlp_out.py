@@ -15,18 +15,16 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
 
 from conftest import free_port, wait_for
+from helpers import AGENTS, LOOP, REAL, loop, story, write_prd
 from loopstream.sidecar.config import otlp_traces_url
 from loopstream.sidecar.otlp_out_spans import ATTR_TEXT, Mapper, SpanRecord
 from phoenix_server import phoenix  # noqa: F401  (a session fixture)
-from test_runner import LOOP, loop_run, story, write_prd
 
-AGENTS = Path(__file__).resolve().parent / "agents"
 FAKE = f"{sys.executable} {AGENTS / 'fake_claude.py'}"
 
 
@@ -133,7 +131,7 @@ def test_a_run_that_fails_or_is_interrupted_has_an_error_status_with_the_message
 def test_a_hook_session_is_a_root_with_a_span_per_turn_subagents_and_tool_calls():
     from loopstream.core.formats.hook_session import session_events
 
-    items = [json.loads(line) for line in (AGENTS / "claude-real" / "hooks-subagent.jsonl").read_text().splitlines()]
+    items = [json.loads(line) for line in (REAL / "hooks-subagent.jsonl").read_text().splitlines()]
     events = []
     for p in items:
         run, evs = session_events(p)
@@ -242,7 +240,7 @@ def test_loop_run_of_an_agent_story_reads_back_from_phoenix_as_the_run_tree(tmp_
                                                             {"text": "no lint", "check": "exit 4"}]),
         story("US-2", "exit 3", priority=2)], project="Traced", agentFormat="claude-stream-json",
         verificationCommands={"lint": "true"})
-    r = loop_run(path, server, "--run", "traced-run", "--no-update")
+    r = loop("run", str(path), "--server", server.url, "--run", "traced-run", "--no-update")
     assert r.returncode == 1, r.stderr
     spans = wait_spans(phoenix, server.project, lambda s: named(s, "run Traced"), message="the run's root span")
     kids = tree(spans)
@@ -292,7 +290,7 @@ def test_loop_exec_and_a_hook_session_are_exported_the_same_way(tmp_path, make_s
     r = subprocess.run([*LOOP, "exec", "--server", server.url, "--run", "traced-exec", "--", "sh", "-c", "exit 3"],
                        capture_output=True, timeout=60, env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")})
     assert r.returncode == 3
-    items = (AGENTS / "claude-real" / "hooks-subagent.jsonl").read_text().splitlines()
+    items = (REAL / "hooks-subagent.jsonl").read_text().splitlines()
     body = "[" + ",".join(items) + "]"
     assert requests.post(server.url + "/api/hooks/claude", data=body, timeout=10,
                          headers={"Content-Type": "application/json"}).status_code == 201
