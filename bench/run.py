@@ -12,6 +12,8 @@
 
 `--only hook-latency` runs the Claude Code hook's table alone (bench/hooks.py).
 
+`--only otlp` runs the traces-out row alone: ingest with `--otlp-endpoint` on vs off (bench/otlp.py).
+
 `--only =loop --skip-soak --skip-faults` runs the memory-backend rows of loop alone (latency, ingest,
 capacity after them and on a fresh server).
 """
@@ -486,6 +488,10 @@ def run_extra(name: str, smoke: bool) -> dict:
         from .hooks import hook_latency
 
         return hook_latency(smoke)
+    if name == "otlp":
+        from .otlp import otlp_overhead
+
+        return otlp_overhead(smoke)
     from .growth import growth
 
     return growth(smoke)
@@ -498,12 +504,14 @@ def report_extras(r: dict) -> list[str]:
     from .growth import report as growth_report
     from .history_load import report as history_report
     from .hooks import report as hooks_report
+    from .otlp import report as otlp_report
 
     lines: list[str] = []
     if "dashboard" in r:
         lines += ["", "| what | measured | value | target |", "|---|---|---|---|", dashboard_report(r["dashboard"])]
     for key, fn in (("history_load", history_report), ("firehose", firehose_report), ("fsync", fsync_report),
-                    ("growth", growth_report), ("hook_latency", hooks_report)):
+                    ("growth", growth_report), ("hook_latency", hooks_report),
+                    ("otlp", otlp_report)):
         if key in r:
             lines += fn(r[key])
     return lines
@@ -546,7 +554,7 @@ def main(argv=None) -> None:
         print("· faults", file=sys.stderr, flush=True)
         results["faults"] = {"slow_reader": slow_reader(sizes), "storm": storm(sizes),
                              "restart": restart_resume(), "kill9": kill9_during_run(sizes)}
-    for name in ("dashboard", "history-load", "firehose", "fsync", "growth", "hook-latency"):
+    for name in ("dashboard", "history-load", "firehose", "fsync", "growth", "hook-latency", "otlp"):
         if not args.only or name in args.only.split(","):
             print(f"· {name}", file=sys.stderr, flush=True)
             results[name.replace("-", "_")] = run_extra(name, args.smoke)
