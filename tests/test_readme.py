@@ -18,6 +18,8 @@ NOT_RUN = {
                                                   "tests/test_claude_claude_settings.py runs each in a temp home",
     "loop serve --host 127.0.0.1 --port 8765 --db /var/lib/loop": "one host's deployment (its port, /var/lib)",
     "# Redis, keeping every accepted event": "a fleet's deployment (the addresses of other hosts)",
+    "pip install 'loopstream[otel]'": "installs the extra and serves on a fixed port: tests/test_otlp_out.py runs "
+                                      "loop serve --otlp-endpoint against a real Phoenix",
     "# the sidecar behind it": "a host's deployment (port 8765, /etc/loop/token): tests/test_proxy.py starts the "
                                "sidecar behind the README's nginx block with LOOP_TOKEN and --forwarded-allow-ips",
 }
