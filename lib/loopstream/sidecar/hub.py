@@ -28,7 +28,15 @@ from typing import TYPE_CHECKING
 from loopstream import __version__
 from loopstream.core import events as ev
 from loopstream.core import sse, state
-from loopstream.sidecar.brokers.memory import BackendDown, Broker, Cursor, Filter, MemoryBroker, StoreRefused
+from loopstream.sidecar.brokers.memory import (
+    BackendDown,
+    Broker,
+    Cursor,
+    Filter,
+    MemoryBroker,
+    OverBudget,
+    StoreRefused,
+)
 from loopstream.sidecar.config import Config
 from loopstream.sidecar.fanout import Fanout, Subscriber
 from loopstream.sidecar.fleet import Fleet
@@ -38,7 +46,6 @@ from loopstream.sidecar.ratelimit import Budget, Charge, TokenBuckets
 from loopstream.sidecar.reaper import abandoned, ghost_runs, gone_sessions, interrupted, silent_runs
 
 if TYPE_CHECKING:
-    from loopstream.sidecar.brokers.redis import RedisBuckets
     from loopstream.sidecar.otlp_out import TraceExport
 
 CONTROL_ACTIONS = {"stop": "stop_requested", "pause": "pause_requested", "resume": "resume_requested"}
@@ -135,23 +142,25 @@ def with_runs(obj: dict, runs_json: str) -> str:
 
 @dataclass
 class Parts:
-    """What a backend brings: its broker, its rate limiter and (memory only) the history."""
+    """What a backend brings: its broker, its rate limiter and (memory only) the history. Without a
+    limiter the broker keeps the budgets and takes a batch's charges with its publish (Redis)."""
 
     broker: Broker
-    limiter: TokenBuckets | RedisBuckets
+    limiter: TokenBuckets | None
     history: History | None = None
 
 
 def redis_parts(cfg: Config, clock: Callable[[], float], fanout: Fanout,
                 on_events: Callable[[list[ev.Event], Cursor, Cursor], None] | None = None) -> Parts:
-    """Redis keeps the stream, the snapshots, the history and the rate limit. ``on_events`` is told of
-    every event this worker's replica takes in (the fan-out's publish unless said otherwise)."""
-    from loopstream.sidecar.brokers.redis import RedisBroker, RedisBuckets
+    """Redis keeps the stream, the snapshots, the history and the rate limit (charged by the publish
+    script). ``on_events`` is told of every event this worker's replica takes in (the fan-out's publish
+    unless said otherwise)."""
+    from loopstream.sidecar.brokers.redis import RedisBroker
 
     assert cfg.backend, "redis_parts needs a redis:// backend URL"
     broker = RedisBroker(cfg.backend, cfg.buffer, clock=clock, on_events=on_events or fanout.publish,
                          on_down=fanout.end_all, on_resync=fanout.wake_all)
-    return Parts(broker, RedisBuckets(broker.client, broker.prefix, cfg.rate, cfg.burst))
+    return Parts(broker, None)
 
 
 def memory_parts(cfg: Config, clock: Callable[[], float], monotonic: Callable[[], float]) -> Parts:
@@ -245,9 +254,10 @@ class Hub:
         return addr
 
     # -- events in -----------------------------------------------------------------
-    def publish(self, drafts: list[ev.Draft]) -> list[ev.Event]:
+    def publish(self, drafts: list[ev.Draft], charges: Sequence[Charge] = ()) -> list[ev.Event]:
         """Validated drafts -> events. The batch is folded on copies of the snapshots first:
-        a reducer bug raises here, before anything is journalled, buffered or streamed."""
+        a reducer bug raises here, before anything is journalled, buffered or streamed. ``charges``:
+        what admit() or charge() left to take (with Redis, taken by the publish script: a 429 here)."""
         broker, history = self.broker, self.history
         ticket = 0
         with self._publish_lock:
@@ -256,9 +266,11 @@ class Hub:
                 if history:
                     ticket = self._journal(history, staged.events)
                 result = broker.commit(staged)
-            else:                              # Redis: one Lua script makes the batch visible
+            else:                              # Redis: one Lua script charges and makes the batch visible
                 try:
-                    result = broker.publish(drafts)
+                    result = broker.publish(drafts, charges)
+                except OverBudget as e:
+                    raise self.rate_limited(e.wait, e.refused_by) from None
                 except StoreRefused as e:      # answered, but every write fails: /healthz must say so
                     self.store_failed(str(e))
                     raise
@@ -310,18 +322,22 @@ class Hub:
             raise Refused(503, "journal_unavailable", f"the sidecar could not write its journal ({e}); "
                           "nothing was stored, retry later", None, headers={"Retry-After": "5"}) from e
 
-    def admit(self, drafts: list[ev.Draft], explicit_run: bool | Sequence[bool], addr: str) -> None:
-        """Raise Refused when the batch is over a rate limit or would start too many live runs
-        (the server's, or this client's); else the client owns the runs it starts."""
+    def admit(self, drafts: list[ev.Draft], explicit_run: bool | Sequence[bool], addr: str) -> list[Charge]:
+        """Raise Refused when the batch would start too many live runs (the server's, or this client's)
+        or is over an in-process rate limit; else the client owns the runs it starts. Returns the charges
+        left for publish() to take (with Redis, all of them: its publish script takes them)."""
         self.check_live_runs(drafts, addr)   # read-only: a batch it refuses has spent no budget
-        self.charge(drafts, explicit_run, addr)
-        new = self.check_live_runs(drafts, addr)   # again: charge() yields on Redis, to other admits
+        charges = self.charge(drafts, explicit_run, addr)
+        new = self.check_live_runs(drafts, addr)   # again: were charge() to wait, runs started meanwhile count
         self.owners.own(addr, new)
+        return charges
 
-    def charge(self, drafts: list[ev.Draft], explicit_run: bool | Sequence[bool], addr: str) -> None:
+    def charge(self, drafts: list[ev.Draft], explicit_run: bool | Sequence[bool], addr: str) -> list[Charge]:
         """Take each event from its run's budget (the run as named, else the client's address) and
         every event from the client address's own, which no choice of run names dodges: a 429 when
-        any is spent, charging none. ``explicit_run``: whether each event named its run (or one for all)."""
+        any is spent, charging none. ``explicit_run``: whether each event named its run (or one for all).
+        Without an in-process limiter (Redis) nothing is taken here: the charges are returned for the
+        publish, whose script takes them and appends the batch in one round trip."""
         named = [explicit_run] * len(drafts) if isinstance(explicit_run, bool) else explicit_run
         costs: dict[str, int] = {}
         for d, is_named in zip(drafts, named, strict=True):
@@ -329,17 +345,23 @@ class Hub:
             costs[key] = costs.get(key, 0) + 1
         charges: list[Charge] = [(k, self.run_budget, n) for k, n in costs.items()]
         charges.append((f"client:{addr}", self.client_budget, len(drafts)))
+        if self.limiter is None:
+            return charges
         wait, refused_by = self.limiter.take_all(charges)
-        if not wait:
-            return
+        if wait:
+            raise self.rate_limited(wait, refused_by)
+        return []
+
+    def rate_limited(self, wait: float, refused_by: str | None) -> Refused:
+        """The 429 for a batch a budget refused (``refused_by``, its bucket), counted."""
         self.metrics.rate_limited += 1
         self.metrics.reject("rate_limited")
         budget = self.client_budget if (refused_by or "").startswith("client:") else self.run_budget
         flag = "--client-rate" if budget is self.client_budget else "--rate"
-        raise Refused(429, "rate_limited", f"over {budget.rate:g} events/s (burst {budget.burst}, {flag}) for "
-                                           f"{refused_by}; retry after {wait:.2f}s",
-                      headers={"Retry-After": str(max(1, int(wait + 0.999)))},
-                      details={"rate": budget.rate, "burst": budget.burst, "retry_after": round(wait, 3)})
+        return Refused(429, "rate_limited", f"over {budget.rate:g} events/s (burst {budget.burst}, {flag}) for "
+                                            f"{refused_by}; retry after {wait:.2f}s",
+                       headers={"Retry-After": str(max(1, int(wait + 0.999)))},
+                       details={"rate": budget.rate, "burst": budget.burst, "retry_after": round(wait, 3)})
 
     def check_live_runs(self, drafts: list[ev.Draft], addr: str) -> set[str]:
         """The runs the batch would start that count for this client (not Claude Code sessions); refused,
@@ -581,10 +603,10 @@ class Hub:
         if already_so(snap, action) or asking in self._asking:   # no yield from the check to the add
             return {"run": run, "action": action, "requested": False, "status": snap["status"]}
         draft = ev.Draft(CONTROL_ACTIONS[action], run, {"reason": reason[:500]} if reason else {})
-        self._asking.add(asking)   # charge and publish yield on Redis: the same ask meanwhile is a no-op
+        self._asking.add(asking)   # publish yields on Redis: the same ask meanwhile is a no-op
         try:
-            self.charge([draft], True, addr)   # a control event costs what any event of the run costs
-            (e,) = self.publish([draft])
+            charges = self.charge([draft], True, addr)   # a control event costs what any event of the run costs
+            (e,) = self.publish([draft], charges)
         finally:
             self._asking.discard(asking)
         return {"run": run, "action": action, "requested": True, "id": e.id}

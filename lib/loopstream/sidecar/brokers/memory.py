@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from loopstream.core import events as ev
 from loopstream.core import sse, state
+from loopstream.sidecar.ratelimit import Charge
 
 Cursor = tuple[int, int]
 ENDED = (*state.FINISHED, "interrupted")   # a run that reaches one of these goes to history
@@ -33,6 +34,15 @@ class BackendDown(RuntimeError):
 
 class StoreRefused(BackendDown):
     """The shared store answered but refused the write (out of memory, read-only...): reachable, not usable."""
+
+
+class OverBudget(Exception):
+    """A publish's rate-limit charge was refused: nothing was charged or stored. ``wait``: seconds until
+    the bucket ``refused_by`` holds enough."""
+
+    def __init__(self, wait: float, refused_by: str):
+        super().__init__(f"{refused_by}: retry after {wait:.2f}s")
+        self.wait, self.refused_by = wait, refused_by
 
 
 @dataclass(slots=True)
@@ -101,7 +111,7 @@ class Broker(Protocol):
     def start(self) -> None: ...
     def stage(self, drafts: Iterable[ev.Draft]) -> Staged: ...
     def commit(self, staged: Staged) -> PublishResult: ...
-    def publish(self, drafts: Iterable[ev.Draft]) -> PublishResult: ...
+    def publish(self, drafts: Iterable[ev.Draft], charges: Sequence[Charge] = ()) -> PublishResult: ...
     def read(self, cursor: Cursor | None, flt: Filter | None = None, limit: int = 1000) -> ReadResult: ...
     def catch_up(self, timeout: float = 2.0) -> None: ...
     def snapshot(self, run: str) -> dict | None: ...
@@ -131,8 +141,12 @@ class MemoryBroker:
         self.keep_finished = keep_finished
 
     # -- writing -----------------------------------------------------------
-    def publish(self, drafts: Iterable[ev.Draft]) -> PublishResult:
-        """Give drafts ids and times, append them to the buffer, fold them into runs."""
+    def publish(self, drafts: Iterable[ev.Draft], charges: Sequence[Charge] = ()) -> PublishResult:
+        """Give drafts ids and times, append them to the buffer, fold them into runs. ``charges``: a
+        broker that keeps rate-limit budgets (Redis) takes them with the batch (OverBudget); this one
+        keeps none, and is given none (the hub's in-process limiter charges first)."""
+        if charges:
+            raise ValueError("the memory broker keeps no budgets: charge the hub's limiter first")
         return self.commit(self.stage(drafts))
 
     def stage(self, drafts: Iterable[ev.Draft]) -> Staged:

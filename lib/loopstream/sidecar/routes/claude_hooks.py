@@ -38,8 +38,8 @@ def accept_hooks(h: Hub, raw: bytes, addr: str, prompts: bool = False) -> list[s
     """One hook payload or an array of them -> their events, published all or nothing; the new ids.
     Raises EventError (a 400 naming the field, ``[i].field`` in an array), Refused or BackendDown."""
     drafts = hook_drafts(ev.loads(raw), prompts, repeats_of(h))
-    h.admit(drafts, True, addr)
-    return [e.id for e in h.publish(drafts)]
+    charges = h.admit(drafts, True, addr)
+    return [e.id for e in h.publish(drafts, charges)]
 
 
 def repeats_of(h: Hub) -> Repeats:

@@ -30,8 +30,8 @@ def accept(h: Hub, raw: bytes, addr: str) -> list[str]:
     Raises EventError (a 400), Refused or BackendDown; nothing is stored unless it returns."""
     body = ev.loads(raw)
     drafts = ev.validate_body(body, h.config.default_run)
-    h.admit(drafts, names_run(body), addr)
-    return [e.id for e in h.publish(drafts)]
+    charges = h.admit(drafts, names_run(body), addr)
+    return [e.id for e in h.publish(drafts, charges)]
 
 
 def invalid(h: Hub, e: ev.EventError) -> Response:

@@ -28,8 +28,7 @@ def post_logs() -> Response:
         h.metrics.reject("invalid")
         return error(400, "bad_request", str(e), "body")
     if drafts:
-        h.admit(drafts, True, client_addr())
-        h.publish(drafts)
+        h.publish(drafts, h.admit(drafts, True, client_addr()))
     return answer()
 
 
