@@ -7,10 +7,14 @@ import threading
 
 import psutil
 import pytest
+import redis
 import requests
 
 from conftest import Subscriber, wait_for
 from loopstream.client.stream import stream
+from loopstream.core.events import Draft
+from loopstream.sidecar.config import Config
+from loopstream.sidecar.hub import Hub, Refused
 
 pytestmark = pytest.mark.parametrize("backend", ["redis"], indirect=True)
 
@@ -145,7 +149,6 @@ def test_losing_redis_gives_503s_and_ends_streams_then_recovers_losing_nothing(m
 
 
 def test_a_worker_loads_live_and_recent_runs_and_reads_older_ones_from_redis(backend):
-    from loopstream.core.events import Draft
     from loopstream.sidecar.brokers.redis import RedisBroker
 
     first = RedisBroker(backend, keep_finished=2)
@@ -208,3 +211,43 @@ def test_concurrent_emitters_on_two_sidecars_give_every_subscriber_one_gapless_o
     assert snap_a == snap_b and snap_a["event_count"] == n
     texts = [line for line in snap_a["output"].splitlines()]
     assert sorted(texts) == sorted(f"{k}.{i}.{j}" for k in (0, 1) for i in range(60) for j in range(1 + i % 3))
+
+
+def test_a_publish_is_one_round_trip_that_charges_and_appends_or_refuses_whole(backend):
+    """The rate limit and the append are one script: one EVALSHA per accepted batch, and a batch a
+    budget refuses is charged to no bucket and stored nowhere."""
+    r = redis.Redis.from_url(backend, decode_responses=True)
+    hub = Hub(Config(backend=backend, rate=1, burst=3, client_rate=0.001, client_burst=1000))
+    try:
+        wait_for(lambda: hub.broker.healthy, message="the broker to load")
+        warm = [Draft("progress", "warm", {})]
+        hub.publish(warm, hub.admit(warm, True, "c"))        # (loads the script into Redis, once)
+        r.config_resetstat()
+        for i in range(3):
+            drafts = [Draft("progress", "r", {"i": i})]
+            hub.publish(drafts, hub.admit(drafts, True, "c"))
+        assert r.info("commandstats")["cmdstat_evalsha"]["calls"] == 3
+        assert float(r.hget("loop:bucket:run:r", "tokens")) < 0.5                  # the run's burst, spent
+        drafts = [Draft("progress", "r", {"i": 3})]
+        with pytest.raises(Refused) as refused:
+            hub.publish(drafts, hub.admit(drafts, True, "c"))
+        assert refused.value.status == 429 and "run:r" in refused.value.message
+        assert refused.value.headers["Retry-After"] == "1" and hub.metrics.rate_limited == 1
+        assert r.xlen("loop:stream") == 1 + 3 and r.llen("loop:transcript:r") == 3
+        assert 996 <= float(r.hget("loop:bucket:client:c", "tokens")) < 996.5   # the refusal charged it nothing
+    finally:
+        hub.close()
+
+
+def test_a_bucket_of_another_type_is_moved_aside_and_reads_as_full(backend):
+    r = redis.Redis.from_url(backend, decode_responses=True)
+    r.set("loop:bucket:run:r", "not a bucket")
+    hub = Hub(Config(backend=backend, rate=1, burst=3))
+    try:
+        wait_for(lambda: hub.broker.healthy, message="the broker to load")
+        drafts = [Draft("progress", "r", {})]
+        hub.publish(drafts, hub.admit(drafts, True, "c"))
+        assert 2 <= float(r.hget("loop:bucket:run:r", "tokens")) < 2.5
+        assert [k for k in r.keys("loop:bucket:run:r.damaged-*")] and r.llen("loop:transcript:r") == 1
+    finally:
+        hub.close()
