@@ -8,8 +8,8 @@ import pytest
 from loopstream.core import events as ev
 from loopstream.sidecar.brokers.memory import HELLO_LIVE, Filter
 from loopstream.sidecar.config import Config
-from loopstream.sidecar.fanout import Subscriber
 from loopstream.sidecar.hub import Hub, Refused
+from loopstream.sidecar.streams import Stream
 
 
 class Clock:
@@ -35,7 +35,7 @@ def started(run: str, **data) -> ev.Draft:
 
 def hello_of(hub: Hub, flt: Filter | None = None, cursor=None) -> tuple[str, dict]:
     """The hello frame's id and data, as a subscriber would read them."""
-    sub = Subscriber(flt or Filter(), cursor, None, False)
+    sub = Stream(flt or Filter(), cursor)
     frame = hub.hello(sub).decode()
     fields = dict(line.split(": ", 1) for line in frame.strip().splitlines())
     assert fields["event"] == "hello"
@@ -160,9 +160,9 @@ def test_a_stream_resets_a_cursor_evicted_from_the_buffer(clock):
     (first,) = hub.publish([started("r")])
     for i in range(5):
         hub.publish([ev.Draft("progress", "r", {"percent": i})])
-    sub = Subscriber(Filter(), ev.parse_id(first.id), None, False)
+    sub = Stream(Filter(), ev.parse_id(first.id))
     hub.hello(sub)
-    frame = hub._catch_up(sub).decode()
+    frame = hub.next_frames(sub).decode()
     assert "event: reset" in frame and '"reason":"evicted"' in frame and hub.metrics.resets == 1
     assert sub.pos == hub.broker.head
 

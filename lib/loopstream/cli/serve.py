@@ -79,7 +79,10 @@ SIDECAR = Config()   # the sidecar's defaults, read from Config's fields (loop s
                                            "(unfinished or idle requests); more are refused at once.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-@click.option("--access-log", is_flag=True, help="Log every request to stderr.")
+@click.option("--access-log", is_flag=True,
+              help="Log every request to stderr (gunicorn then serves every request: no fast path).")
+@click.option("--no-fast-path", is_flag=True,
+              help="Serve event POSTs through gunicorn and Flask too, not the worker's fast path.")
 @click.option("--notify", "notify_url", envvar="LOOP_NOTIFY", default=None, metavar="URL",
               help="POST one message per finished run to this webhook (or ntfy topic URL).")
 @click.option("--notify-format", envvar="LOOP_NOTIFY_FORMAT", default=SIDECAR.notify_format, show_default=True,
@@ -93,7 +96,7 @@ SIDECAR = Config()   # the sidecar's defaults, read from Config's fields (loop s
                    "OTEL_EXPORTER_OTLP_ENDPOINT; headers from OTEL_EXPORTER_OTLP_HEADERS]. Needs loopstream[otel].")
 @click.pass_context
 def serve(ctx, host, port, buffer, rate, burst, heartbeat, db, no_history, backend, token, cors, insecure,
-          workers, max_streams, max_streams_per_client, log_level, access_log,
+          workers, max_streams, max_streams_per_client, log_level, access_log, no_fast_path,
           notify_url, notify_format, notify_min_duration, fsync, otlp_endpoint, **limits) -> None:
     """Run the sidecar: gunicorn with gevent workers (one, or several on Redis).
 
@@ -130,7 +133,7 @@ def serve(ctx, host, port, buffer, rate, burst, heartbeat, db, no_history, backe
     config = Config(buffer=buffer, rate=rate, burst=burst, heartbeat=heartbeat, token=token or None,
                     db=None if no_history else str(db or default_db_path()), cors=cors_origins,
                     max_streams=max_streams, max_streams_per_client=max_streams_per_client,
-                    backend=redis_url, fsync=fsync)
+                    backend=redis_url, fsync=fsync, fast_path=not (no_fast_path or access_log))
     _configure_notify(config, notify_url, notify_format, notify_min_duration, host, port)
     _configure_traces(config, otlp_endpoint)
     _configure_proxies(config, limits.pop("forwarded_allow_ips"))

@@ -45,6 +45,7 @@ class Config:
     ghost_after: float = 300.0         # a live run only ever named in one request is finished after this; 0 = never
     header_timeout: float = 10.0       # seconds a request has to send its whole head (nginx's client_header_timeout)
     max_connections_per_client: int = 64   # open connections per client address that are not streams
+    fast_path: bool = True             # the worker answers plain event POSTs itself (ingest.py); False: Flask does
     forwarded_allow_ips: list[str] = field(default_factory=list)   # proxies whose X-Forwarded-For is believed
     stale_after: float | None = None   # seconds of silence that end a run with heartbeat_s (None: 3 x it)
     idle_exit: float = 0.0             # exit after this many seconds without a request or stream; 0 = never

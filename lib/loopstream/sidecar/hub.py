@@ -1,13 +1,15 @@
 """The hub: the one object a sidecar worker's routes talk to (no Flask here).
 
-It owns the broker (memory or Redis), the history, the fan-out, the rate
-limiters, the reaper, the notifier and the metrics, all built from a
-``Config``; the operations the HTTP routes expose are its methods: publish,
-admit a batch (rate limits, live-run cap), the hello/reset snapshots, the SSE
-frames of one subscriber, polling, control, the run list, health and
-metrics. A method that turns a request down raises ``Refused`` (an HTTP
-status, a code and a message that says what to do); the blueprints in
-routes/ only parse requests, call these and write responses.
+It owns the broker (memory or Redis), the history, the open streams, the
+rate limiters, the reaper, the notifier, the trace export and the metrics,
+all built from a ``Config`` (parts.py); the operations the HTTP routes expose
+are its methods: publish, admit a batch (rate limits, live-run cap), open a
+stream, the frames a stream is given (hello, events, reset, heartbeat),
+polling, control, the run list, health and metrics. It decides what a stream
+gets; streams.py carries a stream's life out (in its request, handed off,
+catching up, gone). A method that turns a request down raises ``Refused``
+(an HTTP status, a code and a message that says what to do); the blueprints
+in routes/ only parse requests, call these and write responses.
 
 As datasette hands one ``Datasette`` object to every view and Mercure's
 handlers are methods of its ``Hub``, this keeps every decision importable
@@ -15,38 +17,25 @@ and testable without a server (tests/test_hub.py).
 """
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 from loopstream import __version__
 from loopstream.core import events as ev
 from loopstream.core import sse, state
-from loopstream.sidecar.brokers.memory import (
-    BackendDown,
-    Broker,
-    Cursor,
-    Filter,
-    MemoryBroker,
-    OverBudget,
-    StoreRefused,
-)
+from loopstream.sidecar.brokers.memory import BackendDown, Cursor, Filter, OverBudget, StoreRefused
 from loopstream.sidecar.config import Config
-from loopstream.sidecar.fanout import Fanout, Subscriber
 from loopstream.sidecar.fleet import Fleet
 from loopstream.sidecar.forwarded import Trusted
-from loopstream.sidecar.history import History
-from loopstream.sidecar.ratelimit import Budget, Charge, TokenBuckets
+from loopstream.sidecar.metrics import Metrics, metric_lines, worker_lines
+from loopstream.sidecar.parts import make_notifier, make_traces, memory_parts, redis_parts
+from loopstream.sidecar.ratelimit import Budget, Charge
 from loopstream.sidecar.reaper import abandoned, ghost_runs, gone_sessions, interrupted, silent_runs
-
-if TYPE_CHECKING:
-    from loopstream.sidecar.otlp_out import TraceExport
+from loopstream.sidecar.streams import Stream, Streams
 
 CONTROL_ACTIONS = {"stop": "stop_requested", "pause": "pause_requested", "resume": "resume_requested"}
 READ_BATCH = 500          # events a stream reads from the buffer at a time
@@ -65,32 +54,6 @@ class Refused(Exception):
         self.status, self.code, self.message, self.field = status, code, message, field
         self.headers = headers or {}
         self.details = details or {}     # more fields for the JSON answer (a 429's rate, burst, wait)
-
-
-class HandedOff(BrokenPipeError):
-    """Raised out of a stream's body once the fan-out holds its socket: gunicorn then ends the request
-    as if the client had gone (no closing chunk written, its socket object dropped, not the connection)."""
-
-    def __init__(self):
-        super().__init__(errno.EPIPE, "stream handed to the fan-out")
-
-
-class Metrics:
-    """The counters /metrics shows, and when the worker last had something to do (--idle-exit)."""
-
-    def __init__(self, now: float = 0.0):
-        self.accepted = 0
-        self.rejected: dict[str, int] = {}
-        self.rate_limited = 0
-        self.resets = 0
-        self.subscribers = 0
-        self.streams_by_client: dict[str, int] = {}
-        self.last_activity = now   # the last request or stream end (monotonic seconds)
-        self.reaped = 0
-        self.forwarded_malformed = 0   # trusted proxies' X-Forwarded-For / X-Real-IP that did not parse
-
-    def reject(self, reason: str) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
 
 # The events a Claude Code hook session's run is made of (formats/hook_session.py).
@@ -140,63 +103,6 @@ def with_runs(obj: dict, runs_json: str) -> str:
     return ev.dumps(obj)[:-1] + ',"runs":' + runs_json + "}"
 
 
-@dataclass
-class Parts:
-    """What a backend brings: its broker, its rate limiter and (memory only) the history. Without a
-    limiter the broker keeps the budgets and takes a batch's charges with its publish (Redis)."""
-
-    broker: Broker
-    limiter: TokenBuckets | None
-    history: History | None = None
-
-
-def redis_parts(cfg: Config, clock: Callable[[], float], fanout: Fanout,
-                on_events: Callable[[list[ev.Event], Cursor, Cursor], None] | None = None) -> Parts:
-    """Redis keeps the stream, the snapshots, the history and the rate limit (charged by the publish
-    script). ``on_events`` is told of every event this worker's replica takes in (the fan-out's publish
-    unless said otherwise)."""
-    from loopstream.sidecar.brokers.redis import RedisBroker
-
-    assert cfg.backend, "redis_parts needs a redis:// backend URL"
-    broker = RedisBroker(cfg.backend, cfg.buffer, clock=clock, on_events=on_events or fanout.publish,
-                         on_down=fanout.end_all, on_resync=fanout.wake_all)
-    return Parts(broker, None)
-
-
-def memory_parts(cfg: Config, clock: Callable[[], float], monotonic: Callable[[], float]) -> Parts:
-    """One process keeps everything; with --db, finished runs and the epoch survive a restart."""
-    history = History(cfg.db, fsync=cfg.fsync) if cfg.db else None
-    epoch = int(clock() * 1000)
-    restored: list[dict] = []
-    if history:
-        floor, restored = history.open()
-        epoch = max(epoch, floor + 1)
-        history.save_epoch(epoch)
-        history.start_writer()
-    broker = MemoryBroker(cfg.buffer, epoch=epoch, clock=clock)
-    for snap in restored:
-        broker.restore(snap)
-    return Parts(broker, TokenBuckets(cfg.rate, cfg.burst, clock=monotonic), history)
-
-
-def make_notifier(cfg: Config):
-    """The notifier told of each finished run off the request path (notify.py), with --notify."""
-    if not cfg.notify:
-        return None
-    from loopstream.sidecar.notify import Notifier
-
-    return Notifier(cfg.notify, cfg.notify_format, cfg.notify_min_duration, cfg.dashboard_url)
-
-
-def make_traces(cfg: Config, recorded: Callable[[str], list[dict]]) -> TraceExport | None:
-    """The trace exporter (otlp_out.py), with --otlp-endpoint: the SDK is imported only then."""
-    if not cfg.otlp_endpoint:
-        return None
-    from loopstream.sidecar.otlp_out import TraceExport
-
-    return TraceExport(cfg.otlp_endpoint, recorded)
-
-
 class Hub:
     """One worker's sidecar: its parts and every operation the routes expose."""
 
@@ -204,10 +110,9 @@ class Hub:
                  monotonic: Callable[[], float] = time.monotonic):
         self.config = cfg = config or Config()
         self.clock, self.monotonic = clock, monotonic
-        self.fanout = Fanout(serve_behind=self._serve_held, ended=self.close_stream)
-        self._beating = False
+        self.streams = Streams(self)
         self.traces = make_traces(cfg, self._recorded)
-        parts = redis_parts(cfg, clock, self.fanout, self._took_in) if cfg.backend \
+        parts = redis_parts(cfg, clock, self.streams, self._took_in) if cfg.backend \
             else memory_parts(cfg, clock, monotonic)
         self.broker, self.limiter, self.history = parts.broker, parts.limiter, parts.history
         self.metrics = Metrics(monotonic())
@@ -228,8 +133,10 @@ class Hub:
             self.traces.use_lease(self._trace_lease())
 
     def _took_in(self, events: list[ev.Event], before: Cursor, after: Cursor) -> None:
-        """Redis: events reached this worker's replica (any worker's): to the subscribers, and the traces."""
-        self.fanout.publish(events, before, after)
+        """Events became visible (the head moved from ``before`` to ``after``): to the streams, then the
+        traces. The one place a published event is observed: with the memory backend, this worker's
+        publish calls it; with Redis, this worker's replica, for every worker's events."""
+        self.streams.publish(events, before, after)
         if self.traces is not None:
             self.traces.observe(events)
 
@@ -278,9 +185,7 @@ class Hub:
         not_durable = self._settle(history, ticket, result) if history else None
         self.metrics.accepted += len(result.events)
         if broker.fans_out_on_publish and result.before is not None and result.after is not None:
-            self.fanout.publish(result.events, result.before, result.after)
-            if self.traces is not None:
-                self.traces.observe(result.events)
+            self._took_in(result.events, result.before, result.after)
         if self.notifier:
             self.notifier.published(broker, result)
         if not_durable is not None:
@@ -401,7 +306,7 @@ class Hub:
             text = cache[key] = ev.dumps(self.broker.snapshots(flt))
         return text
 
-    def hello(self, sub: Subscriber) -> bytes:
+    def hello(self, sub: Stream) -> bytes:
         """The hello frame; a stream that does not resume gets the snapshots and starts at the head."""
         broker = self.broker
         payload = {"epoch": broker.epoch, "version": __version__, "heartbeat": self.config.heartbeat,
@@ -413,7 +318,7 @@ class Hub:
         payload["cursor"] = cursor_id(sub.pos)
         return sse.frame(cursor_id(sub.pos), "hello", with_runs(payload, self.snapshots_json(sub.flt)))
 
-    def reset(self, sub: Subscriber, cursor: Cursor, reason: str) -> bytes:
+    def reset(self, sub: Stream, cursor: Cursor, reason: str) -> bytes:
         """The reset frame for a subscriber whose cursor cannot be read: snapshots, from ``cursor`` on."""
         self.metrics.resets += 1
         sub.pos = cursor
@@ -453,81 +358,9 @@ class Hub:
         else:
             metrics.streams_by_client.pop(addr, None)
 
-    def frames(self, sub: Subscriber) -> Iterator[bytes]:
-        """One subscriber's SSE body: retry, hello, then events, resets and heartbeats until it goes."""
-        self.fanout.add(sub)
-        try:
-            yield sse.retry(self.config.retry_ms)
-            yield self.hello(sub)
-            while not sub.gone:
-                chunk = self._catch_up(sub)
-                if chunk is None:
-                    if self._hold(sub):
-                        raise HandedOff()
-                    chunk = self._park(sub)
-                if chunk:
-                    yield chunk
-        finally:
-            if not sub.held:
-                self.fanout.discard(sub)
-
-    def _hold(self, sub: Subscriber) -> bool:
-        """At the head with everything written: let the fan-out hold the socket alone (fanout.py), so
-        the request's greenlet and objects go. Heartbeats then come from one ticker for all."""
-        if not self.fanout.hold(sub):
-            return False
-        if not self._beating:
-            import gevent
-
-            self._beating = True
-            gevent.spawn(self._beat)
-        return True
-
-    def _serve_held(self, sub: Subscriber) -> None:
-        """A held stream that must catch up (behind, or a write left unfinished): write it what it
-        lacks from the buffer, or a reset, in this short-lived greenlet, then park it again."""
-        try:
-            while not sub.gone:
-                chunk = self._catch_up(sub)
-                if chunk is None:
-                    sub.parked = True
-                    return
-                if chunk:
-                    sub.sendall(sub.frame_bytes(chunk))
-        except OSError:
-            self.fanout.end(sub)
-        except Exception:   # a bug must not leave the stream counted but never written again
-            log.exception("serving a held stream failed")
-            self.fanout.end(sub)
-        finally:
-            sub.busy = False
-        if sub.gone:        # its client went while this wrote (fanout._readable left the end to us)
-            self.fanout.end(sub)
-
-    def _beat(self) -> None:
-        """Every --heartbeat seconds, a named heartbeat to every held stream parked at the head."""
-        import gevent
-
-        while True:
-            gevent.sleep(self.config.heartbeat)
-            try:
-                self.heartbeat_held()
-            except Exception:   # a bug must not end the heartbeats: dead clients are found by them
-                log.exception("heartbeat to held streams failed")
-
-    def heartbeat_held(self) -> None:
-        frames: dict = {}
-        for sub in self.fanout.held_parked():
-            frame = frames.get(sub.pos)
-            if frame is None:
-                data = ev.dumps({"ts": round(self.clock(), 3)})
-                frame = frames[sub.pos] = sse.frame(cursor_id(sub.pos), "heartbeat", data)
-            self.fanout.send(sub, sub.frame_bytes(frame))
-
-    def _catch_up(self, sub: Subscriber) -> bytes | None:
-        """The next frames from the buffer (events or a reset); None when the subscriber is at the head."""
-        if sub.pending is not None:
-            sub.flush_pending()
+    def next_frames(self, sub: Stream) -> bytes | None:
+        """What a stream catching up is given next from the buffer: events, or a reset when its cursor
+        cannot be read; None when it is at the head."""
         res = self.broker.read(sub.pos, sub.flt, limit=READ_BATCH)
         if res.reset:
             return self.reset(sub, res.cursor, res.reason)
@@ -536,18 +369,9 @@ class Hub:
             return b"".join(e.frame for e in res.events)
         return None
 
-    def _park(self, sub: Subscriber) -> bytes:
-        """Wait at the head: publishes write to this socket directly (fanout.py) and wake it only
-        when it has to catch up itself. A heartbeat when nothing came for a while."""
-        sub.wake.clear()
-        sub.parked = True
-        try:
-            woken = sub.wake.wait(self.config.heartbeat)
-        finally:
-            sub.parked = False
-        if woken or sub.gone:
-            return b""
-        return sse.frame(cursor_id(sub.pos), "heartbeat", ev.dumps({"ts": round(self.clock(), 3)}))
+    def heartbeat_frame(self, pos: Cursor | None) -> bytes:
+        """The named heartbeat of a stream idle at ``pos`` (it carries the cursor)."""
+        return sse.frame(cursor_id(pos), "heartbeat", ev.dumps({"ts": round(self.clock(), 3)}))
 
     # -- events out: polling -------------------------------------------------------------
     def poll(self, flt: Filter, since: Cursor | None, limit: int) -> str:
@@ -642,9 +466,9 @@ class Hub:
 
     def worker_numbers(self) -> tuple[dict[str, int], dict[str, int]]:
         """This worker's counters and gauges, by the names fleet.py reports them under."""
-        m, fanout = self.metrics, self.fanout
+        m, streams = self.metrics, self.streams
         counters = {"accepted": m.accepted, "rate_limited": m.rate_limited, "resets": m.resets,
-                    "fanout_direct": fanout.direct, "fanout_woken": fanout.woken, "reaped": m.reaped,
+                    "fanout_direct": streams.direct, "fanout_woken": streams.woken, "reaped": m.reaped,
                     "forwarded_malformed": m.forwarded_malformed,
                     **(self.traces.numbers() if self.traces is not None else {}),
                     **{f"rejected:{r}": n for r, n in m.rejected.items()}}
@@ -754,7 +578,7 @@ class Hub:
 
     def close(self) -> None:
         """End the held streams, flush the history and let go of the backend (a worker exits)."""
-        self.fanout.end_all()
+        self.streams.end_all()
         if self.traces is not None:
             self.traces.close()
         if self.history:
@@ -771,44 +595,3 @@ def already_so(snap: dict, action: str) -> bool:
         return c["stop_requested"] is not None
     paused = bool(c["pause_requested"]) or snap["status"] == "paused"
     return paused if action == "pause" else not c["pause_requested"] and snap["status"] != "paused"
-
-
-# Prometheus names of the numbers fleet.py reports: (key, name, type); ``rejected:REASON`` apart.
-METRICS = [("accepted", "loop_events_accepted_total", "counter"),
-           ("rate_limited", "loop_rate_limited_total", "counter"),
-           ("resets", "loop_resets_total", "counter"),
-           ("subscribers", "loop_subscribers", "gauge"),
-           ("fanout_direct", "loop_fanout_direct_total", "counter"),
-           ("fanout_woken", "loop_fanout_woken_total", "counter"),
-           ("reaped", "loop_runs_reaped_total", "counter"),
-           ("stream_clients", "loop_stream_clients", "gauge"),
-           ("forwarded_malformed", "loop_forwarded_malformed_total", "counter"),
-           ("otlp_exported", "loop_otlp_spans_exported_total", "counter"),
-           ("otlp_dropped", "loop_otlp_spans_dropped_total", "counter")]
-
-
-def metric_lines(counters: dict[str, int], gauges: dict[str, int], prefix: str = "loop_",
-                 labels: str = "") -> list[str]:
-    """Prometheus lines for one set of numbers; ``prefix``/``labels`` name a worker's own."""
-    numbers = {**counters, **gauges}
-    lines = [f"# TYPE {prefix}events_rejected_total counter"]
-    lines += [f'{prefix}events_rejected_total{{reason="{k[9:]}"{labels}}} {n}'
-              for k, n in sorted(numbers.items()) if k.startswith("rejected:")]
-    for key, name, kind in METRICS:
-        name = prefix + name[5:]
-        lines += [f"# TYPE {name} {kind}", f"{name}{{{labels[1:]}}} {numbers.get(key, 0)}" if labels
-                  else f"{name} {numbers.get(key, 0)}"]
-    return lines
-
-
-def worker_lines(workers: dict[str, dict]) -> list[str]:
-    """Each live worker's own numbers as ``loop_worker_*{worker="host:pid"}`` (the per-worker view)."""
-    by_name: dict[str, list[str]] = {}
-    for name, numbers in sorted(workers.items()):
-        label = ',worker="' + name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-        for line in metric_lines(numbers.get("counters", {}), numbers.get("gauges", {}), "loop_worker_", label):
-            family = line.split()[2] if line.startswith("# TYPE") else line.split("{")[0]
-            by_name.setdefault(family, [])
-            if not line.startswith("# TYPE") or not by_name[family]:
-                by_name[family].append(line)
-    return [line for lines in by_name.values() for line in lines]

@@ -24,7 +24,8 @@ validation, the rate limits and live-run cap, the journal before the 201, the
 fan-out. Its error answers are built by the app's own handlers, so a 400, 429
 or 503 reads the same whichever path gave it.
 
-With ``--access-log`` every request goes through gunicorn, which writes the log.
+``loop serve --no-fast-path`` turns it off (and ``--access-log`` does, so that
+gunicorn serves, and logs, every request).
 """
 from __future__ import annotations
 
@@ -36,9 +37,7 @@ from email.utils import formatdate
 from time import time
 from typing import TYPE_CHECKING, Any
 
-import gevent
-from gunicorn.workers.ggevent import GeventWorker
-
+from loopstream.sidecar import worker_io
 from loopstream.sidecar.connections import Gate, json_error, parser_error, too_many_connections
 from loopstream.sidecar.forwarded import Trusted
 from loopstream.sidecar.guard import HostPolicy, is_json_content_type, token_ok
@@ -103,7 +102,7 @@ class FastIngest:
         it), GUNICORN when the next request is for gunicorn (nothing of it has been read)."""
         peer = client_of(addr)
         sock.settimeout(self.header_timeout)
-        raw = getattr(sock, "_sock", sock)     # the non-blocking socket under gevent's: tried first
+        raw = worker_io.raw_socket(sock)       # the non-blocking socket under gevent's: tried first
         served = 0
         try:
             while True:
@@ -120,7 +119,7 @@ class FastIngest:
                 if served == 1:
                     sock.settimeout(self.keepalive)
                 if served % YIELD_EVERY == 0:
-                    gevent.sleep(0)   # a client that pipelines without pause must not starve the worker
+                    worker_io.sleep(0)   # a client that pipelines without pause must not starve the worker
         except OSError:       # reset, broken pipe, or idle past keep-alive (socket.timeout)
             return CLOSE
         finally:
@@ -253,40 +252,31 @@ def recv_exactly(sock: Any, n: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-class IngestWorker(GeventWorker):
-    """gunicorn's gevent worker, with event POSTs served by FastIngest before gunicorn parses them,
-    the connections of one client capped and their request heads timed (connections.py), and
-    gunicorn's own refusals answered in JSON."""
+class IngestWorker(worker_io.Worker):
+    """The sidecar's gunicorn worker (gevent): event POSTs served by FastIngest before gunicorn parses
+    them (unless --no-fast-path), the connections of one client capped and their request heads
+    timed (connections.py), and gunicorn's own refusals answered in JSON. What it relies on in
+    gunicorn is worker_io's."""
 
     fast: FastIngest | None = None
     gate: Gate | None = None
     proxies: Trusted = Trusted()
-    header_timeout = 10.0
 
-    quitting = False
-
-    def handle_quit(self, sig, frame) -> None:
-        """Quit once. A Ctrl-C in `loop serve`'s terminal reaches the worker, then the master's SIGQUIT
-        does too: a second quit would run during the interpreter's shutdown and print a traceback."""
-        if not self.quitting:
-            self.quitting = True
-            super().handle_quit(sig, frame)
-
-    def handle(self, listener, client, addr) -> None:
+    def connection(self, client: Any, addr: Any, rest: Callable[[], None]) -> None:
         gate, who = self.limits(), client_of(addr)
         if self.proxies.trusts(who):   # a proxy's connections carry many clients: nginx's limit_conn bounds them
-            self.serve(listener, client, addr)
+            self.serve(client, addr, rest)
             return
         if not gate.enter(who):
-            self.wsgi.extensions["loop"].metrics.reject("too_many_connections")
+            self.wsgi_app.extensions["loop"].metrics.reject("too_many_connections")
             refuse(client, too_many_connections(gate.cap))
             return
         try:
-            self.serve(listener, client, addr)
+            self.serve(client, addr, rest)
         finally:
             gate.leave(who)
 
-    def serve(self, listener, client, addr) -> None:
+    def serve(self, client: Any, addr: Any, rest: Callable[[], None]) -> None:
         fast = self.fast_path()
         if fast is not None:
             ended = True
@@ -299,22 +289,17 @@ class IngestWorker(GeventWorker):
                     close_quietly(client)
             if ended:
                 return
-        super().handle(listener, client, addr)
+        rest()
 
     def limits(self) -> Gate:
         """The per-client gate and the head timeout, from the sidecar's config (the app is loaded)."""
         if self.gate is None:
-            hub = self.wsgi.extensions["loop"]
-            self.gate, self.header_timeout = Gate(hub.config.max_connections_per_client), hub.config.header_timeout
+            hub = self.wsgi_app.extensions["loop"]
+            self.gate, self.head_timeout = Gate(hub.config.max_connections_per_client), hub.config.header_timeout
             self.proxies = hub.trusted
         return self.gate
 
-    def timeout_ctx(self):
-        """gunicorn reads each request's head under this (its keep-alive loop): --header-timeout,
-        also for the wait before it (a connection gunicorn serves is kept alive that long)."""
-        return gevent.Timeout(self.header_timeout, False)
-
-    def handle_error(self, req, client, addr, exc) -> None:
+    def refuse(self, client: Any, addr: Any, exc: BaseException) -> None:
         """gunicorn's refusals and failures, answered in JSON (connections.parser_error)."""
         status, reason, code, message = parser_error(exc)
         if status >= 500:
@@ -323,27 +308,17 @@ class IngestWorker(GeventWorker):
             log.info("loop: invalid request from %s: %s", client_of(addr), exc)
         refuse(client, json_error(status, reason, code, message))
 
-    def handle_request(self, listener_name, req, sock, addr):
-        """gunicorn's, then a turn for the other greenlets: a client pipelining requests without
-        pause would otherwise keep the worker to itself until gunicorn's timeout kills it. Only after
-        a request that ended normally: a stream the fan-out took over ends by an exception
-        (HandedOff), and a switch on that path too was measured to cost every held stream ~5 KB
-        more (7 KB a stream at 5,000) and a broadcast to 10,000 some 3 s instead of 0.26 s."""
-        result = super().handle_request(listener_name, req, sock, addr)
-        gevent.sleep(0)
-        return result
-
     def fast_path(self) -> FastIngest | None:
-        """Built on the first connection (the app is loaded by then); None with --access-log."""
-        if self.fast is None and not self.cfg.accesslog:
-            self.fast = FastIngest(self.wsgi, float(self.cfg.keepalive), self.header_timeout)
+        """Built on the first connection (the app is loaded by then); None with --no-fast-path."""
+        if self.fast is None and self.wsgi_app.extensions["loop"].config.fast_path:
+            self.fast = FastIngest(self.wsgi_app, self.keepalive, self.head_timeout)
         return self.fast
 
 
 def refuse(sock: Any, answer: bytes) -> None:
     """Write a refusal if the socket takes it now (never wait on a client being refused), then close."""
     try:
-        raw = getattr(sock, "_sock", sock)
+        raw = worker_io.raw_socket(sock)
         raw.setblocking(False)
         raw.send(answer)
     except OSError:

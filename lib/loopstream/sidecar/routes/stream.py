@@ -4,8 +4,9 @@ from __future__ import annotations
 from flask import Blueprint, Response, request
 
 from loopstream.core import events as ev
-from loopstream.sidecar.fanout import Subscriber
+from loopstream.sidecar import worker_io
 from loopstream.sidecar.routes.common import client_addr, hub, parse_cursor, parse_filter, parse_limit
+from loopstream.sidecar.streams import Stream
 
 bp = Blueprint("stream", __name__)
 
@@ -21,13 +22,12 @@ def stream() -> Response:
     cursor = (ev.parse_id(header) or (0, 0)) if header else query
     addr = client_addr()
     h.open_stream(addr)
-    gsock = request.environ.get("gunicorn.socket")
-    chunked = request.environ.get("SERVER_PROTOCOL", "HTTP/1.0") >= "HTTP/1.1" and gsock is not None
-    sub = Subscriber(flt, cursor, gsock, chunked, addr)
-    resp = Response(h.frames(sub), mimetype="text/event-stream",
+    env = request.environ
+    sub = Stream(flt, cursor, worker_io.request_socket(env), worker_io.chunked(env), addr)
+    resp = Response(h.streams.body(sub), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    # A stream the fan-out took over (hub._hold) is counted until its socket ends, not its request.
-    resp.call_on_close(lambda: None if sub.held else h.close_stream(addr))
+    # A stream handed off (streams.py) is counted until its socket ends, not its request.
+    resp.call_on_close(lambda: h.streams.request_closed(sub))
     return resp
 
 

@@ -1,0 +1,73 @@
+"""What a hub is built from, per backend: the broker, the rate limiter, the history, the notifier, the traces."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from loopstream.core import events as ev
+from loopstream.sidecar.brokers.memory import Broker, Cursor, MemoryBroker
+from loopstream.sidecar.config import Config
+from loopstream.sidecar.history import History
+from loopstream.sidecar.ratelimit import TokenBuckets
+
+if TYPE_CHECKING:
+    from loopstream.sidecar.otlp_out import TraceExport
+    from loopstream.sidecar.streams import Streams
+
+
+@dataclass
+class Parts:
+    """What a backend brings: its broker, its rate limiter and (memory only) the history. Without a
+    limiter the broker keeps the budgets and takes a batch's charges with its publish (Redis)."""
+
+    broker: Broker
+    limiter: TokenBuckets | None
+    history: History | None = None
+
+
+def redis_parts(cfg: Config, clock: Callable[[], float], streams: Streams,
+                on_events: Callable[[list[ev.Event], Cursor, Cursor], None] | None = None) -> Parts:
+    """Redis keeps the stream, the snapshots, the history and the rate limit (charged by the publish
+    script). ``on_events`` is told of every event this worker's replica takes in (the streams' publish
+    unless said otherwise)."""
+    from loopstream.sidecar.brokers.redis import RedisBroker
+
+    assert cfg.backend, "redis_parts needs a redis:// backend URL"
+    broker = RedisBroker(cfg.backend, cfg.buffer, clock=clock, on_events=on_events or streams.publish,
+                         on_down=streams.end_all, on_resync=streams.wake_all)
+    return Parts(broker, None)
+
+
+def memory_parts(cfg: Config, clock: Callable[[], float], monotonic: Callable[[], float]) -> Parts:
+    """One process keeps everything; with --db, finished runs and the epoch survive a restart."""
+    history = History(cfg.db, fsync=cfg.fsync) if cfg.db else None
+    epoch = int(clock() * 1000)
+    restored: list[dict] = []
+    if history:
+        floor, restored = history.open()
+        epoch = max(epoch, floor + 1)
+        history.save_epoch(epoch)
+        history.start_writer()
+    broker = MemoryBroker(cfg.buffer, epoch=epoch, clock=clock)
+    for snap in restored:
+        broker.restore(snap)
+    return Parts(broker, TokenBuckets(cfg.rate, cfg.burst, clock=monotonic), history)
+
+
+def make_notifier(cfg: Config):
+    """The notifier told of each finished run off the request path (notify.py), with --notify."""
+    if not cfg.notify:
+        return None
+    from loopstream.sidecar.notify import Notifier
+
+    return Notifier(cfg.notify, cfg.notify_format, cfg.notify_min_duration, cfg.dashboard_url)
+
+
+def make_traces(cfg: Config, recorded: Callable[[str], list[dict]]) -> TraceExport | None:
+    """The trace exporter (otlp_out.py), with --otlp-endpoint: the SDK is imported only then."""
+    if not cfg.otlp_endpoint:
+        return None
+    from loopstream.sidecar.otlp_out import TraceExport
+
+    return TraceExport(cfg.otlp_endpoint, recorded)
