@@ -248,6 +248,24 @@ def test_with_access_log_every_post_is_logged_by_gunicorn(make_server):
     wait_for(lambda: "POST /api/events" in server.log.read_text(), 10, message="the access log line")
 
 
+def test_with_no_fast_path_every_post_is_answered_by_flask_and_streamed(make_server):
+    """--no-fast-path: the same POSTs on one kept-alive connection, each answered by gunicorn and Flask
+    (gunicorn's Server header), stored and streamed as ever."""
+    server = make_server("--rate", "0", "--no-fast-path")
+    sub = Subscriber(server.url, params={"run": "fast"})
+    assert sub.next()[1] == "hello"
+    c = Conn(server.port)
+    for i in range(3):
+        status, headers, body = c.request(post_bytes({**EVENT, "data": {"i": i}}))
+        assert status == 201 and not fast(headers) and len(json.loads(body)["ids"]) == 1
+    notes = sub.until(lambda item: item[1] == "note" and item[2]["data"]["i"] == 2)
+    assert [data["data"]["i"] for _, name, data in notes if name == "note"] == [0, 1, 2]
+    status, headers, _ = c.request(post_bytes(b"{not json"))
+    assert status == 400 and not fast(headers)
+    sub.close()
+    c.close()
+
+
 def test_header_values_are_read_as_gunicorn_reads_them(server):
     """Spaces inside and around a value (a long run of them too: read in linear time)."""
     c = Conn(server.port)
