@@ -48,7 +48,8 @@ from loopstream.sidecar.ratelimit import Charge
 
 POOL_SIZE = 64        # Redis connections a worker's requests share (its held streams need none)
 POOL_WAIT = 5.0       # seconds a request waits for one of them before its 503
-FOLLOWER_TIMEOUT = 15.0   # the follower's socket timeout: longer than one XREAD BLOCK
+PUBLISH_TIMEOUT = 5.0     # the publisher's socket timeout
+FOLLOWER_TIMEOUT = 15.0   # the follower's: longer than one XREAD BLOCK
 
 
 def options(url: str, **ours: Any) -> dict:
@@ -114,6 +115,8 @@ def check(url: str) -> str:
 
 
 class RedisBroker(Replica):
+    """The Redis backend's broker: this worker's replica for reading, and publishing to the shared stream."""
+
     def __init__(self, url: str, capacity: int = 100, clock: Callable[[], float] = time.time,
                  prefix: str = "loop:", keep_finished: int = 50, retry_s: float = 0.5,
                  on_events: Callable[[list[ev.Event], Cursor, Cursor], None] | None = None,
@@ -126,7 +129,7 @@ class RedisBroker(Replica):
                          keep_finished=keep_finished, retry_s=retry_s, on_events=on_events, on_down=on_down,
                          on_resync=on_resync)
         self.url = url
-        self._publisher = Lane(url, 5.0)
+        self._publisher = Lane(url, PUBLISH_TIMEOUT)
         self._publish = client.register_script(PUBLISH)
         self._staged: tuple[list[ev.Draft], Staged] | None = None   # see stage()
         self.own = 0                              # batches put in the replica by publish(), not the follower
