@@ -22,7 +22,7 @@ import requests
 from conftest import free_port, wait_for
 from helpers import AGENTS, LOOP, REAL, loop, story, write_prd
 from loopstream.sidecar.config import otlp_traces_url
-from loopstream.sidecar.otlp_out_spans import ATTR_TEXT, Mapper, SpanRecord
+from loopstream.sidecar.otlp.trace_map import ATTR_TEXT, Mapper, SpanRecord
 from phoenix_server import phoenix  # noqa: F401  (a session fixture)
 
 FAKE = f"{sys.executable} {AGENTS / 'fake_claude.py'}"
@@ -156,7 +156,7 @@ WEIRD = ["x" * 100_000, ["a", {"b": None}], {"deep": [1, 2]}, float("nan"), floa
 def test_no_event_makes_an_invalid_span_text_is_cut_and_bad_numbers_are_left_out(value):
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-    from loopstream.sidecar.otlp_out import TraceExport
+    from loopstream.sidecar.otlp.traces_out import TraceExport
 
     fields = ("story_id", "title", "attempt", "tool", "id", "summary", "parent_id", "model", "session_id", "cost_usd",
               "input_tokens", "duration_ms", "ac_text", "ac_index", "error", "exit_code", "status", "name",

@@ -311,7 +311,7 @@ AGENT_LINES = {
     "subagent_completed": lambda d: f"subagent {d.get('id')} {d.get('state')}: {d.get('summary') or ''}",
 }
 
-# A Claude Code session's own events (formats/hook_session.py, otlp_in.py), one line each, as the agent's are.
+# A Claude Code session's own events (formats/hook_session.py, otlp/logs_in.py), one line each, as the agent's are.
 SESSION_WORDS = {"working": "working", "waiting_for_input": "waiting", "idle": "idle", "ended": "ended"}
 SESSION_LINES = {
     "session_started": lambda d: f"session started ({d.get('source') or '?'}) in {d.get('cwd') or '?'}",

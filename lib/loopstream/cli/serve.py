@@ -236,7 +236,7 @@ def _configure_traces(config, option: str | None) -> None:
     """--otlp-endpoint or the OTEL_EXPORTER_OTLP_* variables: checked before the workers fork. Without the
     otel extra the option is refused; a variable set for other programs only gets a warning."""
     from loopstream.sidecar.config import otlp_traces_url
-    from loopstream.sidecar.otlp_out import sdk_installed
+    from loopstream.sidecar.otlp.traces_out import sdk_installed
 
     try:
         url, source = otlp_traces_url(option)

@@ -54,7 +54,7 @@ class Config:
     notify_format: str = "json"        # "json" or "ntfy"
     notify_min_duration: float = 0.0  # runs shorter than this (s) are not notified
     dashboard_url: str | None = None   # the link notifications carry
-    otlp_endpoint: str | None = None   # OTLP/HTTP traces URL every run is exported to (otlp_out.py); None = off
+    otlp_endpoint: str | None = None   # OTLP/HTTP traces URL every run is exported to (otlp/traces_out.py); None = off
 
 
 def default_db_path() -> Path:

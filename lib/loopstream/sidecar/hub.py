@@ -2,7 +2,7 @@
 
 It owns the broker (memory or Redis), the history, the open streams, the
 rate limiters, the reaper, the notifier, the trace export and the metrics,
-all built from a ``Config`` (parts.py); the operations the HTTP routes expose
+all built from a ``Config`` (hub_parts.py); the operations the HTTP routes expose
 are its methods: publish, admit a batch (rate limits, live-run cap), open a
 stream, the frames a stream is given (hello, events, reset, heartbeat),
 polling, control, the run list, health and metrics. It decides what a stream
@@ -31,8 +31,8 @@ from loopstream.sidecar.brokers.memory import BackendDown, Cursor, Filter, OverB
 from loopstream.sidecar.config import Config
 from loopstream.sidecar.fleet import Fleet
 from loopstream.sidecar.forwarded import Trusted
+from loopstream.sidecar.hub_parts import make_notifier, make_traces, memory_parts, redis_parts
 from loopstream.sidecar.metrics import Metrics, metric_lines, worker_lines
-from loopstream.sidecar.parts import make_notifier, make_traces, memory_parts, redis_parts
 from loopstream.sidecar.ratelimit import Budget, Charge
 from loopstream.sidecar.reaper import abandoned, ghost_runs, gone_sessions, interrupted, silent_runs
 from loopstream.sidecar.streams import Stream, Streams
@@ -145,7 +145,7 @@ class Hub:
         return (self.history.transcript(run) if self.history else self.broker.transcript(run))[0]
 
     def _trace_lease(self):
-        from loopstream.sidecar.otlp_out import RedisLease
+        from loopstream.sidecar.otlp.traces_out import RedisLease
 
         return RedisLease(self.broker.client, self.broker.prefix, self.fleet.name if self.fleet else str(os.getpid()))
 

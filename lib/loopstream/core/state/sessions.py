@@ -1,6 +1,6 @@
 """A Claude Code session reported by its hooks (core/formats/hook_session.py) is a run: its
 session record (working, waiting for input, idle, ended), its subagents, and the API usage its
-telemetry reports (sidecar/otlp_in.py).
+telemetry reports (sidecar/otlp/logs_in.py).
 """
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def session_activity(snap: dict, etype: Any, data: dict, ts: Any) -> None:
 
 
 def _agent_usage(snap: dict, data: dict, ts: Any) -> None:
-    """Cost and tokens of API requests as Claude Code's telemetry reports them (otlp_in.py), added up
+    """Cost and tokens of API requests as Claude Code's telemetry reports them (otlp/logs_in.py), added up
     as agent_result's are; the model when none was known; in a session, a subagent's share on it too."""
     a = agent_of(snap, data)
     model = short(data.get("model"))

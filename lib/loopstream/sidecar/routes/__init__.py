@@ -2,7 +2,7 @@
 
 - events_in: POST /api/events and /emit
 - claude_hooks: POST /api/hooks/claude, Claude Code's raw hook JSON (formats/hook_session.py maps it)
-- otlp: POST /v1/logs (Claude Code's cost and tokens, otlp_in.py) and POST /v1/metrics
+- otlp: POST /v1/logs (Claude Code's cost and tokens, otlp/logs_in.py) and POST /v1/metrics
 - stream: GET /stream/progress (SSE) and GET /api/events (polling)
 - runs: the run list, one run, its transcript, and control (stop/pause/resume)
 - operations: /healthz and /metrics

@@ -1,4 +1,4 @@
-"""OpenTelemetry in: POST /v1/logs (Claude Code's cost and tokens, otlp_in.py) and POST /v1/metrics.
+"""OpenTelemetry in: POST /v1/logs (Claude Code's cost and tokens, otlp/logs_in.py) and POST /v1/metrics.
 
 OTLP/HTTP, ``application/json`` or ``application/x-protobuf`` (neither is a type a cross-site form
 can send), maybe ``Content-Encoding: gzip``; the Host, Origin and token rules apply as everywhere.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, request
 
 from loopstream.core import events as ev
-from loopstream.sidecar.otlp_in import OtlpError, decode_logs, empty_response, gunzip, is_protobuf, session_usage
+from loopstream.sidecar.otlp.logs_in import OtlpError, decode_logs, empty_response, gunzip, is_protobuf, session_usage
 from loopstream.sidecar.routes.common import client_addr, error, hub, read_body
 
 bp = Blueprint("otlp", __name__)

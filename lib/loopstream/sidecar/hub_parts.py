@@ -12,7 +12,7 @@ from loopstream.sidecar.history import History
 from loopstream.sidecar.ratelimit import TokenBuckets
 
 if TYPE_CHECKING:
-    from loopstream.sidecar.otlp_out import TraceExport
+    from loopstream.sidecar.otlp.traces_out import TraceExport
     from loopstream.sidecar.streams import Streams
 
 
@@ -65,9 +65,9 @@ def make_notifier(cfg: Config):
 
 
 def make_traces(cfg: Config, recorded: Callable[[str], list[dict]]) -> TraceExport | None:
-    """The trace exporter (otlp_out.py), with --otlp-endpoint: the SDK is imported only then."""
+    """The trace exporter (otlp/traces_out.py), with --otlp-endpoint: the SDK is imported only then."""
     if not cfg.otlp_endpoint:
         return None
-    from loopstream.sidecar.otlp_out import TraceExport
+    from loopstream.sidecar.otlp.traces_out import TraceExport
 
     return TraceExport(cfg.otlp_endpoint, recorded)

@@ -1,7 +1,7 @@
 """Runs as traces: events -> finished spans with deterministic ids (pure: no I/O, no clock, no SDK).
 
 ``Mapper.feed(event)`` folds one published event into its run's open spans and returns the spans
-that event ended, as ``SpanRecord``s that otlp_out.py hands to the OpenTelemetry SDK. The tree:
+that event ended, as ``SpanRecord``s that otlp/traces_out.py hands to the OpenTelemetry SDK. The tree:
 
 - one root per run (``openinference.span.kind`` CHAIN): task name, status, story counts, cost,
   tokens, the exit code of ``loop exec``; it ends with task_completed, task_stopped,
@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from loopstream.sidecar.otlp_out_model import (
+from loopstream.sidecar.otlp.trace_parts import (
     ATTR_TEXT,
     CALLS,
     END_TYPES,
@@ -280,7 +280,7 @@ def _spent(tr: Trace, d: dict) -> tuple[float | None, list[float]]:
 
 
 def _agent_usage(tr: Trace, ev: Ev, out: list[SpanRecord]) -> None:
-    """Claude Code's own telemetry (otlp_in.py): counts for the run, and the turn or agent running."""
+    """Claude Code's own telemetry (otlp/logs_in.py): counts for the run, and the turn or agent running."""
     cost, tokens = _spent(tr, ev.data)
     span = tr.turn if tr.session else tr.agents.get(ev.story() or "")
     if span is None:

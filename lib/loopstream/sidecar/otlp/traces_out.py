@@ -3,7 +3,7 @@
 ``loop serve --otlp-endpoint URL`` (or the standard ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT``)
 makes the hub hand every event it publishes to ``TraceExport.observe``: an append to a bounded
 queue, nothing more, so a slow or dead backend never delays a POST or a stream. A thread (a
-greenlet under the gevent worker) maps the events to spans (otlp_out_spans.py: pure, with
+greenlet under the gevent worker) maps the events to spans (otlp/trace_map.py: pure, with
 deterministic ids) and hands each span, as it ends, to the OpenTelemetry SDK's
 ``BatchSpanProcessor`` and OTLP/HTTP exporter (the ``loopstream[otel]`` extra, imported only here
 and only when configured). What cannot be sent is dropped and counted
@@ -29,7 +29,7 @@ from typing import Any
 
 from loopstream import __version__
 from loopstream.core import events as ev
-from loopstream.sidecar.otlp_out_spans import Mapper, SpanRecord, event_key
+from loopstream.sidecar.otlp.trace_map import Mapper, SpanRecord, event_key
 
 QUEUE = 20_000            # events waiting to be mapped; beyond this they are dropped (counted)
 SPAN_QUEUE = 4096         # spans handed to the SDK and not yet taken by its exporter

@@ -1,4 +1,4 @@
-"""The pieces of a trace as otlp_out_spans.py builds them (pure): span records, open spans, a run's
+"""The pieces of a trace as otlp/trace_map.py builds them (pure): span records, open spans, a run's
 trace, the bounds every attribute value is held to, and ids derived from run and event ids."""
 from __future__ import annotations
 
