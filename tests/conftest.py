@@ -18,10 +18,27 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
+# Ports are handed out in turn from a block of their own for each pytest-xdist worker, below the kernel's
+# ephemeral range (32768+), where a client's outgoing connection could take a port between its pick and
+# the bind: two workers never pick the same port, nor one worker the same port twice in a row.
+PORT_BLOCK = 2500
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+_block = 10_000 + (int(_worker[2:]) if _worker[2:].isdigit() else 0) % 8 * PORT_BLOCK
+_next_port = _block + os.getpid() % PORT_BLOCK
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing on 127.0.0.1 listens on, from this worker's block, never the last one given."""
+    global _next_port
+    for _ in range(PORT_BLOCK):
+        port, _next_port = _next_port, _block + (_next_port - _block + 1) % PORT_BLOCK
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port in {_block}-{_block + PORT_BLOCK - 1}")
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, message: str = "condition"):
@@ -34,6 +51,18 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, message: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_state_dirs(tmp_path_factory):
+    """Every `loop` the tests start keeps its logs, spool, detached-sidecar record, history and config
+    under this session's (this pytest-xdist worker's) temp dir: never the user's ~/.local, and never a
+    spool or record another worker's tests use. A test that needs its own sets XDG_* itself."""
+    base = tmp_path_factory.mktemp("xdg")
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("XDG_STATE_HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME"):
+            mp.setenv(name, str(base / name.split("_")[1].lower()))
+        yield base
 
 
 class RedisServer:
@@ -103,6 +132,10 @@ def backend(request):
 
 
 BACKENDS = ["memory", "redis"]
+# A test whose outcome depends on the broker (what is stored, streamed, resumed, rate-limited, reaped) runs on
+# both; one that the request never gets past the HTTP layer for, or that only drives the sidecar as a client
+# does (the dashboard, the runner), runs once, on the memory backend: the contract behind it is tested on both.
+on_both_backends = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 
 
 class Server:
@@ -137,6 +170,19 @@ class Server:
 
         wait_for(up, timeout, message="the sidecar to answer /healthz")
         return self
+
+    def discard(self) -> None:
+        """The end of a test: the server goes at once (SIGKILL to its process group). A graceful stop
+        costs a second (gunicorn's worker looks at its quit flag once a second); tests of stopping call stop()."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:   # the whole group is gone already
+            pass
+        self.proc.wait()
+        self._logf.close()
+        self.proc = None
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 10.0) -> int | None:
         if self.proc is None:
@@ -178,7 +224,18 @@ def make_server(tmp_path, backend):
 
     yield make
     for s in servers:
-        s.stop()
+        s.discard()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory) -> Server:
+    """One sidecar (memory backend, rate limit off) for the tests of a module that only read from it or are
+    refused by it: a test using it names runs of its own and compares what is stored before and after."""
+    s = Server(tmp_path_factory.mktemp("shared-sidecar"), args=["--rate", "0", "--heartbeat", "1"])
+    try:
+        yield s.start()
+    finally:
+        s.discard()
 
 
 @pytest.fixture

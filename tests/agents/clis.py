@@ -21,6 +21,7 @@ listed in ``stray``), telemetry, update checks and auth prompts off.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -71,7 +72,11 @@ def ensure_installed(*names: str) -> None:
     """Install the CLIs that are missing (all three by default) with install-clis.sh; idempotent."""
     if all(have(n) for n in (names or PACKAGES)):
         return
-    subprocess.run(["bash", str(INSTALL_SCRIPT), str(CACHE)], check=True)
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    with open(CACHE.parent / f"{CACHE.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)      # pytest-xdist workers: one installs, the others wait for it
+        if not all(have(n) for n in (names or PACKAGES)):
+            subprocess.run(["bash", str(INSTALL_SCRIPT), str(CACHE)], check=True)
 
 
 @dataclass
