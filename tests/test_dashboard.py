@@ -20,7 +20,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
-from conftest import BACKENDS, ROOT, Server, free_port, wait_for
+from conftest import ROOT, Server, free_port, wait_for
 from helpers import LOOP
 
 ARTIFACTS = ROOT / "artifacts"
@@ -82,7 +82,6 @@ def open_page(d, url):
     until(d, lambda: status(d) in ("live", "polling"), message="the connection indicator to settle")
 
 
-@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_a_run_appears_live_with_its_checklist_ticking(browser, server):
     open_page(browser, server.url + "/")
     assert status(browser) == "live" and text(browser, "#connection") == "Live"
@@ -115,7 +114,6 @@ def test_a_run_appears_live_with_its_checklist_ticking(browser, server):
           message="the Live badge to go")
 
 
-@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_stop_from_the_ui_reaches_a_running_loop_run_and_ends_it(browser, server, tmp_path):
     prd = tmp_path / "prd.json"
     prd.write_text(json.dumps({"project": "Stoppable", "userStories": [
@@ -225,7 +223,6 @@ class CuttableProxy:
                         return
 
 
-@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_losing_the_stream_switches_to_polling_and_back_without_loss(browser, server):
     proxy = CuttableProxy(server.port)
     run = "flaky"
@@ -267,7 +264,6 @@ def test_forced_polling_transport(browser, server):
     assert js(browser, "return window.loopDashboard.connection.es") is None
 
 
-@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_a_late_joiner_sees_the_full_state_at_once(browser, make_server):
     server = make_server("--rate", "0", "--buffer", "10")
     events = [{"type": "task_started", "run": "late", "data": {"task_name": "Late", "story_count": 3}}]
@@ -287,7 +283,6 @@ def test_a_late_joiner_sees_the_full_state_at_once(browser, make_server):
     assert json.loads(page_snapshot(browser, "late")) == server.get("/api/runs/late").json()
 
 
-@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_a_finished_run_shows_its_transcript_and_exports_it(browser, server):
     server.post([{"type": "task_started", "run": "done", "data": {"task_name": "Finished"}},
                  {"type": "deploy.step", "run": "done", "data": {"message": "uploaded"}},

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BACKENDS, ROOT, Server, wait_for
+from conftest import ROOT, Server, on_both_backends, wait_for
 from helpers import LOOP, pid_alive, story, transcript, write_prd
 
 
@@ -26,7 +26,6 @@ def types(events):
     return [e["type"] for e in events]
 
 
-@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_a_run_reports_every_step_in_order_and_writes_passes_back(tmp_path, server):
     path = write_prd(tmp_path, [
         story("US-2", "echo second", priority=2, deps=["US-1"]),
@@ -125,7 +124,6 @@ def test_jobs_run_independent_stories_at_the_same_time(tmp_path, server):
 STUBBORN = "trap '' INT; echo $$ > {pidfile}; sleep 60 & echo $! > {pidfile}.bg; wait"
 
 
-@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("how", ["loop stop", "ctrl-c", "dashboard"])
 def test_stop_interrupts_the_group_kills_after_grace_and_leaves_no_orphan(tmp_path, server, how):
     pidfile = tmp_path / "pid"
@@ -179,7 +177,7 @@ def test_pause_lets_the_running_story_finish_and_starts_none_until_resume(tmp_pa
                                           if e["type"] == "story_started"][1]
 
 
-@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+@on_both_backends
 def test_a_sidecar_killed_mid_run_loses_nothing_once_it_is_back(tmp_path, make_server, backend):
     server = make_server("--rate", "0")
     path = write_prd(tmp_path, [
@@ -205,7 +203,7 @@ def test_a_sidecar_killed_mid_run_loses_nothing_once_it_is_back(tmp_path, make_s
         again.stop()
 
 
-@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+@on_both_backends
 def test_a_rate_limit_delays_events_but_loses_none(tmp_path, make_server):
     server = make_server("--rate", "5", "--burst", "3")
     path = write_prd(tmp_path, [story(f"S{i}", f"echo s{i}", [{"text": "ok", "check": "true"}], priority=i)

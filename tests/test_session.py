@@ -9,7 +9,7 @@ import sys
 import pytest
 import requests
 
-from conftest import BACKENDS, ROOT
+from conftest import ROOT
 from test_dashboard import browser, open_page, status, text, until  # noqa: F401 — the module's Chromium
 
 TOKEN = "s3cret-t0ken"
@@ -94,7 +94,6 @@ def resource_urls(d) -> list[str]:
     return d.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
 
 
-@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_the_dashboard_never_puts_the_token_in_a_url(browser, make_server):  # noqa: F811
     server = make_server("--rate", "0", "--heartbeat", "1", env={"LOOP_TOKEN": TOKEN})
     server.post({"type": "task_started", "run": "quiet", "data": {"task_name": "Quiet"}}, headers=BEARER)
