@@ -71,3 +71,23 @@ def test_imports_run_only_in_the_allowed_directions(part):
 def test_no_module_is_over_600_lines():
     long = {str(p.relative_to(PKG)): n for p in modules() if (n := len(p.read_text().splitlines())) > 600}
     assert long == {}
+
+
+def test_every_package_docstring_names_each_of_its_modules():
+    """The module map lives in the packages' docstrings (the README points there): each names its modules."""
+    unnamed = {}
+    for init in PKG.rglob("__init__.py"):
+        if "__pycache__" in init.parts:
+            continue
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        here = [p.stem for p in init.parent.glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+        here += [p.name for p in init.parent.iterdir() if (p / "__init__.py").exists()]
+        missing = sorted(name for name in here if name not in doc)
+        if missing:
+            unnamed[str(init.relative_to(PKG))] = missing
+    assert unnamed == {}
+
+
+def test_every_module_says_what_it_is():
+    assert [str(p.relative_to(PKG)) for p in modules() if p.name != "__main__.py"
+            and not ast.get_docstring(ast.parse(p.read_text()))] == []

@@ -1,4 +1,6 @@
-"""Agent output formats, one module each, all turned into the same loop events (pure: no I/O).
+"""Agent output formats, one module each, all turned into the same loop events (pure: no I/O):
+common (AgentParser, the vocabulary, the bounds, going in circles), claude, codex, gemini, and hook_session (Claude
+Code's hook payloads -> a session's events).
 
 The registry below is the one list of formats: `loop adapt FORMAT` takes its names, a PRD's
 ``agentFormat`` its long names, and ``detect`` recognises a format from an agent's first line. A

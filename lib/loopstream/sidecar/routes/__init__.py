@@ -9,8 +9,9 @@
 - session: POST /api/session, the dashboard's token traded for a session cookie
 - dashboard: the static dashboard files
 
-hooks.py registers, in one place, the request guards (Host, Origin, token,
-Content-Type: guard.py decides), the CORS headers and the error handlers.
+middleware registers, in one place, the request guards (Host, Origin, token,
+Content-Type: guard.py decides), the CORS headers and the error handlers; common holds what every
+blueprint shares (the hub, JSON answers, parsing of parameters and bodies).
 """
 from __future__ import annotations
 
