@@ -181,3 +181,25 @@ def test_ending_every_stream_closes_the_held_ones_cleanly():
     hub.streams.end_all()
     assert h.stream.phase is GONE and hub.metrics.subscribers == 0
     assert h.read_until(worker_io.END_CHUNK).endswith(worker_io.END_CHUNK)
+
+
+def test_a_stream_ended_while_its_catch_up_read_yields_ends_quietly(caplog):
+    """On Redis the catch-up's read can yield (a GET); the sidecar may end every stream meanwhile."""
+    hub = make_hub()
+    hub.publish([note(0)])
+    h = Held(hub, cursor=(hub.broker.epoch, 0))
+    h.stream.pos = (hub.broker.epoch, 0)                    # behind: the next publish wakes its writer
+    read = hub.next_frames
+
+    def read_then_everything_ends(s):
+        chunk = read(s)
+        if chunk is None:                                   # caught up: about to park again, but
+            hub.streams.end_all()                           # the read yielded and every stream ended
+        return chunk
+
+    hub.next_frames = read_then_everything_ends
+    hub.publish([note(1)])
+    assert hub.streams.woken == 1
+    poll_until(lambda: h.stream.phase is GONE, "the stream to end")
+    gevent.sleep(0.05)
+    assert "catching up a held stream failed" not in caplog.text and hub.metrics.subscribers == 0

@@ -236,6 +236,8 @@ class Streams:
                     worker_io.send_all(s.sock, data)
                     continue
                 chunk = src.next_frames(s)
+                if s.phase is not CATCHING_UP:     # next_frames may yield (Redis): the client left meanwhile,
+                    break                          # or the sidecar ended every stream
                 if chunk is None:
                     s.move(PARKED)
                     return
