@@ -184,6 +184,53 @@ def test_no_event_makes_an_invalid_span_text_is_cut_and_bad_numbers_are_left_out
     assert encode_spans([export.readable(s) for s in spans]).SerializeToString()
 
 
+# -- the export worker, under gevent as in `loop serve` -------------------------------------------------
+GEVENT_BURST = """
+from gevent import monkey; monkey.patch_all()
+import json, time, gevent
+from opentelemetry.sdk.trace.export import SpanExportResult
+from loopstream.core import events as ev
+from loopstream.sidecar.otlp.trace_map import Mapper
+from loopstream.sidecar.otlp.traces_out import TraceExport
+
+class Instant:
+    def export(self, spans): return SpanExportResult.SUCCESS
+    def shutdown(self): pass
+
+def settle(t, n):
+    deadline = time.monotonic() + 60
+    while t.exported + sum(t.dropped.values()) < n and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+
+t = TraceExport("http://127.0.0.1:1/v1/traces", lambda *a: [], exporter=Instant())
+evs = [ev.Event(1, 1, "task_started", "burst", 1.0, {}), ev.Event(1, 2, "story_started", "burst", 1.0,
+       {"story_id": "S"})]
+for i in range(5000):
+    evs += [ev.Event(1, 3 + 2 * i, "tool_call", "burst", 2.0, {"story_id": "S", "tool": "Bash", "id": f"c{i}"}),
+            ev.Event(1, 4 + 2 * i, "tool_result", "burst", 3.0, {"story_id": "S", "id": f"c{i}"})]
+t.observe(evs)                   # one burst, mapped between two wakes of the worker
+settle(t, 5000)
+burst = {"exported": t.exported, "dropped": dict(t.dropped)}
+m = Mapper()                     # a lease taken over: KEPT spans handed over at once
+kept = [s for i in range(5000) for s in m.feed({"id": f"2-{i + 1}", "type": "tool_call", "run": f"k{i}", "ts": 1.0,
+                                                  "data": {"id": "x"}}) + m.feed(
+        {"id": f"3-{i + 1}", "type": "task_completed", "run": f"k{i}", "ts": 2.0, "data": {}})]
+t.send(kept)
+settle(t, 5000 + len(kept))
+print(json.dumps({"burst": burst, "kept": len(kept), "exported": t.exported, "dropped": dict(t.dropped)}))
+"""
+
+
+def test_a_burst_under_gevent_is_handed_to_the_sdk_as_it_takes_spans_nothing_dropped():
+    """The worker yields as it maps a burst and waits while the SDK's queue is full, so the SDK's export
+    greenlet keeps up: 10,000 tool events at once, then 15,000 spans kept for a lease, none dropped."""
+    r = subprocess.run([sys.executable, "-c", GEVENT_BURST], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.splitlines()[-1])
+    assert got["burst"] == {"exported": 5000, "dropped": {}}
+    assert got["kept"] == 15_000 and got["exported"] == 20_000 and got["dropped"] == {}
+
+
 # -- configuration ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("option, env, expected", [
     (None, {}, None),

@@ -6,10 +6,12 @@ queue, nothing more, so a slow or dead backend never delays a POST or a stream. 
 greenlet under the gevent worker) maps the events to spans (otlp/trace_map.py: pure, with
 deterministic ids) and hands each span, as it ends, to the OpenTelemetry SDK's
 ``BatchSpanProcessor`` and OTLP/HTTP exporter (the ``loopstream[otel]`` extra, imported only here
-and only when configured). What cannot be sent is dropped and counted
-(``loop_otlp_spans_dropped_total``): an event queue or span queue that is full, a batch the
-backend refused or never answered (the exporter's own retries first); the reason is logged at most
-once a minute.
+and only when configured). The worker yields every PACE events or spans (under gevent the SDK's
+export greenlet runs meanwhile), and when the SDK's queue is full it waits for the exporter to take
+spans (it is off the request path). What cannot be sent is dropped and counted
+(``loop_otlp_spans_dropped_total``): an event queue that is full, a span queue that stays full
+because the exporter is failing or stuck, a batch the backend refused or never answered (the
+exporter's own retries first); the reason is logged at most once a minute.
 
 A run this process has not seen from its start (the sidecar restarted, or another worker owned
 it) is first folded from its transcript without sending, so its trace goes on with the same ids.
@@ -40,7 +42,9 @@ WARN_EVERY_S = 60.0       # one log line a minute at most about failing exports
 LEASE_S = 10              # the Redis exporter's lease; renewed every TICK_S
 TICK_S = 1.0
 KEPT = 5000               # spans a worker that does not export keeps, to send them if it takes over
-REPLAY_YIELD = 500        # events folded between two yields when a transcript is folded again
+PACE = 200                # events mapped or spans handed over between two yields (gevent: the SDK's turn)
+PACE_S = 0.0005           # the yield: more than 0, which under gevent would not let timers and I/O run
+STUCK_S = EXPORT_TIMEOUT_S + 2   # a full span queue waits this long for the exporter to take spans
 DEFAULT_SERVICE = "loop"
 
 log = logging.getLogger("loopstream.otlp_out")
@@ -86,12 +90,14 @@ class Counting:
 
         owner = self.owner
         owner.taken += len(spans)
+        owner.last_taken = time.monotonic()
         try:
             result = self.inner.export(spans)
         except Exception as e:  # noqa: BLE001 — an exporter's bug must not end the processor's thread
             owner.said.message = f"{type(e).__name__}: {e}"
             result = SpanExportResult.FAILURE
-        if result == SpanExportResult.SUCCESS:
+        owner.failing = result != SpanExportResult.SUCCESS
+        if not owner.failing:
             owner.exported += len(spans)
         else:
             owner.drop("export_failed", len(spans))
@@ -153,6 +159,10 @@ class TraceExport:
         self.queue: deque[ev.Event] = deque()
         self.kept: deque[SpanRecord] = deque(maxlen=KEPT)
         self.handed = self.taken = self.exported = 0
+        self.failing = False                 # the exporter's last batch failed
+        self.last_taken = time.monotonic()   # when the exporter last took a batch
+        self._paced = 0
+        self._gave_up = -1.0                 # last_taken when a full queue was last given up on
         self.dropped: dict[str, int] = {}
         self.sent_mark: tuple[int, int] = (0, 0)
         self._written_mark = ""
@@ -244,6 +254,7 @@ class TraceExport:
             batch.append(self.queue.popleft())
         batch.sort(key=lambda e: e.key)
         for e in batch:
+            self._pace()
             if not self.mapper.known(e.run):
                 self._fold_recorded(e.run, e.key)
             self.send(self.mapper.feed(e.as_dict()))
@@ -255,12 +266,11 @@ class TraceExport:
         except Exception as e:  # noqa: BLE001 — the store away: the trace starts here instead
             log.warning("loop: traces: the transcript of %s could not be read (%s); its trace starts here", run, e)
             return
-        for i, event in enumerate(recorded):
+        for event in recorded:
             if event_key(event.get("id")) >= before:
                 break
+            self._pace()         # under gevent: let the worker serve meanwhile
             self.mapper.feed(event)
-            if i % REPLAY_YIELD == REPLAY_YIELD - 1:
-                time.sleep(0)    # under gevent: let the worker serve meanwhile
 
     def send(self, spans: list[SpanRecord]) -> None:
         if not spans:
@@ -269,12 +279,37 @@ class TraceExport:
             self.kept.extend(spans)
             return
         for rec in spans:
-            if self.handed - self.taken >= SPAN_QUEUE:
+            self._pace()
+            if not self._room():
                 self.drop("queue_full", 1)
                 continue
             self.processor.on_end(self.readable(rec))
             self.handed += 1
             self.sent_mark = max(self.sent_mark, rec.end_key)
+
+    def _pace(self) -> None:
+        """Yield every PACE events or spans: under gevent, the SDK's export greenlet (and every
+        request of the worker) gets its turn while a burst is mapped and handed over."""
+        self._paced += 1
+        if self._paced >= PACE:
+            self._paced = 0
+            time.sleep(PACE_S)
+
+    def _room(self) -> bool:
+        """Is there room in the SDK's queue for one more span? When it is full, wait for the exporter
+        to take a batch, unless its last batch failed, the worker exits, or it took none for STUCK_S
+        (then no more waiting until it takes one): then the span is dropped."""
+        since = None
+        while self.handed - self.taken >= SPAN_QUEUE:
+            now = time.monotonic()
+            since = since or now
+            if self.failing or self._closed or self._gave_up == self.last_taken:
+                return False
+            if now - max(since, self.last_taken) > STUCK_S:
+                self._gave_up = self.last_taken
+                return False
+            time.sleep(0.005)
+        return True
 
     def tick(self) -> None:
         """Once a second: the lease (Redis), and the once-a-minute word about failures."""
