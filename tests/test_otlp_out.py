@@ -111,6 +111,17 @@ def test_ids_come_from_run_and_event_ids_so_a_mapper_that_folds_the_start_again_
     assert not {s.trace_id for s in other} & {s.trace_id for s in whole}
 
 
+def test_an_event_fed_twice_or_after_a_later_one_is_ignored_not_a_failed_attempt_and_a_duplicate_span():
+    events = events_of("twice", AGENT_RUN)
+    m = Mapper()
+    once = spans_of(events[:2], m)
+    assert spans_of([events[1], events[0]], m) == [] and once == []     # story_started again: nothing ends
+    rest = spans_of(events[2:], m)
+    assert rest == spans_of(events)                                       # as if each came once, in order
+    assert len([s for s in rest if s.name == "story S-1 login"]) == 2     # its two attempts, not three
+    assert m.last("twice") == (7, len(events)) and m.last("other") == (0, 0)
+
+
 def test_a_finished_run_started_again_is_a_new_trace_and_late_events_stay_in_the_old_one():
     first = events_of("again", [("task_started", {}), ("task_completed", {})])
     late = events_of("again", [("tool_call", {"tool": "Read", "id": "x"}), ("tool_result", {"id": "x"})], epoch=8)

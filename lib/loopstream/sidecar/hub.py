@@ -133,9 +133,8 @@ class Hub:
             self.traces.use_lease(self._trace_lease())
 
     def _took_in(self, events: list[ev.Event], before: Cursor, after: Cursor) -> None:
-        """Events became visible (the head moved from ``before`` to ``after``): to the streams, then the
-        traces. The one place a published event is observed: with the memory backend, this worker's
-        publish calls it; with Redis, this worker's replica, for every worker's events."""
+        """Redis: this worker's replica took in events (any worker's; the head moved from ``before`` to
+        ``after``): to the streams, then the traces. (Memory: publish does both itself.)"""
         self.streams.publish(events, before, after)
         if self.traces is not None:
             self.traces.observe(events)
@@ -173,6 +172,8 @@ class Hub:
                 if history:
                     ticket = self._journal(history, staged.events)
                 result = broker.commit(staged)
+                if self.traces is not None:   # in id order: the next batch waits for this lock
+                    self.traces.observe(result.events)
             else:                              # Redis: one Lua script charges and makes the batch visible
                 try:
                     result = broker.publish(drafts, charges)
@@ -185,7 +186,7 @@ class Hub:
         not_durable = self._settle(history, ticket, result) if history else None
         self.metrics.accepted += len(result.events)
         if broker.fans_out_on_publish and result.before is not None and result.after is not None:
-            self._took_in(result.events, result.before, result.after)
+            self.streams.publish(result.events, result.before, result.after)
         if self.notifier:
             self.notifier.published(broker, result)
         if not_durable is not None:

@@ -17,6 +17,8 @@ that event ended, as ``SpanRecord``s that otlp/traces_out.py hands to the OpenTe
 Ids come from the run and event ids (sha256): the trace from the event that started the run's
 trace, each span from the event that opened it. A sidecar that restarts folds the run's transcript
 again (without sending) and carries on with the same ids; sending a span twice sends the same span.
+An event whose id is at or below the last one fed for its run is ignored: fed twice (a transcript
+read again) or late, it would otherwise end an attempt as failed and open a duplicate span.
 Every text is cut to ATTR_TEXT characters; a number that is not finite and bounded is left out; a
 span never ends before it starts. Span times are the events' times.
 """
@@ -463,6 +465,11 @@ class Mapper:
     def known(self, run: str) -> bool:
         return run in self.traces
 
+    def last(self, run: str) -> tuple[int, int]:
+        """The id of the last event of ``run`` fed ((0, 0): none)."""
+        tr = self.traces.get(run)
+        return tr.last if tr is not None else (0, 0)
+
     def feed(self, event: dict) -> list[SpanRecord]:
         run, etype = event.get("run"), event.get("type")
         data: dict = event.get("data") or {}
@@ -474,9 +481,12 @@ class Mapper:
         ev = Ev(run, etype, data, float(ts), text(event.get("id"), 64), event_key(event.get("id")))
         tr = self.traces.get(run)
         out: list[SpanRecord] = []
+        if tr is not None and ev.key != (0, 0) and ev.key <= tr.last:   # fed already (or out of order)
+            return out
         if tr is None or (tr.ended and etype in ("task_started", "session_started")):
             tr = self._begin(ev)
         self.traces.move_to_end(run)
+        tr.last = max(tr.last, ev.key)
         handler = HANDLERS.get(etype)
         if handler is not None:
             handler(tr, ev, out)

@@ -57,6 +57,7 @@ class Trace:
     trace_id: int
     root: Open
     ended: bool = False
+    last: tuple[int, int] = (0, 0)   # the id (epoch, seq) of the last event fed: one at or below it is ignored
     session: bool = False
     stories: dict[str, Open] = field(default_factory=dict)        # story id -> its open attempt
     steps: dict[str, float] = field(default_factory=dict)         # story id -> when its last step ended
