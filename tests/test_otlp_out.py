@@ -122,6 +122,22 @@ def test_an_event_fed_twice_or_after_a_later_one_is_ignored_not_a_failed_attempt
     assert m.last("twice") == (7, len(events)) and m.last("other") == (0, 0)
 
 
+def test_no_span_starts_before_its_parent_whatever_duration_or_time_an_event_says():
+    events = events_of("early", [
+        ("task_started", {}), ("story_started", {"story_id": "S"}),
+        ("ac_completed", {"story_id": "S", "ac_index": 0, "ac_text": "huge", "duration_ms": 1e15}),
+        ("verification_completed", {"story_id": "S", "name": "v", "status": "passed", "duration_ms": 9e14}),
+        ("tool_call", {"story_id": "S", "tool": "Read", "id": "r"}), ("tool_result", {"story_id": "S", "id": "r"}),
+        ("task_completed", {})])
+    events[4]["ts"] = events[5]["ts"] = 3.0                     # a clock that went back
+    spans = spans_of(events)
+    starts = {s.span_id: s.start_ns for s in spans}
+    assert {s.name for s in spans} >= {"check huge", "verify v", "execute_tool Read", "story S"}
+    for s in spans:
+        assert s.start_ns <= s.end_ns and (s.parent_id is None or s.start_ns >= starts[s.parent_id]), s.name
+    assert min(s.start_ns for s in spans) == 1000 * 10**9        # the root's start, not 1970
+
+
 def test_a_finished_run_started_again_is_a_new_trace_and_late_events_stay_in_the_old_one():
     first = events_of("again", [("task_started", {}), ("task_completed", {})])
     late = events_of("again", [("tool_call", {"tool": "Read", "id": "x"}), ("tool_result", {"id": "x"})], epoch=8)

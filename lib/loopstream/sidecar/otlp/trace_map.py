@@ -20,7 +20,8 @@ again (without sending) and carries on with the same ids; sending a span twice s
 An event whose id is at or below the last one fed for its run is ignored: fed twice (a transcript
 read again) or late, it would otherwise end an attempt as failed and open a duplicate span.
 Every text is cut to ATTR_TEXT characters; a number that is not finite and bounded is left out; a
-span never ends before it starts. Span times are the events' times.
+span never starts before its parent (an untrusted duration_ms cannot put a check in 1970) nor ends
+before it starts. Span times are the events' times.
 """
 from __future__ import annotations
 
@@ -125,7 +126,7 @@ def _story_started(tr: Trace, ev: Ev, out: list[SpanRecord]) -> None:
     if sid in tr.stories:   # the attempt before this one ended without story_completed: it failed
         _story_ends(tr, sid, ev, out, "failed", None)
     d = ev.data
-    span = tr.stories[sid] = begin(tr, "story", ev, tr.root.span_id, f"story {one_line(sid)}", "CHAIN")
+    span = tr.stories[sid] = begin(tr, "story", ev, tr.root.at, f"story {one_line(sid)}", "CHAIN")
     put(span.attrs, "loop.story.id", sid)
     put(span.attrs, "loop.story.title", d.get("title"))
     put(span.attrs, "loop.story.attempt", d.get("attempt"))
@@ -158,7 +159,7 @@ def _story_completed(tr: Trace, ev: Ev, out: list[SpanRecord]) -> None:
     status = str(d["status"]) if d.get("status") in ("passed", "failed", "skipped", "cancelled") else "passed"
     tr.outcomes[status] = tr.outcomes.get(status, 0) + 1
     if sid not in tr.stories:    # never started (skipped, cancelled): a span of no length says so
-        tr.stories[sid] = begin(tr, "story", ev, tr.root.span_id, f"story {one_line(sid)}", "CHAIN")
+        tr.stories[sid] = begin(tr, "story", ev, tr.root.at, f"story {one_line(sid)}", "CHAIN")
         put(tr.stories[sid].attrs, "loop.story.id", sid)
     span = tr.stories[sid]
     put(span.attrs, "loop.story.attempts", d.get("attempts"))
@@ -189,7 +190,7 @@ def _step(tr: Trace, ev: Ev, out: list[SpanRecord], what: str, name: str, attrs:
     """A check or verification command of a story: from its start (its duration, else the story's
     previous step) to this event."""
     sid = ev.story()
-    parent = tr.stories[sid].span_id if sid in tr.stories else tr.root.span_id
+    parent = tr.stories[sid].at if sid in tr.stories else tr.root.at
     ms = number(ev.data.get("duration_ms"))
     start = ev.ts - ms / 1000 if ms is not None and ms >= 0 else tr.steps.get(sid or "", ev.ts)
     span = begin(tr, what, ev, parent, name, "CHAIN", start)
@@ -232,7 +233,7 @@ def _agent(tr: Trace, ev: Ev) -> Open:
     key = ev.story() or ""
     span = tr.agents.get(key)
     if span is None:
-        parent = tr.stories[key].span_id if key in tr.stories else tr.root.span_id
+        parent = tr.stories[key].at if key in tr.stories else tr.root.at
         span = tr.agents[key] = begin(tr, "agent", ev, parent, "invoke_agent", "AGENT")
         put(span.attrs, "gen_ai.operation.name", "invoke_agent")
     return span
@@ -293,7 +294,7 @@ def _agent_usage(tr: Trace, ev: Ev, out: list[SpanRecord]) -> None:
     _spent_attrs(span.attrs, total_cost, [old[0] + tokens[0], old[1] + tokens[1]])
 
 
-def _tool_parent(tr: Trace, ev: Ev) -> int:
+def _tool_parent(tr: Trace, ev: Ev) -> tuple[int, float]:
     """A subagent's call goes under the call that started it; a session's under its subagent or turn."""
     parent = ev.data.get("parent_id")
     if isinstance(parent, str) and parent in tr.calls:
@@ -301,9 +302,9 @@ def _tool_parent(tr: Trace, ev: Ev) -> int:
     if tr.session:
         agent = ev.data.get("agent_id")
         if isinstance(agent, str) and agent in tr.subagents:
-            return tr.subagents[agent].span_id
-        return _turn(tr, ev).span_id
-    return _agent(tr, ev).span_id
+            return tr.subagents[agent].at
+        return _turn(tr, ev).at
+    return _agent(tr, ev).at
 
 
 def _tool_call(tr: Trace, ev: Ev, out: list[SpanRecord]) -> None:
@@ -321,7 +322,7 @@ def _tool_call(tr: Trace, ev: Ev, out: list[SpanRecord]) -> None:
     if old is not None:
         finish(tr, old[1], ev, out)
     tr.tools[call] = (ev.story() or "", span)
-    tr.calls[call] = span.span_id
+    tr.calls[call] = span.at
     while len(tr.calls) > CALLS:
         tr.calls.popitem(last=False)
     while len(tr.tools) > OPEN_TOOLS:
@@ -373,7 +374,7 @@ def _turn(tr: Trace, ev: Ev) -> Open:
     if tr.turn is None:
         tr.session = True
         tr.turns += 1
-        tr.turn = begin(tr, "turn", ev, tr.root.span_id, f"turn {tr.turns}", "AGENT")
+        tr.turn = begin(tr, "turn", ev, tr.root.at, f"turn {tr.turns}", "AGENT")
         put(tr.turn.attrs, "gen_ai.operation.name", "invoke_agent")
         put(tr.turn.attrs, "loop.turn", tr.turns)
         put(tr.turn.attrs, "session.id", tr.run)
@@ -426,7 +427,7 @@ def _session_subagent(tr: Trace, ev: Ev, out: list[SpanRecord]) -> None:
         return
     if agent not in tr.subagents:
         kind = one_line(d.get("agent_type") or "subagent")
-        span = tr.subagents[agent] = begin(tr, "subagent", ev, _turn(tr, ev).span_id, f"invoke_agent {kind}", "AGENT")
+        span = tr.subagents[agent] = begin(tr, "subagent", ev, _turn(tr, ev).at, f"invoke_agent {kind}", "AGENT")
         put(span.attrs, "gen_ai.operation.name", "invoke_agent")
         put(span.attrs, "gen_ai.agent.id", agent)
         put(span.attrs, "gen_ai.agent.name", d.get("agent_type"))

@@ -48,6 +48,11 @@ class Open:
     attrs: dict[str, AttrValue] = field(default_factory=dict)
     error: str | None = None
 
+    @property
+    def at(self) -> tuple[int, float]:
+        """What a child span needs of its parent: its id, and its start (a child never starts before)."""
+        return self.span_id, self.start
+
 
 @dataclass
 class Trace:
@@ -64,7 +69,7 @@ class Trace:
     errors: dict[str, str] = field(default_factory=dict)          # story id -> its last error
     agents: dict[str, Open] = field(default_factory=dict)         # story id ("" = the run's) -> its agent
     tools: OrderedDict[str, tuple[str, Open]] = field(default_factory=OrderedDict)   # call id -> (agent, span)
-    calls: OrderedDict[str, int] = field(default_factory=OrderedDict)                # call id -> span id
+    calls: OrderedDict[str, tuple[int, float]] = field(default_factory=OrderedDict)  # call id -> its span .at
     turn: Open | None = None
     turns: int = 0
     subagents: dict[str, Open] = field(default_factory=dict)      # a session's agent_id -> its span
@@ -151,13 +156,19 @@ class Ev:
 def finish(tr: Trace, span: Open, ev: Ev, out: list[SpanRecord], error: str | None = None) -> None:
     """End ``span`` at the event's time (never before it began) and add it to ``out``."""
     err = error if error is not None else span.error
-    start, end = nanos(span.start), nanos(ev.ts)
-    out.append(SpanRecord(tr.trace_id, span.span_id, span.parent_id, span.name, span.kind, min(start, end), end,
+    start = nanos(span.start)
+    end = max(nanos(ev.ts), start)
+    out.append(SpanRecord(tr.trace_id, span.span_id, span.parent_id, span.name, span.kind, start, end,
                           {**span.attrs, "openinference.span.kind": span.kind}, text(err) if err else None,
                           tr.run, ev.key))
 
 
-def begin(tr: Trace, what: str, ev: Ev, parent: int | None, name: str, kind: str, start: float | None = None) -> Open:
-    return Open(span_id_of(tr.trace_id, what, ev.id), parent, name, kind, ev.ts if start is None else start)
+def begin(tr: Trace, what: str, ev: Ev, parent: tuple[int, float], name: str, kind: str,
+          start: float | None = None) -> Open:
+    """A span under ``parent`` (its ``.at``), from ``start`` (the event's time unless said), never
+    before its parent began: an untrusted duration cannot put a check in 1970."""
+    parent_id, parent_start = parent
+    begun = ev.ts if start is None else start
+    return Open(span_id_of(tr.trace_id, what, ev.id), parent_id, name, kind, max(begun, parent_start))
 
 
