@@ -258,6 +258,76 @@ def test_a_burst_under_gevent_is_handed_to_the_sdk_as_it_takes_spans_nothing_dro
     assert got["kept"] == 15_000 and got["exported"] == 20_000 and got["dropped"] == {}
 
 
+def collecting(recorded):
+    """A TraceExport whose exporter is the SDK's in-memory one; what it collected, by span."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from loopstream.sidecar.otlp.traces_out import TraceExport
+
+    got = InMemorySpanExporter()
+    return TraceExport("http://127.0.0.1:1/v1/traces", recorded, exporter=got), got
+
+
+def as_event(d: dict):
+    from loopstream.core import events as ev
+
+    epoch, seq = map(int, d["id"].split("-"))
+    return ev.Event(epoch, seq, d["type"], d["run"], d["ts"], d["data"], json=ev.dumps(d))
+
+
+def test_a_run_met_mid_way_whose_transcript_cannot_be_read_yet_is_held_and_keeps_its_trace_id():
+    from loopstream.sidecar.brokers.memory import BackendDown
+
+    events = events_of("blip", AGENT_RUN)
+    whole = spans_of(events)
+    asked = []
+
+    def recorded(run, after, before):       # the store is away for the first two reads (a Redis blip)
+        asked.append((run, after, before))
+        if len(asked) <= 2:
+            raise BackendDown("Redis: connection refused")
+        return [e for e in events if (7, 0) < tuple(map(int, e["id"].split("-"))) < before]
+
+    export, got = collecting(recorded)
+    try:
+        export.observe([as_event(e) for e in events[5:]])
+        spans = wait_for(lambda: (lambda s: s if len(s) == len(whole) else None)(got.get_finished_spans()), 30,
+                         message="the run's spans once its transcript could be read")
+    finally:
+        export.close()
+    assert asked == [("blip", (0, 0), (7, 6))] * 3
+    assert {s.context.trace_id for s in spans} == {whole[0].trace_id}     # the same trace, not a new one
+    assert sorted(s.context.span_id for s in spans) == sorted(s.span_id for s in whole)   # each ends after 7-5
+
+
+def test_a_run_met_at_its_start_reads_no_transcript_and_one_met_mid_way_reads_only_up_to_the_event(tmp_path):
+    from loopstream.sidecar.history import History
+
+    events = events_of("mid", AGENT_RUN)
+    history = History(tmp_path / "h.json")
+    history.open()
+    history.record([as_event(e) for e in events])
+    history.close()
+    assert [e["id"] for e in history.transcript_before("mid", (7, 4))] == ["7-1", "7-2", "7-3"]
+    asked = []
+
+    def recorded(run, after, before):
+        asked.append(run)
+        return history.transcript_before(run, before)
+
+    export, got = collecting(recorded)
+    try:
+        export.observe([as_event(e) for e in events_of("fresh", AGENT_RUN, epoch=8)] + [as_event(e) for e in events[9:]])
+        whole = spans_of(events)
+        mid = [s.span_id for s in whole if s.end_key >= (7, 10)]          # those that end after it was met
+        spans = wait_for(lambda: (lambda s: s if len(s) == len(whole) + len(mid) else None)(got.get_finished_spans()),
+                         30, message="both runs' spans")
+    finally:
+        export.close()
+    assert asked == ["mid"]
+    assert sorted(s.context.span_id for s in spans if s.context.trace_id == whole[0].trace_id) == sorted(mid)
+
+
 # -- configuration ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("option, env, expected", [
     (None, {}, None),

@@ -31,7 +31,7 @@ from loopstream.sidecar.brokers.memory import BackendDown, Cursor, Filter, OverB
 from loopstream.sidecar.config import Config
 from loopstream.sidecar.fleet import Fleet
 from loopstream.sidecar.forwarded import Trusted
-from loopstream.sidecar.hub_parts import make_notifier, make_traces, memory_parts, redis_parts
+from loopstream.sidecar.hub_parts import make_notifier, make_traces, memory_parts, recorded_between, redis_parts
 from loopstream.sidecar.metrics import Metrics, metric_lines, worker_lines
 from loopstream.sidecar.ratelimit import Budget, Charge
 from loopstream.sidecar.reaper import abandoned, ghost_runs, gone_sessions, interrupted, silent_runs
@@ -139,9 +139,9 @@ class Hub:
         if self.traces is not None:
             self.traces.observe(events)
 
-    def _recorded(self, run: str) -> list[dict]:
-        """A run's recorded events (the traces fold a run they did not see begin)."""
-        return (self.history.transcript(run) if self.history else self.broker.transcript(run))[0]
+    def _recorded(self, run: str, after: Cursor, before: Cursor | None) -> list[dict]:
+        """A run's recorded events between two ids (the traces fold a run they did not see begin)."""
+        return recorded_between(self.history, self.broker, run, after, before)
 
     def _trace_lease(self):
         from loopstream.sidecar.otlp.traces_out import RedisLease

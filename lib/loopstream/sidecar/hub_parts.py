@@ -64,7 +64,19 @@ def make_notifier(cfg: Config):
     return Notifier(cfg.notify, cfg.notify_format, cfg.notify_min_duration, cfg.dashboard_url)
 
 
-def make_traces(cfg: Config, recorded: Callable[[str], list[dict]]) -> TraceExport | None:
+Key = tuple[int, int]
+
+
+def recorded_between(history: History | None, broker: Broker, run: str, after: Key, before: Key | None) -> list[dict]:
+    """A run's recorded events with ids after ``after`` and before ``before`` (None: to the end), for the
+    traces: the journal (read off the loop, stopping at ``before``), else the broker's transcript (Redis;
+    memory without --db: what the buffer holds). BackendDown or OSError when the store cannot be read."""
+    events = history.transcript_before(run, before) if history else broker.transcript(run)[0]
+    keys = [(e, ev.parse_id(e.get("id")) or (0, 0)) for e in events]
+    return [e for e, k in keys if k > after and (before is None or k < before)]
+
+
+def make_traces(cfg: Config, recorded: Callable[[str, Key, Key | None], list[dict]]) -> TraceExport | None:
     """The trace exporter (otlp/traces_out.py), with --otlp-endpoint: the SDK is imported only then."""
     if not cfg.otlp_endpoint:
         return None

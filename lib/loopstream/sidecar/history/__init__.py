@@ -44,7 +44,7 @@ from loopstream.sidecar import stored
 from loopstream.sidecar.history.files import AtomicJSONStorage, quarantine
 from loopstream.sidecar.history.finished import KEEP_RUNS, FinishedRuns
 from loopstream.sidecar.history.journal import Journals, fold, read_journal
-from loopstream.sidecar.history.threads import native_thread_tools
+from loopstream.sidecar.history.threads import native_thread_tools, off_the_loop
 
 __all__ = ["KEEP_RUNS", "AtomicJSONStorage", "History", "fold", "read_journal"]
 
@@ -214,6 +214,15 @@ class History:
         if skipped:
             self._warn_damaged(run, path, skipped)
         return events, skipped == 0
+
+    def transcript_before(self, run: str, before: tuple[int, int] | None) -> list[dict]:
+        """A run's recorded events before the id ``before`` (None: all), read in gevent's thread pool
+        (off_the_loop) so that a long journal does not stop the worker's other greenlets; the read stops
+        at ``before``. OSError when the journal cannot be read."""
+        path = self.journals.path(run)
+        if not path.is_file():
+            return []
+        return off_the_loop(read_journal, path, before)[0]
 
     def snapshot(self, run: str) -> dict | None:
         """A finished run's final snapshot: one small file read, or the record not yet written."""

@@ -211,9 +211,10 @@ def torn(tail: bytes) -> bool:
     return (tail.startswith(LINE_START) or LINE_START.startswith(tail)) and b"\0" not in tail
 
 
-def read_journal(path: Path) -> tuple[list[dict], int]:
-    """Every sound event of a journal, and how many lines were not one. A torn last line (no
-    newline: a crash mid-write, never acknowledged) is left out without being counted."""
+def read_journal(path: Path, before: tuple[int, int] | None = None) -> tuple[list[dict], int]:
+    """Every sound event of a journal (only those before the id ``before``, when given: the read stops
+    there), and how many lines were not one. A torn last line (no newline: a crash mid-write, never
+    acknowledged) is left out without being counted."""
     out, skipped = [], 0
     with open(path, "rb") as f:
         for line in f:
@@ -223,6 +224,8 @@ def read_journal(path: Path) -> tuple[list[dict], int]:
             e = ev.parse_stored(line)
             if e is None:
                 skipped += 1
+            elif before is not None and (ev.parse_id(e.get("id")) or (0, 0)) >= before:
+                break
             else:
                 out.append(e)
     return out, skipped

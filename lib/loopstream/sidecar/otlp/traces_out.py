@@ -14,7 +14,10 @@ because the exporter is failing or stuck, a batch the backend refused or never a
 exporter's own retries first); the reason is logged at most once a minute.
 
 A run this process has not seen from its start (the sidecar restarted, or another worker owned
-it) is first folded from its transcript without sending, so its trace goes on with the same ids.
+it) is first folded from its transcript up to the event met, without sending, so its trace goes on
+with the same ids (a run met at its task_started or session_started needs no read). A transcript
+that cannot be read (Redis away a moment) holds the run's events and is tried again, FOLD_TRIES
+times, before its trace starts where it was met.
 With Redis every worker maps every event, and one worker, holding a lease in Redis, sends: the
 holder notes in Redis the last event it sent spans for, and a worker that takes the lease over
 sends what it mapped after that mark.
@@ -27,11 +30,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from loopstream import __version__
 from loopstream.core import events as ev
-from loopstream.sidecar.otlp.trace_map import Mapper, SpanRecord, event_key
+from loopstream.sidecar.otlp.trace_map import Mapper, SpanRecord
 
 QUEUE = 20_000            # events waiting to be mapped; beyond this they are dropped (counted)
 SPAN_QUEUE = 4096         # spans handed to the SDK and not yet taken by its exporter
@@ -44,6 +48,8 @@ TICK_S = 1.0
 KEPT = 5000               # spans a worker that does not export keeps, to send them if it takes over
 PACE = 200                # events mapped or spans handed over between two yields (gevent: the SDK's turn)
 PACE_S = 0.0005           # the yield: more than 0, which under gevent would not let timers and I/O run
+FOLD_TRIES = 5            # reads of a run's transcript (1, 2, 4, 8 s apart) before its trace starts where met
+STARTS = ("task_started", "session_started")   # a run met at its start: no transcript to read
 STUCK_S = EXPORT_TIMEOUT_S + 2   # a full span queue waits this long for the exporter to take spans
 DEFAULT_SERVICE = "loop"
 
@@ -110,6 +116,15 @@ class Counting:
         return True
 
 
+@dataclass
+class Held:
+    """A run whose transcript could not be read (the store away): its events wait for the next try."""
+
+    tries: int
+    due: float
+    events: list[ev.Event]
+
+
 class RedisLease:
     """One exporter among a fleet's workers: a lease key in Redis, renewed by its holder, who also
     notes the last event it sent spans for."""
@@ -147,9 +162,10 @@ return {2, redis.call('GET', KEYS[2]) or ''}
 class TraceExport:
     """Events in (``observe``, from the publishing path), spans out (the SDK), counters for /metrics."""
 
-    def __init__(self, endpoint: str, recorded: Callable[[str], list[dict]],
+    def __init__(self, endpoint: str, recorded: Callable[[str, tuple[int, int], tuple[int, int] | None], list[dict]],
                  lease: RedisLease | None = None, exporter: Any = None):
-        """``recorded(run)`` gives a run's transcript (to fold a run this process did not see begin);
+        """``recorded(run, after, before)`` gives a run's recorded events between two ids (to fold a run
+        this process did not see begin);
         ``exporter`` replaces the OTLP exporter (tests); ``lease`` (Redis) says whether this worker sends."""
         self.endpoint = endpoint
         self.recorded = recorded
@@ -157,6 +173,9 @@ class TraceExport:
         self.leading = lease is None
         self.mapper = Mapper()
         self.queue: deque[ev.Event] = deque()
+        self.held: dict[str, Held] = {}    # runs whose transcript could not be read yet, with their events
+        self.held_events = 0
+        self._fold_error: Exception | None = None
         self.kept: deque[SpanRecord] = deque(maxlen=KEPT)
         self.handed = self.taken = self.exported = 0
         self.failing = False                 # the exporter's last batch failed
@@ -248,29 +267,66 @@ class TraceExport:
                 log.exception("loop: exporting traces failed")
 
     def drain(self) -> None:
-        """Map every queued event (in id order) and send the spans it ended."""
+        """Map every queued event (in id order) and send the spans it ended; then try again the runs
+        whose transcript could not be read."""
         batch: list[ev.Event] = []
         while self.queue:
             batch.append(self.queue.popleft())
         batch.sort(key=lambda e: e.key)
         for e in batch:
             self._pace()
-            if not self.mapper.known(e.run):
-                self._fold_recorded(e.run, e.key)
-            self.send(self.mapper.feed(e.as_dict()))
+            held = self.held.get(e.run)
+            if held is not None:
+                self._hold(held, e)
+            elif self.mapper.known(e.run) or e.type in STARTS or self._fold_recorded(e.run, e.key):
+                self.send(self.mapper.feed(e.as_dict()))
+            else:                # the store away (a Redis blip): the run waits, its ids must not change
+                log.warning("loop: traces: the transcript of %s could not be read (%s); tried again for a while",
+                            e.run, self._fold_error)
+                self.held[e.run] = Held(1, time.monotonic() + TICK_S, [])
+                self._hold(self.held[e.run], e)
+        if self.held:
+            self._retry_held()
 
-    def _fold_recorded(self, run: str, before: tuple[int, int]) -> None:
-        """A run met mid-way: fold what was recorded of it before ``before``, sending nothing."""
-        try:
-            recorded = self.recorded(run)
-        except Exception as e:  # noqa: BLE001 — the store away: the trace starts here instead
-            log.warning("loop: traces: the transcript of %s could not be read (%s); its trace starts here", run, e)
+    def _hold(self, held: Held, e: ev.Event) -> None:
+        if self.held_events >= QUEUE:
+            self.drop("queue_full", 1)
             return
+        held.events.append(e)
+        self.held_events += 1
+
+    def _retry_held(self) -> None:
+        """Fold again each held run whose time has come; after FOLD_TRIES reads that failed, its trace
+        starts where it was met (a new trace id: what was sent before is a trace of its own)."""
+        now = time.monotonic()
+        for run, held in list(self.held.items()):
+            if now < held.due:
+                continue
+            if not self._fold_recorded(run, held.events[0].key):
+                held.tries += 1
+                if held.tries < FOLD_TRIES:
+                    held.due = now + TICK_S * 2 ** (held.tries - 1)
+                    continue
+                log.warning("loop: traces: the transcript of %s could not be read %d times (%s); its trace starts "
+                            "here", run, held.tries, self._fold_error)
+            del self.held[run]
+            self.held_events -= len(held.events)
+            for e in held.events:
+                self._pace()
+                self.send(self.mapper.feed(e.as_dict()))
+
+    def _fold_recorded(self, run: str, before: tuple[int, int]) -> bool:
+        """A run met mid-way: fold what was recorded of it before ``before``, sending nothing. False
+        when its transcript could not be read."""
+        try:
+            recorded = self.recorded(run, (0, 0), before)
+        except Exception as e:  # noqa: BLE001 — the store away (Redis BackendDown, a disk error): held, tried again
+            self._fold_error = e
+            return False
         for event in recorded:
-            if event_key(event.get("id")) >= before:
-                break
             self._pace()         # under gevent: let the worker serve meanwhile
             self.mapper.feed(event)
+        return True
 
     def send(self, spans: list[SpanRecord]) -> None:
         if not spans:
