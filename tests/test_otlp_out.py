@@ -328,6 +328,39 @@ def test_a_run_met_at_its_start_reads_no_transcript_and_one_met_mid_way_reads_on
     assert sorted(s.context.span_id for s in spans if s.context.trace_id == whole[0].trace_id) == sorted(mid)
 
 
+@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+def test_with_redis_a_run_goes_on_after_a_resync_with_the_events_published_while_the_follower_was_away(backend):
+    """Events published while this worker's follower was away reach it only as the replica is loaded
+    again (never through on_events): the traces read each run again after the last event they mapped."""
+    from loopstream.core.events import Draft
+    from loopstream.sidecar.brokers.redis import RedisBroker
+    from loopstream.sidecar.hub_parts import recorded_between
+
+    away = threading.Event()
+    export, got = collecting(lambda run, after, before: recorded_between(None, broker, run, after, before))
+    broker = RedisBroker(backend, on_events=lambda evs, before, after: None if away.is_set() else export.observe(evs),
+                         on_resync=export.resynced)
+    broker.start()
+    try:
+        broker.publish([Draft(t, "resync", d) for t, d in [("task_started", {"task_name": "R"}), *story_events("A")]])
+        wait_for(lambda: len(got.get_finished_spans()) == 3, 30, message="story A's spans")
+        away.set()                                  # what the follower takes in now is lost, as in an outage
+        broker.publish([Draft(t, "resync", d) for t, d in story_events("B")])
+        wait_for(lambda: broker.seq == 9, 30, message="the follower past story B")
+        away.clear()
+        broker._stale = True                        # as a gap or a new epoch does: the follower loads everything
+        wait_for(lambda: len(got.get_finished_spans()) == 6, 30, message="story B's spans, read again")
+        broker.publish([Draft("task_completed", "resync", {})])
+        spans = wait_for(lambda: (lambda s: s if len(s) == 7 else None)(got.get_finished_spans()), 30,
+                         message="the root")
+    finally:
+        broker.close()
+        export.close()
+    assert sorted(s.name for s in spans) == ["execute_tool Bash", "execute_tool Bash", "invoke_agent",
+                                             "invoke_agent", "run R", "story A A", "story B B"]
+    assert len({s.context.trace_id for s in spans}) == 1 and len({s.context.span_id for s in spans}) == 7
+
+
 # -- configuration ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("option, env, expected", [
     (None, {}, None),

@@ -112,7 +112,7 @@ class Hub:
         self.clock, self.monotonic = clock, monotonic
         self.streams = Streams(self)
         self.traces = make_traces(cfg, self._recorded)
-        parts = redis_parts(cfg, clock, self.streams, self._took_in) if cfg.backend \
+        parts = redis_parts(cfg, clock, self.streams, self._took_in, self.traces) if cfg.backend \
             else memory_parts(cfg, clock, monotonic)
         self.broker, self.limiter, self.history = parts.broker, parts.limiter, parts.history
         self.metrics = Metrics(monotonic())

@@ -27,15 +27,23 @@ class Parts:
 
 
 def redis_parts(cfg: Config, clock: Callable[[], float], streams: Streams,
-                on_events: Callable[[list[ev.Event], Cursor, Cursor], None] | None = None) -> Parts:
+                on_events: Callable[[list[ev.Event], Cursor, Cursor], None] | None = None,
+                traces: TraceExport | None = None) -> Parts:
     """Redis keeps the stream, the snapshots, the history and the rate limit (charged by the publish
     script). ``on_events`` is told of every event this worker's replica takes in (the streams' publish
-    unless said otherwise)."""
+    unless said otherwise); when the replica is loaded again, the streams wake and the traces read
+    again what they missed (events published meanwhile never reach ``on_events``)."""
     from loopstream.sidecar.brokers.redis import RedisBroker
 
     assert cfg.backend, "redis_parts needs a redis:// backend URL"
+
+    def resynced() -> None:
+        streams.wake_all()
+        if traces is not None:
+            traces.resynced()
+
     broker = RedisBroker(cfg.backend, cfg.buffer, clock=clock, on_events=on_events or streams.publish,
-                         on_down=streams.end_all, on_resync=streams.wake_all)
+                         on_down=streams.end_all, on_resync=resynced)
     return Parts(broker, None)
 
 

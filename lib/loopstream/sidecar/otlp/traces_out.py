@@ -17,7 +17,8 @@ A run this process has not seen from its start (the sidecar restarted, or anothe
 it) is first folded from its transcript up to the event met, without sending, so its trace goes on
 with the same ids (a run met at its task_started or session_started needs no read). A transcript
 that cannot be read (Redis away a moment) holds the run's events and is tried again, FOLD_TRIES
-times, before its trace starts where it was met.
+times, before its trace starts where it was met. With Redis, when the replica is loaded again (a
+gap, a new epoch, Redis back), each run being traced is read again after its last event mapped.
 With Redis every worker maps every event, and one worker, holding a lease in Redis, sends: the
 holder notes in Redis the last event it sent spans for, and a worker that takes the lease over
 sends what it mapped after that mark.
@@ -176,6 +177,7 @@ class TraceExport:
         self.held: dict[str, Held] = {}    # runs whose transcript could not be read yet, with their events
         self.held_events = 0
         self._fold_error: Exception | None = None
+        self._resync = False
         self.kept: deque[SpanRecord] = deque(maxlen=KEPT)
         self.handed = self.taken = self.exported = 0
         self.failing = False                 # the exporter's last batch failed
@@ -266,9 +268,32 @@ class TraceExport:
             except Exception:   # a bug must not end the export for good
                 log.exception("loop: exporting traces failed")
 
+    def resynced(self) -> None:
+        """Redis: the replica was loaded again (a gap, a new epoch, Redis back): events published
+        meanwhile never came through ``observe``; each run being traced is read again after its last
+        event fed, before what is queued from now on."""
+        self._resync = True
+        self._wake.set()
+
+    def _read_again(self) -> None:
+        self._resync = False
+        for run, tr in list(self.mapper.traces.items()):
+            if tr.ended or run in self.held:
+                continue
+            try:
+                missed = self.recorded(run, tr.last, None)
+            except Exception as e:  # noqa: BLE001 — Redis away again: the next resync reads them
+                log.warning("loop: traces: the transcript of %s could not be read again (%s)", run, e)
+                continue
+            for event in missed:
+                self._pace()
+                self.send(self.mapper.feed(event))
+
     def drain(self) -> None:
         """Map every queued event (in id order) and send the spans it ended; then try again the runs
         whose transcript could not be read."""
+        if self._resync:
+            self._read_again()
         batch: list[ev.Event] = []
         while self.queue:
             batch.append(self.queue.popleft())
