@@ -385,6 +385,34 @@ def test_an_endpoint_that_is_not_a_url_is_one_line_and_exit_2_at_start():
         assert len(r.stderr.strip().splitlines()) == 1 and "not an http(s) URL" in r.stderr
 
 
+def test_a_protocol_other_than_http_protobuf_is_said_once_at_start(make_server):
+    from loopstream.sidecar.config import otlp_protocol_warning
+
+    assert otlp_protocol_warning({}) is None and otlp_protocol_warning({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}) is None
+    assert otlp_protocol_warning({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+                                  "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}) is None       # the traces' own wins
+    assert "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL='http/json' is not supported" in otlp_protocol_warning(
+        {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json"})
+    server = make_server("--otlp-endpoint", f"http://127.0.0.1:{free_port()}",
+                         env={"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+    assert server.get("/healthz").ok
+    assert len(re.findall(r"OTEL_EXPORTER_OTLP_PROTOCOL='grpc' is not supported; traces are sent as OTLP/HTTP protobuf",
+                          server.log.read_text())) == 1
+
+
+def test_what_the_exporter_said_is_logged_without_terminal_escapes_or_control_characters():
+    import logging
+
+    from loopstream.sidecar.otlp.traces_out import _LastMessage
+
+    said = _LastMessage()
+    said.emit(logging.LogRecord("x", logging.ERROR, "", 0, "Failed: %s", ("\x1b[2J\x1b]0;title\x07red\x9b31m\x00 ok\x01\x7fgo\rfake",),
+                                None))
+    assert said.message == "Failed: red31m okgo"     # and the line ends at \r
+    said.emit(logging.LogRecord("x", logging.ERROR, "", 0, "first\nsecond \x1b[31m", (), None))
+    assert said.message == "first"
+
+
 # -- against Phoenix -------------------------------------------------------------------------------------
 def traced(make_server, phoenix, *args, project: str | None = None, **kw):
     """A sidecar exporting to Phoenix, into a project of its own (the resource's openinference.project.name)."""

@@ -235,7 +235,7 @@ def _configure_notify(config, url: str | None, fmt: str, min_duration: float, ho
 def _configure_traces(config, option: str | None) -> None:
     """--otlp-endpoint or the OTEL_EXPORTER_OTLP_* variables: checked before the workers fork. Without the
     otel extra the option is refused; a variable set for other programs only gets a warning."""
-    from loopstream.sidecar.config import otlp_traces_url
+    from loopstream.sidecar.config import otlp_protocol_warning, otlp_traces_url
     from loopstream.sidecar.otlp.traces_out import sdk_installed
 
     try:
@@ -251,3 +251,6 @@ def _configure_traces(config, option: str | None) -> None:
         click.echo(f"loop: {message}; traces are not exported", err=True)
         return
     config.otlp_endpoint = url
+    warning = otlp_protocol_warning()
+    if warning:
+        click.echo(warning, err=True)

@@ -121,3 +121,17 @@ def otlp_traces_url(option: str | None, environ: dict[str, str] | None = None) -
             return value, source
         return value.rstrip("/") + OTLP_TRACES_PATH, source
     return None, ""
+
+
+def otlp_protocol_warning(environ: dict[str, str] | None = None) -> str | None:
+    """The line `loop serve` says once at start when ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`` asks for
+    anything but http/protobuf: traces go out as OTLP/HTTP protobuf whatever it says (None: nothing to say)."""
+    env = os.environ if environ is None else environ
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        value = (env.get(name) or "").strip()
+        if value:
+            if value == "http/protobuf":
+                return None
+            return (f"loop: {name}={value[:40]!r} is not supported; traces are sent as OTLP/HTTP protobuf "
+                    "(http/protobuf), which the collector must accept")
+    return None

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -36,6 +37,7 @@ from typing import Any
 
 from loopstream import __version__
 from loopstream.core import events as ev
+from loopstream.core.formats.common import ANSI
 from loopstream.sidecar.otlp.trace_map import Mapper, SpanRecord
 
 QUEUE = 20_000            # events waiting to be mapped; beyond this they are dropped (counted)
@@ -54,6 +56,7 @@ STARTS = ("task_started", "session_started")   # a run met at its start: no tran
 STUCK_S = EXPORT_TIMEOUT_S + 2   # a full span queue waits this long for the exporter to take spans
 DEFAULT_SERVICE = "loop"
 
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")   # C0 and C1 controls, DEL
 log = logging.getLogger("loopstream.otlp_out")
 SDK_LOGGERS = ("opentelemetry.exporter.otlp.proto.http", "opentelemetry.sdk._shared_internal",
                "opentelemetry.sdk.trace.export")
@@ -81,9 +84,17 @@ class _LastMessage(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.message = record.getMessage().splitlines()[0][:300]
+            said = record.getMessage()
         except Exception:   # noqa: BLE001 — a message that cannot be formatted is no reason to fail
-            self.message = str(record.msg)[:300]
+            said = str(record.msg)
+        self.message = plain(said)
+
+
+def plain(said: str) -> str:
+    """What a backend or the SDK said, safe for our log line: its first line, without terminal escapes
+    or control characters (a backend's answer could move the cursor or forge a log line), cut to 300."""
+    lines = said.splitlines() or [""]
+    return CONTROL.sub("", ANSI.sub("", lines[0]))[:300]
 
 
 class Counting:
@@ -101,7 +112,7 @@ class Counting:
         try:
             result = self.inner.export(spans)
         except Exception as e:  # noqa: BLE001 — an exporter's bug must not end the processor's thread
-            owner.said.message = f"{type(e).__name__}: {e}"
+            owner.said.message = plain(f"{type(e).__name__}: {e}")
             result = SpanExportResult.FAILURE
         owner.failing = result != SpanExportResult.SUCCESS
         if not owner.failing:
