@@ -92,7 +92,8 @@ def post_tool_calls(port: int, run: str, seconds: float) -> int:
 
 def metric(port: int, name: str) -> int:
     text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return next((int(float(line.split()[1])) for line in text.splitlines() if line.startswith(name + " ")), 0)
+    return sum(int(float(line.split()[1])) for line in text.splitlines()      # its series by reason summed
+               if line.startswith((name + " ", name + "{reason=")))
 
 
 def otlp_overhead(smoke: bool = False) -> dict:

@@ -361,6 +361,22 @@ def test_with_redis_a_run_goes_on_after_a_resync_with_the_events_published_while
     assert len({s.context.trace_id for s in spans}) == 1 and len({s.context.span_id for s in spans}) == 7
 
 
+def test_events_the_full_queue_turns_away_are_counted_under_their_own_reason_not_as_spans():
+    from loopstream.sidecar.metrics import metric_lines
+    from loopstream.sidecar.otlp.traces_out import QUEUE
+
+    export, _ = collecting(lambda *a: [])
+    try:
+        export.observe([as_event(e) for e in events_of("flood", [("progress", {})] * (QUEUE + 1))])
+    finally:
+        export.close()
+    counters = export.numbers()
+    assert counters == {"otlp_exported": 0, "otlp_dropped:event_queue_full": QUEUE + 1}
+    lines = metric_lines(counters, {})
+    assert f'loop_otlp_spans_dropped_total{{reason="event_queue_full"}} {QUEUE + 1}' in lines
+    assert not [line for line in lines if line.startswith("loop_otlp_spans_dropped_total ")]
+
+
 # -- configuration ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("option, env, expected", [
     (None, {}, None),
@@ -529,9 +545,9 @@ def story_events(sid: str, status: str = "passed") -> list[tuple[str, dict]]:
 
 
 def metric(server, name: str) -> float:
+    """A counter of the fleet, its series by reason summed."""
     text = server.get("/metrics").text
-    m = re.search(rf"^{name} (\S+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
+    return sum(float(n) for n in re.findall(rf"^{name}(?:{{reason=\"[a-z_]+\"}})? (\S+)$", text, re.M))
 
 
 def test_a_live_run_shows_while_it_runs_and_phoenix_going_away_and_back_costs_the_sidecar_nothing(

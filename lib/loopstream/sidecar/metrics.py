@@ -30,17 +30,21 @@ METRICS = [("accepted", "loop_events_accepted_total", "counter"),
            ("reaped", "loop_runs_reaped_total", "counter"),
            ("stream_clients", "loop_stream_clients", "gauge"),
            ("forwarded_malformed", "loop_forwarded_malformed_total", "counter"),
-           ("otlp_exported", "loop_otlp_spans_exported_total", "counter"),
-           ("otlp_dropped", "loop_otlp_spans_dropped_total", "counter")]
+           ("otlp_exported", "loop_otlp_spans_exported_total", "counter")]
+# Counters by reason, ``KEY:REASON``: (key, name) shown as ``name{reason="REASON"}``.
+BY_REASON = [("rejected", "loop_events_rejected_total"), ("otlp_dropped", "loop_otlp_spans_dropped_total")]
 
 
 def metric_lines(counters: dict[str, int], gauges: dict[str, int], prefix: str = "loop_",
                  labels: str = "") -> list[str]:
     """Prometheus lines for one set of numbers; ``prefix``/``labels`` name a worker's own."""
     numbers = {**counters, **gauges}
-    lines = [f"# TYPE {prefix}events_rejected_total counter"]
-    lines += [f'{prefix}events_rejected_total{{reason="{k[9:]}"{labels}}} {n}'
-              for k, n in sorted(numbers.items()) if k.startswith("rejected:")]
+    lines = []
+    for key, name in BY_REASON:
+        name = prefix + name[5:]
+        lines += [f"# TYPE {name} counter"]
+        lines += [f'{name}{{reason="{k[len(key) + 1:]}"{labels}}} {n}'
+                  for k, n in sorted(numbers.items()) if k.startswith(key + ":")]
     for key, name, kind in METRICS:
         name = prefix + name[5:]
         lines += [f"# TYPE {name} {kind}", f"{name}{{{labels[1:]}}} {numbers.get(key, 0)}" if labels

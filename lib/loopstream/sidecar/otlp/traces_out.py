@@ -9,9 +9,10 @@ deterministic ids) and hands each span, as it ends, to the OpenTelemetry SDK's
 and only when configured). The worker yields every PACE events or spans (under gevent the SDK's
 export greenlet runs meanwhile), and when the SDK's queue is full it waits for the exporter to take
 spans (it is off the request path). What cannot be sent is dropped and counted
-(``loop_otlp_spans_dropped_total``): an event queue that is full, a span queue that stays full
-because the exporter is failing or stuck, a batch the backend refused or never answered (the
-exporter's own retries first); the reason is logged at most once a minute.
+(``loop_otlp_spans_dropped_total{reason}``): ``span_queue_full``, a span queue that stays full
+because the exporter is failing or stuck; ``export_failed``, a batch the backend refused or never
+answered (the exporter's own retries first); ``event_queue_full``, whole events (not spans) the
+full event queue turned away before they were mapped. Logged at most once a minute.
 
 A run this process has not seen from its start (the sidecar restarted, or another worker owned
 it) is first folded from its transcript up to the event met, without sending, so its trace goes on
@@ -253,7 +254,7 @@ class TraceExport:
         """Queue published events for mapping (never blocks; a full queue drops them, counted)."""
         events = list(events)
         if len(self.queue) + len(events) > QUEUE:
-            self.drop("queue_full", len(events))
+            self.drop("event_queue_full", len(events))
             return
         self.queue.extend(events)
         self._wake.set()
@@ -263,7 +264,9 @@ class TraceExport:
         self._warn()
 
     def numbers(self) -> dict[str, int]:
-        return {"otlp_exported": self.exported, "otlp_dropped": sum(self.dropped.values())}
+        """For /metrics: spans exported, and what was dropped by reason (``otlp_dropped:REASON``: spans,
+        except ``event_queue_full``, which counts whole events dropped before they were mapped)."""
+        return {"otlp_exported": self.exported, **{f"otlp_dropped:{r}": n for r, n in self.dropped.items()}}
 
     # -- the worker thread ----------------------------------------------------------------------
     def _work(self) -> None:
@@ -326,7 +329,7 @@ class TraceExport:
 
     def _hold(self, held: Held, e: ev.Event) -> None:
         if self.held_events >= QUEUE:
-            self.drop("queue_full", 1)
+            self.drop("event_queue_full", 1)
             return
         held.events.append(e)
         self.held_events += 1
@@ -373,7 +376,7 @@ class TraceExport:
         for rec in spans:
             self._pace()
             if not self._room():
-                self.drop("queue_full", 1)
+                self.drop("span_queue_full", 1)
                 continue
             self.processor.on_end(self.readable(rec))
             self.handed += 1
@@ -433,10 +436,13 @@ class TraceExport:
         if not dropped or now - self._warned_at < WARN_EVERY_S or dropped == getattr(self, "_warned_dropped", 0):
             return
         self._warned_at, self._warned_dropped = now, dropped
-        why = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(self.dropped.items()))
+        events = self.dropped.get("event_queue_full", 0)
+        spans = {r: n for r, n in self.dropped.items() if r != "event_queue_full"}
+        why = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(spans.items()))
+        lost = f" and {events} events before they were mapped (event queue full)" if events else ""
         said = f" (last: {self.said.message})" if self.said.message else ""
-        log.warning("loop: traces to %s: %d spans dropped so far (%s)%s; the sidecar goes on", self.endpoint,
-                    dropped, why, said)
+        log.warning("loop: traces to %s: %d spans dropped so far (%s)%s%s; the sidecar goes on", self.endpoint,
+                    sum(spans.values()), why or "none", lost, said)
 
     def flush(self, timeout_s: float = 5.0) -> None:
         """Map what is queued and send every span handed over (tests, and a worker that exits)."""
