@@ -143,6 +143,8 @@ def test_tail_partial_last_line_goes_out_when_the_tail_ends(tmp_path, server):
     with open(log, "a") as f:
         f.write("one\nno newline yet")
     wait_for(lambda: out.has(b"one"), message="the first line")
+    # at the sidecar too: output still waiting in the outbox when the tail ends goes out in one event with the rest
+    wait_for(lambda: output_texts(transcript(server, "tail-partial")) == ["one\n"], message="the first line sent")
     tail.send_signal(signal.SIGTERM)
     assert tail.wait(20) == 130
     events = wait_for(lambda: finished(server, "tail-partial"))
