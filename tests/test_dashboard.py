@@ -403,10 +403,10 @@ def test_served_from_an_installed_wheel(tmp_path):
         def up():
             try:
                 return requests.get(server.url + "/", timeout=1)
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):   # not listening yet, or its worker not up yet
                 return None
 
-        r = wait_for(up, message="the wheel's sidecar")
+        r = wait_for(up, 30, message="the wheel's sidecar")
         assert r.status_code == 200 and "<title>loop</title>" in r.text
         assert requests.get(server.url + "/app.js", timeout=5).status_code == 200
         for module in sorted((ROOT / "dashboard").glob("*.js")):      # every module the page imports
