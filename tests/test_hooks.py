@@ -18,18 +18,6 @@ EMIT = str(ROOT / "bin" / "loop-emit")
 LIB = str(ROOT / "bin" / "loop-progress.sh")
 
 
-@pytest.fixture
-def spool(tmp_path):
-    """A spool directory of the test's own; the shippers it caused are stopped afterwards."""
-    d = tmp_path / "spool"
-    yield d
-    for pidfile in d.glob("*.pid"):
-        try:
-            os.kill(int(pidfile.read_text()), signal.SIGKILL)
-        except (ValueError, ProcessLookupError):
-            pass
-
-
 def hook_env(spool, server_url, **env):
     return {**os.environ, "LOOP_SERVER": server_url, "LOOP_SPOOL_DIR": str(spool), "LOOP_SHIP_IDLE": "1", **env}
 
@@ -114,9 +102,15 @@ def test_an_event_the_sidecar_refuses_is_reported_once_and_the_others_arrive_in_
     assert r.returncode == 0
     got = delivered(server, 2, run="refusing")
     assert [e["data"]["current"] for e in got] == [1, 3]
-    wait_for(lambda: list(spool.glob("*.refused")), message="the refusal to be noted")
-    note = bash(f"{EMIT} progress current:=4", spool, server.url, LOOP_RUN="refusing")
-    assert note.returncode == 0 and "refused 1 event" in note.stderr and "413" in note.stderr
+    # The call after the shipper noted the refusal says it, once: the script's third call when the shipper was
+    # that quick (a busy machine), else the next call. The note is written before event 3 is delivered.
+    said = r.stderr
+    if "refused" not in said:
+        assert list(spool.glob("*.refused")), "the refusal is noted"
+        note = bash(f"{EMIT} progress current:=4", spool, server.url, LOOP_RUN="refusing")
+        assert note.returncode == 0
+        said = note.stderr
+    assert "refused 1 event" in said and "413" in said
     assert "refused" not in bash(f"{EMIT} progress current:=5", spool, server.url, LOOP_RUN="refusing").stderr
 
 
