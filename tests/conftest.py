@@ -244,6 +244,19 @@ def server(make_server) -> Server:
     return make_server("--rate", "0", "--heartbeat", "1")
 
 
+@pytest.fixture
+def spool(tmp_path):
+    """A spool directory of the test's own (LOOP_SPOOL_DIR for the shell hooks); the shippers it caused
+    are killed afterwards."""
+    d = tmp_path / "spool"
+    yield d
+    for pidfile in d.glob("*.pid"):
+        try:
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        except (ValueError, ProcessLookupError):
+            pass
+
+
 def fixture_files():
     return sorted(FIXTURES.glob("*.json"))
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import ROOT, wait_for
 
 LOOP = [sys.executable, "-m", "loopstream"]      # the `loop` of this interpreter (the venv the tests run in)
 AGENTS = ROOT / "tests" / "agents"               # recorded agent sessions, the fake CLI, the stand-in model API
@@ -54,3 +54,13 @@ def pid_alive(pid: int) -> bool:
     stat = Path(f"/proc/{pid}/stat")
     return stat.exists() and stat.read_text().split(") ")[1][0] != "Z"
 
+
+
+def redis_hub(url: str):
+    """A Hub (in this process) on the Redis broker at `url`, once the broker has loaded."""
+    from loopstream.sidecar.config import Config
+    from loopstream.sidecar.hub import Hub
+
+    hub = Hub(Config(backend=url, rate=0))
+    wait_for(lambda: hub.broker.healthy, message="the Redis broker to load")
+    return hub

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Server, Subscriber, wait_for
+from helpers import redis_hub
 from loopstream.core import events as ev
 from loopstream.sidecar import stored
 from loopstream.sidecar.brokers.memory import StoreRefused
@@ -311,12 +312,6 @@ def test_healthz_says_503_while_the_journal_cannot_be_written_and_200_once_a_pub
 
 
 # -- the Redis backend ---------------------------------------------------------------------------
-def redis_hub(url: str) -> Hub:
-    hub = Hub(Config(backend=url, rate=0))
-    wait_for(lambda: hub.broker.healthy, message="the Redis broker to load")
-    return hub
-
-
 class Redis:
     """Raw commands, as another program would send them."""
 

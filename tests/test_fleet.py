@@ -12,9 +12,8 @@ import redis
 import requests
 
 from conftest import wait_for
-from loopstream.sidecar.config import Config
+from helpers import redis_hub
 from loopstream.sidecar.fleet import Fleet
-from loopstream.sidecar.hub import Hub
 
 SCRAPES = 20
 
@@ -69,12 +68,6 @@ def test_twenty_scrapes_of_two_workers_agree_on_the_fleet_totals(make_server):
 
 
 # -- in-process: the real Hub and Fleet on a real Redis ------------------------------------------
-def redis_hub(url: str) -> Hub:
-    hub = Hub(Config(backend=url, rate=0))
-    wait_for(lambda: hub.broker.healthy, message="the Redis broker to load")
-    return hub
-
-
 class YieldsInExecute:
     """A Redis client whose next MULTI first runs ``meanwhile``: what the gevent switch inside
     execute() lets another greenlet (housekeeping, a scrape) do."""

@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 
@@ -47,18 +46,6 @@ def test_loop_emit_builds_what_the_table_says(server):
         else:
             assert r.returncode == 0, (case["name"], r.stderr)
             assert [e["data"] for e in stored] == [case["data"]], case["name"]
-
-
-@pytest.fixture
-def spool(tmp_path):
-    """A spool directory whose shippers (pointed at a port nobody serves) are killed afterwards."""
-    d = tmp_path / "spool"
-    yield d
-    for pidfile in d.glob("*.pid"):
-        try:
-            os.kill(int(pidfile.read_text()), signal.SIGKILL)
-        except (ValueError, ProcessLookupError):
-            pass
 
 
 def test_bin_loop_emit_builds_what_the_table_says(spool):
