@@ -188,11 +188,14 @@ class RedisBroker(Replica):
         ts = staged.events[0].ts
         out = [ev.Event(*cursor_of(i), e.type, e.run, ts, e.data) for i, e in zip(ids, staged.events, strict=False)]
         self._known_seq = max(self._known_seq, out[-1].seq)
-        if self.healthy and not self._stale and staged.events[0].seq == self.seq + 1 \
-                and staged.events[0].epoch == self.epoch and [e.id for e in staged.events] == ids:
-            before = self.head
-            self._put_in(staged)
-            self.own += 1
+        with self._writing:                       # the follower may be taking the same batch in
+            fits = self.healthy and not self._stale and staged.events[0].seq == self.seq + 1 \
+                and staged.events[0].epoch == self.epoch and [e.id for e in staged.events] == ids
+            if fits:
+                before = self.head
+                self._put_in(staged)
+                self.own += 1
+        if fits:
             self._took_in(staged.events, before, set(staged.finished))
         return out
 

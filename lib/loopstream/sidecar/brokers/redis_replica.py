@@ -97,6 +97,7 @@ class Replica(MemoryBroker):
         self._checkpointed: dict[str, int] = {}   # run -> event_count of its last checkpoint
         self._closed = False
         self._advanced = threading.Condition()
+        self._writing = threading.Lock()          # the follower and this worker's publishes both write the replica
         self._thread: threading.Thread | None = None
         self._reported: set[str] = set()          # damaged keys already reported (see _report_once)
 
@@ -130,11 +131,16 @@ class Replica(MemoryBroker):
         """Wait until this worker's replica holds every event Redis holds now (read your writes,
         and other workers' too): a decision taken on a snapshot then sees them all."""
         try:
-            target = self._stored_seq()
+            epoch_text, seq_text = self.client.mget(self.keys.epoch, self.keys.seq)
         except RedisError as e:
             raise BackendDown(f"Redis: {e}") from e
+        # The id, not only its sequence number: after a new epoch the counter starts low again, and a
+        # replica still in the old epoch is behind however high its own counter is.
+        target = (stored.sound_epoch(epoch_text) or 0, stored.sound_seq(seq_text) or 0)
         with self._advanced:
-            if not self._advanced.wait_for(lambda: self.seq >= target or not self.healthy, timeout):
+            if not self._advanced.wait_for(lambda: (self.epoch, self.seq) >= target or not self.healthy, timeout):
+                if target[0] != self.epoch:
+                    self._stale = True             # an epoch no entry has brought yet: load the state again
                 raise BackendDown("this worker is behind the shared stream")
 
     def _stored_seq(self) -> int:
@@ -205,11 +211,16 @@ class Replica(MemoryBroker):
 
     def _take_in(self, events: list[ev.Event]) -> None:
         """Apply what the follower read; load everything again on a gap or a new epoch."""
-        if events[0].epoch != self.epoch or events[0].seq != self.seq + 1:
-            self._stale = True
-            return
-        before = self.head
-        self._took_in(events, before, set(self.append(events, forget=False)))
+        with self._writing:                       # this worker's own publish may have put them in meanwhile
+            events = [e for e in events if e.epoch != self.epoch or e.seq > self.seq]
+            if not events:
+                return
+            if events[0].epoch != self.epoch or events[0].seq != self.seq + 1:
+                self._stale = True
+                return
+            before = self.head
+            finished = set(self.append(events, forget=False))
+        self._took_in(events, before, finished)
 
     def _unseen(self, entry_id: str) -> bool:
         """Is this stream entry not yet in the replica? (This worker's own batches went in as
@@ -266,14 +277,16 @@ class Replica(MemoryBroker):
         events = events[max(start, 0):]
         seq = events[-1].seq if events else stored.sound_seq(seq_text) or 0
         runs = self._load_runs(self._worth_loading(sorted(names)), (epoch, seq))
-        # Only the follower (or start(), before it starts the follower) writes the replica: no lock.
-        self.epoch, self.seq = epoch, seq
-        self.buffer.clear()
-        self.buffer.extend(events)
-        self.runs = dict(sorted(runs.items(), key=lambda kv: kv[1].get("updated_at") or 0))
-        self._forget_old_finished()
-        self._checkpointed = {r: s["event_count"] for r, s in self.runs.items()}
-        self._known_seq = max(self._known_seq, seq)
+        # The follower (or start(), before it starts the follower) loads the replica; a publish's own
+        # batch goes in under the same lock, before or after, never halfway.
+        with self._writing:
+            self.epoch, self.seq = epoch, seq
+            self.buffer.clear()
+            self.buffer.extend(events)
+            self.runs = dict(sorted(runs.items(), key=lambda kv: kv[1].get("updated_at") or 0))
+            self._forget_old_finished()
+            self._checkpointed = {r: s["event_count"] for r, s in self.runs.items()}
+            self._known_seq = max(self._known_seq, seq)
         self.resyncs += 1
         self._stale = False
         self.healthy = True
