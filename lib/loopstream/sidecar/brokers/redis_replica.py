@@ -215,9 +215,18 @@ class Replica(MemoryBroker):
             events = [e for e in events if e.epoch != self.epoch or e.seq > self.seq]
             if not events:
                 return
-            if events[0].epoch != self.epoch or events[0].seq != self.seq + 1:
-                self._stale = True
+            # Only the events that go on right after the head, in its epoch: a batch can run past a new
+            # epoch (or a gap), and append() takes sequence numbers alone (a mixed batch set the head back
+            # into the old epoch, so the same events came again and were folded again, without end).
+            fits = 0
+            while fits < len(events) and events[fits].epoch == self.epoch \
+                    and events[fits].seq == self.seq + 1 + fits:
+                fits += 1
+            if fits < len(events):
+                self._stale = True                 # the rest: load the state again
+            if not fits:
                 return
+            events = events[:fits]
             before = self.head
             finished = set(self.append(events, forget=False))
         self._took_in(events, before, finished)
