@@ -96,6 +96,16 @@ export class Alerts {
       return true;
     };
     if (!this.locks) return once();
-    return this.locks.request(`loop-notify ${this.server}`, once);
+    // One lock per notification, taken without waiting and held for the life of the tab that shows it:
+    // the browser grants it to one tab only, so another finds it taken at once (localStorage reaches
+    // other tabs' processes a moment later, so the mark alone let two hidden tabs both notify). The mark
+    // still stops a tab opened later from notifying again.
+    return new Promise((resolve) => {
+      this.locks.request(`loop-notified ${this.server} ${run} ${key}`, { ifAvailable: true }, (lock) => {
+        if (!lock) return resolve(false);
+        resolve(once());
+        return new Promise(() => {});
+      }).catch(() => resolve(false));
+    });
   }
 }
